@@ -1,0 +1,113 @@
+//! The TEE platform layer.
+//!
+//! Everything Coffer needs from a Trusted Execution Environment goes through the [`Platform`]
+//! trait: a sealing key bound to the TEE's identity (and, in the attestation work, evidence bound
+//! to report data). Backends:
+//!
+//! * [`sim::SimPlatform`] — development and CI only. Its "sealing key" is a file on disk; it
+//!   protects nothing and says so on every start.
+//!
+//! Key material in memory lives in [`secret::Locked`] pages (mlocked, excluded from core dumps,
+//! zeroized on drop), and [`process::harden`] disables core dumps for server processes.
+//! This crate is the only one in Coffer that uses `unsafe`.
+
+#![deny(missing_docs)]
+
+mod error;
+pub mod durable;
+pub mod process;
+pub mod secret;
+pub mod sealing;
+pub mod sim;
+
+pub use error::{fill_random, PlatformError};
+pub use sealing::SealingKey;
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The kind of TEE a [`Platform`] talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PlatformKind {
+    /// Simulation: no TEE, no protection. For development and tests only.
+    Sim,
+}
+
+impl PlatformKind {
+    /// The stable name used on the command line and in state files.
+    pub fn name(self) -> &'static str {
+        match self {
+            PlatformKind::Sim => "sim",
+        }
+    }
+
+    /// Parses a name given on the command line. `auto` is handled by [`open_platform`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "sim" => Some(PlatformKind::Sim),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for PlatformKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A Trusted Execution Environment, as Coffer uses it.
+pub trait Platform: Send + Sync + fmt::Debug {
+    /// Which TEE this is.
+    fn kind(&self) -> PlatformKind;
+
+    /// True when this platform offers no hardware protection at all.
+    fn is_simulation(&self) -> bool {
+        self.kind() == PlatformKind::Sim
+    }
+
+    /// A 256-bit key bound to this TEE's identity, derived for one `purpose` (a short label such
+    /// as `"coffer keystore v1"`), so that keys for different uses are independent.
+    ///
+    /// The same TEE identity and purpose always yield the same key; another identity cannot
+    /// obtain it.
+    fn sealing_key(&self, purpose: &str) -> Result<SealingKey, PlatformError>;
+}
+
+/// Which platform to open, as chosen on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlatformChoice {
+    /// Detect the TEE the environment offers.
+    Auto,
+    /// A named backend.
+    Named(PlatformKind),
+}
+
+impl std::str::FromStr for PlatformChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "auto" {
+            return Ok(PlatformChoice::Auto);
+        }
+        PlatformKind::from_name(s)
+            .map(PlatformChoice::Named)
+            .ok_or_else(|| format!("unknown platform {s:?}; expected one of: auto, sim"))
+    }
+}
+
+/// Opens the chosen platform. `state_dir` holds per-installation files of backends that need
+/// them (the simulation key).
+pub fn open_platform(
+    choice: PlatformChoice,
+    state_dir: &Path,
+) -> Result<Arc<dyn Platform>, PlatformError> {
+    match choice {
+        PlatformChoice::Named(PlatformKind::Sim) => {
+            Ok(Arc::new(sim::SimPlatform::open_or_create(state_dir)?))
+        }
+        PlatformChoice::Auto => Err(PlatformError::NoTeeDetected),
+    }
+}

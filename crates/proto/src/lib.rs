@@ -1,0 +1,21 @@
+//! Wire types for the Kubernetes KMS plugin APIs.
+//!
+//! Generated at build time from the `.proto` files in `proto/` with protox, so no system `protoc`
+//! is needed. Field numbers follow `k8s.io/kms` exactly; kube-apiserver is the peer.
+
+#![allow(clippy::all, missing_docs)]
+
+/// `v2.KeyManagementService`: the current KMS API (Kubernetes 1.29+, `v2beta1` status in 1.27/1.28).
+pub mod v2 {
+    tonic::include_proto!("v2");
+}
+
+/// `v1beta1.KeyManagementService`: the deprecated KMS v1 API, still configured by older clusters.
+pub mod v1beta1 {
+    tonic::include_proto!("v1beta1");
+}
+
+/// The API server's etcd envelope (`EncryptedObject`), needed for disaster recovery.
+pub mod envelope {
+    tonic::include_proto!("envelope");
+}
