@@ -67,7 +67,9 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed<'_>, DecryptError> {
         return Err(DecryptError::Malformed("it is shorter than the header"));
     };
     if *magic != MAGIC {
-        return Err(DecryptError::Malformed("it was not made by Coffer (wrong magic byte)"));
+        return Err(DecryptError::Malformed(
+            "it was not made by Coffer (wrong magic byte)",
+        ));
     }
     if *version != VERSION {
         return Err(DecryptError::Malformed(
@@ -82,7 +84,8 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed<'_>, DecryptError> {
         return Err(DecryptError::Malformed("it is truncated"));
     }
     let (id, rest) = rest.split_at(id_len);
-    let key_id = std::str::from_utf8(id).map_err(|_| DecryptError::Malformed("the KEK id is not UTF-8"))?;
+    let key_id =
+        std::str::from_utf8(id).map_err(|_| DecryptError::Malformed("the KEK id is not UTF-8"))?;
     let (nonce, sealed) = rest.split_at(NONCE_LEN);
     let nonce: &[u8; NONCE_LEN] = nonce
         .try_into()
@@ -125,7 +128,12 @@ mod tests {
     fn rejects_wrong_magic_version_empty_id_and_oversize() {
         let mut ct = sample();
         ct[0] = 0;
-        assert_eq!(parse(&ct), Err(DecryptError::Malformed("it was not made by Coffer (wrong magic byte)")));
+        assert_eq!(
+            parse(&ct),
+            Err(DecryptError::Malformed(
+                "it was not made by Coffer (wrong magic byte)"
+            ))
+        );
         let mut ct = sample();
         ct[1] = 2;
         assert!(matches!(parse(&ct), Err(DecryptError::Malformed(m)) if m.contains("version")));

@@ -100,7 +100,9 @@ pub enum KeystoreError {
     },
 
     /// Retiring the primary KEK would leave nothing to encrypt with.
-    #[error("KEK {key_id} is the primary key and cannot be retired; run `coffer keys rotate` first")]
+    #[error(
+        "KEK {key_id} is the primary key and cannot be retired; run `coffer keys rotate` first"
+    )]
     RetirePrimary {
         /// The primary KEK's id.
         key_id: String,
@@ -150,7 +152,9 @@ pub enum DecryptError {
     Malformed(&'static str),
 
     /// The ciphertext names a different KEK than the request's key_id.
-    #[error("ciphertext was made with KEK {embedded:?} but the request names key_id {requested:?}")]
+    #[error(
+        "ciphertext was made with KEK {embedded:?} but the request names key_id {requested:?}"
+    )]
     KeyIdMismatch {
         /// The id inside the ciphertext.
         embedded: String,

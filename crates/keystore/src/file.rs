@@ -89,7 +89,8 @@ pub fn encode(contents: &Contents, mac_key: &[u8; 32]) -> Vec<u8> {
 }
 
 fn mac(key: &[u8; 32]) -> HmacSha256 {
-    <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"))
+    <HmacSha256 as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"))
 }
 
 /// Reads the format version without authenticating anything (for diagnostics).
@@ -145,7 +146,10 @@ pub fn decode(path: &Path, bytes: &[u8], mac_key: &[u8; 32]) -> Result<Contents,
         return Err(truncated(needed));
     }
     if bytes.len() > needed {
-        return Err(corrupt(format!("{} unexpected bytes after the end", bytes.len() - needed)));
+        return Err(corrupt(format!(
+            "{} unexpected bytes after the end",
+            bytes.len() - needed
+        )));
     }
     let (signed, tag) = bytes.split_at(HEADER_LEN + body_len);
     let mut mac = mac(mac_key);
@@ -166,17 +170,28 @@ fn validate(c: &Contents) -> Result<(), String> {
         return Err("it holds no KEK".into());
     }
     let mut seen = std::collections::HashSet::new();
-    for id in c.keys.iter().map(|k| &k.id).chain(c.retired.iter().map(|r| &r.id)) {
+    for id in c
+        .keys
+        .iter()
+        .map(|k| &k.id)
+        .chain(c.retired.iter().map(|r| &r.id))
+    {
         crate::store::validate_key_id(id)?;
         if !seen.insert(id.as_str()) {
             return Err(format!("KEK id {id} appears twice"));
         }
     }
     if !c.keys.iter().any(|k| k.id == c.primary) {
-        return Err(format!("the primary KEK {} is not among its keys", c.primary));
+        return Err(format!(
+            "the primary KEK {} is not among its keys",
+            c.primary
+        ));
     }
     if let Some(k) = c.keys.iter().find(|k| k.serial >= c.next_serial) {
-        return Err(format!("KEK {} has serial {} but next_serial is {}", k.id, k.serial, c.next_serial));
+        return Err(format!(
+            "KEK {} has serial {} but next_serial is {}",
+            k.id, k.serial, c.next_serial
+        ));
     }
     Ok(())
 }
@@ -220,7 +235,10 @@ mod tests {
         let bytes = encode(&contents(), &KEY);
         for len in 0..bytes.len() {
             let err = decode_bytes(&bytes[..len]).unwrap_err();
-            assert!(matches!(err, KeystoreError::Truncated { .. }), "len {len}: {err}");
+            assert!(
+                matches!(err, KeystoreError::Truncated { .. }),
+                "len {len}: {err}"
+            );
         }
         for i in 0..bytes.len() {
             let mut t = bytes.clone();
@@ -235,14 +253,25 @@ mod tests {
         let mut newer = bytes.clone();
         newer[9] = 2;
         let err = decode_bytes(&newer).unwrap_err().to_string();
-        assert!(err.contains("version 2") && err.contains("upgrade coffer"), "{err}");
+        assert!(
+            err.contains("version 2") && err.contains("upgrade coffer"),
+            "{err}"
+        );
         let err = decode_bytes(b"{\"json\": true, \"padding\": 1}").unwrap_err();
         assert!(matches!(err, KeystoreError::NotAKeystore { .. }));
-        let err = decode(Path::new("/k"), &bytes, &[6; 32]).unwrap_err().to_string();
-        assert!(err.contains("integrity check") && err.contains("/k"), "{err}");
+        let err = decode(Path::new("/k"), &bytes, &[6; 32])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("integrity check") && err.contains("/k"),
+            "{err}"
+        );
         let mut longer = bytes.clone();
         longer.push(0);
-        assert!(decode_bytes(&longer).unwrap_err().to_string().contains("unexpected bytes"));
+        assert!(decode_bytes(&longer)
+            .unwrap_err()
+            .to_string()
+            .contains("unexpected bytes"));
     }
 
     #[test]
@@ -253,9 +282,15 @@ mod tests {
         assert!(err.contains("primary"), "{err}");
         let mut c = contents();
         c.next_serial = 1;
-        assert!(decode_bytes(&encode(&c, &KEY)).unwrap_err().to_string().contains("next_serial"));
+        assert!(decode_bytes(&encode(&c, &KEY))
+            .unwrap_err()
+            .to_string()
+            .contains("next_serial"));
         let mut c = contents();
         c.keys.push(c.keys[0].clone());
-        assert!(decode_bytes(&encode(&c, &KEY)).unwrap_err().to_string().contains("twice"));
+        assert!(decode_bytes(&encode(&c, &KEY))
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
     }
 }

@@ -162,6 +162,16 @@ impl Keyring {
         &self.primary.id
     }
 
+    /// When the primary KEK was created (drives `--rotate-every`).
+    pub fn primary_created(&self) -> SystemTime {
+        self.primary.created
+    }
+
+    /// Self-tests the primary KEK: can the plugin encrypt and decrypt right now?
+    pub fn self_test(&self) -> Result<(), KeystoreError> {
+        self.primary.self_test()
+    }
+
     /// The keystore generation this keyring was loaded from.
     pub fn generation(&self) -> u64 {
         self.generation
@@ -228,10 +238,16 @@ mod tests {
         let ct = ring.encrypt(&[42; 32]).unwrap();
         assert!(ct.len() < 120, "ciphertext is {} bytes", ct.len());
         assert_eq!(ciphertext::parse(&ct).unwrap().key_id, "coffer-0002-bbbb");
-        assert_eq!(&ring.decrypt(Some("coffer-0002-bbbb"), &ct).unwrap()[..], &[42; 32]);
+        assert_eq!(
+            &ring.decrypt(Some("coffer-0002-bbbb"), &ct).unwrap()[..],
+            &[42; 32]
+        );
         assert_eq!(&ring.decrypt(None, &ct).unwrap()[..], &[42; 32]);
         let old = ring.by_id["coffer-0001-aaaa"].encrypt(b"older").unwrap();
-        assert_eq!(&ring.decrypt(Some("coffer-0001-aaaa"), &old).unwrap()[..], b"older");
+        assert_eq!(
+            &ring.decrypt(Some("coffer-0001-aaaa"), &old).unwrap()[..],
+            b"older"
+        );
     }
 
     #[test]
@@ -254,7 +270,10 @@ mod tests {
             Err(DecryptError::UnknownKey("coffer-0009-cccc".into()))
         );
         assert!(matches!(ring.encrypt(b""), Err(EncryptError::Empty)));
-        assert!(matches!(ring.encrypt(&[0; MAX_PLAINTEXT_LEN + 1]), Err(EncryptError::TooLong(_))));
+        assert!(matches!(
+            ring.encrypt(&[0; MAX_PLAINTEXT_LEN + 1]),
+            Err(EncryptError::TooLong(_))
+        ));
         let max = ring.encrypt(&[0; MAX_PLAINTEXT_LEN]).unwrap();
         assert!(max.len() < 1024);
     }

@@ -14,7 +14,7 @@ use coffer_platform::{durable, fill_random, Platform, SealingKey};
 use zeroize::Zeroizing;
 
 use crate::file::{self, Contents, RetiredKek, SealedKek};
-use crate::{Kek, KeystoreError, Keyring};
+use crate::{Kek, Keyring, KeystoreError};
 
 /// Name of the keystore file inside the state directory.
 pub const KEYSTORE_FILE: &str = "keystore";
@@ -91,8 +91,13 @@ pub fn validate_key_id(id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > crate::ciphertext::MAX_KEY_ID_LEN {
         return Err(format!("KEK id {id:?} must be 1 to 255 bytes"));
     }
-    if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
-        return Err(format!("KEK id {id:?} may only hold ASCII letters, digits, '-', '_' and '.'"));
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err(format!(
+            "KEK id {id:?} may only hold ASCII letters, digits, '-', '_' and '.'"
+        ));
     }
     Ok(())
 }
@@ -317,9 +322,12 @@ impl Keystore {
         contents.generation += 1;
         self.write_contents(&contents, false)?;
         let info = self.info_of(&contents);
-        let primary = info.primary().cloned().ok_or_else(|| KeystoreError::UnknownKey {
-            key_id: contents.primary.clone(),
-        })?;
+        let primary = info
+            .primary()
+            .cloned()
+            .ok_or_else(|| KeystoreError::UnknownKey {
+                key_id: contents.primary.clone(),
+            })?;
         tracing::info!(target: "coffer::audit", event = "rotate", key_id = %primary.id, generation = contents.generation, "rotated: new primary KEK");
         Ok(primary)
     }
@@ -363,7 +371,8 @@ fn read_bounded(path: &Path) -> io::Result<Vec<u8>> {
     let file = File::open(path)?;
     let mut bytes = Vec::new();
     // One byte more than the limit, so an oversize file is seen as such (Corrupt/Truncated).
-    file.take((file::MAX_FILE_LEN + 64) as u64).read_to_end(&mut bytes)?;
+    file.take((file::MAX_FILE_LEN + 64) as u64)
+        .read_to_end(&mut bytes)?;
     Ok(bytes)
 }
 
@@ -380,11 +389,17 @@ mod tests {
     fn init_rotate_retire_lifecycle() {
         let dir = tempfile::tempdir().unwrap();
         let ks = store(dir.path());
-        assert!(matches!(ks.load(), Err(KeystoreError::NotInitialized { .. })));
+        assert!(matches!(
+            ks.load(),
+            Err(KeystoreError::NotInitialized { .. })
+        ));
         let info = ks.init().unwrap();
         let first = info.primary().unwrap().id.clone();
         assert!(first.starts_with("coffer-0001-"));
-        assert!(matches!(ks.init(), Err(KeystoreError::AlreadyInitialized { .. })));
+        assert!(matches!(
+            ks.init(),
+            Err(KeystoreError::AlreadyInitialized { .. })
+        ));
 
         let ring1 = ks.load().unwrap();
         let ct1 = ring1.encrypt(b"seed-one").unwrap();
@@ -394,13 +409,23 @@ mod tests {
         assert_eq!(ring2.primary_id(), second.id);
         assert_eq!(&ring2.decrypt(Some(&first), &ct1).unwrap()[..], b"seed-one");
 
-        assert!(matches!(ks.retire(&second.id), Err(KeystoreError::RetirePrimary { .. })));
-        assert!(matches!(ks.retire("nope"), Err(KeystoreError::UnknownKey { .. })));
+        assert!(matches!(
+            ks.retire(&second.id),
+            Err(KeystoreError::RetirePrimary { .. })
+        ));
+        assert!(matches!(
+            ks.retire("nope"),
+            Err(KeystoreError::UnknownKey { .. })
+        ));
         ks.retire(&first).unwrap();
         let ring3 = ks.load().unwrap();
         assert!(ring3.decrypt(Some(&first), &ct1).is_err());
         let third = ks.rotate().unwrap();
-        assert!(third.id.starts_with("coffer-0003-"), "serial reused: {}", third.id);
+        assert!(
+            third.id.starts_with("coffer-0003-"),
+            "serial reused: {}",
+            third.id
+        );
         let info = ks.info().unwrap();
         assert_eq!(info.generation, 4);
         assert_eq!(info.retired.len(), 1);
@@ -415,10 +440,22 @@ mod tests {
         let before = fs::read(ks.path()).unwrap();
         // Same keystore file, different platform identity (another sim key).
         let other_dir = tempfile::tempdir().unwrap();
-        let stranger = Keystore::new(dir.path(), Arc::new(SimPlatform::open_or_create(other_dir.path()).unwrap()));
-        assert!(matches!(stranger.load(), Err(KeystoreError::Tampered { .. })));
-        assert!(matches!(stranger.rotate(), Err(KeystoreError::Tampered { .. })));
-        assert!(matches!(stranger.load_or_init(), Err(KeystoreError::Tampered { .. })));
+        let stranger = Keystore::new(
+            dir.path(),
+            Arc::new(SimPlatform::open_or_create(other_dir.path()).unwrap()),
+        );
+        assert!(matches!(
+            stranger.load(),
+            Err(KeystoreError::Tampered { .. })
+        ));
+        assert!(matches!(
+            stranger.rotate(),
+            Err(KeystoreError::Tampered { .. })
+        ));
+        assert!(matches!(
+            stranger.load_or_init(),
+            Err(KeystoreError::Tampered { .. })
+        ));
         assert_eq!(fs::read(ks.path()).unwrap(), before);
     }
 
@@ -437,7 +474,10 @@ mod tests {
         newer[9] = 9;
         fs::write(ks.path(), &newer).unwrap();
         let err = ks.load().unwrap_err().to_string();
-        assert!(err.contains("version 9") && err.contains(&ks.path().display().to_string()), "{err}");
+        assert!(
+            err.contains("version 9") && err.contains(&ks.path().display().to_string()),
+            "{err}"
+        );
     }
 
     #[test]

@@ -13,11 +13,11 @@
 
 #![deny(missing_docs)]
 
-mod error;
 pub mod durable;
+mod error;
 pub mod process;
-pub mod secret;
 pub mod sealing;
+pub mod secret;
 pub mod sim;
 
 pub use error::{fill_random, PlatformError};

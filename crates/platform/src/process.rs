@@ -28,3 +28,8 @@ pub fn core_dumps_disabled() -> bool {
     );
     limit_zero && not_dumpable
 }
+
+/// The real user id of this process.
+pub fn current_uid() -> u32 {
+    rustix::process::getuid().as_raw()
+}

@@ -34,11 +34,18 @@ impl SealingKey {
 
     /// Seals `plaintext`, binding it to `aad`: `nonce(12) ‖ AES-256-GCM(ciphertext ‖ tag)`.
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, PlatformError> {
-        let cipher = Aes256Gcm::new_from_slice(&self.key[..]).map_err(|_| PlatformError::UnsealFailed)?;
+        let cipher =
+            Aes256Gcm::new_from_slice(&self.key[..]).map_err(|_| PlatformError::UnsealFailed)?;
         let mut nonce = [0u8; NONCE_LEN];
         fill_random(&mut nonce)?;
         let ciphertext = cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
             .map_err(|_| PlatformError::UnsealFailed)?;
         let mut out = Vec::with_capacity(NONCE_LEN + ciphertext.len());
         out.extend_from_slice(&nonce);
@@ -52,9 +59,16 @@ impl SealingKey {
             return Err(PlatformError::UnsealFailed);
         }
         let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
-        let cipher = Aes256Gcm::new_from_slice(&self.key[..]).map_err(|_| PlatformError::UnsealFailed)?;
+        let cipher =
+            Aes256Gcm::new_from_slice(&self.key[..]).map_err(|_| PlatformError::UnsealFailed)?;
         cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad })
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad,
+                },
+            )
             .map(Zeroizing::new)
             .map_err(|_| PlatformError::UnsealFailed)
     }
@@ -73,8 +87,14 @@ mod tests {
         let k = key(7);
         let sealed = k.seal(b"aad", b"secret").unwrap();
         assert_eq!(&k.unseal(b"aad", &sealed).unwrap()[..], b"secret");
-        assert!(matches!(k.unseal(b"other", &sealed), Err(PlatformError::UnsealFailed)));
-        assert!(matches!(key(8).unseal(b"aad", &sealed), Err(PlatformError::UnsealFailed)));
+        assert!(matches!(
+            k.unseal(b"other", &sealed),
+            Err(PlatformError::UnsealFailed)
+        ));
+        assert!(matches!(
+            key(8).unseal(b"aad", &sealed),
+            Err(PlatformError::UnsealFailed)
+        ));
         for i in 0..sealed.len() {
             let mut t = sealed.clone();
             t[i] ^= 1;

@@ -23,7 +23,8 @@ const MAGIC: &[u8; 8] = b"CFRSIM1\n";
 const ROOT_LEN: usize = 32;
 
 /// The warning printed on every start of the simulation platform.
-pub const INSECURE_WARNING: &str = "SIMULATION PLATFORM — NOT SECURE: there is no TEE; key-encryption keys are sealed \
+pub const INSECURE_WARNING: &str =
+    "SIMULATION PLATFORM — NOT SECURE: there is no TEE; key-encryption keys are sealed \
 with a key stored in a plain file and can be read by anyone with access to the state directory. \
 Use only for development and tests; production runs inside SGX (Gramine/Occlum), TDX or SEV-SNP.";
 
@@ -86,10 +87,14 @@ impl SimPlatform {
                 MAGIC.len() + ROOT_LEN
             )));
         }
-        let contents = Zeroizing::new(fs::read(key_path).map_err(|e| PlatformError::io("reading", key_path, e))?);
+        let contents = Zeroizing::new(
+            fs::read(key_path).map_err(|e| PlatformError::io("reading", key_path, e))?,
+        );
         let (magic, secret) = contents.split_at(MAGIC.len().min(contents.len()));
         if magic != MAGIC || secret.len() != ROOT_LEN {
-            return Err(invalid("it does not start with the Coffer simulation key header".into()));
+            return Err(invalid(
+                "it does not start with the Coffer simulation key header".into(),
+            ));
         }
         let mut root = Zeroizing::new([0u8; ROOT_LEN]);
         root.copy_from_slice(secret);
@@ -143,7 +148,10 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         let c = SimPlatform::open_or_create(other.path()).unwrap();
         assert_ne!(ka.expose(), c.sealing_key("p1").unwrap().expose());
-        let mode = fs::metadata(dir.path().join(KEY_FILE_NAME)).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.path().join(KEY_FILE_NAME))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 
@@ -153,17 +161,23 @@ mod tests {
         let path = dir.path().join(KEY_FILE_NAME);
         fs::write(&path, b"short").unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-        let err = SimPlatform::open_or_create(dir.path()).unwrap_err().to_string();
+        let err = SimPlatform::open_or_create(dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bytes long"), "{err}");
         assert_eq!(fs::read(&path).unwrap(), b"short");
 
         fs::write(&path, [0u8; 40]).unwrap();
-        let err = SimPlatform::open_or_create(dir.path()).unwrap_err().to_string();
+        let err = SimPlatform::open_or_create(dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("header"), "{err}");
 
         SimPlatform::open_or_create(tempfile::tempdir().unwrap().path()).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        let err = SimPlatform::open_or_create(dir.path()).unwrap_err().to_string();
+        let err = SimPlatform::open_or_create(dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("chmod 600"), "{err}");
     }
 
@@ -172,6 +186,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = SimPlatform::open_or_create(dir.path()).unwrap();
         let shown = format!("{p:?}");
-        assert!(shown.contains("key_path") && !shown.contains("root"), "{shown}");
+        assert!(
+            shown.contains("key_path") && !shown.contains("root"),
+            "{shown}"
+        );
     }
 }

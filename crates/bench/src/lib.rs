@@ -1,0 +1,26 @@
+//! Coffer's built-in load generator: the code behind `coffer bench kms` and
+//! `coffer bench startup`.
+//!
+//! * [`run_kms`] drives a running KMS plugin over its unix socket the way kube-apiserver does
+//!   (one shared HTTP/2 connection by default, a fresh `uid` per call, a per-call deadline) in a
+//!   closed loop and reports throughput, latency percentiles, errors by gRPC code and the CPU
+//!   cost on both sides.
+//! * [`run_startup`] starts `coffer kms serve --platform sim` repeatedly and measures the time
+//!   from spawn to the first successful `Status` call.
+//!
+//! Both return a report that implements [`std::fmt::Display`] (a human table) and
+//! [`serde::Serialize`] (for `--json`).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod conn;
+mod error;
+mod kms;
+mod procfs;
+mod startup;
+mod stats;
+
+pub use error::BenchError;
+pub use kms::{run_kms, KmsBenchArgs, KmsBenchReport, Op};
+pub use startup::{run_startup, StartupBenchArgs, StartupReport};

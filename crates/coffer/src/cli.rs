@@ -1,0 +1,279 @@
+//! Command-line definitions. Every flag explains itself in `--help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use coffer_kms::StatusVersion;
+use coffer_platform::PlatformChoice;
+
+/// Coffer protects Kubernetes Secrets with Trusted Execution Environments (TEEs).
+///
+/// `coffer kms serve` is a KMS v2 plugin for kube-apiserver whose key-encryption keys exist
+/// unsealed only inside the TEE. Start with `coffer kms serve --dev` to try it on any machine
+/// (simulation platform, NOT secure) and see the EncryptionConfiguration to give the API server.
+#[derive(Parser, Debug)]
+#[command(
+    name = "coffer",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Logging flags, shared by every command.
+#[derive(Args, Debug, Clone)]
+pub struct LogArgs {
+    /// Log level or filter (error, warn, info, debug, trace, or a tracing filter such as
+    /// `info,coffer=debug`). RUST_LOG overrides it. Logs go to stderr and never contain keys or
+    /// plaintext, at any level.
+    #[arg(long, global = true, default_value = "info", env = "COFFER_LOG_LEVEL")]
+    pub log_level: String,
+    /// Log format: human-readable text or one JSON object per line.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "COFFER_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+}
+
+/// Log output format.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// JSON lines, for log shippers.
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// The Kubernetes KMS plugin (run it beside kube-apiserver).
+    #[command(subcommand)]
+    Kms(KmsCommand),
+    /// Manage key-encryption keys: list, rotate, retire.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Disaster recovery: decrypt values read straight from etcd.
+    #[command(subcommand)]
+    Etcd(EtcdCommand),
+    /// Built-in load generator and start-up timer.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// Where keys live and which TEE protects them; shared by every command that opens the keystore.
+#[derive(Args, Debug, Clone)]
+pub struct StoreArgs {
+    /// TEE platform: `auto` detects the TEE this machine offers; `sim` is a simulation for
+    /// development that protects nothing.
+    #[arg(long, default_value = "auto", env = "COFFER_PLATFORM")]
+    pub platform: PlatformChoice,
+    /// Directory holding the sealed keystore (and, on `sim`, the simulation key).
+    #[arg(long, default_value = "/var/lib/coffer", env = "COFFER_STATE_DIR")]
+    pub state_dir: PathBuf,
+    /// Development mode: `--platform sim --state-dir ./.coffer-dev` (and, for `kms serve`,
+    /// `--socket ./.coffer-dev/kms.sock`). NOT SECURE.
+    #[arg(long)]
+    pub dev: bool,
+}
+
+/// Where kube-apiserver's static pod usually mounts the plugin socket.
+pub const DEFAULT_SOCKET: &str = "/var/run/kmsplugin/socket.sock";
+
+/// Default state directory for `--dev`.
+pub const DEV_DIR: &str = ".coffer-dev";
+
+impl StoreArgs {
+    /// Applies `--dev`.
+    pub fn resolved(&self) -> (PlatformChoice, PathBuf) {
+        if self.dev {
+            (
+                PlatformChoice::Named(coffer_platform::PlatformKind::Sim),
+                PathBuf::from(DEV_DIR),
+            )
+        } else {
+            (self.platform, self.state_dir.clone())
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KmsCommand {
+    /// Serve KMS v2 (and v1beta1) on a unix socket for kube-apiserver.
+    ///
+    /// On first start it creates a keystore with one key-encryption key (KEK), generated in the
+    /// TEE and written only sealed to the TEE's identity. It reloads the keystore within seconds
+    /// when `coffer keys rotate` changes it. SIGTERM drains in-flight calls and removes the socket.
+    Serve(Box<ServeArgs>),
+    /// Print the EncryptionConfiguration that points kube-apiserver at a plugin socket.
+    EncryptionConfig(EncryptionConfigArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The unix socket kube-apiserver connects to (its EncryptionConfiguration `endpoint`).
+    /// Default: /var/run/kmsplugin/socket.sock (with --dev: ./.coffer-dev/kms.sock).
+    #[arg(long, env = "COFFER_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Socket file mode (octal). 600 lets only the socket's owner connect.
+    #[arg(long, default_value = "600", value_parser = parse_mode)]
+    pub socket_mode: u32,
+    /// Give the socket to this uid (numeric).
+    #[arg(long)]
+    pub socket_owner: Option<u32>,
+    /// Give the socket to this gid (numeric); combine with --socket-mode 660 and --allow-gid.
+    #[arg(long)]
+    pub socket_group: Option<u32>,
+    /// Uids allowed to call the plugin, checked with the kernel's peer credentials on every
+    /// connection. Repeatable. Default: root and the plugin's own uid.
+    #[arg(long = "allow-uid", value_name = "UID")]
+    pub allow_uids: Vec<u32>,
+    /// Gids allowed to call the plugin. Repeatable.
+    #[arg(long = "allow-gid", value_name = "GID")]
+    pub allow_gids: Vec<u32>,
+    /// Only these executables may call (e.g. /usr/local/bin/kube-apiserver), checked via
+    /// /proc/<pid>/exe where the caller's process is visible. Repeatable.
+    #[arg(long = "allow-exe", value_name = "PATH")]
+    pub allow_exes: Vec<PathBuf>,
+    /// `version` reported by Status: v2 for Kubernetes 1.29+, v2beta1 for 1.27 and 1.28.
+    #[arg(long, default_value = "v2")]
+    pub status_version: StatusVersion,
+    /// Serve Prometheus /metrics and /healthz on this address (e.g. 127.0.0.1:9464).
+    #[arg(long, env = "COFFER_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Allow --metrics-addr to be a non-loopback address.
+    #[arg(long)]
+    pub metrics_allow_remote: bool,
+    /// Rotate the primary KEK automatically when it is older than this (e.g. 720h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub rotate_every: Option<Duration>,
+    /// How often to check the keystore for changes made by `coffer keys`.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub reload_interval: Duration,
+    /// How long SIGTERM waits for in-flight calls before closing connections.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+    /// Most simultaneous client connections.
+    #[arg(long, default_value_t = 64)]
+    pub max_connections: usize,
+    /// Print the EncryptionConfiguration for this socket on stdout once serving (implied by --dev).
+    #[arg(long)]
+    pub print_encryption_config: bool,
+    /// Provider name in the printed EncryptionConfiguration (it becomes part of every etcd value).
+    #[arg(long, default_value = "coffer")]
+    pub provider_name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct EncryptionConfigArgs {
+    /// The plugin's socket.
+    #[arg(long, default_value = "/var/run/kmsplugin/socket.sock")]
+    pub socket: PathBuf,
+    /// Provider name (part of every stored value: `k8s:enc:kms:v2:<name>:`). Never reuse a name
+    /// for a different key service.
+    #[arg(long, default_value = "coffer")]
+    pub provider_name: String,
+    /// KMS API version: v2 (recommended) or v1 (deprecated).
+    #[arg(long, default_value = "v2", value_parser = ["v2", "v1"])]
+    pub api_version: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Create a keystore with its first KEK (`kms serve` does this on first start).
+    Init(StoreArgs),
+    /// List KEKs: id, creation time, and which is primary.
+    List(ListArgs),
+    /// Create a new primary KEK. Running plugins pick it up within seconds; older KEKs keep
+    /// decrypting.
+    Rotate(StoreArgs),
+    /// Delete a non-primary KEK for good. Data encrypted under it becomes unreadable: first
+    /// rewrite all Secrets (see docs/operations.md, "Retiring a key").
+    Retire(RetireArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RetireArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The KEK id to retire (from `coffer keys list`).
+    pub key_id: String,
+    /// Confirm that every Secret was rewritten under a newer key
+    /// (`kubectl get secrets -A -o json | kubectl replace -f -`) so nothing still needs this KEK.
+    #[arg(long)]
+    pub confirm: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EtcdCommand {
+    /// Decrypt one value read from etcd (bytes starting `k8s:enc:kms:v2:<provider>:`) with the
+    /// keystore, exactly as kube-apiserver would, and write the object bytes.
+    Decrypt(EtcdDecryptArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct EtcdDecryptArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The etcd key the value was stored under (e.g. /registry/secrets/default/db); it is
+    /// authenticated, so it must be exact. Optional with --input-format etcdctl-json.
+    #[arg(long)]
+    pub etcd_key: Option<String>,
+    /// File with the value (default: stdin). Raw bytes from
+    /// `etcdctl get --print-value-only KEY`, or the output of `etcdctl get -w json KEY`.
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// How the input is encoded.
+    #[arg(long, value_enum, default_value = "raw")]
+    pub input_format: InputFormat,
+    /// Where to write the decrypted object (default: stdout). Created with mode 0600.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+}
+
+/// Encoding of `etcd decrypt` input.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputFormat {
+    /// The value's bytes as stored.
+    Raw,
+    /// `etcdctl get -w json` output (base64 key and value).
+    EtcdctlJson,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Closed-loop load against a running plugin, like kube-apiserver (fresh uid per call).
+    Kms(coffer_bench::KmsBenchArgs),
+    /// Time from process start to the first served Status.
+    Startup(coffer_bench::StartupBenchArgs),
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let mode = u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .map_err(|_| format!("{s:?} is not an octal file mode such as 600 or 660"))?;
+    if mode > 0o777 {
+        return Err(format!("{s:?} is not a file mode (at most 777)"));
+    }
+    Ok(mode)
+}

@@ -1,0 +1,338 @@
+//! What each command does, built on the library crates.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use coffer_keystore::{KeyState, Keystore};
+use coffer_kms::listener::SocketOptions;
+use coffer_kms::ServeOptions;
+use coffer_platform::{open_platform, sim};
+use zeroize::Zeroizing;
+
+use crate::cli::*;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Runs one command; the exit code for success or a refusal, `Err` for failures.
+pub fn run(command: Command) -> Result<ExitCode, Error> {
+    match command {
+        Command::Kms(KmsCommand::Serve(args)) => serve(*args),
+        Command::Kms(KmsCommand::EncryptionConfig(args)) => {
+            print!(
+                "{}",
+                encryption_config(
+                    &absolute(&args.socket),
+                    &args.provider_name,
+                    &args.api_version
+                )
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys(cmd) => keys(cmd),
+        Command::Etcd(EtcdCommand::Decrypt(args)) => etcd_decrypt(args),
+        Command::Bench(BenchCommand::Kms(args)) => {
+            let report = coffer_bench::run_kms(&args)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Startup(args)) => {
+            let report = coffer_bench::run_startup(&args)?;
+            print!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn open_keystore(store: &StoreArgs) -> Result<Keystore, Error> {
+    let (platform, state_dir) = store.resolved();
+    let platform = open_platform(platform, &state_dir)?;
+    // The platform logs the warning; say it even when warnings are filtered out.
+    if platform.is_simulation() && !tracing::enabled!(tracing::Level::WARN) {
+        eprintln!("WARNING: {}", sim::INSECURE_WARNING);
+    }
+    Ok(Keystore::new(state_dir, platform))
+}
+
+fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
+    if let Err(e) = coffer_platform::process::harden() {
+        tracing::warn!(error = %e, "could not disable core dumps");
+    }
+    let socket = match (&args.socket, args.store.dev) {
+        (Some(path), _) => path.clone(),
+        (None, true) => Path::new(DEV_DIR).join("kms.sock"),
+        (None, false) => PathBuf::from(DEFAULT_SOCKET),
+    };
+    let keystore = open_keystore(&args.store)?;
+    let mut options = ServeOptions::new(socket.clone());
+    options.socket = SocketOptions {
+        path: socket.clone(),
+        mode: args.socket_mode,
+        owner: args.socket_owner,
+        group: args.socket_group,
+        max_connections: args.max_connections,
+    };
+    if !args.allow_uids.is_empty() || !args.allow_gids.is_empty() {
+        options.callers.uids = args.allow_uids.clone();
+        options.callers.gids = args.allow_gids.clone();
+    }
+    options.callers.executables = args.allow_exes.clone();
+    options.status_version = args.status_version;
+    options.metrics_addr = args.metrics_addr;
+    options.metrics_allow_remote = args.metrics_allow_remote;
+    options.rotate_every = args.rotate_every;
+    options.reload_interval = args.reload_interval;
+    options.drain_timeout = args.drain_timeout;
+
+    let print_config = args.print_encryption_config || args.store.dev;
+    let provider = args.provider_name.clone();
+    let endpoint = absolute(&socket);
+    let on_ready: coffer_kms::server::ReadyHook = Box::new(move |key_id: &str| {
+        if print_config {
+            println!(
+                "# coffer kms is serving on unix://{} (key_id {key_id}).",
+                endpoint.display()
+            );
+            println!("# Save this as the API server's --encryption-provider-config:");
+            print!("{}", encryption_config(&endpoint, &provider, "v2"));
+            let _ = std::io::stdout().flush();
+        }
+    });
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("coffer-kms")
+        .build()?;
+    runtime.block_on(coffer_kms::serve(
+        keystore,
+        options,
+        shutdown_signal(),
+        Some(on_ready),
+    ))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; stop with SIGINT");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        return path.to_path_buf();
+    }
+    std::env::current_dir()
+        .map(|d| d.join(path))
+        .unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The EncryptionConfiguration that sends Secrets through the plugin at `socket`.
+pub fn encryption_config(socket: &Path, provider: &str, api_version: &str) -> String {
+    format!(
+        "apiVersion: apiserver.config.k8s.io/v1
+kind: EncryptionConfiguration
+resources:
+  - resources:
+      - secrets
+    providers:
+      - kms:
+          apiVersion: {api_version}
+          name: {provider}
+          endpoint: unix://{}
+          timeout: 3s
+      # Reads Secrets written before encryption was enabled; remove after migrating them.
+      - identity: {{}}
+",
+        socket.display()
+    )
+}
+
+fn keys(cmd: KeysCommand) -> Result<ExitCode, Error> {
+    match cmd {
+        KeysCommand::Init(store) => {
+            let info = open_keystore(&store)?.init()?;
+            let primary = info.primary().map(|k| k.id.as_str()).unwrap_or("");
+            println!(
+                "created keystore {} with primary KEK {primary}",
+                info.path.display()
+            );
+        }
+        KeysCommand::List(args) => {
+            let info = open_keystore(&args.store)?.info()?;
+            if args.json {
+                let keys: Vec<_> = info
+                    .keys
+                    .iter()
+                    .map(|k| {
+                        serde_json::json!({
+                            "id": k.id, "serial": k.serial, "created": k.created,
+                            "primary": k.state == KeyState::Primary,
+                        })
+                    })
+                    .collect();
+                let retired: Vec<_> = info
+                    .retired
+                    .iter()
+                    .map(|r| serde_json::json!({"id": r.id, "created": r.created, "retired": r.retired}))
+                    .collect();
+                let doc = serde_json::json!({
+                    "keystore": info.path, "keystore_id": info.keystore_id, "platform": info.platform,
+                    "generation": info.generation, "keys": keys, "retired": retired,
+                });
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                println!(
+                    "keystore {} (platform {}, generation {})",
+                    info.path.display(),
+                    info.platform,
+                    info.generation
+                );
+                println!("{:<30} {:<22} STATE", "KEY ID", "CREATED");
+                for k in info.keys.iter().rev() {
+                    let state = match k.state {
+                        KeyState::Primary => "primary",
+                        KeyState::Active => "decrypt-only",
+                    };
+                    println!("{:<30} {:<22} {state}", k.id, k.created);
+                }
+                for r in &info.retired {
+                    println!("{:<30} {:<22} retired {}", r.id, r.created, r.retired);
+                }
+            }
+        }
+        KeysCommand::Rotate(store) => {
+            let info = open_keystore(&store)?.rotate()?;
+            println!(
+                "new primary KEK {} — running plugins switch to it within their --reload-interval; \
+                 older KEKs keep decrypting",
+                info.id
+            );
+        }
+        KeysCommand::Retire(args) => {
+            if !args.confirm {
+                eprintln!(
+                    "refusing to retire {} without --confirm.\n\
+                     Retiring deletes the KEK: every Secret still encrypted under it becomes unreadable.\n\
+                     First rewrite all Secrets under the current primary key:\n  \
+                     kubectl get secrets --all-namespaces -o json | kubectl replace -f -\n\
+                     then run this command again with --confirm.",
+                    args.key_id
+                );
+                return Ok(ExitCode::from(2));
+            }
+            let retired = open_keystore(&args.store)?.retire(&args.key_id)?;
+            println!(
+                "retired KEK {}; data encrypted under it can no longer be decrypted",
+                retired.id
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Largest etcd value read (kube-apiserver's default request limit is 3 MiB; etcd's 1.5 MiB).
+const MAX_ETCD_INPUT: u64 = coffer_envelope::MAX_VALUE_SIZE as u64;
+
+fn etcd_decrypt(args: EtcdDecryptArgs) -> Result<ExitCode, Error> {
+    let mut input = Vec::new();
+    match &args.input {
+        Some(path) => std::fs::File::open(path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?
+            .take(MAX_ETCD_INPUT + 1)
+            .read_to_end(&mut input)?,
+        None => std::io::stdin()
+            .lock()
+            .take(MAX_ETCD_INPUT + 1)
+            .read_to_end(&mut input)?,
+    };
+    let (value, etcd_key) = match args.input_format {
+        InputFormat::Raw => {
+            let key = args
+                .etcd_key
+                .clone()
+                .ok_or("--etcd-key is required with raw input (the key the value was read from)")?;
+            (input, key)
+        }
+        InputFormat::EtcdctlJson => from_etcdctl_json(&input, args.etcd_key.as_deref())?,
+    };
+    let keystore = open_keystore(&args.store)?;
+    let keyring = keystore.load()?;
+    let unwrap = |key_id: &str, source: &[u8], _: &std::collections::HashMap<String, Vec<u8>>| {
+        keyring
+            .decrypt(Some(key_id), source)
+            .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })
+    };
+    let decrypted = match coffer_envelope::decrypt_etcd_value(&value, &etcd_key, unwrap) {
+        // `etcdctl get --print-value-only` adds a newline; the value is authenticated, so
+        // retrying without it cannot accept anything that was not stored.
+        Err(first) if value.last() == Some(&b'\n') => {
+            coffer_envelope::decrypt_etcd_value(&value[..value.len() - 1], &etcd_key, unwrap)
+                .map_err(|_| first)?
+        }
+        other => other?,
+    };
+    let plaintext = Zeroizing::new(decrypted.plaintext);
+    eprintln!(
+        "decrypted {} bytes (provider {}, KEK {}, {:?})",
+        plaintext.len(),
+        decrypted.provider,
+        decrypted.key_id,
+        decrypted.source_type
+    );
+    match &args.output {
+        Some(path) => coffer_platform::durable::write_new_atomic(path, &plaintext, 0o600)
+            .map_err(|e| format!("writing {} (it must not exist yet): {e}", path.display()))?,
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&plaintext)?;
+            out.flush()?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn from_etcdctl_json(input: &[u8], etcd_key: Option<&str>) -> Result<(Vec<u8>, String), Error> {
+    let doc: serde_json::Value = serde_json::from_slice(input)
+        .map_err(|e| format!("input is not `etcdctl get -w json` output: {e}"))?;
+    let kv = doc
+        .get("kvs")
+        .and_then(|k| k.get(0))
+        .ok_or("etcdctl JSON has no \"kvs\" entry: the key was not found in etcd")?;
+    let field = |name: &str| -> Result<Vec<u8>, Error> {
+        let text = kv
+            .get(name)
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| format!("etcdctl JSON entry has no {name:?}"))?;
+        Ok(B64
+            .decode(text)
+            .map_err(|e| format!("etcdctl JSON {name:?} is not base64: {e}"))?)
+    };
+    let stored_key =
+        String::from_utf8(field("key")?).map_err(|_| "etcd key in the JSON is not UTF-8")?;
+    if let Some(given) = etcd_key {
+        if given != stored_key {
+            return Err(format!(
+                "--etcd-key {given:?} differs from the key in the JSON ({stored_key:?})"
+            )
+            .into());
+        }
+    }
+    Ok((field("value")?, stored_key))
+}

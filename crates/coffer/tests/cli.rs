@@ -1,0 +1,77 @@
+//! The command line explains itself.
+
+mod common;
+
+use common::coffer;
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["kms", "--help"],
+        vec!["kms", "serve", "--help"],
+        vec!["kms", "encryption-config", "--help"],
+        vec!["keys", "--help"],
+        vec!["keys", "list", "--help"],
+        vec!["keys", "rotate", "--help"],
+        vec!["keys", "retire", "--help"],
+        vec!["etcd", "decrypt", "--help"],
+        vec!["bench", "kms", "--help"],
+        vec!["bench", "startup", "--help"],
+    ] {
+        let out = coffer(&args);
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Usage:"), "{args:?}: {text}");
+    }
+    let serve = String::from_utf8_lossy(&coffer(&["kms", "serve", "--help"]).stdout).into_owned();
+    for flag in [
+        "--socket",
+        "--allow-uid",
+        "--status-version",
+        "--metrics-addr",
+        "--rotate-every",
+        "--dev",
+        "--platform",
+    ] {
+        assert!(serve.contains(flag), "kms serve --help lacks {flag}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_2_with_a_message() {
+    let out = coffer(&["kms", "serve", "--status-version", "v3"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("v2beta1"));
+    let out = coffer(&["kms", "serve", "--platform", "tpm"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected one of"));
+    let out = coffer(&["kms", "serve", "--socket-mode", "999"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn auto_platform_without_a_tee_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = coffer(&["keys", "list", "--state-dir", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no TEE detected") && err.contains("--platform sim"),
+        "{err}"
+    );
+}
+
+#[test]
+fn encryption_config_points_at_the_socket() {
+    let out = coffer(&[
+        "kms",
+        "encryption-config",
+        "--socket",
+        "/var/run/kmsplugin/socket.sock",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("kind: EncryptionConfiguration"));
+    assert!(text.contains("endpoint: unix:///var/run/kmsplugin/socket.sock"));
+    assert!(text.contains("apiVersion: v2"));
+}

@@ -1,0 +1,23 @@
+//! The Coffer KMS plugin server.
+//!
+//! kube-apiserver talks to it over a unix socket with the KMS v2 (or legacy v1beta1) gRPC API.
+//! Keys come from a [`coffer_keystore::Keystore`] sealed by the TEE platform.
+//!
+//! * [`server::serve`] — run the plugin.
+//! * [`service`] — the gRPC handlers and their input checks.
+//! * [`listener`] — the socket: single instance, stale cleanup, permissions.
+//! * [`peer`] — caller checks with kernel credentials.
+//! * [`authority`] — accepts the socket-path `:authority` older API servers send.
+//! * [`metrics`] — Prometheus metrics and `/healthz`.
+
+#![deny(missing_docs)]
+
+pub mod authority;
+pub mod listener;
+pub mod metrics;
+pub mod peer;
+pub mod server;
+pub mod service;
+
+pub use server::{serve, ServeError, ServeOptions};
+pub use service::StatusVersion;

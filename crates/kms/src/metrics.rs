@@ -1,0 +1,332 @@
+//! Prometheus metrics and the `/metrics` + `/healthz` HTTP endpoint.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::{text::encode, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+/// The gRPC methods the plugin serves, as metric labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Method {
+    /// v2 Status.
+    Status,
+    /// v2 Encrypt.
+    Encrypt,
+    /// v2 Decrypt.
+    Decrypt,
+    /// v1beta1 Version.
+    V1Version,
+    /// v1beta1 Encrypt.
+    V1Encrypt,
+    /// v1beta1 Decrypt.
+    V1Decrypt,
+}
+
+impl Method {
+    const ALL: [Method; 6] = [
+        Method::Status,
+        Method::Encrypt,
+        Method::Decrypt,
+        Method::V1Version,
+        Method::V1Encrypt,
+        Method::V1Decrypt,
+    ];
+
+    /// The label value, `<api>/<method>`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Status => "v2/Status",
+            Method::Encrypt => "v2/Encrypt",
+            Method::Decrypt => "v2/Decrypt",
+            Method::V1Version => "v1beta1/Version",
+            Method::V1Encrypt => "v1beta1/Encrypt",
+            Method::V1Decrypt => "v1beta1/Decrypt",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: &'static str,
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyLabels {
+    key_id: String,
+}
+
+/// All plugin metrics. Cheap to clone (every metric is reference-counted).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    requests: Family<RequestLabels, Counter>,
+    ok: Arc<[(Counter, Histogram); 6]>,
+    primary_key: Family<KeyLabels, Gauge>,
+    generation: Gauge,
+    keys_loaded: Gauge,
+    /// Calls refused by the caller check.
+    pub refused_calls: Counter,
+    /// Keystore reloads that failed (the previous keys stay in use).
+    pub reload_failures: Counter,
+    /// HTTP/2 `:authority` values rewritten for older API servers.
+    pub authority_rewrites: Counter,
+    lock_failures: Gauge,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1,
+        0.5, 1.0, 3.0,
+    ])
+}
+
+impl Metrics {
+    /// Registers every metric in a fresh registry.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("coffer_kms");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "gRPC calls by method and status code",
+            requests.clone(),
+        );
+        let latency = Family::<MethodLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "request_duration_seconds",
+            "gRPC call latency inside the plugin",
+            latency.clone(),
+        );
+        let primary_key = Family::<KeyLabels, Gauge>::default();
+        registry.register(
+            "primary_key",
+            "1 for the primary KEK id that Status and Encrypt report",
+            primary_key.clone(),
+        );
+        let generation = Gauge::default();
+        registry.register(
+            "keystore_generation",
+            "generation of the loaded keystore",
+            generation.clone(),
+        );
+        let keys_loaded = Gauge::default();
+        registry.register(
+            "keys_loaded",
+            "KEKs loaded (primary plus older ones that still decrypt)",
+            keys_loaded.clone(),
+        );
+        let refused_calls = Counter::default();
+        registry.register(
+            "refused_calls",
+            "calls refused by the caller check",
+            refused_calls.clone(),
+        );
+        let reload_failures = Counter::default();
+        registry.register(
+            "keystore_reload_failures",
+            "keystore reloads that failed; the previous keys stay in use",
+            reload_failures.clone(),
+        );
+        let authority_rewrites = Counter::default();
+        registry.register(
+            "authority_rewrites",
+            "HTTP/2 :authority values rewritten for API servers that send the socket path",
+            authority_rewrites.clone(),
+        );
+        let lock_failures = Gauge::default();
+        registry.register(
+            "key_memory_lock_failures",
+            "key pages that could not be locked into RAM (0 expected)",
+            lock_failures.clone(),
+        );
+
+        let ok = Method::ALL.map(|m| {
+            let counter = requests
+                .get_or_create(&RequestLabels {
+                    method: m.name(),
+                    code: "OK",
+                })
+                .clone();
+            let histogram = latency
+                .get_or_create(&MethodLabels { method: m.name() })
+                .clone();
+            (counter, histogram)
+        });
+        Metrics {
+            registry: Arc::new(registry),
+            requests,
+            ok: Arc::new(ok),
+            primary_key,
+            generation,
+            keys_loaded,
+            refused_calls,
+            reload_failures,
+            authority_rewrites,
+            lock_failures,
+        }
+    }
+
+    /// Records one finished call.
+    pub fn observe(&self, method: Method, code: tonic::Code, elapsed: Duration) {
+        let index = Method::ALL.iter().position(|m| *m == method).unwrap_or(0);
+        let (ok_counter, histogram) = &self.ok[index];
+        histogram.observe(elapsed.as_secs_f64());
+        if code == tonic::Code::Ok {
+            ok_counter.inc();
+        } else {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    method: method.name(),
+                    code: code_name(code),
+                })
+                .inc();
+        }
+    }
+
+    /// Records the keyring now in use.
+    pub fn set_keyring(&self, primary: &str, generation: u64, keys: usize) {
+        self.primary_key.clear();
+        self.primary_key
+            .get_or_create(&KeyLabels {
+                key_id: primary.to_string(),
+            })
+            .set(1);
+        self.generation.set(generation as i64);
+        self.keys_loaded.set(keys as i64);
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn render(&self) -> String {
+        self.lock_failures
+            .set(coffer_platform::secret::lock_failures() as i64);
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `addr` until the task is dropped.
+/// `healthy` answers whether the plugin can encrypt right now.
+pub async fn serve_http(
+    listener: TcpListener,
+    metrics: Metrics,
+    healthy: Arc<dyn Fn() -> bool + Send + Sync>,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let metrics = metrics.clone();
+        let healthy = healthy.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let response = respond(req.uri().path(), &metrics, healthy.as_ref());
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+        });
+    }
+}
+
+fn respond(
+    path: &str,
+    metrics: &Metrics,
+    healthy: &(dyn Fn() -> bool + Send + Sync),
+) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match path {
+        "/metrics" => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.render(),
+        ),
+        "/healthz" | "/livez" | "/readyz" if healthy() => {
+            (StatusCode::OK, "text/plain", "ok\n".to_string())
+        }
+        "/healthz" | "/livez" | "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "unhealthy: the primary KEK failed its self-test\n".to_string(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found; try /metrics or /healthz\n".to_string(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, v);
+    }
+    response
+}
+
+/// Binds the metrics listener, refusing non-loopback addresses unless `allow_remote`.
+pub async fn bind(addr: SocketAddr, allow_remote: bool) -> std::io::Result<TcpListener> {
+    if !addr.ip().is_loopback() && !allow_remote {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "--metrics-addr {addr} is not a loopback address; metrics reveal key ids and traffic \
+                 (pass --metrics-allow-remote to serve them on {addr} anyway)"
+            ),
+        ));
+    }
+    TcpListener::bind(addr).await
+}

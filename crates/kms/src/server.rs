@@ -1,0 +1,272 @@
+//! `coffer kms serve`: wires the keystore, the gRPC services, the socket, metrics and the
+//! background tasks (hot reload, scheduled rotation, aggregated audit) together.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use coffer_keystore::{Keystore, KeystoreError};
+use coffer_proto::{v1beta1, v2};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::listener::{BoundSocket, SocketError, SocketOptions};
+use crate::metrics::{self, Metrics};
+use crate::peer::CallerPolicy;
+use crate::service::{KmsState, StatusVersion, V1Service, V2Service};
+
+/// Largest gRPC message the plugin decodes or encodes. Requests are at most a 1 KiB
+/// ciphertext plus 32 KiB of annotations; anything bigger is refused before it is parsed.
+pub const MAX_MESSAGE_LEN: usize = 64 * 1024;
+
+/// Everything `serve` needs besides the keystore.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The unix socket.
+    pub socket: SocketOptions,
+    /// Who may call.
+    pub callers: CallerPolicy,
+    /// What v2 Status reports as `version`.
+    pub status_version: StatusVersion,
+    /// Where to serve `/metrics` and `/healthz`, if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Allow a non-loopback metrics address.
+    pub metrics_allow_remote: bool,
+    /// Rotate the primary KEK when it is older than this.
+    pub rotate_every: Option<Duration>,
+    /// How often to check the keystore file for changes (rotation by the CLI).
+    pub reload_interval: Duration,
+    /// How long to wait for in-flight calls after SIGTERM.
+    pub drain_timeout: Duration,
+    /// How often to write the aggregated "decrypt ok" audit line.
+    pub decrypt_audit_interval: Duration,
+}
+
+impl ServeOptions {
+    /// Defaults for a socket path: mode 0600, root and own uid, v2, reload every 2 s.
+    pub fn new(socket: impl Into<std::path::PathBuf>) -> Self {
+        ServeOptions {
+            socket: SocketOptions {
+                path: socket.into(),
+                mode: 0o600,
+                owner: None,
+                group: None,
+                max_connections: 64,
+            },
+            callers: CallerPolicy::default_for_this_process(),
+            status_version: StatusVersion::V2,
+            metrics_addr: None,
+            metrics_allow_remote: false,
+            rotate_every: None,
+            reload_interval: Duration::from_secs(2),
+            drain_timeout: Duration::from_secs(10),
+            decrypt_audit_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The keystore could not be loaded.
+    #[error(transparent)]
+    Keystore(#[from] KeystoreError),
+    /// The socket could not be set up.
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    /// The metrics listener could not be set up.
+    #[error("metrics endpoint: {0}")]
+    Metrics(std::io::Error),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// A background task panicked or was cancelled.
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+/// Called once the socket is accepting, with the primary key id.
+pub type ReadyHook = Box<dyn FnOnce(&str) + Send>;
+
+/// Runs the plugin until `shutdown` completes, then drains in-flight calls (up to
+/// `drain_timeout`) and removes the socket.
+pub async fn serve(
+    keystore: Keystore,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: Option<ReadyHook>,
+) -> Result<(), ServeError> {
+    let ks = keystore.clone();
+    let (keyring, created) = tokio::task::spawn_blocking(move || ks.load_or_init())
+        .await
+        .map_err(|e| ServeError::Task(e.to_string()))??;
+    if created {
+        tracing::info!(path = %keystore.path().display(), "created a new keystore");
+    }
+    let primary = keyring.primary_id().to_string();
+    let metrics = Metrics::new();
+    let state = KmsState::new(keyring, metrics.clone(), options.status_version);
+
+    let mut socket = BoundSocket::bind(&options.socket)?;
+    let metrics_task = match options.metrics_addr {
+        Some(addr) => {
+            let listener = metrics::bind(addr, options.metrics_allow_remote)
+                .await
+                .map_err(ServeError::Metrics)?;
+            let health_state = state.clone();
+            let healthy: Arc<dyn Fn() -> bool + Send + Sync> =
+                Arc::new(move || health_state.check_health().is_ok());
+            tracing::info!(%addr, "serving /metrics and /healthz");
+            Some(tokio::spawn(metrics::serve_http(
+                listener,
+                metrics.clone(),
+                healthy,
+            )))
+        }
+        None => None,
+    };
+
+    let rewrites = Arc::new(AtomicU64::new(0));
+    let (incoming, accept_task) = socket.accept_loop(
+        Arc::new(options.callers.clone()),
+        options.socket.max_connections,
+        rewrites.clone(),
+    );
+    let background = tokio::spawn(background_tasks(
+        keystore.clone(),
+        state.clone(),
+        options.clone(),
+        rewrites,
+    ));
+
+    let v2 = v2::key_management_service_server::KeyManagementServiceServer::new(V2Service(
+        state.clone(),
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_LEN)
+    .max_encoding_message_size(MAX_MESSAGE_LEN);
+    let v1 = v1beta1::key_management_service_server::KeyManagementServiceServer::new(V1Service(
+        state.clone(),
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_LEN)
+    .max_encoding_message_size(MAX_MESSAGE_LEN);
+
+    tracing::info!(
+        socket = %socket.path().display(),
+        key_id = %primary,
+        status_version = options.status_version.as_str(),
+        "coffer kms serving KMS v2 and v1beta1"
+    );
+    if let Some(hook) = on_ready {
+        hook(&primary);
+    }
+
+    // tonic's graceful shutdown starts only after the socket is unlinked, so no new caller
+    // can connect while in-flight calls drain.
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let graceful = async move {
+        let _ = drain_rx.await;
+    };
+    let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(1024))
+        .add_service(v2)
+        .add_service(v1)
+        .serve_with_incoming_shutdown(ReceiverStream::new(incoming), graceful);
+    tokio::pin!(server);
+
+    tokio::pin!(shutdown);
+    let result = tokio::select! {
+        r = &mut server => r.map_err(ServeError::from),
+        _ = &mut shutdown => {
+            tracing::info!("shutting down: socket removed, no new connections; draining in-flight calls");
+            accept_task.abort();
+            socket.unlink();
+            let _ = drain_tx.send(());
+            match tokio::time::timeout(options.drain_timeout, &mut server).await {
+                Ok(r) => r.map_err(ServeError::from),
+                Err(_) => {
+                    tracing::warn!(timeout = ?options.drain_timeout, "drain timeout reached; closing remaining connections");
+                    Ok(())
+                }
+            }
+        }
+    };
+    accept_task.abort();
+    background.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
+    flush_decrypt_audit(&state);
+    drop(socket);
+    tracing::info!("coffer kms stopped");
+    result
+}
+
+fn flush_decrypt_audit(state: &KmsState) {
+    let count = state.take_decrypt_count();
+    if count > 0 {
+        tracing::info!(target: "coffer::audit", event = "decrypt", count, key_id = %state.keyring().primary_id(), "decrypt ok (aggregated)");
+    }
+}
+
+async fn background_tasks(
+    keystore: Keystore,
+    state: Arc<KmsState>,
+    options: ServeOptions,
+    rewrites: Arc<AtomicU64>,
+) {
+    let mut reload_tick = tokio::time::interval(options.reload_interval);
+    reload_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut audit_tick = tokio::time::interval(options.decrypt_audit_interval);
+    audit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stamp = keystore.stamp();
+    let mut seen_rewrites = 0;
+    loop {
+        tokio::select! {
+            _ = reload_tick.tick() => {
+                let now_rewrites = rewrites.load(Ordering::Relaxed);
+                state.metrics.authority_rewrites.inc_by(now_rewrites - seen_rewrites);
+                seen_rewrites = now_rewrites;
+                if let Some(every) = options.rotate_every {
+                    let age = SystemTime::now().duration_since(state.keyring().primary_created()).unwrap_or_default();
+                    if age >= every {
+                        let ks = keystore.clone();
+                        match tokio::task::spawn_blocking(move || ks.rotate()).await {
+                            Ok(Ok(info)) => tracing::info!(key_id = %info.id, "scheduled rotation (--rotate-every)"),
+                            Ok(Err(e)) => tracing::error!(error = %e, "scheduled rotation failed; will retry"),
+                            Err(e) => tracing::error!(error = %e, "scheduled rotation task failed"),
+                        }
+                    }
+                }
+                let current = keystore.stamp();
+                if current != stamp {
+                    let ks = keystore.clone();
+                    match tokio::task::spawn_blocking(move || ks.load()).await {
+                        Ok(Ok(ring)) => {
+                            let old = state.keyring().primary_id().to_string();
+                            tracing::info!(
+                                target: "coffer::audit",
+                                event = "reload",
+                                key_id = ring.primary_id(),
+                                previous_key_id = %old,
+                                generation = ring.generation(),
+                                keys = ring.len(),
+                                "keystore changed: reloaded keys"
+                            );
+                            state.replace_keyring(ring);
+                            stamp = current;
+                        }
+                        Ok(Err(e)) => {
+                            state.metrics.reload_failures.inc();
+                            tracing::error!(error = %e, "keystore changed but could not be loaded; still serving the previous keys");
+                            stamp = current;
+                        }
+                        Err(e) => tracing::error!(error = %e, "keystore reload task failed"),
+                    }
+                }
+            }
+            _ = audit_tick.tick() => flush_decrypt_audit(&state),
+        }
+    }
+}
