@@ -9,7 +9,7 @@ use base64::Engine;
 use coffer_keystore::{KeyState, Keystore};
 use coffer_kms::listener::SocketOptions;
 use coffer_kms::ServeOptions;
-use coffer_platform::{open_platform, sim};
+use coffer_platform::{open_platform, sim, Access};
 use zeroize::Zeroizing;
 
 use crate::cli::*;
@@ -50,9 +50,9 @@ pub fn run(command: Command) -> Result<ExitCode, Error> {
     }
 }
 
-fn open_keystore(store: &StoreArgs) -> Result<Keystore, Error> {
+fn open_keystore(store: &StoreArgs, access: Access) -> Result<Keystore, Error> {
     let (platform, state_dir) = store.resolved();
-    let platform = open_platform(platform, &state_dir)?;
+    let platform = open_platform(platform, &state_dir, access)?;
     // The platform logs the warning; say it even when warnings are filtered out.
     if platform.is_simulation() && !tracing::enabled!(tracing::Level::WARN) {
         eprintln!("WARNING: {}", sim::INSECURE_WARNING);
@@ -69,7 +69,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
         (None, true) => Path::new(DEV_DIR).join("kms.sock"),
         (None, false) => PathBuf::from(DEFAULT_SOCKET),
     };
-    let keystore = open_keystore(&args.store)?;
+    let keystore = open_keystore(&args.store, Access::CreateIfMissing)?;
     let mut options = ServeOptions::new(socket.clone());
     options.socket = SocketOptions {
         path: socket.clone(),
@@ -167,7 +167,7 @@ resources:
 fn keys(cmd: KeysCommand) -> Result<ExitCode, Error> {
     match cmd {
         KeysCommand::Init(store) => {
-            let info = open_keystore(&store)?.init()?;
+            let info = open_keystore(&store, Access::CreateIfMissing)?.init()?;
             let primary = info.primary().map(|k| k.id.as_str()).unwrap_or("");
             println!(
                 "created keystore {} with primary KEK {primary}",
@@ -175,7 +175,7 @@ fn keys(cmd: KeysCommand) -> Result<ExitCode, Error> {
             );
         }
         KeysCommand::List(args) => {
-            let info = open_keystore(&args.store)?.info()?;
+            let info = open_keystore(&args.store, Access::ExistingOnly)?.info()?;
             if args.json {
                 let keys: Vec<_> = info
                     .keys
@@ -199,8 +199,9 @@ fn keys(cmd: KeysCommand) -> Result<ExitCode, Error> {
                 println!("{}", serde_json::to_string_pretty(&doc)?);
             } else {
                 println!(
-                    "keystore {} (platform {}, generation {})",
+                    "keystore {} (id {}, platform {}, generation {})",
                     info.path.display(),
+                    info.keystore_id,
                     info.platform,
                     info.generation
                 );
@@ -218,7 +219,7 @@ fn keys(cmd: KeysCommand) -> Result<ExitCode, Error> {
             }
         }
         KeysCommand::Rotate(store) => {
-            let info = open_keystore(&store)?.rotate()?;
+            let info = open_keystore(&store, Access::ExistingOnly)?.rotate()?;
             println!(
                 "new primary KEK {} — running plugins switch to it within their --reload-interval; \
                  older KEKs keep decrypting",
@@ -237,7 +238,7 @@ fn keys(cmd: KeysCommand) -> Result<ExitCode, Error> {
                 );
                 return Ok(ExitCode::from(2));
             }
-            let retired = open_keystore(&args.store)?.retire(&args.key_id)?;
+            let retired = open_keystore(&args.store, Access::ExistingOnly)?.retire(&args.key_id)?;
             println!(
                 "retired KEK {}; data encrypted under it can no longer be decrypted",
                 retired.id
@@ -272,7 +273,7 @@ fn etcd_decrypt(args: EtcdDecryptArgs) -> Result<ExitCode, Error> {
         }
         InputFormat::EtcdctlJson => from_etcdctl_json(&input, args.etcd_key.as_deref())?,
     };
-    let keystore = open_keystore(&args.store)?;
+    let keystore = open_keystore(&args.store, Access::ExistingOnly)?;
     let keyring = keystore.load()?;
     let unwrap = |key_id: &str, source: &[u8], _: &std::collections::HashMap<String, Vec<u8>>| {
         keyring

@@ -75,3 +75,47 @@ fn encryption_config_points_at_the_socket() {
     assert!(text.contains("endpoint: unix:///var/run/kmsplugin/socket.sock"));
     assert!(text.contains("apiVersion: v2"));
 }
+
+#[test]
+fn read_only_commands_do_not_create_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("typo");
+    for args in [
+        vec!["keys", "list"],
+        vec!["keys", "rotate"],
+        vec!["etcd", "decrypt", "--etcd-key", "/registry/secrets/a/b"],
+    ] {
+        let mut all = args.clone();
+        all.extend(["--platform", "sim", "--state-dir", state.to_str().unwrap()]);
+        if args[0] == "etcd" {
+            all.extend(["--input", "/dev/null"]);
+        }
+        let out = coffer(&all);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("check --state-dir"), "{args:?}: {err}");
+        assert!(!state.exists(), "{args:?} created {}", state.display());
+    }
+}
+
+#[test]
+fn overlong_socket_path_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("s".repeat(120));
+    let out = coffer(&[
+        "kms",
+        "serve",
+        "--platform",
+        "sim",
+        "--state-dir",
+        dir.path().join("state").to_str().unwrap(),
+        "--socket",
+        socket.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("at most 107 bytes") && err.contains("shorter --socket"),
+        "{err}"
+    );
+}

@@ -45,10 +45,7 @@ async fn rotation_is_picked_up_without_restart_and_old_keys_still_decrypt() {
 
     let list = plugin.keys(&["list"]);
     let text = stdout(&list);
-    assert!(
-        text.contains(&new) && text.contains("primary"),
-        "{text}"
-    );
+    assert!(text.contains(&new) && text.contains("primary"), "{text}");
     assert!(
         text.contains(&first) && text.contains("decrypt-only"),
         "{text}"
@@ -91,6 +88,43 @@ async fn rotation_is_picked_up_without_restart_and_old_keys_still_decrypt() {
     assert!(
         log.contains("event=\"reload\"") || log.contains("keystore changed"),
         "no reload audit line"
+    );
+}
+
+#[tokio::test]
+async fn a_damaged_keystore_on_reload_keeps_the_old_keys_until_it_is_fixed() {
+    let plugin = Plugin::start(&[]).await;
+    let mut client = plugin.v2().await;
+    let first = status(&mut client).await.key_id;
+    let enc = encrypt(&mut client, &[5; 32]).await;
+    let keystore = plugin.state_dir().join("keystore");
+    let good = fs::read(&keystore).unwrap();
+    // Someone writes garbage over the keystore (not atomically, not through coffer).
+    fs::write(&keystore, b"garbage").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !plugin.log_text().contains("could not be loaded") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload error logged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status(&mut client).await.key_id, first);
+    assert_eq!(
+        decrypt(&mut client, &enc.ciphertext, &first).await.unwrap(),
+        vec![5; 32]
+    );
+    // Fixed (restored and rotated): picked up without a restart.
+    fs::write(&keystore, &good).unwrap();
+    assert!(plugin.keys(&["rotate"]).status.success());
+    let new = wait_for_status(&mut client, |s| s.key_id != first)
+        .await
+        .key_id;
+    assert!(new.starts_with("coffer-0002-"));
+    assert_eq!(
+        plugin.log_text().matches("could not be loaded").count(),
+        1,
+        "error logged repeatedly"
     );
 }
 

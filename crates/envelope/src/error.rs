@@ -123,8 +123,8 @@ pub enum EnvelopeError {
     /// The closure that unwraps `encryptedDEKSource` (the KMS plugin's Decrypt) failed.
     #[error(
         "unwrapping encryptedDEKSource with key ID {key_id:?} failed: {message}; make sure the \
-         keystore given holds the key with that ID (it may have been rotated out) and that its \
-         passphrase is right"
+         keystore given holds the key with that ID (it may have been retired) and that it runs \
+         on the platform that sealed the keystore"
     )]
     Unwrap {
         /// The `keyID` stored in the value, as passed to the unwrap closure.

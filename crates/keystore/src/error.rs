@@ -10,8 +10,9 @@ use coffer_platform::PlatformError;
 pub enum KeystoreError {
     /// There is no keystore yet.
     #[error(
-        "no keystore at {path}; create one with `coffer keys init --state-dir <dir>` \
-         (or start `coffer kms serve`, which creates one on first start)"
+        "no keystore at {path}; check --state-dir, or create one with \
+         `coffer keys init --platform <platform> --state-dir <dir>` (`coffer kms serve` creates \
+         one on first start)"
     )]
     NotInitialized {
         /// Where it was expected.

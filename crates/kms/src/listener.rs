@@ -18,6 +18,9 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use crate::authority::AuthorityRewrite;
 use crate::peer::{CallerPolicy, Peer, Verdict};
 
+/// Longest socket path accepted: `sun_path` holds 108 bytes including the terminating NUL.
+pub const MAX_SOCKET_PATH: usize = 107;
+
 /// How the socket file is created.
 #[derive(Debug, Clone)]
 pub struct SocketOptions {
@@ -59,6 +62,14 @@ pub enum SocketError {
         /// The path.
         path: PathBuf,
     },
+    /// Unix socket paths are limited by the kernel (`sun_path`).
+    #[error("socket path {path} is {len} bytes; unix socket paths can be at most {MAX_SOCKET_PATH} bytes (choose a shorter --socket)")]
+    PathTooLong {
+        /// The path.
+        path: PathBuf,
+        /// Its length.
+        len: usize,
+    },
     /// A system call failed.
     #[error("{action} {path}: {source}")]
     Io {
@@ -93,6 +104,10 @@ impl BoundSocket {
     /// Takes the instance lock, clears a stale socket, and binds.
     pub fn bind(options: &SocketOptions) -> Result<Self, SocketError> {
         let path = options.path.clone();
+        let len = path.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            return Err(SocketError::PathTooLong { path, len });
+        }
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
@@ -123,14 +138,15 @@ impl BoundSocket {
         }
         remove_stale(&path)?;
 
-        let mut nonce = [0u8; 6];
+        let mut nonce = [0u8; 4];
         coffer_platform::fill_random(&mut nonce)
             .map_err(|e| io_err("binding", &path)(io::Error::other(e)))?;
-        let file_name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("kms.sock");
-        let temp = dir.join(format!(".{file_name}.{}", hex(&nonce)));
+        // Same directory, so the rename is atomic; a short name, so the length check above
+        // also covers it.
+        let temp = dir.join(format!(".{}", hex(&nonce)));
+        if temp.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(SocketError::PathTooLong { path, len });
+        }
         let listener = UnixListener::bind(&temp).map_err(io_err("binding", &temp))?;
         let prepared = (|| {
             fs::set_permissions(&temp, fs::Permissions::from_mode(options.mode))

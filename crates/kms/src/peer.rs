@@ -66,8 +66,19 @@ impl CallerPolicy {
                 }
             }
             // Caller in another pid namespace or unreadable /proc: the pin cannot be checked;
-            // the uid/gid check above still holds.
-            Some(Err(_)) | None => Verdict::allowed(peer, None),
+            // the uid/gid check above still holds. Said loudly, since the operator asked for it.
+            Some(Err(_)) | None => {
+                tracing::warn!(
+                    target: "coffer::audit",
+                    event = "exe_pin_unchecked",
+                    uid = peer.uid,
+                    gid = peer.gid,
+                    pid = peer.pid.unwrap_or(0),
+                    "--allow-exe cannot be checked for this caller (its process is not visible \
+                     here: another pid namespace, or /proc not readable); allowed by uid/gid only"
+                );
+                Verdict::allowed(peer, None)
+            }
         }
     }
 }

@@ -206,7 +206,7 @@ pub async fn serve(
 fn flush_decrypt_audit(state: &KmsState) {
     let count = state.take_decrypt_count();
     if count > 0 {
-        tracing::info!(target: "coffer::audit", event = "decrypt", count, key_id = %state.keyring().primary_id(), "decrypt ok (aggregated)");
+        tracing::info!(target: "coffer::audit", event = "decrypt", count, "decrypt ok (aggregated since the last line)");
     }
 }
 
@@ -221,6 +221,7 @@ async fn background_tasks(
     let mut audit_tick = tokio::time::interval(options.decrypt_audit_interval);
     audit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stamp = keystore.stamp();
+    let mut last_reload_error: Option<String> = None;
     let mut seen_rewrites = 0;
     loop {
         tokio::select! {
@@ -256,11 +257,17 @@ async fn background_tasks(
                             );
                             state.replace_keyring(ring);
                             stamp = current;
+                            last_reload_error = None;
                         }
                         Ok(Err(e)) => {
+                            // Retried every tick until it loads (e.g. after a permissions fix);
+                            // logged once per distinct error.
                             state.metrics.reload_failures.inc();
-                            tracing::error!(error = %e, "keystore changed but could not be loaded; still serving the previous keys");
-                            stamp = current;
+                            let message = e.to_string();
+                            if last_reload_error.as_deref() != Some(message.as_str()) {
+                                tracing::error!(error = %message, "keystore changed but could not be loaded; still serving the previous keys");
+                                last_reload_error = Some(message);
+                            }
                         }
                         Err(e) => tracing::error!(error = %e, "keystore reload task failed"),
                     }

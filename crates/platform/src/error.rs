@@ -25,9 +25,7 @@ pub enum PlatformError {
     },
 
     /// A platform file exists but is not what it should be.
-    #[error(
-        "{path} is not a valid {what}: {problem}; restore it from backup (it was not modified)"
-    )]
+    #[error("{path} is not a valid {what}: {problem} (the file was not modified)")]
     InvalidFile {
         /// The file involved.
         path: PathBuf,

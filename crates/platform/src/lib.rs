@@ -98,16 +98,29 @@ impl std::str::FromStr for PlatformChoice {
     }
 }
 
+/// Whether opening a platform may create its per-installation files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Create missing files (first start of a server, `keys init`).
+    CreateIfMissing,
+    /// Only use what exists (read-only and maintenance commands).
+    ExistingOnly,
+}
+
 /// Opens the chosen platform. `state_dir` holds per-installation files of backends that need
 /// them (the simulation key).
 pub fn open_platform(
     choice: PlatformChoice,
     state_dir: &Path,
+    access: Access,
 ) -> Result<Arc<dyn Platform>, PlatformError> {
-    match choice {
-        PlatformChoice::Named(PlatformKind::Sim) => {
+    match (choice, access) {
+        (PlatformChoice::Named(PlatformKind::Sim), Access::CreateIfMissing) => {
             Ok(Arc::new(sim::SimPlatform::open_or_create(state_dir)?))
         }
-        PlatformChoice::Auto => Err(PlatformError::NoTeeDetected),
+        (PlatformChoice::Named(PlatformKind::Sim), Access::ExistingOnly) => {
+            Ok(Arc::new(sim::SimPlatform::open_existing(state_dir)?))
+        }
+        (PlatformChoice::Auto, _) => Err(PlatformError::NoTeeDetected),
     }
 }

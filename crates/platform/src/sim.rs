@@ -67,6 +67,25 @@ impl SimPlatform {
         }
     }
 
+    /// Opens an existing simulated root secret; never creates anything (for read-only
+    /// commands, so a mistyped `--state-dir` does not leave a new key behind).
+    pub fn open_existing(state_dir: &Path) -> Result<Self, PlatformError> {
+        tracing::warn!("{INSECURE_WARNING}");
+        let key_path = state_dir.join(KEY_FILE_NAME);
+        match Self::read(&key_path) {
+            Err(PlatformError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                Err(PlatformError::InvalidFile {
+                    path: key_path,
+                    what: "simulation platform key",
+                    problem: "it does not exist; check --state-dir (it must be the directory \
+                              the keystore was created in)"
+                        .into(),
+                })
+            }
+            other => other,
+        }
+    }
+
     fn read(key_path: &Path) -> Result<Self, PlatformError> {
         let invalid = |problem: String| PlatformError::InvalidFile {
             path: key_path.to_path_buf(),
@@ -77,12 +96,12 @@ impl SimPlatform {
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(invalid(format!(
-                "its mode is {mode:o}; it must be readable by its owner only (chmod 600)"
+                "its mode is {mode:o}; it must be readable by its owner only: run chmod 600 on it"
             )));
         }
         if meta.len() != (MAGIC.len() + ROOT_LEN) as u64 {
             return Err(invalid(format!(
-                "it is {} bytes long, expected {}",
+                "it is {} bytes long, expected {}; restore it from backup",
                 meta.len(),
                 MAGIC.len() + ROOT_LEN
             )));
@@ -93,7 +112,8 @@ impl SimPlatform {
         let (magic, secret) = contents.split_at(MAGIC.len().min(contents.len()));
         if magic != MAGIC || secret.len() != ROOT_LEN {
             return Err(invalid(
-                "it does not start with the Coffer simulation key header".into(),
+                "it does not start with the Coffer simulation key header; restore it from backup"
+                    .into(),
             ));
         }
         let mut root = Zeroizing::new([0u8; ROOT_LEN]);
