@@ -149,7 +149,7 @@ impl Metrics {
         let authority_rewrites = Counter::default();
         registry.register(
             "authority_rewrites",
-            "HTTP/2 :authority values rewritten for API servers that send the socket path",
+            "HTTP/2 :authority header fields rewritten for API servers that send the socket path (counts literal fields, not requests: later requests reuse the rewritten HPACK table entry)",
             authority_rewrites.clone(),
         );
         let lock_failures = Gauge::default();
