@@ -165,6 +165,11 @@ pub struct ServeArgs {
     /// How long SIGTERM waits for in-flight calls before closing connections.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// Threads serving gRPC calls. kube-apiserver sends every call over one HTTP/2 connection,
+    /// which one thread serves best: measured here, 1 thread gives 1.6x the throughput of 2 and
+    /// a third of the p99 latency (see BENCHMARKS.md). Raise it only for many client connections.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub worker_threads: u16,
     /// Most simultaneous client connections.
     #[arg(long, default_value_t = 64)]
     pub max_connections: usize,

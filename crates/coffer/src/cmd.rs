@@ -106,6 +106,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
     });
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(args.worker_threads))
         .enable_all()
         .thread_name("coffer-kms")
         .build()?;
