@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::coffer;
+use common::{coffer, serve_to_exit};
 
 #[test]
 fn every_command_has_help() {
@@ -102,16 +102,7 @@ fn read_only_commands_do_not_create_state() {
 fn overlong_socket_path_is_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("s".repeat(120));
-    let out = coffer(&[
-        "kms",
-        "serve",
-        "--platform",
-        "sim",
-        "--state-dir",
-        dir.path().join("state").to_str().unwrap(),
-        "--socket",
-        socket.to_str().unwrap(),
-    ]);
+    let out = serve_to_exit(&dir.path().join("state"), &socket, &[]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -327,18 +327,11 @@ async fn metrics_and_healthz_endpoint() {
 
     // A non-loopback metrics address is refused unless explicitly allowed.
     let dir = tempfile::tempdir().unwrap();
-    let out = coffer(&[
-        "kms",
-        "serve",
-        "--platform",
-        "sim",
-        "--state-dir",
-        dir.path().join("s").to_str().unwrap(),
-        "--socket",
-        dir.path().join("k.sock").to_str().unwrap(),
-        "--metrics-addr",
-        "0.0.0.0:9",
-    ]);
+    let out = serve_to_exit(
+        &dir.path().join("s"),
+        &dir.path().join("k.sock"),
+        &["--metrics-addr", "0.0.0.0:9"],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a loopback address"));
 }

@@ -152,16 +152,7 @@ async fn socket_is_private_single_instance_and_removed_on_sigterm() {
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
 
     // A second instance on the same socket refuses to start and leaves the first serving.
-    let second = coffer(&[
-        "kms",
-        "serve",
-        "--platform",
-        "sim",
-        "--state-dir",
-        plugin.state_dir().to_str().unwrap(),
-        "--socket",
-        plugin.socket.to_str().unwrap(),
-    ]);
+    let second = serve_to_exit(&plugin.state_dir(), &plugin.socket, &[]);
     assert_eq!(second.status.code(), Some(1));
     assert!(
         stderr(&second).contains("already serving"),
@@ -217,16 +208,7 @@ async fn stale_socket_is_replaced_but_other_files_are_not() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("kms.sock");
     fs::write(&socket, b"not a socket").unwrap();
-    let out = coffer(&[
-        "kms",
-        "serve",
-        "--platform",
-        "sim",
-        "--state-dir",
-        dir.path().join("state").to_str().unwrap(),
-        "--socket",
-        socket.to_str().unwrap(),
-    ]);
+    let out = serve_to_exit(&dir.path().join("state"), &socket, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("not a unix socket"),
@@ -272,16 +254,7 @@ async fn damaged_keystore_is_refused_at_start_and_left_untouched() {
     ];
     for (name, bytes, needle) in cases {
         fs::write(&keystore, &bytes).unwrap();
-        let out = coffer(&[
-            "kms",
-            "serve",
-            "--platform",
-            "sim",
-            "--state-dir",
-            plugin.state_dir().to_str().unwrap(),
-            "--socket",
-            plugin.socket.to_str().unwrap(),
-        ]);
+        let out = serve_to_exit(&plugin.state_dir(), &plugin.socket, &[]);
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{name}: {err}");
         assert!(err.contains(needle), "{name}: {err}");

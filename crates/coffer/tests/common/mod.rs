@@ -248,3 +248,17 @@ pub async fn wait_for_status(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Runs `coffer kms serve` on the simulation platform expecting it to refuse to start; returns
+/// its output.
+pub fn serve_to_exit(state: &Path, socket: &Path, extra: &[&str]) -> Output {
+    Command::new(coffer_bin())
+        .args(["kms", "serve", "--platform", "sim", "--state-dir"])
+        .arg(state)
+        .arg("--socket")
+        .arg(socket)
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run coffer kms serve")
+}
