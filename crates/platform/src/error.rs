@@ -39,6 +39,10 @@ pub enum PlatformError {
     #[error("the operating system's random number generator failed: {0}")]
     Random(String),
 
+    /// The platform does not offer this operation.
+    #[error("{0}")]
+    Unsupported(&'static str),
+
     /// Sealed data could not be opened: tampered, truncated, or sealed by another TEE identity.
     #[error("sealed data failed authentication (tampered, truncated, or sealed by another TEE identity)")]
     UnsealFailed,

@@ -58,6 +58,61 @@ impl fmt::Display for PlatformKind {
     }
 }
 
+/// The kind of hardware evidence, independent of the LibOS that produced it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TeeType {
+    /// Simulation evidence (signed by a per-installation key; proves nothing).
+    Sim,
+    /// Intel SGX DCAP quote (v3).
+    Sgx,
+    /// Intel TDX DCAP quote (v4).
+    Tdx,
+    /// AMD SEV-SNP attestation report.
+    Snp,
+}
+
+impl TeeType {
+    /// Stable lower-case name (`sim`, `sgx`, `tdx`, `snp`), used in policies and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            TeeType::Sim => "sim",
+            TeeType::Sgx => "sgx",
+            TeeType::Tdx => "tdx",
+            TeeType::Snp => "snp",
+        }
+    }
+
+    /// Parses [`TeeType::name`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "sim" => TeeType::Sim,
+            "sgx" => TeeType::Sgx,
+            "tdx" => TeeType::Tdx,
+            "snp" => TeeType::Snp,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for TeeType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Attestation evidence bound to 64 bytes of report data, as produced by a [`Platform`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Evidence {
+    /// What kind of evidence `report` is.
+    pub tee: TeeType,
+    /// The quote (SGX/TDX), attestation report (SNP) or simulation evidence, as raw bytes.
+    pub report: Vec<u8>,
+    /// Certificates delivered with the evidence: for SNP, the GUID certificate table from
+    /// configfs-tsm `auxblob` (holding the VCEK); empty otherwise.
+    pub certificates: Vec<u8>,
+}
+
 /// A Trusted Execution Environment, as Coffer uses it.
 pub trait Platform: Send + Sync + fmt::Debug {
     /// Which TEE this is.
@@ -74,6 +129,10 @@ pub trait Platform: Send + Sync + fmt::Debug {
     /// The same TEE identity and purpose always yield the same key; another identity cannot
     /// obtain it.
     fn sealing_key(&self, purpose: &str) -> Result<SealingKey, PlatformError>;
+
+    /// Attestation evidence whose report data is exactly `report_data`, so a verifier can
+    /// check what the TEE vouches for (e.g. a hash of a TLS public key).
+    fn evidence(&self, report_data: &[u8; 64]) -> Result<Evidence, PlatformError>;
 }
 
 /// Which platform to open, as chosen on the command line.

@@ -137,6 +137,10 @@ impl Platform for SimPlatform {
             .map_err(|_| PlatformError::Random("HKDF output length".into()))?;
         Ok(SealingKey::from_bytes(key))
     }
+
+    fn evidence(&self, _report_data: &[u8; 64]) -> Result<crate::Evidence, PlatformError> {
+        Err(PlatformError::Unsupported("simulation evidence is not implemented yet"))
+    }
 }
 
 /// Creates `dir` (and parents) with mode 0700 if it does not exist.
