@@ -107,6 +107,9 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(usize::from(args.worker_threads))
+        // Keystore loads and rotations are the only blocking work; a small pool keeps the
+        // thread count within an SGX enclave's fixed TCS budget (see deploy/gramine).
+        .max_blocking_threads(4)
         .enable_all()
         .thread_name("coffer-kms")
         .build()?;
