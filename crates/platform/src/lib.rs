@@ -6,6 +6,14 @@
 //!
 //! * [`sim::SimPlatform`] — development and CI only. Its "sealing key" is a file on disk; it
 //!   protects nothing and says so on every start.
+//! * [`gramine::GraminePlatform`] (`sgx-gramine`) — Intel SGX under Gramine (`/dev/attestation`).
+//! * [`occlum::OcclumPlatform`] (`sgx-occlum`) — Intel SGX under Occlum (`/dev/sgx` ioctls).
+//! * [`tsm::TdxPlatform`] (`tdx`) — Intel TDX through configfs-tsm; no sealing key.
+//! * [`tsm::SnpPlatform`] (`snp`) — AMD SEV-SNP through configfs-tsm and `/dev/sev-guest`.
+//!
+//! [`open_platform`] picks one ([`detect`] for `auto`). Every backend reads its devices below a
+//! root directory — `/`, or `$COFFER_PLATFORM_ROOT` ([`PLATFORM_ROOT_ENV`]) so tests can point
+//! the binaries at a fake device tree.
 //!
 //! Key material in memory lives in [`secret::Locked`] pages (mlocked, excluded from core dumps,
 //! zeroized on drop), and [`process::harden`] disables core dumps for server processes.
@@ -13,15 +21,22 @@
 
 #![deny(missing_docs)]
 
+pub mod detect;
 pub mod durable;
 mod error;
+pub mod gramine;
+pub mod occlum;
 pub mod process;
 pub mod sealing;
 pub mod secret;
+pub mod sevguest;
+mod sgx;
 pub mod sim;
+pub mod tsm;
 
 pub use error::{fill_random, PlatformError};
 pub use sealing::SealingKey;
+pub use sgx::SealPolicy;
 
 use std::fmt;
 use std::path::Path;
@@ -33,6 +48,14 @@ use std::sync::Arc;
 pub enum PlatformKind {
     /// Simulation: no TEE, no protection. For development and tests only.
     Sim,
+    /// Intel SGX under the Gramine LibOS (`sgx-gramine`).
+    SgxGramine,
+    /// Intel SGX under the Occlum LibOS (`sgx-occlum`).
+    SgxOcclum,
+    /// Intel TDX (`tdx`). Evidence only: TDX has no sealing key.
+    Tdx,
+    /// AMD SEV-SNP (`snp`).
+    Snp,
 }
 
 impl PlatformKind {
@@ -40,15 +63,35 @@ impl PlatformKind {
     pub fn name(self) -> &'static str {
         match self {
             PlatformKind::Sim => "sim",
+            PlatformKind::SgxGramine => "sgx-gramine",
+            PlatformKind::SgxOcclum => "sgx-occlum",
+            PlatformKind::Tdx => "tdx",
+            PlatformKind::Snp => "snp",
+        }
+    }
+
+    /// Every kind, in the order they are listed to users.
+    pub const ALL: [PlatformKind; 5] = [
+        PlatformKind::Sim,
+        PlatformKind::SgxGramine,
+        PlatformKind::SgxOcclum,
+        PlatformKind::Tdx,
+        PlatformKind::Snp,
+    ];
+
+    /// The kind of evidence this platform produces.
+    pub fn tee_type(self) -> TeeType {
+        match self {
+            PlatformKind::Sim => TeeType::Sim,
+            PlatformKind::SgxGramine | PlatformKind::SgxOcclum => TeeType::Sgx,
+            PlatformKind::Tdx => TeeType::Tdx,
+            PlatformKind::Snp => TeeType::Snp,
         }
     }
 
     /// Parses a name given on the command line. `auto` is handled by [`open_platform`].
     pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "sim" => Some(PlatformKind::Sim),
-            _ => None,
-        }
+        PlatformKind::ALL.into_iter().find(|k| k.name() == name)
     }
 }
 
@@ -153,7 +196,12 @@ impl std::str::FromStr for PlatformChoice {
         }
         PlatformKind::from_name(s)
             .map(PlatformChoice::Named)
-            .ok_or_else(|| format!("unknown platform {s:?}; expected one of: auto, sim"))
+            .ok_or_else(|| {
+                format!(
+                    "unknown platform {s:?}; expected one of: auto, sim, sgx-gramine, \
+                     sgx-occlum, tdx, snp"
+                )
+            })
     }
 }
 
@@ -166,20 +214,125 @@ pub enum Access {
     ExistingOnly,
 }
 
+/// Environment variable naming the root directory below which backends look for their
+/// devices (`/dev/attestation`, `/dev/sgx`, `/sys/kernel/config/tsm`, ...). Default `/`; tests
+/// point it at a fake device tree.
+pub const PLATFORM_ROOT_ENV: &str = "COFFER_PLATFORM_ROOT";
+
+/// Environment variable choosing the SGX sealing policy: `mrsigner` (default; survives
+/// enclave upgrades) or `mrenclave` (only this exact enclave build). See [`SealPolicy`].
+pub const SGX_SEAL_POLICY_ENV: &str = "COFFER_SGX_SEAL_POLICY";
+
+/// The platform root: `$COFFER_PLATFORM_ROOT` or `/`.
+pub fn platform_root() -> std::path::PathBuf {
+    std::env::var_os(PLATFORM_ROOT_ENV)
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("/"))
+}
+
+fn sgx_seal_policy() -> Result<SealPolicy, PlatformError> {
+    match std::env::var(SGX_SEAL_POLICY_ENV) {
+        Err(_) => Ok(SealPolicy::MrSigner),
+        Ok(v) => SealPolicy::from_name(&v).ok_or_else(|| PlatformError::Tee {
+            backend: "sgx",
+            problem: format!(
+                "{SGX_SEAL_POLICY_ENV}={v:?} is not a sealing policy; use mrsigner or mrenclave"
+            ),
+        }),
+    }
+}
+
 /// Opens the chosen platform. `state_dir` holds per-installation files of backends that need
-/// them (the simulation key).
+/// them (the simulation key). Hardware backends read their devices below [`platform_root`];
+/// `auto` uses [`detect::detect`] and logs what it picked and why.
 pub fn open_platform(
     choice: PlatformChoice,
     state_dir: &Path,
     access: Access,
 ) -> Result<Arc<dyn Platform>, PlatformError> {
-    match (choice, access) {
-        (PlatformChoice::Named(PlatformKind::Sim), Access::CreateIfMissing) => {
-            Ok(Arc::new(sim::SimPlatform::open_or_create(state_dir)?))
+    let root = platform_root();
+    let kind = match choice {
+        PlatformChoice::Named(kind) => kind,
+        PlatformChoice::Auto => match detect::detect(&root) {
+            Some(found) => {
+                tracing::info!(
+                    platform = found.kind.name(),
+                    "detected TEE platform {}: {}",
+                    found.kind,
+                    found.reason
+                );
+                found.kind
+            }
+            None => return Err(PlatformError::NoTeeDetected),
+        },
+    };
+    Ok(match (kind, access) {
+        (PlatformKind::Sim, Access::CreateIfMissing) => {
+            Arc::new(sim::SimPlatform::open_or_create(state_dir)?)
         }
-        (PlatformChoice::Named(PlatformKind::Sim), Access::ExistingOnly) => {
-            Ok(Arc::new(sim::SimPlatform::open_existing(state_dir)?))
+        (PlatformKind::Sim, Access::ExistingOnly) => {
+            Arc::new(sim::SimPlatform::open_existing(state_dir)?)
         }
-        (PlatformChoice::Auto, _) => Err(PlatformError::NoTeeDetected),
+        (PlatformKind::SgxGramine, _) => {
+            Arc::new(gramine::GraminePlatform::new(&root, sgx_seal_policy()?)?)
+        }
+        (PlatformKind::SgxOcclum, _) => {
+            Arc::new(occlum::OcclumPlatform::new(&root, sgx_seal_policy()?, 0)?)
+        }
+        (PlatformKind::Tdx, _) => Arc::new(tsm::TdxPlatform::new(&root)?),
+        (PlatformKind::Snp, _) => Arc::new(tsm::SnpPlatform::new(&root)?),
+    })
+}
+
+/// Helpers for tests.
+#[cfg(test)]
+pub(crate) mod testutil {
+    /// Runs `f` on a new thread whose effective capabilities lack `CAP_DAC_OVERRIDE` and
+    /// `CAP_DAC_READ_SEARCH`, so file modes apply even when the tests run as root (Linux
+    /// credentials are per thread). `None` (with a note printed) if that is impossible.
+    pub fn without_file_permission_override<T: Send + 'static>(
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        use rustix::thread::{capabilities, set_capabilities, CapabilitySet};
+        std::thread::spawn(move || {
+            let mut caps = match capabilities(None) {
+                Ok(c) => c,
+                Err(e) => {
+                    println!("note: skipping permission test: capget failed: {e}");
+                    return None;
+                }
+            };
+            caps.effective
+                .remove(CapabilitySet::DAC_OVERRIDE | CapabilitySet::DAC_READ_SEARCH);
+            if let Err(e) = set_capabilities(None, caps) {
+                println!("note: skipping permission test: capset failed: {e}");
+                return None;
+            }
+            Some(f())
+        })
+        .join()
+        .unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platform_names_round_trip() {
+        for kind in PlatformKind::ALL {
+            assert_eq!(PlatformKind::from_name(kind.name()), Some(kind));
+            assert_eq!(
+                kind.name().parse::<PlatformChoice>(),
+                Ok(PlatformChoice::Named(kind))
+            );
+        }
+        assert_eq!("auto".parse::<PlatformChoice>(), Ok(PlatformChoice::Auto));
+        let err = "sgx".parse::<PlatformChoice>().unwrap_err();
+        assert!(err.contains("sgx-gramine, sgx-occlum, tdx, snp"), "{err}");
+        assert_eq!(PlatformKind::SgxOcclum.tee_type(), TeeType::Sgx);
+        assert_eq!(PlatformKind::Snp.to_string(), "snp");
     }
 }

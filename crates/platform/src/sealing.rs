@@ -74,6 +74,20 @@ impl SealingKey {
     }
 }
 
+/// Derives a per-purpose [`SealingKey`] from raw TEE key material with HKDF-SHA256
+/// (`salt` names the backend, `info` is the purpose). Raw TEE keys are never used directly.
+pub(crate) fn derive_sealing_key(
+    salt: &[u8],
+    ikm: &[u8],
+    purpose: &str,
+) -> Result<SealingKey, PlatformError> {
+    let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(salt), ikm);
+    let mut key = Zeroizing::new([0u8; 32]);
+    hk.expand(purpose.as_bytes(), &mut key[..])
+        .map_err(|_| PlatformError::Random("HKDF output length".into()))?;
+    Ok(SealingKey::from_bytes(key))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,8 +10,11 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use std::sync::OnceLock;
+
+use ed25519_dalek::{Signer, SigningKey};
 use hkdf::Hkdf;
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::durable;
@@ -21,6 +24,37 @@ use crate::{fill_random, Platform, PlatformError, PlatformKind, SealingKey};
 pub const KEY_FILE_NAME: &str = "sim-platform.key";
 const MAGIC: &[u8; 8] = b"CFRSIM1\n";
 const ROOT_LEN: usize = 32;
+
+/// Simulation evidence starts with these 20 bytes.
+pub const EVIDENCE_MAGIC: &[u8; 20] = b"COFFER-SIM-EVIDENCE\0";
+/// The simulation evidence format version (big endian u16 after the magic).
+pub const EVIDENCE_VERSION: u16 = 1;
+/// Length of simulation evidence: magic 20 ‖ version 2 ‖ measurement 32 ‖ report data 64 ‖
+/// Ed25519 public key 32 ‖ Ed25519 signature 64 (over all preceding bytes).
+pub const EVIDENCE_LEN: usize = 20 + 2 + 32 + 64 + 32 + 64;
+/// HKDF info for the per-installation simulation attestation key.
+const ATTESTATION_KEY_INFO: &[u8] = b"coffer sim attestation key v1";
+const SEALING_SALT: &[u8] = b"coffer sim sealing v1";
+
+/// SHA-256 of the running executable (`/proc/self/exe`), computed once: the simulated
+/// "measurement" in simulation evidence.
+pub fn executable_measurement() -> Result<[u8; 32], PlatformError> {
+    static MEASUREMENT: OnceLock<Result<[u8; 32], String>> = OnceLock::new();
+    MEASUREMENT
+        .get_or_init(|| {
+            let path = Path::new("/proc/self/exe");
+            let mut f =
+                fs::File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+            let mut h = Sha256::new();
+            io::copy(&mut f, &mut h).map_err(|e| format!("reading {}: {e}", path.display()))?;
+            Ok(h.finalize().into())
+        })
+        .clone()
+        .map_err(|problem| PlatformError::Tee {
+            backend: "sim",
+            problem: format!("cannot measure the executable: {problem}"),
+        })
+}
 
 /// The warning printed on every start of the simulation platform.
 pub const INSECURE_WARNING: &str =
@@ -125,21 +159,51 @@ impl SimPlatform {
     }
 }
 
+impl SimPlatform {
+    fn attestation_key(&self) -> Result<SigningKey, PlatformError> {
+        let hk = Hkdf::<Sha256>::new(Some(SEALING_SALT), &self.root[..]);
+        let mut seed = Zeroizing::new([0u8; 32]);
+        hk.expand(ATTESTATION_KEY_INFO, &mut seed[..])
+            .map_err(|_| PlatformError::Random("HKDF output length".into()))?;
+        Ok(SigningKey::from_bytes(&seed))
+    }
+
+    /// This installation's simulation attestation public key (Ed25519), as it appears in
+    /// its evidence.
+    pub fn attestation_public_key(&self) -> Result<[u8; 32], PlatformError> {
+        Ok(self.attestation_key()?.verifying_key().to_bytes())
+    }
+}
+
 impl Platform for SimPlatform {
     fn kind(&self) -> PlatformKind {
         PlatformKind::Sim
     }
 
     fn sealing_key(&self, purpose: &str) -> Result<SealingKey, PlatformError> {
-        let hk = Hkdf::<Sha256>::new(Some(b"coffer sim sealing v1"), &self.root[..]);
-        let mut key = Zeroizing::new([0u8; 32]);
-        hk.expand(purpose.as_bytes(), &mut key[..])
-            .map_err(|_| PlatformError::Random("HKDF output length".into()))?;
-        Ok(SealingKey::from_bytes(key))
+        crate::sealing::derive_sealing_key(SEALING_SALT, &self.root[..], purpose)
     }
 
-    fn evidence(&self, _report_data: &[u8; 64]) -> Result<crate::Evidence, PlatformError> {
-        Err(PlatformError::Unsupported("simulation evidence is not implemented yet"))
+    /// Simulation evidence ([`EVIDENCE_LEN`] bytes): [`EVIDENCE_MAGIC`] ‖ version (u16 BE, 1)
+    /// ‖ measurement (SHA-256 of the executable) ‖ report data ‖ Ed25519 public key ‖
+    /// Ed25519 signature over all preceding bytes. The key is per installation (derived from
+    /// the simulated root secret), so the evidence proves nothing about a TEE.
+    fn evidence(&self, report_data: &[u8; 64]) -> Result<crate::Evidence, PlatformError> {
+        let signing = self.attestation_key()?;
+        let mut out = Vec::with_capacity(EVIDENCE_LEN);
+        out.extend_from_slice(EVIDENCE_MAGIC);
+        out.extend_from_slice(&EVIDENCE_VERSION.to_be_bytes());
+        out.extend_from_slice(&executable_measurement()?);
+        out.extend_from_slice(report_data);
+        out.extend_from_slice(signing.verifying_key().as_bytes());
+        let signature = signing.sign(&out);
+        out.extend_from_slice(&signature.to_bytes());
+        debug_assert_eq!(out.len(), EVIDENCE_LEN);
+        Ok(crate::Evidence {
+            tee: crate::TeeType::Sim,
+            report: out,
+            certificates: Vec::new(),
+        })
     }
 }
 
@@ -203,6 +267,45 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("chmod 600"), "{err}");
+    }
+
+    #[test]
+    fn sim_evidence_layout_and_signature() {
+        use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+        let dir = tempfile::tempdir().unwrap();
+        let p = SimPlatform::open_or_create(dir.path()).unwrap();
+        let rd: [u8; 64] = std::array::from_fn(|i| i as u8);
+        let ev = p.evidence(&rd).unwrap();
+        assert_eq!(ev.tee, crate::TeeType::Sim);
+        assert!(ev.certificates.is_empty());
+        let r = &ev.report;
+        assert_eq!(r.len(), 214);
+        assert_eq!(&r[..20], b"COFFER-SIM-EVIDENCE\0");
+        assert_eq!(&r[20..22], &[0, 1]);
+        let exe = fs::read("/proc/self/exe").unwrap();
+        assert_eq!(&r[22..54], &Sha256::digest(&exe)[..]);
+        assert_eq!(&r[54..118], &rd[..]);
+        let pk: [u8; 32] = r[118..150].try_into().unwrap();
+        assert_eq!(pk, p.attestation_public_key().unwrap());
+        let sig = Signature::from_bytes(&r[150..214].try_into().unwrap());
+        let vk = VerifyingKey::from_bytes(&pk).unwrap();
+        vk.verify(&r[..150], &sig).unwrap();
+        // Tampering breaks the signature.
+        let mut t = r[..150].to_vec();
+        t[60] ^= 1;
+        assert!(vk.verify(&t, &sig).is_err());
+        // Stable per installation, different across installations.
+        let again = SimPlatform::open_existing(dir.path()).unwrap();
+        assert_eq!(again.evidence(&rd).unwrap().report[118..150], pk);
+        let other = SimPlatform::open_or_create(tempfile::tempdir().unwrap().path()).unwrap();
+        assert_ne!(other.attestation_public_key().unwrap(), pk);
+        // The attestation key is not a sealing key.
+        assert_ne!(
+            &p.sealing_key("coffer sim attestation key v1")
+                .unwrap()
+                .expose()[..],
+            &pk[..]
+        );
     }
 
     #[test]

@@ -1,0 +1,120 @@
+//! Pieces shared by the SGX backends ([`crate::gramine`], [`crate::occlum`]).
+
+use crate::PlatformError;
+
+/// Which enclave identity an SGX sealing key is bound to.
+///
+/// * [`SealPolicy::MrEnclave`]: bound to the exact enclave measurement. Only this exact build
+///   (same code, same manifest) can re-derive the key, so **an enclave upgrade loses access**
+///   to everything sealed under it unless the data is migrated first.
+/// * [`SealPolicy::MrSigner`]: bound to the enclave signer (MRSIGNER) and product ID. Survives
+///   enclave upgrades signed by the same key, but every enclave that key signs can derive it,
+///   so the signing key must be guarded like the data itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SealPolicy {
+    /// Bind to MRENCLAVE (this exact enclave; does not survive upgrades).
+    MrEnclave,
+    /// Bind to MRSIGNER (any enclave from the same signer and product; survives upgrades).
+    MrSigner,
+}
+
+impl SealPolicy {
+    /// Stable name: `mrenclave` or `mrsigner`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SealPolicy::MrEnclave => "mrenclave",
+            SealPolicy::MrSigner => "mrsigner",
+        }
+    }
+
+    /// Parses [`SealPolicy::name`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "mrenclave" => Some(SealPolicy::MrEnclave),
+            "mrsigner" => Some(SealPolicy::MrSigner),
+            _ => None,
+        }
+    }
+}
+
+/// Length of the SGX quote header (v3 and v4).
+pub(crate) const QUOTE_HEADER_LEN: usize = 48;
+/// Length of the SGX report body that follows the header.
+pub(crate) const REPORT_BODY_LEN: usize = 384;
+/// Offset of `report_data` inside the report body.
+pub(crate) const REPORT_DATA_OFFSET: usize = 320;
+
+/// Checks that `quote` is an SGX DCAP quote (v3, or v4 with TEE type SGX) whose report data is
+/// `report_data`.
+pub(crate) fn check_quote(
+    backend: &'static str,
+    quote: &[u8],
+    report_data: &[u8; 64],
+) -> Result<(), PlatformError> {
+    let bad = |problem: String| PlatformError::Tee { backend, problem };
+    let min = QUOTE_HEADER_LEN + REPORT_BODY_LEN;
+    if quote.len() < min {
+        return Err(bad(format!(
+            "the quote is {} bytes long, shorter than an SGX quote header and report body \
+             ({min} bytes); the quoting enclave or its configuration is broken",
+            quote.len()
+        )));
+    }
+    let version = u16::from_le_bytes([quote[0], quote[1]]);
+    let tee_type = u32::from_le_bytes([quote[4], quote[5], quote[6], quote[7]]);
+    match (version, tee_type) {
+        (3, _) | (4, 0) => {}
+        _ => {
+            return Err(bad(format!(
+                "the quote has version {version} and TEE type {tee_type:#x}; expected an SGX \
+                 DCAP quote (version 3)"
+            )))
+        }
+    }
+    let at = QUOTE_HEADER_LEN + REPORT_DATA_OFFSET;
+    if quote[at..at + 64] != report_data[..] {
+        return Err(bad(
+            "the quote's report data differs from the report data written: another process \
+             in this TEE requested a quote at the same time, or the quote is stale"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) fn fake_quote(report_data: &[u8; 64]) -> Vec<u8> {
+    let mut q = vec![0u8; QUOTE_HEADER_LEN + REPORT_BODY_LEN + 4 + 100];
+    q[0..2].copy_from_slice(&3u16.to_le_bytes());
+    let at = QUOTE_HEADER_LEN + REPORT_DATA_OFFSET;
+    q[at..at + 64].copy_from_slice(report_data);
+    q
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quote_checks() {
+        let rd = [7u8; 64];
+        let q = fake_quote(&rd);
+        check_quote("t", &q, &rd).unwrap();
+        let err = check_quote("t", &q, &[8u8; 64]).unwrap_err().to_string();
+        assert!(err.contains("differs"), "{err}");
+        let err = check_quote("t", &q[..400], &rd).unwrap_err().to_string();
+        assert!(err.contains("400 bytes long"), "{err}");
+        let mut v5 = q.clone();
+        v5[0] = 5;
+        let err = check_quote("t", &v5, &rd).unwrap_err().to_string();
+        assert!(err.contains("version 5"), "{err}");
+        assert_eq!(
+            SealPolicy::from_name("mrsigner"),
+            Some(SealPolicy::MrSigner)
+        );
+        assert_eq!(
+            SealPolicy::from_name(SealPolicy::MrEnclave.name()),
+            Some(SealPolicy::MrEnclave)
+        );
+    }
+}
