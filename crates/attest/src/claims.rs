@@ -22,7 +22,9 @@ impl Serialize for Hex {
 impl<'de> Deserialize<'de> for Hex {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        hex::decode(text.trim()).map(Hex).map_err(serde::de::Error::custom)
+        hex::decode(text.trim())
+            .map(Hex)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -118,6 +120,7 @@ mod tee_name {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<TeeType, D::Error> {
         let name = String::deserialize(d)?;
-        TeeType::from_name(&name).ok_or_else(|| serde::de::Error::custom(format!("unknown TEE type {name:?}")))
+        TeeType::from_name(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown TEE type {name:?}")))
     }
 }

@@ -66,6 +66,9 @@ pub enum Command {
     /// Disaster recovery: decrypt values read straight from etcd.
     #[command(subcommand)]
     Etcd(EtcdCommand),
+    /// Attestation: show this platform's evidence, verify evidence, check policies.
+    #[command(subcommand)]
+    Attest(crate::attest::AttestCommand),
     /// Built-in load generator and start-up timer.
     #[command(subcommand)]
     Bench(BenchCommand),

@@ -33,6 +33,7 @@ pub fn run(command: Command) -> Result<ExitCode, Error> {
         }
         Command::Keys(cmd) => keys(cmd),
         Command::Etcd(EtcdCommand::Decrypt(args)) => etcd_decrypt(args),
+        Command::Attest(cmd) => crate::attest::run(cmd),
         Command::Bench(BenchCommand::Kms(args)) => {
             let report = coffer_bench::run_kms(&args)?;
             if args.json {

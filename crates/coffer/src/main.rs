@@ -1,6 +1,7 @@
 //! `coffer`: the command-line entry point. Parsing and dispatch only; the work happens in the
 //! library crates under `crates/`.
 
+mod attest;
 mod cli;
 mod cmd;
 mod logging;

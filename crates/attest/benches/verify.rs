@@ -1,0 +1,84 @@
+//! Verification cost on the real fixtures: DCAP SGX, DCAP TDX, SEV-SNP.
+
+use coffer_attest::snp::{build_cert_table, CertEntry, VCEK_GUID};
+use coffer_attest::{verify, CollateralSource, Evidence, TeeType, VerifyError, VerifyOptions};
+use criterion::{criterion_group, criterion_main, Criterion};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+fn fixtures() -> PathBuf {
+    match std::env::var_os("COFFER_FIXTURES") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/fixtures/attestation"
+        )),
+    }
+}
+
+/// Collateral held in memory, so the benchmark measures verification, not file reads.
+struct InMemory(dcap_qvl::QuoteCollateralV3);
+
+impl CollateralSource for InMemory {
+    fn collateral(&self, _: TeeType, _: &[u8]) -> Result<dcap_qvl::QuoteCollateralV3, VerifyError> {
+        Ok(self.0.clone())
+    }
+}
+
+fn dcap(tee: TeeType, quote: &str, collateral: &str) -> (Evidence, VerifyOptions) {
+    let collateral =
+        serde_json::from_slice(&std::fs::read(fixtures().join(collateral)).unwrap()).unwrap();
+    // 2025-06-19T12:00:00Z
+    let mut options =
+        VerifyOptions::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_750_334_400));
+    options.collateral = Arc::new(InMemory(collateral));
+    let evidence = Evidence {
+        tee,
+        report: std::fs::read(fixtures().join(quote)).unwrap(),
+        certificates: Vec::new(),
+    };
+    (evidence, options)
+}
+
+fn bench(c: &mut Criterion) {
+    let (sgx, sgx_options) = dcap(
+        TeeType::Sgx,
+        "sgx/sgx_quote",
+        "sgx/sgx_quote_collateral.json",
+    );
+    let (tdx, tdx_options) = dcap(
+        TeeType::Tdx,
+        "tdx/tdx_quote",
+        "tdx/tdx_quote_collateral.json",
+    );
+    let report = std::fs::read_to_string(fixtures().join("snp/report_milan.hex")).unwrap();
+    let vcek = std::fs::read(fixtures().join("snp/vcek_milan.der")).unwrap();
+    let snp = Evidence {
+        tee: TeeType::Snp,
+        report: hex::decode(report.trim()).unwrap(),
+        certificates: build_cert_table(&[CertEntry {
+            guid: VCEK_GUID,
+            data: vcek,
+        }]),
+    };
+    let snp_options = VerifyOptions::new(SystemTime::now());
+    verify(&sgx, &sgx_options).unwrap();
+    verify(&tdx, &tdx_options).unwrap();
+    verify(&snp, &snp_options).unwrap();
+
+    let mut group = c.benchmark_group("verify");
+    group.bench_function("dcap_sgx", |b| {
+        b.iter(|| verify(&sgx, &sgx_options).unwrap())
+    });
+    group.bench_function("dcap_tdx", |b| {
+        b.iter(|| verify(&tdx, &tdx_options).unwrap())
+    });
+    group.bench_function("snp_milan", |b| {
+        b.iter(|| verify(&snp, &snp_options).unwrap())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,291 @@
+//! `coffer attest`: show this platform's evidence, verify evidence against a policy, and check
+//! policy files — the tools an operator uses to fill in a policy.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use clap::{Args, Subcommand, ValueEnum};
+use coffer_attest::policy::Policy;
+use coffer_attest::{
+    CollateralDir, CollateralSource, Evidence, KdsVcek, NoCollateral, NoVcek, PccsCollateral,
+    TeeType, VcekDir, VcekRequest, VcekSource, VerifyError, VerifyOptions,
+};
+use coffer_platform::{open_platform, Access, PlatformChoice};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Largest evidence file read (quotes are a few KiB; SNP certificate tables a few more).
+const MAX_EVIDENCE_FILE: u64 = 1 << 20;
+
+#[derive(Subcommand, Debug)]
+pub enum AttestCommand {
+    /// Print this platform's attestation evidence (JSON with base64 fields, or raw bytes).
+    Evidence(EvidenceArgs),
+    /// Verify an evidence file offline and print the normalised claims; with --policy, also
+    /// the role it maps to (exit 1 and the reasons if it maps to none).
+    Verify(VerifyArgs),
+    /// Policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Validate a policy file: unknown fields, typos, hex lengths, duplicate roles.
+    Check {
+        /// The policy file (YAML).
+        file: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct EvidenceArgs {
+    /// TEE platform (auto, sim, sgx-gramine, sgx-occlum, tdx, snp).
+    #[arg(long, default_value = "auto", env = "COFFER_PLATFORM")]
+    pub platform: PlatformChoice,
+    /// State directory (the simulation platform keeps its key there).
+    #[arg(long, default_value = "/var/lib/coffer", env = "COFFER_STATE_DIR")]
+    pub state_dir: PathBuf,
+    /// 64 bytes of report data, hex (default: zeros).
+    #[arg(long)]
+    pub report_data: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: EvidenceFormat,
+    /// Write to this file instead of stdout.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+}
+
+/// How evidence is written or read.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvidenceFormat {
+    /// `{"tee": "...", "report": "<base64>", "certificates": "<base64>"}`.
+    Json,
+    /// The quote/report bytes only.
+    Raw,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Evidence file: JSON from `coffer attest evidence`, or a raw quote/report (then --tee).
+    #[arg(long)]
+    pub evidence: PathBuf,
+    /// Evidence type of a raw file: sgx, tdx, snp or sim. Hex text is accepted too.
+    #[arg(long)]
+    pub tee: Option<String>,
+    /// Directory of DCAP collateral JSON files (air-gapped sites).
+    #[arg(long)]
+    pub collateral_dir: Option<PathBuf>,
+    /// Use exactly this collateral file name inside --collateral-dir.
+    #[arg(long, requires = "collateral_dir")]
+    pub collateral_file: Option<String>,
+    /// PCCS or Intel PCS base URL to fetch DCAP collateral from (cached in --cache-dir).
+    #[arg(long, conflicts_with = "collateral_dir", requires = "cache_dir")]
+    pub pccs_url: Option<String>,
+    /// Cache directory for fetched collateral and VCEKs.
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// SEV-SNP: the VCEK certificate (DER) for this report.
+    #[arg(long)]
+    pub vcek: Option<PathBuf>,
+    /// SEV-SNP: directory of cached VCEKs.
+    #[arg(long, conflicts_with = "vcek")]
+    pub vcek_dir: Option<PathBuf>,
+    /// SEV-SNP: fetch VCEKs from AMD KDS at this URL (e.g. https://kdsintf.amd.com), cached in
+    /// --cache-dir so the same VCEK is never fetched twice.
+    #[arg(long, conflicts_with_all = ["vcek", "vcek_dir"], requires = "cache_dir")]
+    pub kds_url: Option<String>,
+    /// Verify as of this time (RFC 3339), e.g. to check old evidence with old collateral.
+    #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+    pub now: Option<SystemTime>,
+    /// Require these 64 bytes of report data (hex).
+    #[arg(long)]
+    pub report_data: Option<String>,
+    /// Map the claims to a role with this policy.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+}
+
+/// Runs an attest subcommand.
+pub fn run(command: AttestCommand) -> Result<ExitCode, Error> {
+    match command {
+        AttestCommand::Evidence(args) => evidence(args),
+        AttestCommand::Verify(args) => verify(args),
+        AttestCommand::Policy(PolicyCommand::Check { file }) => {
+            let policy = Policy::load(&file)?;
+            let roles: Vec<&str> = policy.roles().collect();
+            println!("{}: valid, roles: {}", file.display(), roles.join(", "));
+            if policy.allows_simulation() {
+                eprintln!(
+                    "warning: allow_simulation is true: simulation evidence (no TEE) is accepted"
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn parse_report_data(hex_text: Option<&str>) -> Result<[u8; 64], Error> {
+    let mut out = [0u8; 64];
+    if let Some(text) = hex_text {
+        let bytes =
+            hex::decode(text.trim()).map_err(|e| format!("--report-data is not hex: {e}"))?;
+        if bytes.len() != 64 {
+            return Err(format!(
+                "--report-data must be 64 bytes (128 hex characters), got {}",
+                bytes.len()
+            )
+            .into());
+        }
+        out.copy_from_slice(&bytes);
+    }
+    Ok(out)
+}
+
+fn evidence(args: EvidenceArgs) -> Result<ExitCode, Error> {
+    let report_data = parse_report_data(args.report_data.as_deref())?;
+    let platform = open_platform(args.platform, &args.state_dir, Access::ExistingOnly)?;
+    let evidence = platform.evidence(&report_data)?;
+    let bytes = match args.format {
+        EvidenceFormat::Json => {
+            let doc = serde_json::json!({
+                "tee": evidence.tee.name(),
+                "report": B64.encode(&evidence.report),
+                "certificates": B64.encode(&evidence.certificates),
+            });
+            let mut text = serde_json::to_vec_pretty(&doc)?;
+            text.push(b'\n');
+            text
+        }
+        EvidenceFormat::Raw => evidence.report.clone(),
+    };
+    match &args.output {
+        Some(path) => {
+            std::fs::write(path, bytes).map_err(|e| format!("writing {}: {e}", path.display()))?
+        }
+        None => std::io::Write::write_all(&mut std::io::stdout().lock(), &bytes)?,
+    }
+    eprintln!("{} evidence, {} bytes", evidence.tee, evidence.report.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads an evidence file: our JSON form, or raw / hex-text bytes with `tee` given.
+pub fn read_evidence(path: &Path, tee: Option<&str>) -> Result<Evidence, Error> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(|e| format!("reading {}: {e}", path.display()))?
+        .take(MAX_EVIDENCE_FILE + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_EVIDENCE_FILE {
+        return Err(format!(
+            "{} is larger than {MAX_EVIDENCE_FILE} bytes; not evidence",
+            path.display()
+        )
+        .into());
+    }
+    if let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+        let field = |name: &str| -> Result<Vec<u8>, Error> {
+            let text = doc.get(name).and_then(|v| v.as_str()).unwrap_or("");
+            Ok(B64
+                .decode(text)
+                .map_err(|e| format!("{}: field {name:?} is not base64: {e}", path.display()))?)
+        };
+        let tee_name = doc
+            .get("tee")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| format!("{}: JSON evidence needs a \"tee\" field", path.display()))?;
+        let tee = TeeType::from_name(tee_name).ok_or_else(|| {
+            format!(
+                "{}: unknown tee {tee_name:?} (sgx, tdx, snp, sim)",
+                path.display()
+            )
+        })?;
+        return Ok(Evidence {
+            tee,
+            report: field("report")?,
+            certificates: field("certificates")?,
+        });
+    }
+    let tee_name = tee.ok_or("raw evidence needs --tee sgx|tdx|snp|sim")?;
+    let tee = TeeType::from_name(tee_name)
+        .ok_or_else(|| format!("unknown --tee {tee_name:?} (sgx, tdx, snp, sim)"))?;
+    // Hex text (as some tools and fixtures store reports) or raw bytes.
+    let text: String = String::from_utf8_lossy(&bytes).split_whitespace().collect();
+    let report = match hex::decode(&text) {
+        Ok(decoded) if !text.is_empty() => decoded,
+        _ => bytes,
+    };
+    Ok(Evidence {
+        tee,
+        report,
+        certificates: Vec::new(),
+    })
+}
+
+/// A single VCEK given on the command line.
+#[derive(Debug)]
+struct FixedVcek(Vec<u8>);
+
+impl VcekSource for FixedVcek {
+    fn vcek(&self, _request: &VcekRequest) -> Result<Vec<u8>, VerifyError> {
+        Ok(self.0.clone())
+    }
+}
+
+fn verify(args: VerifyArgs) -> Result<ExitCode, Error> {
+    let evidence = read_evidence(&args.evidence, args.tee.as_deref())?;
+    let policy = args.policy.as_deref().map(Policy::load).transpose()?;
+    let mut options = VerifyOptions::new(args.now.unwrap_or_else(SystemTime::now));
+    options.allow_simulation = true; // the policy decides; claims are shown either way
+    options.collateral = match (&args.collateral_dir, &args.pccs_url) {
+        (Some(dir), _) => match &args.collateral_file {
+            Some(name) => {
+                Arc::new(CollateralDir::with_file(dir, name)) as Arc<dyn CollateralSource>
+            }
+            None => Arc::new(CollateralDir::new(dir)),
+        },
+        (None, Some(url)) => Arc::new(PccsCollateral::new(
+            url,
+            args.cache_dir.clone().unwrap_or_default(),
+        )),
+        (None, None) => Arc::new(NoCollateral),
+    };
+    options.vcek = match (&args.vcek, &args.vcek_dir, &args.kds_url) {
+        (Some(file), _, _) => Arc::new(FixedVcek(
+            std::fs::read(file).map_err(|e| format!("reading {}: {e}", file.display()))?,
+        )) as Arc<dyn VcekSource>,
+        (None, Some(dir), _) => Arc::new(VcekDir::new(dir)),
+        (None, None, Some(url)) => Arc::new(KdsVcek::new(
+            url,
+            args.cache_dir.clone().unwrap_or_default(),
+        )),
+        (None, None, None) => Arc::new(NoVcek),
+    };
+    if args.report_data.is_some() {
+        options.expected_report_data = Some(parse_report_data(args.report_data.as_deref())?);
+    }
+    let claims = coffer_attest::verify(&evidence, &options)?;
+    println!("{}", serde_json::to_string_pretty(&claims)?);
+    if evidence.tee == TeeType::Sim {
+        eprintln!("warning: simulation evidence proves nothing about the machine it came from");
+    }
+    match policy {
+        None => Ok(ExitCode::SUCCESS),
+        Some(policy) => match policy.evaluate(&claims) {
+            Ok(role) => {
+                eprintln!("policy: role {}", role.name);
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(denial) => {
+                eprintln!("policy: denied: {denial}");
+                Ok(ExitCode::from(1))
+            }
+        },
+    }
+}
