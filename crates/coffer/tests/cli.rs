@@ -18,6 +18,10 @@ fn every_command_has_help() {
         vec!["etcd", "decrypt", "--help"],
         vec!["bench", "kms", "--help"],
         vec!["bench", "startup", "--help"],
+        vec!["attest", "--help"],
+        vec!["attest", "evidence", "--help"],
+        vec!["attest", "verify", "--help"],
+        vec!["attest", "policy", "check", "--help"],
     ] {
         let out = coffer(&args);
         assert!(out.status.success(), "{args:?}");

@@ -54,7 +54,9 @@ fn bench(c: &mut Criterion) {
         let verifier = |role: &str| {
             Arc::new(
                 AttestedVerifier::new(
-                    Arc::new(common::TestSimVerifier),
+                    Arc::new(coffer_ratls::OfflineVerifier::new(
+                        coffer_attest::VerifyOptions::new(std::time::SystemTime::now()),
+                    )),
                     common::sim_policy(role, true),
                 )
                 .with_cache_ttl(ttl),

@@ -19,6 +19,9 @@
 
 mod cbor;
 pub mod extension;
+mod offline;
+
+pub use offline::OfflineVerifier;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -325,3 +325,49 @@ fn real_sgx_quote_round_trips_and_is_refused_for_its_binding() {
     assert!(matches!(e, RatlsError::Binding(_)), "{e}");
     assert!(e.to_string().contains("belongs to another key"), "{e}");
 }
+
+#[tokio::test]
+async fn real_sim_platform_mutual_handshake() {
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let server_platform = coffer_platform::sim::SimPlatform::open_or_create(dirs.0.path()).unwrap();
+    let client_platform = coffer_platform::sim::SimPlatform::open_or_create(dirs.1.path()).unwrap();
+    let server_id = attested_certificate(&server_platform).unwrap();
+    let client_id = attested_certificate(&client_platform).unwrap();
+    let measurement = hex::encode(coffer_platform::sim::executable_measurement().unwrap());
+    let policy = |role: &str| {
+        Arc::new(
+            coffer_attest::policy::Policy::from_yaml(&format!(
+                "version: 1\nallow_simulation: true\nroles:\n  - name: {role}\n    sim: {{ measurement: [\"{measurement}\"] }}\n"
+            ))
+            .unwrap(),
+        )
+    };
+    let verifier = |role: &str| {
+        Arc::new(AttestedVerifier::new(
+            Arc::new(coffer_ratls::OfflineVerifier::new(
+                coffer_attest::VerifyOptions::new(SystemTime::now()),
+            )),
+            policy(role),
+        ))
+    };
+    let out = handshake(
+        &server_id,
+        verifier("kms-plugin"),
+        &client_id,
+        verifier("keyd"),
+    )
+    .await;
+    let server_sees = out.server.unwrap().expect("server knows the client");
+    let client_sees = out.client.unwrap().expect("client knows the server");
+    assert_eq!(server_sees.role.name, "kms-plugin");
+    assert_eq!(client_sees.role.name, "keyd");
+    match &client_sees.claims.measurements {
+        coffer_attest::Measurements::Sim { signer, .. } => {
+            assert_eq!(
+                signer.0,
+                server_platform.attestation_public_key().unwrap().to_vec()
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -4,17 +4,19 @@
 //! `b"COFFER-SIM-EVIDENCE\0"` (20) ‖ version u16 BE = 1 ‖ measurement [32] ‖ report_data [64] ‖
 //! Ed25519 public key [32] ‖ Ed25519 signature [64] over all preceding bytes.
 //!
-//! Kept here so they can be swapped for the real `SimPlatform` and `coffer_attest::verify`.
+//! An independent generator of that layout: the tests check it against the real verifier
+//! (`coffer_attest::verify` through `OfflineVerifier`), and `real_sim_platform_*` tests use the
+//! real `SimPlatform` as well.
 #![allow(dead_code)]
 
 use std::sync::Arc;
 
-use coffer_attest::claims::Hex;
 use coffer_attest::policy::Policy;
-use coffer_attest::{Claims, Measurements};
+use coffer_attest::VerifyOptions;
 use coffer_platform::{Evidence, Platform, PlatformError, PlatformKind, SealingKey, TeeType};
-use coffer_ratls::{AttestedVerifier, EvidenceVerifier};
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use coffer_ratls::{AttestedVerifier, OfflineVerifier};
+use ed25519_dalek::{Signer, SigningKey};
+use std::time::SystemTime;
 
 pub const MAGIC: &[u8; 20] = b"COFFER-SIM-EVIDENCE\0";
 pub const LEN: usize = 20 + 2 + 32 + 64 + 32 + 64;
@@ -90,42 +92,6 @@ impl Platform for FixedPlatform {
     }
 }
 
-#[derive(Debug)]
-pub struct TestSimVerifier;
-
-impl EvidenceVerifier for TestSimVerifier {
-    fn verify(&self, evidence: &Evidence) -> Result<Claims, String> {
-        if evidence.tee != TeeType::Sim {
-            return Err(format!(
-                "test verifier handles sim evidence only, got {}",
-                evidence.tee
-            ));
-        }
-        let r = &evidence.report;
-        if r.len() != LEN || &r[..20] != MAGIC || r[20..22] != [0, 1] {
-            return Err("not simulation evidence v1".into());
-        }
-        let measurement = &r[22..54];
-        let report_data = &r[54..118];
-        let pk: [u8; 32] = r[118..150].try_into().unwrap();
-        let sig: [u8; 64] = r[150..214].try_into().unwrap();
-        let key = VerifyingKey::from_bytes(&pk).map_err(|e| e.to_string())?;
-        key.verify(&r[..150], &Signature::from_bytes(&sig))
-            .map_err(|_| "simulation evidence signature is invalid".to_string())?;
-        Ok(Claims {
-            tee: TeeType::Sim,
-            debug: false,
-            tcb_status: "NotApplicable".into(),
-            advisories: vec![],
-            report_data: Hex(report_data.to_vec()),
-            measurements: Measurements::Sim {
-                measurement: Hex(measurement.to_vec()),
-                signer: Hex(pk.to_vec()),
-            },
-        })
-    }
-}
-
 /// A policy granting `role` to simulation evidence with [`MEASUREMENT`].
 pub fn sim_policy(role: &str, allow_simulation: bool) -> Arc<Policy> {
     Arc::new(
@@ -139,7 +105,7 @@ pub fn sim_policy(role: &str, allow_simulation: bool) -> Arc<Policy> {
 
 pub fn sim_verifier(role: &str, allow_simulation: bool) -> Arc<AttestedVerifier> {
     Arc::new(AttestedVerifier::new(
-        Arc::new(TestSimVerifier),
+        Arc::new(OfflineVerifier::new(VerifyOptions::new(SystemTime::now()))),
         sim_policy(role, allow_simulation),
     ))
 }
