@@ -71,6 +71,16 @@ fn bench(c: &mut Criterion) {
     group.bench_function("dcap_sgx", |b| {
         b.iter(|| verify(&sgx, &sgx_options).unwrap())
     });
+    // The on-disk form the PCCS cache and air-gapped directories serve: read + parse per call.
+    let mut from_disk = sgx_options.clone();
+    from_disk.collateral = Arc::new(coffer_attest::CollateralDir::with_file(
+        fixtures().join("sgx"),
+        "sgx_quote_collateral.json",
+    ));
+    verify(&sgx, &from_disk).unwrap();
+    group.bench_function("dcap_sgx_collateral_from_disk_cache", |b| {
+        b.iter(|| verify(&sgx, &from_disk).unwrap())
+    });
     group.bench_function("dcap_tdx", |b| {
         b.iter(|| verify(&tdx, &tdx_options).unwrap())
     });

@@ -28,9 +28,34 @@ pub enum AttestCommand {
     /// Verify an evidence file offline and print the normalised claims; with --policy, also
     /// the role it maps to (exit 1 and the reasons if it maps to none).
     Verify(VerifyArgs),
+    /// Connect to an attested TLS endpoint (e.g. coffer keyd), verify its certificate's
+    /// evidence and key binding, map it to a role with --policy, and print its claims. Presents
+    /// this platform's own attested certificate (endpoints require mutual attestation).
+    Endpoint(EndpointArgs),
     /// Policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct EndpointArgs {
+    /// host:port to connect to.
+    #[arg(long)]
+    pub connect: String,
+    /// Policy the endpoint must satisfy; its denial lists the endpoint's measurements.
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// This client's platform, for its own attested certificate.
+    #[arg(long, default_value = "auto", env = "COFFER_PLATFORM")]
+    pub platform: PlatformChoice,
+    /// State directory (the simulation platform keeps its key there).
+    #[arg(long, default_value = "/var/lib/coffer", env = "COFFER_STATE_DIR")]
+    pub state_dir: PathBuf,
+    /// Give up after this long.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+    #[command(flatten)]
+    pub sources: SourceArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -70,14 +95,9 @@ pub enum EvidenceFormat {
     Raw,
 }
 
+/// Where collateral and VCEKs come from.
 #[derive(Args, Debug)]
-pub struct VerifyArgs {
-    /// Evidence file: JSON from `coffer attest evidence`, or a raw quote/report (then --tee).
-    #[arg(long)]
-    pub evidence: PathBuf,
-    /// Evidence type of a raw file: sgx, tdx, snp or sim. Hex text is accepted too.
-    #[arg(long)]
-    pub tee: Option<String>,
+pub struct SourceArgs {
     /// Directory of DCAP collateral JSON files (air-gapped sites).
     #[arg(long)]
     pub collateral_dir: Option<PathBuf>,
@@ -100,6 +120,18 @@ pub struct VerifyArgs {
     /// --cache-dir so the same VCEK is never fetched twice.
     #[arg(long, conflicts_with_all = ["vcek", "vcek_dir"], requires = "cache_dir")]
     pub kds_url: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Evidence file: JSON from `coffer attest evidence`, or a raw quote/report (then --tee).
+    #[arg(long)]
+    pub evidence: PathBuf,
+    /// Evidence type of a raw file: sgx, tdx, snp or sim. Hex text is accepted too.
+    #[arg(long)]
+    pub tee: Option<String>,
+    #[command(flatten)]
+    pub sources: SourceArgs,
     /// Verify as of this time (RFC 3339), e.g. to check old evidence with old collateral.
     #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
     pub now: Option<SystemTime>,
@@ -116,6 +148,7 @@ pub fn run(command: AttestCommand) -> Result<ExitCode, Error> {
     match command {
         AttestCommand::Evidence(args) => evidence(args),
         AttestCommand::Verify(args) => verify(args),
+        AttestCommand::Endpoint(args) => endpoint(args),
         AttestCommand::Policy(PolicyCommand::Check { file }) => {
             let policy = Policy::load(&file)?;
             let roles: Vec<&str> = policy.roles().collect();
@@ -241,32 +274,9 @@ impl VcekSource for FixedVcek {
 fn verify(args: VerifyArgs) -> Result<ExitCode, Error> {
     let evidence = read_evidence(&args.evidence, args.tee.as_deref())?;
     let policy = args.policy.as_deref().map(Policy::load).transpose()?;
-    let mut options = VerifyOptions::new(args.now.unwrap_or_else(SystemTime::now));
-    options.allow_simulation = true; // the policy decides; claims are shown either way
-    options.collateral = match (&args.collateral_dir, &args.pccs_url) {
-        (Some(dir), _) => match &args.collateral_file {
-            Some(name) => {
-                Arc::new(CollateralDir::with_file(dir, name)) as Arc<dyn CollateralSource>
-            }
-            None => Arc::new(CollateralDir::new(dir)),
-        },
-        (None, Some(url)) => Arc::new(PccsCollateral::new(
-            url,
-            args.cache_dir.clone().unwrap_or_default(),
-        )),
-        (None, None) => Arc::new(NoCollateral),
-    };
-    options.vcek = match (&args.vcek, &args.vcek_dir, &args.kds_url) {
-        (Some(file), _, _) => Arc::new(FixedVcek(
-            std::fs::read(file).map_err(|e| format!("reading {}: {e}", file.display()))?,
-        )) as Arc<dyn VcekSource>,
-        (None, Some(dir), _) => Arc::new(VcekDir::new(dir)),
-        (None, None, Some(url)) => Arc::new(KdsVcek::new(
-            url,
-            args.cache_dir.clone().unwrap_or_default(),
-        )),
-        (None, None, None) => Arc::new(NoVcek),
-    };
+    let mut options = args
+        .sources
+        .options(args.now.unwrap_or_else(SystemTime::now))?;
     if args.report_data.is_some() {
         options.expected_report_data = Some(parse_report_data(args.report_data.as_deref())?);
     }
@@ -288,4 +298,80 @@ fn verify(args: VerifyArgs) -> Result<ExitCode, Error> {
             }
         },
     }
+}
+
+impl SourceArgs {
+    /// Verification options with these sources. Simulation evidence is verified and left to
+    /// the policy, which refuses it unless `allow_simulation: true`.
+    fn options(&self, now: SystemTime) -> Result<VerifyOptions, Error> {
+        let args = self;
+        let mut options = VerifyOptions::new(now);
+        options.allow_simulation = true;
+        options.collateral = match (&args.collateral_dir, &args.pccs_url) {
+            (Some(dir), _) => match &args.collateral_file {
+                Some(name) => {
+                    Arc::new(CollateralDir::with_file(dir, name)) as Arc<dyn CollateralSource>
+                }
+                None => Arc::new(CollateralDir::new(dir)),
+            },
+            (None, Some(url)) => Arc::new(PccsCollateral::new(
+                url,
+                args.cache_dir.clone().unwrap_or_default(),
+            )),
+            (None, None) => Arc::new(NoCollateral),
+        };
+        options.vcek = match (&args.vcek, &args.vcek_dir, &args.kds_url) {
+            (Some(file), _, _) => Arc::new(FixedVcek(
+                std::fs::read(file).map_err(|e| format!("reading {}: {e}", file.display()))?,
+            )) as Arc<dyn VcekSource>,
+            (None, Some(dir), _) => Arc::new(VcekDir::new(dir)),
+            (None, None, Some(url)) => Arc::new(KdsVcek::new(
+                url,
+                args.cache_dir.clone().unwrap_or_default(),
+            )),
+            (None, None, None) => Arc::new(NoVcek),
+        };
+        Ok(options)
+    }
+}
+
+fn endpoint(args: EndpointArgs) -> Result<ExitCode, Error> {
+    use std::net::ToSocketAddrs;
+    let policy = Arc::new(Policy::load(&args.policy)?);
+    let platform = open_platform(args.platform, &args.state_dir, Access::ExistingOnly)?;
+    let identity = coffer_ratls::attested_certificate(platform.as_ref())?;
+    let verifier = Arc::new(coffer_ratls::AttestedVerifier::new(
+        Arc::new(coffer_ratls::OfflineVerifier::new(
+            args.sources.options(SystemTime::now())?,
+        )),
+        policy,
+    ));
+    let config = coffer_ratls::client_config(&identity, verifier.clone())?;
+    let addr = args
+        .connect
+        .to_socket_addrs()
+        .map_err(|e| format!("--connect {}: {e}", args.connect))?
+        .next()
+        .ok_or_else(|| format!("--connect {}: no address", args.connect))?;
+    let mut socket = std::net::TcpStream::connect_timeout(&addr, args.timeout)
+        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    socket.set_read_timeout(Some(args.timeout))?;
+    socket.set_write_timeout(Some(args.timeout))?;
+    let name = rustls::pki_types::ServerName::try_from("coffer.invalid")?.to_owned();
+    let mut tls = rustls::ClientConnection::new(Arc::new(config), name)?;
+    while tls.is_handshaking() {
+        tls.complete_io(&mut socket)
+            .map_err(|e| format!("attested TLS handshake with {addr} failed: {e}"))?;
+    }
+    let peer = verifier
+        .peer(tls.peer_certificates())
+        .ok_or("the endpoint's certificate was accepted but its claims are not available")?;
+    println!("{}", serde_json::to_string_pretty(&peer.claims)?);
+    eprintln!(
+        "{addr}: attested {} endpoint, policy role {}",
+        peer.claims.tee, peer.role.name
+    );
+    tls.send_close_notify();
+    let _ = tls.complete_io(&mut socket);
+    Ok(ExitCode::SUCCESS)
 }

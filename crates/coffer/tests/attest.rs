@@ -315,3 +315,121 @@ fn policy_check_reports_typos_with_their_location() {
         text(&out.stderr)
     );
 }
+
+/// A real attested-TLS server (the library the key service will use) on 127.0.0.1, checked by
+/// `coffer attest endpoint`, which also presents its own attested certificate.
+#[test]
+fn endpoint_is_verified_over_mutual_attested_tls() {
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server_state = dir.path().join("server");
+    let server_platform = coffer_platform::sim::SimPlatform::open_or_create(&server_state).unwrap();
+    let server_measurement = hex::encode(coffer_platform::sim::executable_measurement().unwrap());
+    let client_state = dir.path().join("client");
+    assert!(coffer(&[
+        "keys",
+        "init",
+        "--platform",
+        "sim",
+        "--state-dir",
+        client_state.to_str().unwrap()
+    ])
+    .status
+    .success());
+    let client_measurement = {
+        let bytes = std::fs::read(common::coffer_bin()).unwrap();
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(bytes))
+    };
+    let policy_for = |role: &str, measurement: &str| {
+        format!("version: 1\nallow_simulation: true\nroles:\n  - name: {role}\n    sim: {{ measurement: [\"{measurement}\"] }}\n")
+    };
+    // The server accepts only the coffer CLI's sim identity.
+    let server_policy = Arc::new(
+        coffer_attest::policy::Policy::from_yaml(&policy_for("operator", &client_measurement))
+            .unwrap(),
+    );
+    let server_verifier = Arc::new(coffer_ratls::AttestedVerifier::new(
+        Arc::new(coffer_ratls::OfflineVerifier::new(
+            coffer_attest::VerifyOptions::new(std::time::SystemTime::now()),
+        )),
+        server_policy,
+    ));
+    let identity = coffer_ratls::attested_certificate(&server_platform).unwrap();
+    let config = Arc::new(coffer_ratls::server_config(&identity, server_verifier.clone()).unwrap());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = std::thread::spawn(move || {
+        let mut results = Vec::new();
+        for _ in 0..2 {
+            let (mut sock, _) = listener.accept().unwrap();
+            sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+            let mut tls = rustls::ServerConnection::new(config.clone()).unwrap();
+            let mut outcome = Ok(());
+            while tls.is_handshaking() {
+                if let Err(e) = tls.complete_io(&mut sock) {
+                    outcome = Err(e.to_string());
+                    break;
+                }
+            }
+            if outcome.is_ok() {
+                let role = server_verifier
+                    .peer(tls.peer_certificates())
+                    .map(|p| p.role.name);
+                outcome = role
+                    .ok_or("no peer".to_string())
+                    .map(|r| assert_eq!(r, "operator"));
+            }
+            results.push(outcome);
+        }
+        results
+    });
+
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, policy_for("keyd", &server_measurement)).unwrap();
+    let out = coffer(&[
+        "attest",
+        "endpoint",
+        "--connect",
+        &addr,
+        "--policy",
+        policy.to_str().unwrap(),
+        "--platform",
+        "sim",
+        "--state-dir",
+        client_state.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let claims: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(claims["tee"], "sim");
+    assert_eq!(
+        claims["measurements"]["measurement"],
+        server_measurement.as_str()
+    );
+    assert!(text(&out.stderr).contains("policy role keyd"));
+
+    // A policy the endpoint does not satisfy: refused, with the measurement in the reason.
+    std::fs::write(&policy, policy_for("keyd", &"00".repeat(32))).unwrap();
+    let out = coffer(&[
+        "attest",
+        "endpoint",
+        "--connect",
+        &addr,
+        "--policy",
+        policy.to_str().unwrap(),
+        "--platform",
+        "sim",
+        "--state-dir",
+        client_state.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("is not accepted") && err.contains(&server_measurement),
+        "{err}"
+    );
+    let results = server.join().unwrap();
+    assert!(results[0].is_ok(), "{:?}", results[0]);
+}
