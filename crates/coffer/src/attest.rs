@@ -93,6 +93,8 @@ pub enum EvidenceFormat {
     Json,
     /// The quote/report bytes only.
     Raw,
+    /// The quote/report bytes as lower-case hex text.
+    Hex,
 }
 
 /// Where collateral and VCEKs come from.
@@ -196,6 +198,7 @@ fn evidence(args: EvidenceArgs) -> Result<ExitCode, Error> {
             text
         }
         EvidenceFormat::Raw => evidence.report.clone(),
+        EvidenceFormat::Hex => format!("{}\n", hex::encode(&evidence.report)).into_bytes(),
     };
     match &args.output {
         Some(path) => {

@@ -114,3 +114,25 @@ fn overlong_socket_path_is_refused_clearly() {
         "{err}"
     );
 }
+
+#[test]
+fn standalone_mode_refuses_tdx_and_points_at_service_mode() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("sys/kernel/config/tsm/report")).unwrap();
+    let out = std::process::Command::new(common::coffer_bin())
+        .env("COFFER_PLATFORM_ROOT", root.path())
+        .args(["kms", "serve", "--platform", "tdx", "--state-dir"])
+        .arg(root.path().join("state"))
+        .arg("--socket")
+        .arg(root.path().join("k.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no sealing key") && err.contains("service mode"),
+        "{err}"
+    );
+    assert!(!root.path().join("k.sock").exists());
+    assert!(!root.path().join("state/keystore").exists());
+}
