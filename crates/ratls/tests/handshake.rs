@@ -261,7 +261,12 @@ fn plain_certificate_without_evidence_is_refused() {
 }
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/attestation")
+    match std::env::var_os("COFFER_FIXTURES") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/attestation")
+        }
+    }
 }
 
 /// `coffer_attest::verify` as an [`EvidenceVerifier`], at a fixed time with a collateral directory.
