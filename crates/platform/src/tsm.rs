@@ -757,18 +757,24 @@ mod tests {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     for entry in fs::read_dir(&report).unwrap().flatten() {
                         let d = entry.path();
+                        // Attributes appear whole, as in configfs: written aside, then renamed,
+                        // so a reader never sees a half-written file.
+                        let put = |name: &str, bytes: &[u8]| {
+                            let tmp = d.join(format!("{name}.tmp"));
+                            let _ = fs::write(&tmp, bytes);
+                            let _ = fs::rename(&tmp, d.join(name));
+                        };
                         if seen.insert(d.clone()) {
-                            let _ = fs::write(d.join("inblob"), b"");
-                            let _ = fs::write(d.join("generation"), b"0\n");
-                            let _ = fs::write(d.join("provider"), b"tdx_guest\n");
+                            put("inblob", b"");
+                            put("generation", b"0\n");
+                            put("provider", b"tdx_guest\n");
                         }
                         let inblob = fs::read(d.join("inblob")).unwrap_or_default();
                         if inblob.len() == 64 && done.insert(d.clone()) {
                             let mut out = vec![0u8; 48 + 584 + 4];
                             out[568..632].copy_from_slice(&inblob);
-                            let _ = fs::write(d.join("generation"), b"1\n");
-                            let _ = fs::write(d.join("outblob.tmp"), out);
-                            let _ = fs::rename(d.join("outblob.tmp"), d.join("outblob"));
+                            put("generation", b"1\n");
+                            put("outblob", &out);
                         }
                     }
                     std::thread::sleep(std::time::Duration::from_millis(1));
