@@ -380,15 +380,19 @@ async fn run_async(args: &KmsBenchArgs, socket: PathBuf) -> Result<KmsBenchRepor
             *errors.entry(code.to_string()).or_default() += n;
         }
     }
-    let elapsed = wall0.elapsed();
+    // CPU rates use the wall time over which CPU was actually sampled; the throughput uses the
+    // planned window, because `ops` counts exactly the calls started inside it (the sampling
+    // start can be late on a loaded machine, which must not inflate ops/s).
+    let cpu_wall_secs = wall0.elapsed().as_secs_f64().max(1e-9);
     let cpu1 = procfs::self_cpu();
+    let elapsed = plan.end.saturating_duration_since(plan.measure_start);
     let wall_secs = elapsed.as_secs_f64().max(1e-9);
 
     let (plugin_cpu_cores, plugin_peak_rss_kib) = match args.plugin_pid {
         None => (None, None),
         Some(pid) => {
             let cpu = match (plugin_cpu0, procfs::process_cpu(pid)) {
-                (Some(c0), Ok(c1)) => Some(c1.saturating_sub(c0).as_secs_f64() / wall_secs),
+                (Some(c0), Ok(c1)) => Some(c1.saturating_sub(c0).as_secs_f64() / cpu_wall_secs),
                 (_, Err(e)) => {
                     notes.push(format!("plugin pid {pid}: cannot read /proc/{pid}/stat at the end (did the plugin exit?): {e}"));
                     None
@@ -436,7 +440,7 @@ async fn run_async(args: &KmsBenchArgs, socket: PathBuf) -> Result<KmsBenchRepor
         p999: lat.p999,
         max: lat.max,
         errors,
-        generator_cpu_cores: cpu1.saturating_sub(cpu0).as_secs_f64() / wall_secs,
+        generator_cpu_cores: cpu1.saturating_sub(cpu0).as_secs_f64() / cpu_wall_secs,
         plugin_cpu_cores,
         plugin_peak_rss_kib,
         notes,
