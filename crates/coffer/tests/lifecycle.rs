@@ -144,7 +144,8 @@ async fn scheduled_rotation() {
     );
 }
 
-#[tokio::test]
+// Multi-threaded: `terminate` blocks this thread while the client keeps calling on another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_is_private_single_instance_and_removed_on_sigterm() {
     let mut plugin = Plugin::start(&[]).await;
     let meta = fs::symlink_metadata(&plugin.socket).unwrap();
@@ -164,6 +165,8 @@ async fn socket_is_private_single_instance_and_removed_on_sigterm() {
 
     // SIGTERM with calls in flight: they finish or fail cleanly; the socket is removed.
     let socket = plugin.socket.clone();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let done_by_client = done.clone();
     let load = tokio::spawn(async move {
         let mut client = v2_client(&socket).await.unwrap();
         let mut ok = 0;
@@ -175,13 +178,21 @@ async fn socket_is_private_single_instance_and_removed_on_sigterm() {
                 })
                 .await
             {
-                Ok(_) => ok += 1,
+                Ok(_) => {
+                    ok += 1;
+                    done_by_client.store(ok, std::sync::atomic::Ordering::Relaxed);
+                }
                 Err(_) => break,
             }
         }
         ok
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Terminate only once calls are flowing, however slow the machine is.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while done.load(std::sync::atomic::Ordering::Relaxed) < 10 {
+        assert!(std::time::Instant::now() < deadline, "no calls succeeded");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let code = plugin.terminate();
     assert_eq!(code, Some(0), "log:\n{}", plugin.log_text());
     let ok = tokio::time::timeout(Duration::from_secs(10), load)
@@ -190,7 +201,12 @@ async fn socket_is_private_single_instance_and_removed_on_sigterm() {
         .unwrap();
     assert!(ok > 0);
     assert!(!plugin.socket.exists(), "socket left behind");
-    assert!(plugin.log_text().contains("draining"));
+    let log = plugin.log_text();
+    assert!(log.contains("draining"));
+    assert!(
+        !log.contains("drain timeout reached"),
+        "in-flight calls did not drain:\n{log}"
+    );
 }
 
 #[tokio::test]
