@@ -920,15 +920,7 @@ impl AuditLog {
             .mode(options.mode)
             .open(path)
             .map_err(|e| AuditError::io("open", path, e))?;
-        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => {}
-            Err(rustix::io::Errno::WOULDBLOCK) => {
-                return Err(AuditError::Locked {
-                    path: path.to_path_buf(),
-                })
-            }
-            Err(e) => return Err(AuditError::io("lock", path, e.into())),
-        }
+        lock_exclusive(&file, path)?;
         let len = file
             .metadata()
             .map_err(|e| AuditError::io("stat", path, e))?
@@ -1104,6 +1096,17 @@ impl SharedAuditLog {
     }
 }
 
+/// Takes the single-writer lock on the log (an advisory lock: other writers and repair refuse).
+fn lock_exclusive(file: &File, path: &Path) -> Result<(), AuditError> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(AuditError::Locked {
+            path: path.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(AuditError::io("lock", path, e)),
+    }
+}
+
 /// Moves an incomplete last line (no trailing newline, left by a crash mid-write) out of the log
 /// into `<log>.partial-<UTC time>` and cuts the log back to its last complete line.
 ///
@@ -1116,15 +1119,7 @@ pub fn repair_truncated_tail(path: &Path) -> Result<Option<PathBuf>, AuditError>
         .write(true)
         .open(path)
         .map_err(|e| AuditError::io("open", path, e))?;
-    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => {}
-        Err(rustix::io::Errno::WOULDBLOCK) => {
-            return Err(AuditError::Locked {
-                path: path.to_path_buf(),
-            })
-        }
-        Err(e) => return Err(AuditError::io("lock", path, e.into())),
-    }
+    lock_exclusive(&file, path)?;
     let len = file
         .metadata()
         .map_err(|e| AuditError::io("stat", path, e))?
