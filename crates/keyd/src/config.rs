@@ -1,0 +1,212 @@
+//! The keyd configuration: which roles may do what on which keyring.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::KeydError;
+
+/// Maximum length of a keyring name.
+const MAX_KEYRING_NAME_LEN: usize = 63;
+
+/// Largest configuration file accepted.
+const MAX_CONFIG_LEN: u64 = 1 << 20;
+
+/// An operation of the key service, as the configuration names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    /// `Wrap`: encrypt with the primary KEK.
+    Wrap,
+    /// `Unwrap`: decrypt.
+    Unwrap,
+    /// `Status`: primary KEK id and key count.
+    Status,
+    /// `Rotate`: new primary KEK.
+    Rotate,
+    /// `ListKeys`: public facts about the KEKs.
+    List,
+}
+
+impl Operation {
+    /// The configuration key for this operation.
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::Wrap => "wrap",
+            Operation::Unwrap => "unwrap",
+            Operation::Status => "status",
+            Operation::Rotate => "rotate",
+            Operation::List => "list",
+        }
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which policy roles may use each operation on one keyring. An omitted list allows nobody.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyringAccess {
+    /// Roles allowed to call `Wrap`.
+    #[serde(default)]
+    pub wrap: Vec<String>,
+    /// Roles allowed to call `Unwrap`.
+    #[serde(default)]
+    pub unwrap: Vec<String>,
+    /// Roles allowed to call `Status`.
+    #[serde(default)]
+    pub status: Vec<String>,
+    /// Roles allowed to call `Rotate`.
+    #[serde(default)]
+    pub rotate: Vec<String>,
+    /// Roles allowed to call `ListKeys`.
+    #[serde(default)]
+    pub list: Vec<String>,
+}
+
+impl KeyringAccess {
+    /// The roles allowed to use `op`.
+    pub fn roles(&self, op: Operation) -> &[String] {
+        match op {
+            Operation::Wrap => &self.wrap,
+            Operation::Unwrap => &self.unwrap,
+            Operation::Status => &self.status,
+            Operation::Rotate => &self.rotate,
+            Operation::List => &self.list,
+        }
+    }
+
+    /// Whether `role` may use `op`.
+    pub fn allows(&self, op: Operation, role: &str) -> bool {
+        self.roles(op).iter().any(|r| r == role)
+    }
+}
+
+/// The keyd configuration (YAML):
+///
+/// ```yaml
+/// keyrings:
+///   cluster-a:
+///     wrap: ["kms-plugin:cluster-a"]
+///     unwrap: ["kms-plugin:cluster-a"]
+///     status: ["kms-plugin:cluster-a"]
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeydConfig {
+    /// Keyrings by name, with who may use them.
+    pub keyrings: BTreeMap<String, KeyringAccess>,
+}
+
+impl KeydConfig {
+    /// Parses and validates a configuration.
+    pub fn from_yaml(text: &str) -> Result<Self, KeydError> {
+        Self::parse(text, None)
+    }
+
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, KeydError> {
+        let err = |message: String| KeydError::Config {
+            path: Some(path.to_path_buf()),
+            message,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        if meta.len() > MAX_CONFIG_LEN {
+            return Err(err(format!(
+                "file is {} bytes; the limit is {MAX_CONFIG_LEN}",
+                meta.len()
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        Self::parse(&text, Some(path))
+    }
+
+    fn parse(text: &str, path: Option<&Path>) -> Result<Self, KeydError> {
+        let err = |message: String| KeydError::Config {
+            path: path.map(Path::to_path_buf),
+            message,
+        };
+        let config: KeydConfig = serde_yaml_ng::from_str(text).map_err(|e| err(e.to_string()))?;
+        for (name, access) in &config.keyrings {
+            validate_keyring_name(name).map_err(|e| err(e.to_string()))?;
+            for op in [
+                Operation::Wrap,
+                Operation::Unwrap,
+                Operation::Status,
+                Operation::Rotate,
+                Operation::List,
+            ] {
+                if access.roles(op).iter().any(|r| r.is_empty()) {
+                    return Err(err(format!(
+                        "keyring {name:?}: {op} lists an empty role name"
+                    )));
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    /// The access rules of keyring `name`, if it is configured.
+    pub fn keyring(&self, name: &str) -> Option<&KeyringAccess> {
+        self.keyrings.get(name)
+    }
+}
+
+/// Checks that `name` is a valid keyring name: `[a-z0-9-]{1,63}`.
+pub fn validate_keyring_name(name: &str) -> Result<(), KeydError> {
+    let reason = if name.is_empty() {
+        Some("it is empty")
+    } else if name.len() > MAX_KEYRING_NAME_LEN {
+        Some("it is longer than 63 characters")
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        Some("it contains a character other than a-z, 0-9 and '-'")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(KeydError::InvalidKeyringName {
+            name: name.chars().take(80).collect(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_roles_per_operation() {
+        let c = KeydConfig::from_yaml(
+            "keyrings:\n  cluster-a:\n    wrap: [\"kms-plugin:a\"]\n    unwrap: [\"kms-plugin:a\"]\n",
+        )
+        .unwrap();
+        let a = c.keyring("cluster-a").unwrap();
+        assert!(a.allows(Operation::Wrap, "kms-plugin:a"));
+        assert!(!a.allows(Operation::Rotate, "kms-plugin:a"));
+        assert!(!a.allows(Operation::Wrap, "kms-plugin:b"));
+    }
+
+    #[test]
+    fn rejects_unknown_fields_and_bad_names() {
+        let e = KeydConfig::from_yaml("keyrings:\n  a:\n    decrypt: [x]\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        let e = KeydConfig::from_yaml("keyrings: {}\nextra: 1\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        let e = KeydConfig::from_yaml("keyrings:\n  Bad_Name: {}\n").unwrap_err();
+        assert!(e.to_string().contains("invalid keyring name"), "{e}");
+        assert!(validate_keyring_name(&"a".repeat(63)).is_ok());
+        assert!(validate_keyring_name(&"a".repeat(64)).is_err());
+        assert!(validate_keyring_name("").is_err());
+        assert!(validate_keyring_name("../x").is_err());
+    }
+}

@@ -1,0 +1,105 @@
+//! keyd's error type.
+
+use std::path::PathBuf;
+
+/// Errors from configuring, starting, or calling the key service.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeydError {
+    /// The keyd configuration could not be read or is invalid.
+    #[error("keyd configuration {}: {message}", path.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "(inline)".into()))]
+    Config {
+        /// The file, when it came from one.
+        path: Option<PathBuf>,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+
+    /// A keyring name is not `[a-z0-9-]{1,63}`.
+    #[error(
+        "invalid keyring name {name:?}: {reason} (use 1 to 63 characters of a-z, 0-9 and '-')"
+    )]
+    InvalidKeyringName {
+        /// The rejected name.
+        name: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+
+    /// A keyring's keystore could not be created, loaded or changed.
+    #[error("keyring {name:?} at {}: {source}", dir.display())]
+    Keystore {
+        /// The keyring.
+        name: String,
+        /// Its keystore directory.
+        dir: PathBuf,
+        /// The keystore's error.
+        #[source]
+        source: coffer_keystore::KeystoreError,
+    },
+
+    /// The configuration names a keyring that has no keystore yet.
+    #[error("keyring {name:?} is configured but {} does not exist; create it first (coffer_keyd::create_keyring)", dir.display())]
+    MissingKeyring {
+        /// The keyring.
+        name: String,
+        /// Where its keystore was expected.
+        dir: PathBuf,
+    },
+
+    /// The attested TLS identity or configuration could not be built.
+    #[error("attested TLS: {0}")]
+    Ratls(#[from] coffer_ratls::RatlsError),
+
+    /// A socket operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The gRPC transport failed (connecting, or serving).
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+
+    /// Connecting to keyd failed (TCP, attested TLS handshake, or HTTP/2).
+    #[error("connecting to keyd at {addr}: {detail}")]
+    Connect {
+        /// keyd's address.
+        addr: std::net::SocketAddr,
+        /// The error and its causes.
+        detail: String,
+    },
+
+    /// keyd closed the TLS connection during or right after the handshake: it did not accept
+    /// this client's attestation.
+    #[error("keyd refused this client at the TLS layer ({detail}); check that keyd's attestation policy grants a role to this client's evidence (and allows simulation if the client runs in sim mode)")]
+    RefusedByServer {
+        /// The TLS or transport error the client saw.
+        detail: String,
+    },
+
+    /// The RPC reached keyd and failed; the status says why.
+    #[error("keyd returned {}: {}", .0.code(), .0.message())]
+    Rpc(Box<tonic::Status>),
+}
+
+impl KeydError {
+    /// The gRPC status, when keyd answered the call with an error.
+    pub fn status(&self) -> Option<&tonic::Status> {
+        match self {
+            KeydError::Rpc(status) => Some(status),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        KeydError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! The Coffer key service (`coffer keyd`), first milestone.
+//!
+//! keyd keeps named KEK keyrings — one [`coffer_keystore::store::Keystore`] directory each, under
+//! `<data-dir>/keyrings/<name>/`, sealed by the TEE platform — and serves them over mutual
+//! attested TLS. A caller's role comes from its attestation evidence and the attestation policy
+//! ([`coffer_attest::policy::Policy`]); the keyd configuration ([`KeydConfig`]) says which roles
+//! may use which operation on which keyring.
+
+mod client;
+mod config;
+mod error;
+mod server;
+
+/// Generated gRPC types and stubs of `coffer.keyd.v1.KeyService`.
+#[allow(missing_docs, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("coffer.keyd.v1");
+}
+
+pub use client::{KeydClient, KeydClientOptions};
+pub use config::{validate_keyring_name, KeydConfig, KeyringAccess, Operation};
+pub use error::KeydError;
+pub use server::{
+    create_keyring, keyring_dir, serve, KeydConnectInfo, KeydServeOptions, MAX_CIPHERTEXT_LEN,
+    MAX_PLAINTEXT_LEN,
+};
