@@ -306,7 +306,7 @@ fn verify(args: VerifyArgs) -> Result<ExitCode, Error> {
 impl SourceArgs {
     /// Verification options with these sources. Simulation evidence is verified and left to
     /// the policy, which refuses it unless `allow_simulation: true`.
-    fn options(&self, now: SystemTime) -> Result<VerifyOptions, Error> {
+    pub fn options(&self, now: SystemTime) -> Result<VerifyOptions, Error> {
         let args = self;
         let mut options = VerifyOptions::new(now);
         options.allow_simulation = true;

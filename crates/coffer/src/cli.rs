@@ -69,6 +69,9 @@ pub enum Command {
     /// Attestation: show this platform's evidence, verify evidence, check policies.
     #[command(subcommand)]
     Attest(crate::attest::AttestCommand),
+    /// The central key service: keyrings in a TEE, served over mutual attested TLS.
+    #[command(subcommand)]
+    Keyd(crate::keyd::KeydCommand),
     /// Built-in load generator and start-up timer.
     #[command(subcommand)]
     Bench(BenchCommand),

@@ -34,6 +34,7 @@ pub fn run(command: Command) -> Result<ExitCode, Error> {
         Command::Keys(cmd) => keys(cmd),
         Command::Etcd(EtcdCommand::Decrypt(args)) => etcd_decrypt(args),
         Command::Attest(cmd) => crate::attest::run(cmd),
+        Command::Keyd(cmd) => crate::keyd::run(cmd),
         Command::Bench(BenchCommand::Kms(args)) => {
             let report = coffer_bench::run_kms(&args)?;
             if args.json {
@@ -123,7 +124,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,

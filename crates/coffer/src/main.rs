@@ -4,6 +4,7 @@
 mod attest;
 mod cli;
 mod cmd;
+mod keyd;
 mod logging;
 
 use std::process::ExitCode;

@@ -22,6 +22,10 @@ fn every_command_has_help() {
         vec!["attest", "evidence", "--help"],
         vec!["attest", "verify", "--help"],
         vec!["attest", "policy", "check", "--help"],
+        vec!["keyd", "--help"],
+        vec!["keyd", "serve", "--help"],
+        vec!["keyd", "keyring", "create", "--help"],
+        vec!["keyd", "audit", "verify", "--help"],
     ] {
         let out = coffer(&args);
         assert!(out.status.success(), "{args:?}");
