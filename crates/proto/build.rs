@@ -1,10 +1,11 @@
-//! Compiles the KMS protos with protox (pure Rust), so building Coffer needs no system `protoc`.
+//! Compiles the KMS and key-service protos with protox (pure Rust), so building Coffer needs no system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/kms_v2.proto",
         "proto/kms_v1beta1.proto",
         "proto/kms_envelope.proto",
+        "proto/keyd.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

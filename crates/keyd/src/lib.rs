@@ -11,11 +11,8 @@ mod config;
 mod error;
 mod server;
 
-/// Generated gRPC types and stubs of `coffer.keyd.v1.KeyService`.
-#[allow(missing_docs, clippy::all)]
-pub mod pb {
-    tonic::include_proto!("coffer.keyd.v1");
-}
+/// Generated gRPC types and stubs of `coffer.keyd.v1.KeyService` (from `coffer-proto`).
+pub use coffer_proto::keyd as pb;
 
 pub use client::{KeydClient, KeydClientOptions};
 pub use config::{validate_keyring_name, KeydConfig, KeyringAccess, Operation};

@@ -15,6 +15,11 @@ pub mod v1beta1 {
     tonic::include_proto!("v1beta1");
 }
 
+/// `coffer.keyd.v1.KeyService`: the Coffer key service's API.
+pub mod keyd {
+    tonic::include_proto!("coffer.keyd.v1");
+}
+
 /// The API server's etcd envelope (`EncryptedObject`), needed for disaster recovery.
 pub mod envelope {
     tonic::include_proto!("envelope");
