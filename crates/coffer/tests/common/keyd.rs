@@ -1,0 +1,166 @@
+//! A real `coffer keyd serve` process for integration tests: its own data directory, sim
+//! platform, policy, keyd configuration and log file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coffer_attest::policy::Policy;
+use coffer_keyd::KeydClientOptions;
+use coffer_platform::sim::SimPlatform;
+
+use super::{coffer, coffer_bin, signal, wait_timeout};
+
+/// The hex Ed25519 key that signs the sim evidence of the platform whose state is `state`
+/// (created if missing): what a policy's `sim.signer` names.
+pub fn sim_signer(state: &Path) -> String {
+    hex::encode(
+        SimPlatform::open_or_create(state)
+            .unwrap()
+            .attestation_public_key()
+            .unwrap(),
+    )
+}
+
+/// A free loopback TCP address.
+pub fn free_addr() -> SocketAddr {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}").parse().unwrap()
+}
+
+/// Runs `coffer keyd <args>` with the sim platform and `--data-dir data`; panics with its
+/// stderr on failure and returns its stdout.
+pub fn keyd_cli(data: &Path, args: &[&str]) -> String {
+    let mut full = vec!["keyd"];
+    full.extend_from_slice(args);
+    full.extend_from_slice(&["--platform", "sim", "--data-dir", data.to_str().unwrap()]);
+    let out = coffer(&full);
+    assert!(
+        out.status.success(),
+        "coffer {full:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Initialises keyd's data directory `data` (sim platform) and creates `keyrings` in it.
+pub fn create_keyd_data(data: &Path, keyrings: &[&str]) {
+    keyd_cli(data, &["init"]);
+    for name in keyrings {
+        keyd_cli(data, &["keyring", "create", name]);
+    }
+}
+
+/// Options for a keyd client with sim state `state` that trusts the keyd whose sim signer is
+/// `keyd_signer`.
+pub fn client_options(state: &Path, keyd_signer: &str) -> KeydClientOptions {
+    let policy = format!(
+        "version: 1\nallow_simulation: true\nroles:\n  - name: keyd\n    sim: {{ signer: [\"{keyd_signer}\"] }}\n"
+    );
+    KeydClientOptions {
+        platform: Arc::new(SimPlatform::open_or_create(state).unwrap()),
+        policy: Arc::new(Policy::from_yaml(&policy).unwrap()),
+        verify_options: coffer_attest::VerifyOptions::new(std::time::SystemTime::now()),
+    }
+}
+
+/// A running `coffer keyd serve`.
+pub struct KeydProcess {
+    /// The data directory (also the sim platform's state).
+    pub data: PathBuf,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its stderr.
+    pub log: PathBuf,
+    /// The process, until stopped.
+    pub child: Option<Child>,
+}
+
+impl KeydProcess {
+    /// Starts keyd on `addr` with `policy` and `config` files and `extra` flags, and waits
+    /// until it accepts TCP connections.
+    pub fn start(
+        data: &Path,
+        addr: SocketAddr,
+        policy: &Path,
+        config: &Path,
+        extra: &[&str],
+    ) -> KeydProcess {
+        let log = data.with_file_name(format!(
+            "keyd-{}-{}.log",
+            addr.port(),
+            rand::random::<u32>()
+        ));
+        let child = Command::new(coffer_bin())
+            .args(["keyd", "serve", "--platform", "sim", "--listen"])
+            .arg(addr.to_string())
+            .arg("--data-dir")
+            .arg(data)
+            .arg("--policy")
+            .arg(policy)
+            .arg("--config")
+            .arg(config)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut keyd = KeydProcess {
+            data: data.to_path_buf(),
+            addr,
+            log,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(addr).is_err() {
+            if let Some(status) = keyd.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("keyd exited with {status}: {}", keyd.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "keyd did not start: {}",
+                keyd.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        keyd
+    }
+
+    /// The sim signer of this keyd's evidence.
+    pub fn signer(&self) -> String {
+        sim_signer(&self.data)
+    }
+
+    /// Its stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, and the exit code (None if it did not exit within 20 s).
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        signal(child.id(), "TERM");
+        wait_timeout(&mut child, Duration::from_secs(20))
+    }
+
+    /// SIGKILL (a crash), waiting for the process to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for KeydProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
