@@ -9,6 +9,7 @@
 mod client;
 mod config;
 mod error;
+mod pool;
 mod server;
 
 /// Generated gRPC types and stubs of `coffer.keyd.v1.KeyService` (from `coffer-proto`).
@@ -17,6 +18,9 @@ pub use coffer_proto::keyd as pb;
 pub use client::{KeydClient, KeydClientOptions};
 pub use config::{validate_keyring_name, KeydConfig, KeyringAccess, Operation};
 pub use error::KeydError;
+pub use pool::{
+    Backoff, CallError, ClientIdentity, KeydAddr, KeydPool, KeyringStatus, PoolEvents, PoolOptions,
+};
 pub use server::{
     create_keyring, keyring_dir, serve, KeydConnectInfo, KeydServeOptions, MAX_CIPHERTEXT_LEN,
     MAX_PLAINTEXT_LEN,
