@@ -13,6 +13,7 @@ use coffer_platform::PlatformChoice;
 /// `coffer kms serve` is a KMS v2 plugin for kube-apiserver whose key-encryption keys exist
 /// unsealed only inside the TEE. Start with `coffer kms serve --dev` to try it on any machine
 /// (simulation platform, NOT secure) and see the EncryptionConfiguration to give the API server.
+/// With `--keyd`, the plugin holds no keys and forwards every call to the central key service.
 #[derive(Parser, Debug)]
 #[command(
     name = "coffer",
@@ -117,9 +118,19 @@ impl StoreArgs {
 pub enum KmsCommand {
     /// Serve KMS v2 (and v1beta1) on a unix socket for kube-apiserver.
     ///
-    /// On first start it creates a keystore with one key-encryption key (KEK), generated in the
-    /// TEE and written only sealed to the TEE's identity. It reloads the keystore within seconds
-    /// when `coffer keys rotate` changes it. SIGTERM drains in-flight calls and removes the socket.
+    /// Standalone mode (default): on first start it creates a keystore with one key-encryption
+    /// key (KEK), generated in the TEE and written only sealed to the TEE's identity. It reloads
+    /// the keystore within seconds when `coffer keys rotate` changes it.
+    ///
+    /// Service mode (`--keyd HOST:PORT --keyd-keyring NAME --keyd-policy FILE`): no KEK on this
+    /// node. Every Encrypt and Decrypt is forwarded to `coffer keyd` over pooled mutual attested
+    /// TLS connections that the plugin opens with its own platform's evidence; keyd's evidence
+    /// must satisfy --keyd-policy. Status reports keyd's primary key_id for the keyring (a
+    /// rotation in keyd shows within a second), or UNAVAILABLE while keyd is unreachable or
+    /// refuses this plugin. Every call ends within --keyd-timeout (below the API server's 3 s);
+    /// connections come back by themselves with backoff when keyd does. Rotate in keyd.
+    ///
+    /// SIGTERM drains in-flight calls and removes the socket.
     Serve(Box<ServeArgs>),
     /// Print the EncryptionConfiguration that points kube-apiserver at a plugin socket.
     EncryptionConfig(EncryptionConfigArgs),
@@ -162,12 +173,14 @@ pub struct ServeArgs {
     /// Allow --metrics-addr to be a non-loopback address.
     #[arg(long)]
     pub metrics_allow_remote: bool,
-    /// Rotate the primary KEK automatically when it is older than this (e.g. 720h).
+    /// Rotate the primary KEK automatically when it is older than this (e.g. 720h). Standalone
+    /// mode only.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub rotate_every: Option<Duration>,
-    /// How often to check the keystore for changes made by `coffer keys`.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-    pub reload_interval: Duration,
+    /// How often to check the keystore for changes made by `coffer keys` [default: 2s].
+    /// Standalone mode only.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub reload_interval: Option<Duration>,
     /// How long SIGTERM waits for in-flight calls before closing connections.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
@@ -185,6 +198,36 @@ pub struct ServeArgs {
     /// Provider name in the printed EncryptionConfiguration (it becomes part of every etcd value).
     #[arg(long, default_value = "coffer")]
     pub provider_name: String,
+    #[command(flatten)]
+    pub keyd: KeydArgs,
+}
+
+/// Service mode: where keyd is and how the plugin trusts it.
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Service mode (keys in coffer keyd)")]
+pub struct KeydArgs {
+    /// Service mode: forward every call to `coffer keyd` at HOST:PORT instead of holding KEKs
+    /// on this node (no keystore is created). Needs --keyd-keyring and --keyd-policy.
+    #[arg(long, value_name = "HOST:PORT", requires_all = ["keyd_keyring", "keyd_policy"])]
+    pub keyd: Option<coffer_keyd::KeydAddr>,
+    /// The keyring in keyd that holds this cluster's KEKs.
+    #[arg(long, value_name = "NAME", requires = "keyd")]
+    pub keyd_keyring: Option<String>,
+    /// Attestation policy keyd's evidence must satisfy (YAML; see `coffer attest policy check`).
+    /// The plugin refuses to talk to a keyd it does not grant a role.
+    #[arg(long, value_name = "FILE", requires = "keyd")]
+    pub keyd_policy: Option<PathBuf>,
+    /// Deadline of every forwarded call, covering connect, attested handshake and RPC. Must be
+    /// below 3s, the API server's per-call timeout, so the plugin always answers first.
+    #[arg(long, default_value = "2s", value_parser = parse_keyd_timeout)]
+    pub keyd_timeout: Duration,
+    /// HTTP/2 connections to keyd, used round-robin (each carries many concurrent calls).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub keyd_connections: u16,
+    /// Where the collateral and VCEKs that verify keyd's evidence come from (as for
+    /// `coffer attest verify`).
+    #[command(flatten)]
+    pub sources: crate::attest::SourceArgs,
 }
 
 #[derive(Args, Debug)]
@@ -278,6 +321,21 @@ pub enum BenchCommand {
     Kms(coffer_bench::KmsBenchArgs),
     /// Time from process start to the first served Status.
     Startup(coffer_bench::StartupBenchArgs),
+}
+
+fn parse_keyd_timeout(s: &str) -> Result<Duration, String> {
+    let timeout =
+        humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 2s or 1500ms)"))?;
+    if timeout.is_zero() {
+        return Err("must be more than zero (use e.g. 2s)".into());
+    }
+    if timeout >= coffer_kms::remote::API_SERVER_TIMEOUT {
+        return Err(format!(
+            "{s} is not below the API server's per-call timeout of 3s: the plugin must answer \
+             first, with a clear error, when keyd is slow or unreachable (use e.g. 2s)"
+        ));
+    }
+    Ok(timeout)
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {

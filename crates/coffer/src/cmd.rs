@@ -6,10 +6,11 @@ use std::process::ExitCode;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use coffer_attest::policy::Policy;
 use coffer_keystore::{KeyState, Keystore};
 use coffer_kms::listener::SocketOptions;
-use coffer_kms::ServeOptions;
-use coffer_platform::{open_platform, sim, Access};
+use coffer_kms::{KeySource, RemoteOptions, ServeOptions};
+use coffer_platform::{open_platform, sim, Access, Platform};
 use zeroize::Zeroizing;
 
 use crate::cli::*;
@@ -52,14 +53,77 @@ pub fn run(command: Command) -> Result<ExitCode, Error> {
     }
 }
 
-fn open_keystore(store: &StoreArgs, access: Access) -> Result<Keystore, Error> {
+fn open_store_platform(
+    store: &StoreArgs,
+    access: Access,
+) -> Result<(std::sync::Arc<dyn Platform>, PathBuf), Error> {
     let (platform, state_dir) = store.resolved();
     let platform = open_platform(platform, &state_dir, access)?;
     // The platform logs the warning; say it even when warnings are filtered out.
     if platform.is_simulation() && !tracing::enabled!(tracing::Level::WARN) {
         eprintln!("WARNING: {}", sim::INSECURE_WARNING);
     }
+    Ok((platform, state_dir))
+}
+
+fn open_keystore(store: &StoreArgs, access: Access) -> Result<Keystore, Error> {
+    let (platform, state_dir) = open_store_platform(store, access)?;
     Ok(Keystore::new(state_dir, platform))
+}
+
+/// Where `kms serve` gets its keys: the local keystore, or keyd with `--keyd`.
+fn key_source(args: &ServeArgs) -> Result<KeySource, Error> {
+    let keyd = &args.keyd;
+    let Some(addr) = keyd.keyd.clone() else {
+        let given = keyd.sources.given();
+        if !given.is_empty() {
+            return Err(format!(
+                "{} only apply with --keyd (they verify keyd's evidence)",
+                given.join(", ")
+            )
+            .into());
+        }
+        return Ok(KeySource::Keystore(open_keystore(
+            &args.store,
+            Access::CreateIfMissing,
+        )?));
+    };
+    if args.rotate_every.is_some() {
+        return Err(
+            "--rotate-every does not apply with --keyd: keyd holds the keys. Rotate the \
+                    keyring in keyd (its Rotate operation, granted to the roles listed under \
+                    keyrings.<name>.rotate in keyd's configuration); plugins report the new \
+                    key_id within a second"
+                .into(),
+        );
+    }
+    if args.reload_interval.is_some() {
+        return Err(
+            "--reload-interval does not apply with --keyd: there is no local keystore \
+                    to reload; the plugin asks keyd for the primary key_id on every Status \
+                    (cached for 1s)"
+                .into(),
+        );
+    }
+    let (Some(keyring), Some(policy_path)) = (&keyd.keyd_keyring, &keyd.keyd_policy) else {
+        return Err("--keyd needs --keyd-keyring and --keyd-policy".into());
+    };
+    let policy = Policy::load(policy_path)
+        .map_err(|e| format!("--keyd-policy {}: {e}", policy_path.display()))?;
+    let (platform, _) = open_store_platform(&args.store, Access::CreateIfMissing)?;
+    let remote = RemoteOptions {
+        addr,
+        keyring: keyring.clone(),
+        client: coffer_keyd::KeydClientOptions {
+            platform,
+            policy: std::sync::Arc::new(policy),
+            verify_options: keyd.sources.options(std::time::SystemTime::now())?,
+        },
+        connections: usize::from(keyd.keyd_connections),
+        timeout: keyd.keyd_timeout,
+    };
+    remote.validate()?;
+    Ok(KeySource::Keyd(remote))
 }
 
 fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
@@ -71,7 +135,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
         (None, true) => Path::new(DEV_DIR).join("kms.sock"),
         (None, false) => PathBuf::from(DEFAULT_SOCKET),
     };
-    let keystore = open_keystore(&args.store, Access::CreateIfMissing)?;
+    let keys = key_source(&args)?;
     let mut options = ServeOptions::new(socket.clone());
     options.socket = SocketOptions {
         path: socket.clone(),
@@ -89,7 +153,9 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
     options.metrics_addr = args.metrics_addr;
     options.metrics_allow_remote = args.metrics_allow_remote;
     options.rotate_every = args.rotate_every;
-    options.reload_interval = args.reload_interval;
+    if let Some(interval) = args.reload_interval {
+        options.reload_interval = interval;
+    }
     options.drain_timeout = args.drain_timeout;
 
     let print_config = args.print_encryption_config || args.store.dev;
@@ -116,7 +182,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
         .thread_name("coffer-kms")
         .build()?;
     runtime.block_on(coffer_kms::serve(
-        keystore,
+        keys,
         options,
         shutdown_signal(),
         Some(on_ready),

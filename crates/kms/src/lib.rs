@@ -1,10 +1,13 @@
 //! The Coffer KMS plugin server.
 //!
 //! kube-apiserver talks to it over a unix socket with the KMS v2 (or legacy v1beta1) gRPC API.
-//! Keys come from a [`coffer_keystore::Keystore`] sealed by the TEE platform.
+//! Keys come from a [`coffer_keystore::Keystore`] sealed by the TEE platform (standalone mode)
+//! or stay in `coffer keyd`, to which every call is forwarded (service mode).
 //!
 //! * [`server::serve`] — run the plugin.
 //! * [`service`] — the gRPC handlers and their input checks.
+//! * [`backend`] — where the keys are: the local keyring or keyd.
+//! * [`remote`] — service mode: forwarding to keyd, Status caching, probing.
 //! * [`listener`] — the socket: single instance, stale cleanup, permissions.
 //! * [`peer`] — caller checks with kernel credentials.
 //! * [`authority`] — accepts the socket-path `:authority` older API servers send.
@@ -13,11 +16,14 @@
 #![deny(missing_docs)]
 
 pub mod authority;
+pub mod backend;
 pub mod listener;
 pub mod metrics;
 pub mod peer;
+pub mod remote;
 pub mod server;
 pub mod service;
 
-pub use server::{serve, ServeError, ServeOptions};
+pub use remote::RemoteOptions;
+pub use server::{serve, KeySource, ServeError, ServeOptions};
 pub use service::StatusVersion;

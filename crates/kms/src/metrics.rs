@@ -73,6 +73,99 @@ struct KeyLabels {
     key_id: String,
 }
 
+/// The keyd RPCs the plugin makes in service mode, as metric labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KeydOp {
+    /// Wrap (for Encrypt).
+    Wrap,
+    /// Unwrap (for Decrypt).
+    Unwrap,
+    /// Status (for Status, `/healthz` and the background probe).
+    Status,
+}
+
+impl KeydOp {
+    const ALL: [KeydOp; 3] = [KeydOp::Wrap, KeydOp::Unwrap, KeydOp::Status];
+
+    /// The label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeydOp::Wrap => "wrap",
+            KeydOp::Unwrap => "unwrap",
+            KeydOp::Status => "status",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeydCallLabels {
+    op: &'static str,
+    result: &'static str,
+}
+
+/// Service-mode metrics: the calls to keyd and the connections they use.
+#[derive(Clone)]
+pub struct KeydMetrics {
+    calls: Family<KeydCallLabels, Counter>,
+    ok: Arc<[Counter; 3]>,
+    /// Connection attempts to keyd after each connection's first.
+    pub reconnects: Counter,
+    /// Connections to keyd that are established (0: keyd is unreachable).
+    pub connected: Gauge,
+}
+
+impl KeydMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let calls = Family::<KeydCallLabels, Counter>::default();
+        registry.register(
+            "keyd_calls",
+            "calls to keyd by operation and result (ok, unreachable, timeout, refused, untrusted, rejected)",
+            calls.clone(),
+        );
+        let reconnects = Counter::default();
+        registry.register(
+            "keyd_reconnects",
+            "connection attempts to keyd after each pool connection's first",
+            reconnects.clone(),
+        );
+        let connected = Gauge::default();
+        registry.register(
+            "keyd_connected",
+            "attested connections to keyd that are established (0 means keyd is unreachable)",
+            connected.clone(),
+        );
+        let ok = KeydOp::ALL.map(|op| {
+            calls
+                .get_or_create(&KeydCallLabels {
+                    op: op.name(),
+                    result: "ok",
+                })
+                .clone()
+        });
+        KeydMetrics {
+            calls,
+            ok: Arc::new(ok),
+            reconnects,
+            connected,
+        }
+    }
+
+    /// Records one call to keyd; `result` is `ok` or the kind of failure.
+    pub fn call(&self, op: KeydOp, result: &'static str) {
+        if result == "ok" {
+            let index = KeydOp::ALL.iter().position(|o| *o == op).unwrap_or(0);
+            self.ok[index].inc();
+        } else {
+            self.calls
+                .get_or_create(&KeydCallLabels {
+                    op: op.name(),
+                    result,
+                })
+                .inc();
+        }
+    }
+}
+
 /// All plugin metrics. Cheap to clone (every metric is reference-counted).
 #[derive(Clone)]
 pub struct Metrics {
@@ -89,6 +182,8 @@ pub struct Metrics {
     /// HTTP/2 `:authority` values rewritten for older API servers.
     pub authority_rewrites: Counter,
     lock_failures: Gauge,
+    /// Service mode only: calls to keyd and its connections.
+    pub keyd: Option<KeydMetrics>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -99,8 +194,18 @@ fn latency_histogram() -> Histogram {
 }
 
 impl Metrics {
-    /// Registers every metric in a fresh registry.
+    /// Registers every standalone-mode metric in a fresh registry.
     pub fn new() -> Self {
+        Self::build(false)
+    }
+
+    /// Registers the service-mode metrics (no keystore; calls to keyd instead) in a fresh
+    /// registry.
+    pub fn for_service_mode() -> Self {
+        Self::build(true)
+    }
+
+    fn build(service_mode: bool) -> Self {
         let mut registry = Registry::with_prefix("coffer_kms");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -123,15 +228,17 @@ impl Metrics {
             primary_key.clone(),
         );
         let generation = Gauge::default();
-        registry.register(
-            "keystore_generation",
-            "generation of the loaded keystore",
-            generation.clone(),
-        );
+        if !service_mode {
+            registry.register(
+                "keystore_generation",
+                "generation of the loaded keystore",
+                generation.clone(),
+            );
+        }
         let keys_loaded = Gauge::default();
         registry.register(
             "keys_loaded",
-            "KEKs loaded (primary plus older ones that still decrypt)",
+            "KEKs that can decrypt (primary plus older ones), in this plugin or, in service mode, in keyd's keyring",
             keys_loaded.clone(),
         );
         let refused_calls = Counter::default();
@@ -141,11 +248,13 @@ impl Metrics {
             refused_calls.clone(),
         );
         let reload_failures = Counter::default();
-        registry.register(
-            "keystore_reload_failures",
-            "keystore reloads that failed; the previous keys stay in use",
-            reload_failures.clone(),
-        );
+        if !service_mode {
+            registry.register(
+                "keystore_reload_failures",
+                "keystore reloads that failed; the previous keys stay in use",
+                reload_failures.clone(),
+            );
+        }
         let authority_rewrites = Counter::default();
         registry.register(
             "authority_rewrites",
@@ -158,6 +267,7 @@ impl Metrics {
             "key pages that could not be locked into RAM (0 expected)",
             lock_failures.clone(),
         );
+        let keyd = service_mode.then(|| KeydMetrics::register(&mut registry));
 
         let ok = Method::ALL.map(|m| {
             let counter = requests
@@ -182,6 +292,7 @@ impl Metrics {
             reload_failures,
             authority_rewrites,
             lock_failures,
+            keyd,
         }
     }
 
@@ -204,13 +315,18 @@ impl Metrics {
 
     /// Records the keyring now in use.
     pub fn set_keyring(&self, primary: &str, generation: u64, keys: usize) {
+        self.set_primary(primary, keys);
+        self.generation.set(generation as i64);
+    }
+
+    /// Records the primary KEK id and the number of KEKs.
+    pub fn set_primary(&self, primary: &str, keys: usize) {
         self.primary_key.clear();
         self.primary_key
             .get_or_create(&KeyLabels {
                 key_id: primary.to_string(),
             })
             .set(1);
-        self.generation.set(generation as i64);
         self.keys_loaded.set(keys as i64);
     }
 
@@ -254,13 +370,11 @@ fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
+/// Answers whether the plugin can serve right now, and if not, why.
+pub type HealthCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 /// Serves `/metrics` and `/healthz` on `addr` until the task is dropped.
-/// `healthy` answers whether the plugin can encrypt right now.
-pub async fn serve_http(
-    listener: TcpListener,
-    metrics: Metrics,
-    healthy: Arc<dyn Fn() -> bool + Send + Sync>,
-) {
+pub async fn serve_http(listener: TcpListener, metrics: Metrics, healthy: HealthCheck) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -285,7 +399,7 @@ pub async fn serve_http(
 fn respond(
     path: &str,
     metrics: &Metrics,
-    healthy: &(dyn Fn() -> bool + Send + Sync),
+    healthy: &(dyn Fn() -> Result<(), String> + Send + Sync),
 ) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match path {
         "/metrics" => (
@@ -293,14 +407,14 @@ fn respond(
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             metrics.render(),
         ),
-        "/healthz" | "/livez" | "/readyz" if healthy() => {
-            (StatusCode::OK, "text/plain", "ok\n".to_string())
-        }
-        "/healthz" | "/livez" | "/readyz" => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "unhealthy: the primary KEK failed its self-test\n".to_string(),
-        ),
+        "/healthz" | "/livez" | "/readyz" => match healthy() {
+            Ok(()) => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+            Err(reason) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("unhealthy: {reason}\n"),
+            ),
+        },
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",

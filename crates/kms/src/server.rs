@@ -1,5 +1,6 @@
-//! `coffer kms serve`: wires the keystore, the gRPC services, the socket, metrics and the
-//! background tasks (hot reload, scheduled rotation, aggregated audit) together.
+//! `coffer kms serve`: wires the keys (a local keystore, or keyd in service mode), the gRPC
+//! services, the socket, metrics and the background tasks (hot reload, scheduled rotation,
+//! keyd probing, aggregated audit) together.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,16 +12,27 @@ use coffer_keystore::{Keystore, KeystoreError};
 use coffer_proto::{v1beta1, v2};
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::backend::{Backend, LocalKeys};
 use crate::listener::{BoundSocket, SocketError, SocketOptions};
 use crate::metrics::{self, Metrics};
 use crate::peer::CallerPolicy;
+use crate::remote::{RemoteError, RemoteKeys, RemoteOptions};
 use crate::service::{KmsState, StatusVersion, V1Service, V2Service};
 
 /// Largest gRPC message the plugin decodes or encodes. Requests are at most a 1 KiB
 /// ciphertext plus 32 KiB of annotations; anything bigger is refused before it is parsed.
 pub const MAX_MESSAGE_LEN: usize = 64 * 1024;
 
-/// Everything `serve` needs besides the keystore.
+/// Where the plugin's keys are.
+#[derive(Debug)]
+pub enum KeySource {
+    /// Standalone mode: KEKs in this sealed keystore (created on first start).
+    Keystore(Keystore),
+    /// Service mode: KEKs stay in keyd; every call is forwarded to it.
+    Keyd(RemoteOptions),
+}
+
+/// Everything `serve` needs besides the keys.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// The unix socket.
@@ -73,6 +85,9 @@ pub enum ServeError {
     /// The keystore could not be loaded.
     #[error(transparent)]
     Keystore(#[from] KeystoreError),
+    /// Service mode could not be set up.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
     /// The socket could not be set up.
     #[error(transparent)]
     Socket(#[from] SocketError),
@@ -87,27 +102,38 @@ pub enum ServeError {
     Task(String),
 }
 
-/// Called once the socket is accepting, with the primary key id.
+/// Called once the socket is accepting, with the primary key id (in service mode, a note
+/// instead when keyd cannot say yet).
 pub type ReadyHook = Box<dyn FnOnce(&str) + Send>;
 
 /// Runs the plugin until `shutdown` completes, then drains in-flight calls (up to
 /// `drain_timeout`) and removes the socket.
 pub async fn serve(
-    keystore: Keystore,
+    keys: KeySource,
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: Option<ReadyHook>,
 ) -> Result<(), ServeError> {
-    let ks = keystore.clone();
-    let (keyring, created) = tokio::task::spawn_blocking(move || ks.load_or_init())
-        .await
-        .map_err(|e| ServeError::Task(e.to_string()))??;
-    if created {
-        tracing::info!(path = %keystore.path().display(), "created a new keystore");
-    }
-    let primary = keyring.primary_id().to_string();
-    let metrics = Metrics::new();
-    let state = KmsState::new(keyring, metrics.clone(), options.status_version);
+    let (backend, metrics, keystore) = match keys {
+        KeySource::Keystore(keystore) => {
+            let ks = keystore.clone();
+            let (keyring, created) = tokio::task::spawn_blocking(move || ks.load_or_init())
+                .await
+                .map_err(|e| ServeError::Task(e.to_string()))??;
+            if created {
+                tracing::info!(path = %keystore.path().display(), "created a new keystore");
+            }
+            let metrics = Metrics::new();
+            let local = LocalKeys::new(keyring, metrics.clone());
+            (Backend::Local(local), metrics, Some(keystore))
+        }
+        KeySource::Keyd(remote) => {
+            let metrics = Metrics::for_service_mode();
+            let remote = RemoteKeys::new(remote, metrics.clone()).await?;
+            (Backend::Remote(remote), metrics, None)
+        }
+    };
+    let state = KmsState::new(backend, metrics.clone(), options.status_version);
 
     let mut socket = BoundSocket::bind(&options.socket)?;
     let metrics_task = match options.metrics_addr {
@@ -116,8 +142,7 @@ pub async fn serve(
                 .await
                 .map_err(ServeError::Metrics)?;
             let health_state = state.clone();
-            let healthy: Arc<dyn Fn() -> bool + Send + Sync> =
-                Arc::new(move || health_state.check_health().is_ok());
+            let healthy: metrics::HealthCheck = Arc::new(move || health_state.backend().health());
             tracing::info!(%addr, "serving /metrics and /healthz");
             Some(tokio::spawn(metrics::serve_http(
                 listener,
@@ -135,11 +160,19 @@ pub async fn serve(
         rewrites.clone(),
     );
     let background = tokio::spawn(background_tasks(
-        keystore.clone(),
+        keystore,
         state.clone(),
         options.clone(),
         rewrites,
     ));
+    let keyd_probe = state.backend().remote().is_some().then(|| {
+        let state = state.clone();
+        tokio::spawn(async move {
+            if let Some(remote) = state.backend().remote() {
+                remote.maintain().await;
+            }
+        })
+    });
 
     let v2 = v2::key_management_service_server::KeyManagementServiceServer::new(V2Service(
         state.clone(),
@@ -152,10 +185,26 @@ pub async fn serve(
     .max_decoding_message_size(MAX_MESSAGE_LEN)
     .max_encoding_message_size(MAX_MESSAGE_LEN);
 
+    let primary = match state.backend().status().await {
+        Ok(key_id) => key_id,
+        Err(status) => {
+            tracing::warn!(error = %status.message(), "keyd cannot say the primary key yet; serving anyway (Status reports UNAVAILABLE until keyd answers)");
+            "unknown until keyd answers".to_string()
+        }
+    };
+    let mode = match state.backend().remote() {
+        Some(remote) => format!(
+            "service mode: keyd {} keyring {}",
+            remote.addr(),
+            remote.keyring()
+        ),
+        None => "standalone".to_string(),
+    };
     tracing::info!(
         socket = %socket.path().display(),
         key_id = %primary,
         status_version = options.status_version.as_str(),
+        mode = %mode,
         "coffer kms serving KMS v2 and v1beta1"
     );
     if let Some(hook) = on_ready {
@@ -194,6 +243,9 @@ pub async fn serve(
     };
     accept_task.abort();
     background.abort();
+    if let Some(task) = keyd_probe {
+        task.abort();
+    }
     if let Some(task) = metrics_task {
         task.abort();
     }
@@ -210,8 +262,10 @@ fn flush_decrypt_audit(state: &KmsState) {
     }
 }
 
+/// Counts `:authority` rewrites, writes the aggregated audit line and, in standalone mode,
+/// reloads the keystore when it changes and rotates it on schedule.
 async fn background_tasks(
-    keystore: Keystore,
+    keystore: Option<Keystore>,
     state: Arc<KmsState>,
     options: ServeOptions,
     rewrites: Arc<AtomicU64>,
@@ -220,7 +274,8 @@ async fn background_tasks(
     reload_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut audit_tick = tokio::time::interval(options.decrypt_audit_interval);
     audit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut stamp = keystore.stamp();
+    let local = keystore.as_ref().zip(state.backend().local());
+    let mut stamp = keystore.as_ref().map(Keystore::stamp);
     let mut last_reload_error: Option<String> = None;
     let mut seen_rewrites = 0;
     loop {
@@ -229,8 +284,9 @@ async fn background_tasks(
                 let now_rewrites = rewrites.load(Ordering::Relaxed);
                 state.metrics.authority_rewrites.inc_by(now_rewrites - seen_rewrites);
                 seen_rewrites = now_rewrites;
+                let Some((keystore, keys)) = local else { continue };
                 if let Some(every) = options.rotate_every {
-                    let age = SystemTime::now().duration_since(state.keyring().primary_created()).unwrap_or_default();
+                    let age = SystemTime::now().duration_since(keys.keyring().primary_created()).unwrap_or_default();
                     if age >= every {
                         let ks = keystore.clone();
                         match tokio::task::spawn_blocking(move || ks.rotate()).await {
@@ -240,12 +296,12 @@ async fn background_tasks(
                         }
                     }
                 }
-                let current = keystore.stamp();
+                let current = Some(keystore.stamp());
                 if current != stamp {
                     let ks = keystore.clone();
                     match tokio::task::spawn_blocking(move || ks.load()).await {
                         Ok(Ok(ring)) => {
-                            let old = state.keyring().primary_id().to_string();
+                            let old = keys.keyring().primary_id().to_string();
                             tracing::info!(
                                 target: "coffer::audit",
                                 event = "reload",
@@ -255,7 +311,7 @@ async fn background_tasks(
                                 keys = ring.len(),
                                 "keystore changed: reloaded keys"
                             );
-                            state.replace_keyring(ring);
+                            keys.replace_keyring(ring);
                             stamp = current;
                             last_reload_error = None;
                         }

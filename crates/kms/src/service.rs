@@ -4,14 +4,12 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
-use arc_swap::ArcSwap;
-use coffer_keystore::kek::EncryptError;
-use coffer_keystore::{DecryptError, Keyring};
 use coffer_proto::{v1beta1, v2};
 use tonic::{Code, Request, Response, Status};
 
+use crate::backend::Backend;
 use crate::metrics::{Method, Metrics};
 use crate::peer::Verdict;
 
@@ -21,8 +19,6 @@ pub const MAX_UID_LEN: usize = 256;
 pub const MAX_REQUEST_KEY_ID_LEN: usize = 1024;
 /// Largest total size of annotation keys and values (the KMS API limit).
 pub const MAX_ANNOTATIONS_LEN: usize = 32 * 1024;
-/// How long a passed self-test is trusted before Status runs another.
-pub const SELF_TEST_TTL: Duration = Duration::from_secs(30);
 
 /// The `version` string v2 Status reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -57,61 +53,27 @@ impl std::str::FromStr for StatusVersion {
 
 /// State shared by both services and the background tasks.
 pub struct KmsState {
-    keyring: ArcSwap<Keyring>,
+    backend: Backend,
     /// Metrics for every call.
     pub metrics: Metrics,
     status_version: StatusVersion,
-    self_test_passed_at_ms: AtomicU64,
     decrypts_since_audit: AtomicU64,
 }
 
 impl KmsState {
-    /// Starts serving from `keyring`.
-    pub fn new(keyring: Keyring, metrics: Metrics, status_version: StatusVersion) -> Arc<Self> {
-        metrics.set_keyring(keyring.primary_id(), keyring.generation(), keyring.len());
+    /// Starts serving from `backend`.
+    pub fn new(backend: Backend, metrics: Metrics, status_version: StatusVersion) -> Arc<Self> {
         Arc::new(KmsState {
-            keyring: ArcSwap::from_pointee(keyring),
+            backend,
             metrics,
             status_version,
-            // The keyring was self-tested when it was built.
-            self_test_passed_at_ms: AtomicU64::new(now_ms()),
             decrypts_since_audit: AtomicU64::new(0),
         })
     }
 
-    /// The keyring in use.
-    pub fn keyring(&self) -> arc_swap::Guard<Arc<Keyring>> {
-        self.keyring.load()
-    }
-
-    /// Swaps in a newly loaded (and self-tested) keyring.
-    pub fn replace_keyring(&self, keyring: Keyring) {
-        self.metrics
-            .set_keyring(keyring.primary_id(), keyring.generation(), keyring.len());
-        self.keyring.store(Arc::new(keyring));
-        self.self_test_passed_at_ms
-            .store(now_ms(), Ordering::Relaxed);
-    }
-
-    /// Whether the primary KEK can encrypt; re-runs the self-test when the last pass is older
-    /// than [`SELF_TEST_TTL`], so frequent Status polling costs nothing.
-    pub fn check_health(&self) -> Result<(), String> {
-        let last = self.self_test_passed_at_ms.load(Ordering::Relaxed);
-        if now_ms().saturating_sub(last) < SELF_TEST_TTL.as_millis() as u64 {
-            return Ok(());
-        }
-        let ring = self.keyring();
-        match ring.self_test() {
-            Ok(()) => {
-                self.self_test_passed_at_ms
-                    .store(now_ms(), Ordering::Relaxed);
-                Ok(())
-            }
-            Err(e) => Err(format!(
-                "primary KEK {} cannot encrypt: {e}",
-                ring.primary_id()
-            )),
-        }
+    /// Where the keys are.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
     }
 
     /// Takes the count of successful decrypts since the last call (for the aggregated audit line).
@@ -154,29 +116,23 @@ impl KmsState {
         result.map(Response::new)
     }
 
-    fn status(&self) -> Result<v2::StatusResponse, Status> {
-        self.check_health().map_err(|reason| {
-            tracing::error!(reason = %reason, "Status: unhealthy");
-            Status::unavailable(format!("coffer kms cannot encrypt: {reason}"))
-        })?;
+    async fn status(&self) -> Result<v2::StatusResponse, Status> {
+        let key_id = self.backend.status().await?;
         Ok(v2::StatusResponse {
             version: self.status_version.as_str().to_string(),
             healthz: "ok".to_string(),
-            key_id: self.keyring().primary_id().to_string(),
+            key_id,
         })
     }
 
-    fn encrypt(
+    async fn encrypt(
         &self,
         verdict: &Verdict,
         uid: &str,
         plaintext: &[u8],
     ) -> Result<(Vec<u8>, String), Status> {
-        let ring = self.keyring();
-        let result = ring.encrypt(plaintext);
-        let key_id = ring.primary_id();
-        match result {
-            Ok(ciphertext) => {
+        match self.backend.encrypt(plaintext).await {
+            Ok((ciphertext, key_id)) => {
                 tracing::info!(
                     target: "coffer::audit",
                     event = "encrypt",
@@ -186,34 +142,29 @@ impl KmsState {
                     caller_pid = verdict.peer.pid.unwrap_or(0),
                     "encrypt ok"
                 );
-                Ok((ciphertext, key_id.to_string()))
+                Ok((ciphertext, key_id))
             }
-            Err(e) => {
-                tracing::warn!(target: "coffer::audit", event = "encrypt_failed", request_uid = uid, key_id, caller_uid = verdict.peer.uid, reason = %e, "encrypt refused");
-                Err(match e {
-                    EncryptError::Empty | EncryptError::TooLong(_) => {
-                        Status::invalid_argument(e.to_string())
-                    }
-                    other => Status::internal(other.to_string()),
-                })
+            Err(status) => {
+                tracing::warn!(target: "coffer::audit", event = "encrypt_failed", request_uid = uid, caller_uid = verdict.peer.uid, code = ?status.code(), reason = %status.message(), "encrypt refused");
+                Err(status)
             }
         }
     }
 
-    fn decrypt(
+    async fn decrypt(
         &self,
         verdict: &Verdict,
         uid: &str,
         requested_key_id: Option<&str>,
         ciphertext: &[u8],
     ) -> Result<Vec<u8>, Status> {
-        match self.keyring().decrypt(requested_key_id, ciphertext) {
+        match self.backend.decrypt(requested_key_id, ciphertext).await {
             Ok(mut plaintext) => {
                 self.decrypts_since_audit.fetch_add(1, Ordering::Relaxed);
                 // The response owns its bytes; the zeroizing buffer is wiped here.
                 Ok(std::mem::take(&mut *plaintext))
             }
-            Err(e) => {
+            Err(status) => {
                 tracing::warn!(
                     target: "coffer::audit",
                     event = "decrypt_failed",
@@ -221,28 +172,14 @@ impl KmsState {
                     key_id = requested_key_id.unwrap_or(""),
                     caller_uid = verdict.peer.uid,
                     caller_pid = verdict.peer.pid.unwrap_or(0),
-                    reason = %e,
+                    code = ?status.code(),
+                    reason = %status.message(),
                     "decrypt refused"
                 );
-                Err(decrypt_status(&e))
+                Err(status)
             }
         }
     }
-}
-
-fn decrypt_status(e: &DecryptError) -> Status {
-    let message = format!("coffer kms: {e}");
-    match e {
-        DecryptError::UnknownKey(_) => Status::not_found(message),
-        _ => Status::invalid_argument(message),
-    }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn check_uid(uid: &str) -> Result<(), Status> {
@@ -289,6 +226,50 @@ fn is_qualified_domain_name(name: &str) -> bool {
 #[derive(Clone)]
 pub struct V2Service(pub Arc<KmsState>);
 
+impl V2Service {
+    async fn encrypt_checked(
+        &self,
+        request: &Request<v2::EncryptRequest>,
+    ) -> Result<v2::EncryptResponse, Status> {
+        let state = &self.0;
+        let verdict = state.authorize(Method::Encrypt, request)?;
+        let req = request.get_ref();
+        check_uid(&req.uid)?;
+        let (ciphertext, key_id) = state.encrypt(&verdict, &req.uid, &req.plaintext).await?;
+        Ok(v2::EncryptResponse {
+            ciphertext,
+            key_id,
+            annotations: HashMap::new(),
+        })
+    }
+
+    async fn decrypt_checked(
+        &self,
+        request: &Request<v2::DecryptRequest>,
+    ) -> Result<v2::DecryptResponse, Status> {
+        let state = &self.0;
+        let verdict = state.authorize(Method::Decrypt, request)?;
+        let req = request.get_ref();
+        check_uid(&req.uid)?;
+        if req.key_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "key_id is required (the API server sends the key_id Encrypt returned)",
+            ));
+        }
+        if req.key_id.len() > MAX_REQUEST_KEY_ID_LEN {
+            return Err(Status::invalid_argument(format!(
+                "key_id is {} bytes; the limit is {MAX_REQUEST_KEY_ID_LEN}",
+                req.key_id.len()
+            )));
+        }
+        check_annotations(&req.annotations)?;
+        let plaintext = state
+            .decrypt(&verdict, &req.uid, Some(&req.key_id), &req.ciphertext)
+            .await?;
+        Ok(v2::DecryptResponse { plaintext })
+    }
+}
+
 #[tonic::async_trait]
 impl v2::key_management_service_server::KeyManagementService for V2Service {
     async fn status(
@@ -297,9 +278,10 @@ impl v2::key_management_service_server::KeyManagementService for V2Service {
     ) -> Result<Response<v2::StatusResponse>, Status> {
         let start = Instant::now();
         let state = &self.0;
-        let result = state
-            .authorize(Method::Status, &request)
-            .and_then(|_| state.status());
+        let result = match state.authorize(Method::Status, &request) {
+            Ok(_) => state.status().await,
+            Err(e) => Err(e),
+        };
         state.finish(Method::Status, start, result)
     }
 
@@ -308,22 +290,10 @@ impl v2::key_management_service_server::KeyManagementService for V2Service {
         request: Request<v2::EncryptRequest>,
     ) -> Result<Response<v2::EncryptResponse>, Status> {
         let start = Instant::now();
-        let state = &self.0;
-        let result = state
-            .authorize(Method::Encrypt, &request)
-            .and_then(|verdict| {
-                let req = request.get_ref();
-                check_uid(&req.uid)?;
-                let (ciphertext, key_id) = state.encrypt(&verdict, &req.uid, &req.plaintext)?;
-                Ok(v2::EncryptResponse {
-                    ciphertext,
-                    key_id,
-                    annotations: HashMap::new(),
-                })
-            });
+        let result = self.encrypt_checked(&request).await;
         // The request's plaintext buffer is wiped before it is freed.
         zeroize::Zeroize::zeroize(&mut request.into_inner().plaintext);
-        state.finish(Method::Encrypt, start, result)
+        self.0.finish(Method::Encrypt, start, result)
     }
 
     async fn decrypt(
@@ -331,29 +301,8 @@ impl v2::key_management_service_server::KeyManagementService for V2Service {
         request: Request<v2::DecryptRequest>,
     ) -> Result<Response<v2::DecryptResponse>, Status> {
         let start = Instant::now();
-        let state = &self.0;
-        let result = state
-            .authorize(Method::Decrypt, &request)
-            .and_then(|verdict| {
-                let req = request.get_ref();
-                check_uid(&req.uid)?;
-                if req.key_id.is_empty() {
-                    return Err(Status::invalid_argument(
-                        "key_id is required (the API server sends the key_id Encrypt returned)",
-                    ));
-                }
-                if req.key_id.len() > MAX_REQUEST_KEY_ID_LEN {
-                    return Err(Status::invalid_argument(format!(
-                        "key_id is {} bytes; the limit is {MAX_REQUEST_KEY_ID_LEN}",
-                        req.key_id.len()
-                    )));
-                }
-                check_annotations(&req.annotations)?;
-                let plaintext =
-                    state.decrypt(&verdict, &req.uid, Some(&req.key_id), &req.ciphertext)?;
-                Ok(v2::DecryptResponse { plaintext })
-            });
-        state.finish(Method::Decrypt, start, result)
+        let result = self.decrypt_checked(&request).await;
+        self.0.finish(Method::Decrypt, start, result)
     }
 }
 
@@ -374,6 +323,47 @@ fn check_v1_version(version: &str) -> Result<(), Status> {
 #[derive(Clone)]
 pub struct V1Service(pub Arc<KmsState>);
 
+impl V1Service {
+    async fn version_checked(
+        &self,
+        request: &Request<v1beta1::VersionRequest>,
+    ) -> Result<v1beta1::VersionResponse, Status> {
+        let state = &self.0;
+        state.authorize(Method::V1Version, request)?;
+        check_v1_version(&request.get_ref().version)?;
+        state.backend.status().await?;
+        Ok(v1beta1::VersionResponse {
+            version: V1BETA1.to_string(),
+            runtime_name: "coffer".to_string(),
+            runtime_version: env!("CARGO_PKG_VERSION").to_string(),
+        })
+    }
+
+    async fn encrypt_checked(
+        &self,
+        request: &Request<v1beta1::EncryptRequest>,
+    ) -> Result<v1beta1::EncryptResponse, Status> {
+        let state = &self.0;
+        let verdict = state.authorize(Method::V1Encrypt, request)?;
+        let req = request.get_ref();
+        check_v1_version(&req.version)?;
+        let (cipher, _) = state.encrypt(&verdict, "", &req.plain).await?;
+        Ok(v1beta1::EncryptResponse { cipher })
+    }
+
+    async fn decrypt_checked(
+        &self,
+        request: &Request<v1beta1::DecryptRequest>,
+    ) -> Result<v1beta1::DecryptResponse, Status> {
+        let state = &self.0;
+        let verdict = state.authorize(Method::V1Decrypt, request)?;
+        let req = request.get_ref();
+        check_v1_version(&req.version)?;
+        let plain = state.decrypt(&verdict, "", None, &req.cipher).await?;
+        Ok(v1beta1::DecryptResponse { plain })
+    }
+}
+
 #[tonic::async_trait]
 impl v1beta1::key_management_service_server::KeyManagementService for V1Service {
     async fn version(
@@ -381,17 +371,8 @@ impl v1beta1::key_management_service_server::KeyManagementService for V1Service 
         request: Request<v1beta1::VersionRequest>,
     ) -> Result<Response<v1beta1::VersionResponse>, Status> {
         let start = Instant::now();
-        let state = &self.0;
-        let result = state.authorize(Method::V1Version, &request).and_then(|_| {
-            check_v1_version(&request.get_ref().version)?;
-            state.check_health().map_err(Status::unavailable)?;
-            Ok(v1beta1::VersionResponse {
-                version: V1BETA1.to_string(),
-                runtime_name: "coffer".to_string(),
-                runtime_version: env!("CARGO_PKG_VERSION").to_string(),
-            })
-        });
-        state.finish(Method::V1Version, start, result)
+        let result = self.version_checked(&request).await;
+        self.0.finish(Method::V1Version, start, result)
     }
 
     async fn encrypt(
@@ -399,17 +380,9 @@ impl v1beta1::key_management_service_server::KeyManagementService for V1Service 
         request: Request<v1beta1::EncryptRequest>,
     ) -> Result<Response<v1beta1::EncryptResponse>, Status> {
         let start = Instant::now();
-        let state = &self.0;
-        let result = state
-            .authorize(Method::V1Encrypt, &request)
-            .and_then(|verdict| {
-                let req = request.get_ref();
-                check_v1_version(&req.version)?;
-                let (cipher, _) = state.encrypt(&verdict, "", &req.plain)?;
-                Ok(v1beta1::EncryptResponse { cipher })
-            });
+        let result = self.encrypt_checked(&request).await;
         zeroize::Zeroize::zeroize(&mut request.into_inner().plain);
-        state.finish(Method::V1Encrypt, start, result)
+        self.0.finish(Method::V1Encrypt, start, result)
     }
 
     async fn decrypt(
@@ -417,16 +390,8 @@ impl v1beta1::key_management_service_server::KeyManagementService for V1Service 
         request: Request<v1beta1::DecryptRequest>,
     ) -> Result<Response<v1beta1::DecryptResponse>, Status> {
         let start = Instant::now();
-        let state = &self.0;
-        let result = state
-            .authorize(Method::V1Decrypt, &request)
-            .and_then(|verdict| {
-                let req = request.get_ref();
-                check_v1_version(&req.version)?;
-                let plain = state.decrypt(&verdict, "", None, &req.cipher)?;
-                Ok(v1beta1::DecryptResponse { plain })
-            });
-        state.finish(Method::V1Decrypt, start, result)
+        let result = self.decrypt_checked(&request).await;
+        self.0.finish(Method::V1Decrypt, start, result)
     }
 }
 

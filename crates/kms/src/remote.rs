@@ -1,0 +1,350 @@
+//! Service mode: the keys stay in keyd and every Encrypt and Decrypt is forwarded to it over a
+//! [`KeydPool`] of mutual attested TLS connections that this plugin opens with its own
+//! platform's evidence.
+//!
+//! * Status is a live keyd Status call for the keyring, shared by all callers for up to
+//!   [`STATUS_TTL`], so a rotation in keyd shows as a new key_id within a second and heavy
+//!   polling does not reach keyd.
+//! * Every call ends within the `--keyd-timeout` deadline (below the API server's 3 s), with
+//!   UNAVAILABLE naming keyd's address when keyd is unreachable or slow, PERMISSION_DENIED when
+//!   keyd refuses this plugin, and keyd's own INVALID_ARGUMENT / NOT_FOUND otherwise.
+//! * A background task ([`RemoteKeys::maintain`]) keeps probing keyd, so the pool reconnects
+//!   and `/healthz` follows keyd's reachability without any traffic.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use coffer_keyd::{
+    CallError, ClientIdentity, KeydAddr, KeydClientOptions, KeydError, KeydPool, KeyringStatus,
+    PoolEvents, PoolOptions,
+};
+use tonic::{Code, Status};
+use zeroize::Zeroizing;
+
+use crate::metrics::{KeydMetrics, KeydOp, Metrics};
+
+/// The API server's per-call timeout: every answer must come before it.
+pub const API_SERVER_TIMEOUT: Duration = Duration::from_secs(3);
+/// Default deadline of a forwarded call (connect, handshake and RPC).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default number of connections to keyd.
+pub const DEFAULT_CONNECTIONS: usize = 2;
+/// Most connections to keyd.
+pub const MAX_CONNECTIONS: usize = 16;
+/// How long one keyd Status answer serves Status calls and `/healthz`.
+pub const STATUS_TTL: Duration = Duration::from_secs(1);
+/// How often the background task probes keyd.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// Wait between failed renewals of the attested certificate.
+const RENEWAL_RETRY: Duration = Duration::from_secs(60);
+
+/// What service mode needs.
+#[derive(Debug)]
+pub struct RemoteOptions {
+    /// keyd's address.
+    pub addr: KeydAddr,
+    /// The keyring in keyd that holds this cluster's KEKs.
+    pub keyring: String,
+    /// This plugin's platform, and how keyd's attestation is checked.
+    pub client: KeydClientOptions,
+    /// Connections to keyd (1 to [`MAX_CONNECTIONS`]).
+    pub connections: usize,
+    /// Deadline of every forwarded call; below [`API_SERVER_TIMEOUT`].
+    pub timeout: Duration,
+}
+
+/// Why service mode could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RemoteError {
+    /// The call deadline would let the API server give up first.
+    #[error("--keyd-timeout {}ms is not below the API server's {}s per-call timeout: the plugin must answer first (use e.g. 2s)", .0.as_millis(), API_SERVER_TIMEOUT.as_secs())]
+    TimeoutTooLong(Duration),
+    /// A zero deadline would fail every call.
+    #[error("--keyd-timeout must be more than zero (use e.g. 2s)")]
+    TimeoutZero,
+    /// The connection count is out of range.
+    #[error("--keyd-connections {0} is out of range: use 1 to {MAX_CONNECTIONS}")]
+    Connections(usize),
+    /// The keyring name is invalid.
+    #[error("--keyd-keyring: {0}")]
+    Keyring(KeydError),
+    /// The attested identity could not be made.
+    #[error("making this plugin's attested TLS identity: {0}")]
+    Identity(KeydError),
+    /// The pool could not be set up.
+    #[error("setting up connections to keyd: {0}")]
+    Pool(KeydError),
+    /// A start-up task failed.
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+impl RemoteOptions {
+    /// Checks the options without connecting.
+    pub fn validate(&self) -> Result<(), RemoteError> {
+        if self.timeout.is_zero() {
+            return Err(RemoteError::TimeoutZero);
+        }
+        if self.timeout >= API_SERVER_TIMEOUT {
+            return Err(RemoteError::TimeoutTooLong(self.timeout));
+        }
+        if !(1..=MAX_CONNECTIONS).contains(&self.connections) {
+            return Err(RemoteError::Connections(self.connections));
+        }
+        coffer_keyd::validate_keyring_name(&self.keyring).map_err(RemoteError::Keyring)?;
+        Ok(())
+    }
+}
+
+/// keyd's answer to the last Status probe, shared by Status callers and `/healthz`.
+#[derive(Clone)]
+struct Probe {
+    at: Instant,
+    result: Result<KeyringStatus, (Code, String)>,
+}
+
+impl Probe {
+    fn key_id(&self) -> Result<String, Status> {
+        match &self.result {
+            Ok(s) => Ok(s.primary_key_id.clone()),
+            Err((code, message)) => Err(Status::new(*code, message.clone())),
+        }
+    }
+}
+
+/// Service mode's keys: keyd's keyring, reached through a [`KeydPool`].
+pub struct RemoteKeys {
+    pool: KeydPool,
+    keyring: String,
+    metrics: Metrics,
+    keyd_metrics: KeydMetrics,
+    last: Mutex<Option<Probe>>,
+    /// One Status refresh at a time; the others wait for its answer.
+    refresh: tokio::sync::Mutex<()>,
+}
+
+struct MetricEvents(KeydMetrics);
+
+impl PoolEvents for MetricEvents {
+    fn connected(&self) {
+        self.0.connected.inc();
+    }
+    fn disconnected(&self) {
+        self.0.connected.dec();
+    }
+    fn reconnecting(&self) {
+        self.0.reconnects.inc();
+    }
+}
+
+impl RemoteKeys {
+    /// Makes this plugin's attested identity and the (not yet connected) pool. `metrics` must
+    /// come from [`Metrics::for_service_mode`].
+    pub async fn new(options: RemoteOptions, metrics: Metrics) -> Result<Self, RemoteError> {
+        options.validate()?;
+        let keyd_metrics = metrics
+            .keyd
+            .clone()
+            .ok_or_else(|| RemoteError::Task("metrics lack the service-mode metrics".into()))?;
+        let client = options.client;
+        // Evidence from a real TEE can take a while: off the async threads.
+        let identity = tokio::task::spawn_blocking(move || ClientIdentity::new(client))
+            .await
+            .map_err(|e| RemoteError::Task(e.to_string()))?
+            .map_err(RemoteError::Identity)?;
+        let pool = KeydPool::new(
+            options.addr,
+            Arc::new(identity),
+            PoolOptions {
+                connections: options.connections,
+                timeout: options.timeout,
+                events: Some(Arc::new(MetricEvents(keyd_metrics.clone()))),
+                ..PoolOptions::default()
+            },
+        )
+        .map_err(RemoteError::Pool)?;
+        Ok(RemoteKeys {
+            pool,
+            keyring: options.keyring,
+            metrics,
+            keyd_metrics,
+            last: Mutex::new(None),
+            refresh: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// keyd's address.
+    pub fn addr(&self) -> &KeydAddr {
+        self.pool.addr()
+    }
+
+    /// The keyring used.
+    pub fn keyring(&self) -> &str {
+        &self.keyring
+    }
+
+    fn to_status(&self, e: CallError) -> Status {
+        match e {
+            CallError::Refused { reason, .. } => {
+                Status::permission_denied(format!("keyd refused this plugin: {reason}"))
+            }
+            CallError::Rejected { status, .. } => {
+                Status::new(status.code(), format!("keyd: {}", status.message()))
+            }
+            other => Status::unavailable(other.to_string()),
+        }
+    }
+
+    fn record<T>(&self, op: KeydOp, result: &Result<T, CallError>) {
+        let label = match result {
+            Ok(_) => "ok",
+            Err(CallError::Unreachable { .. }) => "unreachable",
+            Err(CallError::TimedOut { .. }) => "timeout",
+            Err(CallError::Refused { .. }) => "refused",
+            Err(CallError::Untrusted { .. }) => "untrusted",
+            Err(_) => "rejected",
+        };
+        self.keyd_metrics.call(op, label);
+    }
+
+    pub(crate) async fn encrypt(&self, plaintext: &[u8]) -> Result<(Vec<u8>, String), Status> {
+        // keyd's own bounds, checked here to spare the round trip.
+        if plaintext.is_empty() {
+            return Err(Status::invalid_argument("plaintext is empty"));
+        }
+        if plaintext.len() > coffer_keyd::MAX_PLAINTEXT_LEN {
+            return Err(Status::invalid_argument(format!(
+                "plaintext is {} bytes; the limit is {} (kube-apiserver sends 32)",
+                plaintext.len(),
+                coffer_keyd::MAX_PLAINTEXT_LEN
+            )));
+        }
+        let result = self.pool.wrap(&self.keyring, plaintext).await;
+        self.record(KeydOp::Wrap, &result);
+        result.map_err(|e| self.to_status(e))
+    }
+
+    pub(crate) async fn decrypt(
+        &self,
+        key_id: Option<&str>,
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, Status> {
+        if ciphertext.is_empty() {
+            return Err(Status::invalid_argument("ciphertext is empty"));
+        }
+        if ciphertext.len() > coffer_keyd::MAX_CIPHERTEXT_LEN {
+            return Err(Status::invalid_argument(format!(
+                "ciphertext is {} bytes; the limit is {}",
+                ciphertext.len(),
+                coffer_keyd::MAX_CIPHERTEXT_LEN
+            )));
+        }
+        let result = self.pool.unwrap(&self.keyring, key_id, ciphertext).await;
+        self.record(KeydOp::Unwrap, &result);
+        result.map_err(|e| self.to_status(e))
+    }
+
+    fn fresh(&self) -> Option<Probe> {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.as_ref()
+            .filter(|p| p.at.elapsed() < STATUS_TTL)
+            .cloned()
+    }
+
+    /// keyd's primary key id for the keyring, at most [`STATUS_TTL`] old; UNAVAILABLE (or
+    /// PERMISSION_DENIED) with the reason when keyd cannot say.
+    pub(crate) async fn status(&self) -> Result<String, Status> {
+        if let Some(probe) = self.fresh() {
+            return probe.key_id();
+        }
+        let _turn = self.refresh.lock().await;
+        if let Some(probe) = self.fresh() {
+            return probe.key_id();
+        }
+        let result = self.pool.status(&self.keyring).await;
+        self.record(KeydOp::Status, &result);
+        let probe = Probe {
+            at: Instant::now(),
+            result: result.map_err(|e| {
+                let status = self.to_status(e);
+                (status.code(), status.message().to_string())
+            }),
+        };
+        self.remember(probe.clone());
+        probe.key_id()
+    }
+
+    /// Stores a probe and logs what changed: keyd lost or back, a new primary key.
+    fn remember(&self, probe: Probe) {
+        let previous = {
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            last.replace(probe.clone())
+        };
+        let before = previous.map(|p| p.result);
+        match (&before, &probe.result) {
+            (Some(Ok(old)), Ok(new)) if old.primary_key_id == new.primary_key_id => {}
+            (_, Ok(new)) => {
+                self.metrics
+                    .set_primary(&new.primary_key_id, new.keys as usize);
+                let previous_key_id = match &before {
+                    Some(Ok(old)) => old.primary_key_id.as_str(),
+                    _ => "",
+                };
+                tracing::info!(
+                    target: "coffer::audit",
+                    event = "keyd_status",
+                    keyd = %self.pool.addr(),
+                    keyring = %self.keyring,
+                    key_id = %new.primary_key_id,
+                    previous_key_id,
+                    keys = new.keys,
+                    "keyd answers; primary key {}", new.primary_key_id
+                );
+            }
+            (Some(Err(old)), Err(new)) if old == new => {}
+            (_, Err((code, message))) => tracing::warn!(
+                keyd = %self.pool.addr(),
+                code = ?code,
+                error = %message,
+                "keyd cannot serve this plugin; Status reports it until keyd answers again"
+            ),
+        }
+    }
+
+    /// For `/healthz`: the last Status probe's verdict.
+    pub(crate) fn health(&self) -> Result<(), String> {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match last.as_ref().map(|p| &p.result) {
+            Some(Ok(_)) => Ok(()),
+            Some(Err((_, message))) => Err(message.clone()),
+            None => Err(format!("keyd at {} not reached yet", self.pool.addr())),
+        }
+    }
+
+    /// Runs until dropped: probes keyd every [`PROBE_INTERVAL`] (refreshing Status and
+    /// `/healthz`), re-establishes connections that are down, and renews this plugin's attested
+    /// certificate before it expires.
+    pub async fn maintain(&self) {
+        let mut tick = tokio::time::interval(PROBE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_renewal = Instant::now();
+        loop {
+            tick.tick().await;
+            let _ = self.status().await;
+            self.pool.connect_idle(&self.keyring).await;
+            let identity = self.pool.identity();
+            if identity.due_for_renewal() && Instant::now() >= next_renewal {
+                let identity = identity.clone();
+                match tokio::task::spawn_blocking(move || identity.renew()).await {
+                    Ok(Ok(())) => tracing::info!("renewed this plugin's attested TLS certificate"),
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "cannot renew this plugin's attested TLS certificate; retrying in a minute")
+                    }
+                    Err(e) => tracing::error!(error = %e, "certificate renewal task failed"),
+                }
+                next_renewal = Instant::now() + RENEWAL_RETRY;
+            }
+        }
+    }
+}
