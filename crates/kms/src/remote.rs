@@ -18,7 +18,7 @@ use coffer_keyd::{
     CallError, ClientIdentity, KeydAddr, KeydClientOptions, KeydError, KeydPool, KeyringStatus,
     PoolEvents, PoolOptions,
 };
-use tonic::{Code, Status};
+use tonic::Status;
 use zeroize::Zeroizing;
 
 use crate::metrics::{KeydMetrics, KeydOp, Metrics};
@@ -101,14 +101,14 @@ impl RemoteOptions {
 #[derive(Clone)]
 struct Probe {
     at: Instant,
-    result: Result<KeyringStatus, (Code, String)>,
+    result: Result<KeyringStatus, String>,
 }
 
 impl Probe {
     fn key_id(&self) -> Result<String, Status> {
         match &self.result {
             Ok(s) => Ok(s.primary_key_id.clone()),
-            Err((code, message)) => Err(Status::new(*code, message.clone())),
+            Err(message) => Err(Status::unavailable(message.clone())),
         }
     }
 }
@@ -252,8 +252,8 @@ impl RemoteKeys {
             .cloned()
     }
 
-    /// keyd's primary key id for the keyring, at most [`STATUS_TTL`] old; UNAVAILABLE (or
-    /// PERMISSION_DENIED) with the reason when keyd cannot say.
+    /// keyd's primary key id for the keyring, at most [`STATUS_TTL`] old; UNAVAILABLE with the
+    /// reason when keyd cannot say (unreachable, slow, refusing this plugin, untrusted).
     pub(crate) async fn status(&self) -> Result<String, Status> {
         if let Some(probe) = self.fresh() {
             return probe.key_id();
@@ -264,12 +264,11 @@ impl RemoteKeys {
         }
         let result = self.pool.status(&self.keyring).await;
         self.record(KeydOp::Status, &result);
+        // Whatever keeps keyd from answering, the plugin cannot serve: UNAVAILABLE, with
+        // the reason (unreachable, refused, untrusted, ...) in the message.
         let probe = Probe {
             at: Instant::now(),
-            result: result.map_err(|e| {
-                let status = self.to_status(e);
-                (status.code(), status.message().to_string())
-            }),
+            result: result.map_err(|e| self.to_status(e).message().to_string()),
         };
         self.remember(probe.clone());
         probe.key_id()
@@ -303,9 +302,8 @@ impl RemoteKeys {
                 );
             }
             (Some(Err(old)), Err(new)) if old == new => {}
-            (_, Err((code, message))) => tracing::warn!(
+            (_, Err(message)) => tracing::warn!(
                 keyd = %self.pool.addr(),
-                code = ?code,
                 error = %message,
                 "keyd cannot serve this plugin; Status reports it until keyd answers again"
             ),
@@ -317,7 +315,7 @@ impl RemoteKeys {
         let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         match last.as_ref().map(|p| &p.result) {
             Some(Ok(_)) => Ok(()),
-            Some(Err((_, message))) => Err(message.clone()),
+            Some(Err(message)) => Err(message.clone()),
             None => Err(format!("keyd at {} not reached yet", self.pool.addr())),
         }
     }
