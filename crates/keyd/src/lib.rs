@@ -9,7 +9,12 @@
 mod client;
 mod config;
 mod error;
+mod keyrings;
+mod limits;
+mod metrics;
+mod root;
 mod server;
+mod service;
 
 /// Generated gRPC types and stubs of `coffer.keyd.v1.KeyService` (from `coffer-proto`).
 pub use coffer_proto::keyd as pb;
@@ -17,7 +22,11 @@ pub use coffer_proto::keyd as pb;
 pub use client::{KeydClient, KeydClientOptions};
 pub use config::{validate_keyring_name, KeydConfig, KeyringAccess, Operation};
 pub use error::KeydError;
-pub use server::{
-    create_keyring, keyring_dir, serve, KeydConnectInfo, KeydServeOptions, MAX_CIPHERTEXT_LEN,
-    MAX_PLAINTEXT_LEN,
+pub use keyrings::{create_keyring, keyring_dir, keyring_store};
+pub use limits::KeydLimits;
+pub use metrics::KeydMetrics;
+pub use root::{
+    open_shares, root_info, KeydRoot, RecoveryInfo, RecoveryRequest, RootInfo, ROOT_FILE,
 };
+pub use server::{serve, KeydServeOptions};
+pub use service::{KeydConnectInfo, MAX_CIPHERTEXT_LEN, MAX_PLAINTEXT_LEN};
