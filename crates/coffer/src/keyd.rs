@@ -83,6 +83,13 @@ impl KeydStoreArgs {
 pub struct InitArgs {
     #[command(flatten)]
     pub store: KeydStoreArgs,
+    #[command(flatten)]
+    pub recovery: RecoveryArgs,
+}
+
+/// Who gets recovery shares of keyd's root, and how many restore it.
+#[derive(Args, Debug, Clone)]
+pub struct RecoveryArgs {
     /// An operator's recovery public key (`coffer-recovery-pk:…`, from `coffer keyd
     /// recovery-key generate`), or a file holding one; repeat once per operator (n shares).
     #[arg(long = "recovery-key", value_name = "KEY|FILE")]
@@ -162,6 +169,14 @@ pub struct KeydServeArgs {
     /// Worker threads of the async runtime.
     #[arg(long, default_value_t = 2)]
     pub worker_threads: usize,
+    /// On first start, initialise the data directory (as `coffer keyd init`, with the
+    /// --recovery-* flags) and create every keyring --config names that does not exist yet.
+    /// For TEEs whose command line is fixed at signing time (Gramine, Occlum) and for
+    /// Deployments, where there is no separate init step.
+    #[arg(long)]
+    pub init: bool,
+    #[command(flatten)]
+    pub recovery: RecoveryArgs,
     #[command(flatten)]
     pub sources: SourceArgs,
 }
@@ -290,17 +305,23 @@ fn operator_key(text: &str) -> Result<OperatorPublicKey, Error> {
 }
 
 fn init(args: InitArgs) -> Result<ExitCode, Error> {
-    let request = if args.recovery_keys.is_empty() {
+    initialise(&args.store, &args.recovery)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `coffer keyd init`: the root, and the recovery shares when operators are named.
+fn initialise(store: &KeydStoreArgs, recovery: &RecoveryArgs) -> Result<(), Error> {
+    let request = if recovery.recovery_keys.is_empty() {
         None
     } else {
-        let operators = args
+        let operators = recovery
             .recovery_keys
             .iter()
             .map(|k| operator_key(k))
             .collect::<Result<Vec<_>, _>>()?;
         let majority = u8::try_from(operators.len() / 2 + 1).unwrap_or(u8::MAX);
         Some(RecoveryRequest {
-            threshold: args.recovery_threshold.unwrap_or(majority),
+            threshold: recovery.recovery_threshold.unwrap_or(majority),
             operators,
         })
     };
@@ -312,7 +333,7 @@ fn init(args: InitArgs) -> Result<ExitCode, Error> {
             request.threshold,
             &request.operators,
         )?;
-        let dir = &args.recovery_shares_dir;
+        let dir = &recovery.recovery_shares_dir;
         if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
             return Err(format!(
                 "--recovery-shares-dir {} is not empty; choose an empty or new directory",
@@ -321,16 +342,16 @@ fn init(args: InitArgs) -> Result<ExitCode, Error> {
             .into());
         }
     }
-    let platform = args.store.platform(Access::CreateIfMissing)?;
-    let (root, shares) = KeydRoot::init(&args.store.data_dir, platform.as_ref(), request.as_ref())?;
+    let platform = store.platform(Access::CreateIfMissing)?;
+    let (root, shares) = KeydRoot::init(&store.data_dir, platform.as_ref(), request.as_ref())?;
     println!(
         "initialised keyd {} in {} ({} platform)",
         root.instance_id(),
-        args.store.data_dir.display(),
+        store.data_dir.display(),
         platform.kind().name()
     );
     if let Some(request) = &request {
-        let dir = &args.recovery_shares_dir;
+        let dir = &recovery.recovery_shares_dir;
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         for share in &shares {
             let fingerprint: String = share.operator_fingerprint.chars().take(16).collect();
@@ -352,7 +373,26 @@ fn init(args: InitArgs) -> Result<ExitCode, Error> {
     } else {
         println!("no recovery shares were requested: this data directory opens only on this platform identity");
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
+}
+
+/// `serve --init`: initialise an empty data directory and create missing configured keyrings.
+fn init_on_first_start(args: &KeydServeArgs, config: &KeydConfig) -> Result<(), Error> {
+    if !args.store.data_dir.join(coffer_keyd::ROOT_FILE).exists() {
+        tracing::info!(data_dir = %args.store.data_dir.display(), "--init: initialising keyd");
+        initialise(&args.store, &args.recovery)?;
+    }
+    let platform = args.store.platform(Access::ExistingOnly)?;
+    for name in config.keyrings.keys() {
+        if !coffer_keyd::keyring_dir(&args.store.data_dir, name)
+            .join(coffer_keystore::store::KEYSTORE_FILE)
+            .exists()
+        {
+            let key_id = coffer_keyd::create_keyring(&args.store.data_dir, platform.clone(), name)?;
+            tracing::info!(keyring = %name, key_id = %key_id, "--init: created keyring");
+        }
+    }
+    Ok(())
 }
 
 fn recover(args: RecoverArgs) -> Result<ExitCode, Error> {
@@ -469,9 +509,12 @@ fn serve(args: KeydServeArgs) -> Result<ExitCode, Error> {
     if let Err(e) = coffer_platform::process::harden() {
         tracing::warn!(error = %e, "could not disable core dumps");
     }
-    let platform = args.store.platform(Access::ExistingOnly)?;
     let policy = Arc::new(Policy::load(&args.policy)?);
     let config = KeydConfig::load(&args.config)?;
+    if args.init {
+        init_on_first_start(&args, &config)?;
+    }
+    let platform = args.store.platform(Access::ExistingOnly)?;
     let verify_options = args.sources.options(SystemTime::now())?;
     if args.max_connections == 0 || args.max_message_bytes < 1024 {
         return Err(

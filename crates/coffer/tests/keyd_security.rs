@@ -288,8 +288,9 @@ async fn keyd_refuses_every_unentitled_caller_with_its_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyd_under_a_production_policy_refuses_simulated_callers() {
     let dir = tempfile::tempdir().unwrap();
+    // Started with --init on an empty data directory, as a Deployment or a signed enclave
+    // does: keyd initialises itself and creates the configured keyring.
     let data = dir.path().join("keyd");
-    create_keyd_data(&data, &["cluster-a"]);
     let caller = dir.path().join("caller");
     // Production: no simulation; the role names a real SGX enclave and the sim signer.
     let policy = write(
@@ -304,7 +305,7 @@ async fn keyd_under_a_production_policy_refuses_simulated_callers() {
         &dir.path().join("keyd.yaml"),
         "keyrings:\n  cluster-a:\n    wrap: [\"kms-plugin:a\"]\n    unwrap: [\"kms-plugin:a\"]\n",
     );
-    let keyd = KeydProcess::start(&data, free_addr(), &policy, &config, &[]);
+    let keyd = KeydProcess::start(&data, free_addr(), &policy, &config, &["--init"]);
     let options: KeydClientOptions = client_options(&caller, &keyd.signer());
     let err = KeydClient::connect(keyd.addr, options)
         .await
