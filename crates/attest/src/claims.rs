@@ -55,6 +55,19 @@ pub struct Claims {
     pub measurements: Measurements,
 }
 
+impl Claims {
+    /// The measurement that names the code: the sim executable hash, SGX MRENCLAVE, TDX MRTD,
+    /// or the SNP launch measurement. For logs and audit records.
+    pub fn primary_measurement(&self) -> &[u8] {
+        match &self.measurements {
+            Measurements::Sim { measurement, .. } => &measurement.0,
+            Measurements::Sgx { mr_enclave, .. } => &mr_enclave.0,
+            Measurements::Tdx { mr_td, .. } => &mr_td.0,
+            Measurements::Snp { measurement, .. } => &measurement.0,
+        }
+    }
+}
+
 /// Measurements, per TEE type.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

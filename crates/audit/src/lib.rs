@@ -1089,6 +1089,21 @@ impl SharedAuditLog {
         self.lock().last_seq()
     }
 
+    /// The log file's path.
+    pub fn path(&self) -> PathBuf {
+        self.lock().path().to_path_buf()
+    }
+
+    /// `Ok` while appends can succeed; an error once a failed write poisoned the writer
+    /// (reopen the log to recover).
+    pub fn healthy(&self) -> Result<(), AuditError> {
+        if self.lock().poisoned {
+            Err(AuditError::Poisoned)
+        } else {
+            Ok(())
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, AuditLog> {
         // A panic while holding the lock cannot leave a half-written line behind (the write is
         // one call and `poisoned` tracks failures), so recovering the guard is safe.

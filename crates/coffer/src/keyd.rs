@@ -1,28 +1,58 @@
 //! `coffer keyd`: the central key service (keyrings in a TEE, served over mutual attested TLS).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use clap::{Args, Subcommand};
 use coffer_attest::policy::Policy;
-use coffer_keyd::{KeydConfig, KeydServeOptions};
-use coffer_platform::{open_platform, Access, PlatformChoice};
+use coffer_keyd::{KeydConfig, KeydLimits, KeydRoot, KeydServeOptions, RecoveryRequest};
+use coffer_platform::{open_platform, Access, Platform, PlatformChoice};
+use coffer_recovery::{OperatorPublicKey, OperatorSecretKey, SealedShare};
 
 use crate::attest::SourceArgs;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
+/// Largest share or operator key file read.
+const MAX_SMALL_FILE: u64 = 64 * 1024;
+
 #[derive(Subcommand, Debug)]
 pub enum KeydCommand {
+    /// Initialise a data directory: generate keyd's root secret in the TEE, seal it to this
+    /// platform, and (with --recovery-key) write k-of-n recovery shares for operators.
+    Init(InitArgs),
     /// Serve the key service on TCP with mutual attested TLS. Callers get roles from --policy;
     /// --config says which roles may wrap, unwrap, rotate, … on which keyring.
     Serve(Box<KeydServeArgs>),
-    /// Keyrings (one per cluster or tenant), each a list of KEKs sealed to keyd's platform.
+    /// Keyrings (one per cluster or tenant), each a list of KEKs sealed under keyd's root.
     #[command(subcommand)]
     Keyring(KeyringCommand),
+    /// Make a new primary KEK for a keyring; a running keyd picks it up within seconds and
+    /// older KEKs keep decrypting.
+    Rotate {
+        #[command(flatten)]
+        store: KeydStoreArgs,
+        /// The keyring.
+        keyring: String,
+    },
+    /// Show the data directory: instance id, platform, recovery split, keyrings and their
+    /// primary KEKs.
+    Status {
+        #[command(flatten)]
+        store: KeydStoreArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore keyd's root on a new platform identity from k recovery shares (after moving the
+    /// data directory to a new machine, or a TEE identity change).
+    Recover(RecoverArgs),
+    /// Operator key pairs that recovery shares are sealed to.
+    #[command(subcommand)]
+    RecoveryKey(RecoveryKeyCommand),
     /// keyd's audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -34,13 +64,66 @@ pub struct KeydStoreArgs {
     /// TEE platform (auto, sim, sgx-gramine, sgx-occlum, tdx, snp).
     #[arg(long, default_value = "auto", env = "COFFER_PLATFORM")]
     pub platform: PlatformChoice,
-    /// keyd's data directory (keyrings under `keyrings/<name>/`).
+    /// keyd's data directory (`keyd-root.json`, `keyrings/<name>/`, `audit.log`).
     #[arg(
         long,
         default_value = "/var/lib/coffer-keyd",
         env = "COFFER_KEYD_DATA_DIR"
     )]
     pub data_dir: PathBuf,
+}
+
+impl KeydStoreArgs {
+    fn platform(&self, access: Access) -> Result<Arc<dyn Platform>, Error> {
+        Ok(open_platform(self.platform, &self.data_dir, access)?)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub store: KeydStoreArgs,
+    #[command(flatten)]
+    pub recovery: RecoveryArgs,
+}
+
+/// Who gets recovery shares of keyd's root, and how many restore it.
+#[derive(Args, Debug, Clone)]
+pub struct RecoveryArgs {
+    /// An operator's recovery public key (`coffer-recovery-pk:…`, from `coffer keyd
+    /// recovery-key generate`), or a file holding one; repeat once per operator (n shares).
+    #[arg(long = "recovery-key", value_name = "KEY|FILE")]
+    pub recovery_keys: Vec<String>,
+    /// Shares needed to recover (k). Defaults to a majority of the operators.
+    #[arg(long, requires = "recovery_keys")]
+    pub recovery_threshold: Option<u8>,
+    /// Where to write the sealed shares (`share-<i>-<operator>.json`, never overwritten).
+    #[arg(long, default_value = "recovery-shares", requires = "recovery_keys")]
+    pub recovery_shares_dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct RecoverArgs {
+    #[command(flatten)]
+    pub store: KeydStoreArgs,
+    /// A sealed share file from `coffer keyd init`; repeat (at least k).
+    #[arg(long = "share", value_name = "FILE", required = true)]
+    pub shares: Vec<PathBuf>,
+    /// An operator's secret key file (`coffer-recovery-sk:…`); repeat. Each share is opened
+    /// with the key it was sealed to.
+    #[arg(long = "operator-key", value_name = "FILE", required = true)]
+    pub operator_keys: Vec<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RecoveryKeyCommand {
+    /// Generate an operator key pair: the secret key goes to --out (mode 0600, never
+    /// overwritten), the public key is printed for `coffer keyd init --recovery-key`.
+    Generate {
+        /// Where to write the secret key.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -56,13 +139,52 @@ pub struct KeydServeArgs {
     /// keyd configuration: per keyring, the roles allowed for each operation.
     #[arg(long)]
     pub config: PathBuf,
+    /// The audit log (JSON lines, HMAC hash chain). Default: <data-dir>/audit.log.
+    #[arg(long)]
+    pub audit_log: Option<PathBuf>,
+    /// Serve Prometheus /metrics and /healthz on this address (e.g. 127.0.0.1:9465).
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Allow --metrics-addr to be a non-loopback address.
+    #[arg(long)]
+    pub metrics_allow_remote: bool,
+    /// Connections open at once; more are closed right after accept.
+    #[arg(long, default_value_t = KeydLimits::default().max_connections)]
+    pub max_connections: usize,
+    /// Largest gRPC message accepted or sent, in bytes.
+    #[arg(long, default_value_t = KeydLimits::default().max_message_len)]
+    pub max_message_bytes: usize,
+    /// Sustained calls per second per caller (role and measurement); 0 disables the limit.
+    #[arg(long, default_value_t = KeydLimits::default().rate_per_second)]
+    pub rate_limit: u32,
+    /// Calls a caller may burst above --rate-limit.
+    #[arg(long, default_value_t = KeydLimits::default().rate_burst)]
+    pub rate_burst: u32,
+    /// How long in-flight calls may finish after SIGTERM.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+    /// How often keyring files are checked for rotations made with `coffer keyd rotate`.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub reload_interval: Duration,
+    /// Worker threads of the async runtime.
+    #[arg(long, default_value_t = 2)]
+    pub worker_threads: usize,
+    /// On first start, initialise the data directory (as `coffer keyd init`, with the
+    /// --recovery-* flags) and create every keyring --config names that does not exist yet.
+    /// For TEEs whose command line is fixed at signing time (Gramine, Occlum) and for
+    /// Deployments, where there is no separate init step.
+    #[arg(long)]
+    pub init: bool,
+    #[command(flatten)]
+    pub recovery: RecoveryArgs,
     #[command(flatten)]
     pub sources: SourceArgs,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum KeyringCommand {
-    /// Create a keyring with its first KEK, generated and sealed inside keyd's TEE.
+    /// Create a keyring with its first KEK, generated inside keyd's TEE and sealed under its
+    /// root. The data directory must be initialised (`coffer keyd init`).
     Create {
         #[command(flatten)]
         store: KeydStoreArgs,
@@ -73,10 +195,13 @@ pub enum KeyringCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum AuditCommand {
-    /// Check an audit log's hash chain (edits, deletions, reordering, truncation).
+    /// Check an audit log's HMAC hash chain (edits, deletions, reordering, truncation). The
+    /// chain key comes from keyd's root, so this runs where keyd's root opens (its TEE).
     Verify {
-        /// The audit log (JSON lines).
-        log: PathBuf,
+        #[command(flatten)]
+        store: KeydStoreArgs,
+        /// The audit log (JSON lines). Default: <data-dir>/audit.log.
+        log: Option<PathBuf>,
         /// Fail if the log's head file is missing (it detects truncation at the end).
         #[arg(long)]
         require_head: bool,
@@ -86,20 +211,62 @@ pub enum AuditCommand {
 /// Runs a keyd subcommand.
 pub fn run(command: KeydCommand) -> Result<ExitCode, Error> {
     match command {
+        KeydCommand::Init(args) => init(args),
+        KeydCommand::Serve(args) => serve(*args),
         KeydCommand::Keyring(KeyringCommand::Create { store, name }) => {
-            let platform = open_platform(store.platform, &store.data_dir, Access::CreateIfMissing)?;
+            let platform = store.platform(Access::ExistingOnly)?;
             let key_id = coffer_keyd::create_keyring(&store.data_dir, platform, &name)?;
             println!("created keyring {name} with primary KEK {key_id}");
             Ok(ExitCode::SUCCESS)
         }
-        KeydCommand::Audit(AuditCommand::Verify { log, require_head }) => {
+        KeydCommand::Rotate { store, keyring } => {
+            let platform = store.platform(Access::ExistingOnly)?;
+            let root = KeydRoot::open(&store.data_dir, platform.as_ref())?;
+            let keystore = coffer_keyd::keyring_store(&store.data_dir, &root, platform, &keyring)?;
+            if !keystore.exists() {
+                return Err(format!(
+                    "keyring {keyring:?} does not exist in {}; create it with `coffer keyd keyring create {keyring}`",
+                    store.data_dir.display()
+                )
+                .into());
+            }
+            let info = keystore.rotate()?;
+            println!("rotated keyring {keyring}: new primary KEK {} (a running keyd reloads it within --reload-interval)", info.id);
+            Ok(ExitCode::SUCCESS)
+        }
+        KeydCommand::Status { store, json } => status(&store, json),
+        KeydCommand::Recover(args) => recover(args),
+        KeydCommand::RecoveryKey(RecoveryKeyCommand::Generate { out }) => {
+            let (secret, public) = OperatorSecretKey::generate();
+            coffer_platform::durable::write_new_atomic(&out, secret.to_text().as_bytes(), 0o600)
+                .map_err(|e| {
+                    format!(
+                        "writing {}: {e} (an existing key file is never replaced)",
+                        out.display()
+                    )
+                })?;
+            println!("{public}");
+            eprintln!(
+                "secret key written to {} (keep it offline; it opens this operator's recovery shares)",
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        KeydCommand::Audit(AuditCommand::Verify {
+            store,
+            log,
+            require_head,
+        }) => {
+            let platform = store.platform(Access::ExistingOnly)?;
+            let root = KeydRoot::open(&store.data_dir, platform.as_ref())?;
+            let log = log.unwrap_or_else(|| store.data_dir.join("audit.log"));
             let options = coffer_audit::VerifyOptions {
+                chain: coffer_audit::ChainMode::Hmac(root.audit_chain_key()),
                 head: if require_head {
                     coffer_audit::HeadCheck::Require
                 } else {
                     coffer_audit::HeadCheck::IfPresent
                 },
-                ..Default::default()
             };
             let report = coffer_audit::verify(&log, &options)?;
             println!(
@@ -112,24 +279,250 @@ pub fn run(command: KeydCommand) -> Result<ExitCode, Error> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        KeydCommand::Serve(args) => serve(*args),
     }
+}
+
+fn read_small(path: &Path) -> Result<String, Error> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.len() > MAX_SMALL_FILE {
+        return Err(format!(
+            "{}: {} bytes is too large for a key or share file (limit {MAX_SMALL_FILE})",
+            path.display(),
+            meta.len()
+        )
+        .into());
+    }
+    Ok(std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?)
+}
+
+fn operator_key(text: &str) -> Result<OperatorPublicKey, Error> {
+    let text = if Path::new(text).is_file() {
+        read_small(Path::new(text))?
+    } else {
+        text.to_string()
+    };
+    Ok(text.trim().parse::<OperatorPublicKey>()?)
+}
+
+fn init(args: InitArgs) -> Result<ExitCode, Error> {
+    initialise(&args.store, &args.recovery)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `coffer keyd init`: the root, and the recovery shares when operators are named.
+fn initialise(store: &KeydStoreArgs, recovery: &RecoveryArgs) -> Result<(), Error> {
+    let request = if recovery.recovery_keys.is_empty() {
+        None
+    } else {
+        let operators = recovery
+            .recovery_keys
+            .iter()
+            .map(|k| operator_key(k))
+            .collect::<Result<Vec<_>, _>>()?;
+        let majority = u8::try_from(operators.len() / 2 + 1).unwrap_or(u8::MAX);
+        Some(RecoveryRequest {
+            threshold: recovery.recovery_threshold.unwrap_or(majority),
+            operators,
+        })
+    };
+    if let Some(request) = &request {
+        // Checked before anything is written, so a bad split leaves no half-initialised state.
+        coffer_recovery::split(
+            &zeroize::Zeroizing::new([0u8; 32]),
+            "check",
+            request.threshold,
+            &request.operators,
+        )?;
+        let dir = &recovery.recovery_shares_dir;
+        if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+            return Err(format!(
+                "--recovery-shares-dir {} is not empty; choose an empty or new directory",
+                dir.display()
+            )
+            .into());
+        }
+    }
+    let platform = store.platform(Access::CreateIfMissing)?;
+    let (root, shares) = KeydRoot::init(&store.data_dir, platform.as_ref(), request.as_ref())?;
+    println!(
+        "initialised keyd {} in {} ({} platform)",
+        root.instance_id(),
+        store.data_dir.display(),
+        platform.kind().name()
+    );
+    if let Some(request) = &request {
+        let dir = &recovery.recovery_shares_dir;
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for share in &shares {
+            let fingerprint: String = share.operator_fingerprint.chars().take(16).collect();
+            let path = dir.join(format!("share-{}-{fingerprint}.json", share.index));
+            coffer_platform::durable::write_new_atomic(&path, share.to_json().as_bytes(), 0o600)
+                .map_err(|e| format!("writing {}: {e}", path.display()))?;
+            println!(
+                "  share {} of {} -> {}",
+                share.index,
+                share.total,
+                path.display()
+            );
+        }
+        println!(
+            "recovery: any {} of these {} shares (with their operators' secret keys) restore this keyd on a new platform; hand each file to its operator and delete it here",
+            request.threshold,
+            shares.len()
+        );
+    } else {
+        println!("no recovery shares were requested: this data directory opens only on this platform identity");
+    }
+    Ok(())
+}
+
+/// `serve --init`: initialise an empty data directory and create missing configured keyrings.
+fn init_on_first_start(args: &KeydServeArgs, config: &KeydConfig) -> Result<(), Error> {
+    if !args.store.data_dir.join(coffer_keyd::ROOT_FILE).exists() {
+        tracing::info!(data_dir = %args.store.data_dir.display(), "--init: initialising keyd");
+        initialise(&args.store, &args.recovery)?;
+    }
+    let platform = args.store.platform(Access::ExistingOnly)?;
+    for name in config.keyrings.keys() {
+        if !coffer_keyd::keyring_dir(&args.store.data_dir, name)
+            .join(coffer_keystore::store::KEYSTORE_FILE)
+            .exists()
+        {
+            let key_id = coffer_keyd::create_keyring(&args.store.data_dir, platform.clone(), name)?;
+            tracing::info!(keyring = %name, key_id = %key_id, "--init: created keyring");
+        }
+    }
+    Ok(())
+}
+
+fn recover(args: RecoverArgs) -> Result<ExitCode, Error> {
+    let info = coffer_keyd::root_info(&args.store.data_dir)?;
+    let shares = args
+        .shares
+        .iter()
+        .map(|p| {
+            SealedShare::from_json(&read_small(p)?)
+                .map_err(|e| format!("{}: {e}", p.display()).into())
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    let keys = args
+        .operator_keys
+        .iter()
+        .map(|p| {
+            let text = zeroize::Zeroizing::new(read_small(p)?);
+            text.trim()
+                .parse::<OperatorSecretKey>()
+                .map_err(|e| format!("{}: {e}", p.display()).into())
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    let opened = coffer_keyd::open_shares(&info.instance_id, &shares, &keys)?;
+    let platform = args.store.platform(Access::CreateIfMissing)?;
+    let root = KeydRoot::recover(&args.store.data_dir, platform.as_ref(), &opened)?;
+    println!(
+        "recovered keyd {} in {}: its root is now sealed to this {} platform",
+        root.instance_id(),
+        args.store.data_dir.display(),
+        platform.kind().name()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(serde::Serialize)]
+struct KeyringStatus {
+    name: String,
+    primary_key_id: Option<String>,
+    keys: usize,
+    error: Option<String>,
+}
+
+fn status(store: &KeydStoreArgs, json: bool) -> Result<ExitCode, Error> {
+    let info = coffer_keyd::root_info(&store.data_dir)?;
+    let platform = store.platform(Access::ExistingOnly)?;
+    let root = KeydRoot::open(&store.data_dir, platform.as_ref())?;
+    let mut names: Vec<String> = match std::fs::read_dir(store.data_dir.join("keyrings")) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| coffer_keyd::validate_keyring_name(n).is_ok())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(format!("{}: {e}", store.data_dir.display()).into()),
+    };
+    names.sort();
+    let keyrings: Vec<KeyringStatus> = names
+        .into_iter()
+        .map(|name| {
+            let loaded =
+                coffer_keyd::keyring_store(&store.data_dir, &root, platform.clone(), &name)
+                    .map_err(|e| e.to_string())
+                    .and_then(|ks| ks.load().map_err(|e| e.to_string()));
+            match loaded {
+                Ok(ring) => KeyringStatus {
+                    primary_key_id: Some(ring.primary_id().to_string()),
+                    keys: ring.len(),
+                    error: None,
+                    name,
+                },
+                Err(e) => KeyringStatus {
+                    primary_key_id: None,
+                    keys: 0,
+                    error: Some(e),
+                    name,
+                },
+            }
+        })
+        .collect();
+    if json {
+        let value = serde_json::json!({
+            "instance_id": info.instance_id,
+            "created": info.created,
+            "platform": info.platform,
+            "recovery": info.recovery.as_ref().map(|r| serde_json::json!({
+                "threshold": r.threshold, "total": r.total, "operators": r.operators,
+            })),
+            "keyrings": keyrings,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!("instance:  {}", info.instance_id);
+        println!("created:   {}", info.created);
+        println!("platform:  {}", info.platform);
+        match &info.recovery {
+            Some(r) => println!("recovery:  {} of {} operator shares", r.threshold, r.total),
+            None => println!("recovery:  none (opens only on this platform identity)"),
+        }
+        println!("keyrings:");
+        for k in &keyrings {
+            match (&k.primary_key_id, &k.error) {
+                (Some(primary), _) => {
+                    println!("  {:<24} primary {primary}  ({} keys)", k.name, k.keys)
+                }
+                (None, Some(e)) => println!("  {:<24} ERROR: {e}", k.name),
+                _ => {}
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn serve(args: KeydServeArgs) -> Result<ExitCode, Error> {
     if let Err(e) = coffer_platform::process::harden() {
         tracing::warn!(error = %e, "could not disable core dumps");
     }
-    let platform = open_platform(
-        args.store.platform,
-        &args.store.data_dir,
-        Access::ExistingOnly,
-    )?;
     let policy = Arc::new(Policy::load(&args.policy)?);
     let config = KeydConfig::load(&args.config)?;
+    if args.init {
+        init_on_first_start(&args, &config)?;
+    }
+    let platform = args.store.platform(Access::ExistingOnly)?;
     let verify_options = args.sources.options(SystemTime::now())?;
+    if args.max_connections == 0 || args.max_message_bytes < 1024 {
+        return Err(
+            "--max-connections must be at least 1 and --max-message-bytes at least 1024".into(),
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(args.worker_threads.max(1))
         .max_blocking_threads(4)
         .enable_all()
         .thread_name("coffer-keyd")
@@ -139,17 +532,42 @@ fn serve(args: KeydServeArgs) -> Result<ExitCode, Error> {
             .await
             .map_err(|e| format!("listening on {}: {e}", args.listen))?;
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, "coffer keyd serving (mutual attested TLS)");
-        eprintln!("coffer keyd listening on {addr}");
-        let options = KeydServeOptions {
-            data_dir: args.store.data_dir.clone(),
+        let metrics_listener = match args.metrics_addr {
+            Some(m) => Some(
+                coffer_telemetry::bind(
+                    m,
+                    args.metrics_allow_remote,
+                    "--metrics-addr",
+                    "--metrics-allow-remote",
+                )
+                .await
+                .map_err(|e| format!("metrics endpoint: {e}"))?,
+            ),
+            None => None,
+        };
+        let mut options = KeydServeOptions::new(
+            args.store.data_dir.clone(),
             platform,
             policy,
             config,
             verify_options,
             listener,
+        );
+        options.audit_log = args.audit_log.clone();
+        options.metrics_listener = metrics_listener;
+        options.limits = KeydLimits {
+            max_connections: args.max_connections,
+            max_message_len: args.max_message_bytes,
+            rate_per_second: args.rate_limit,
+            rate_burst: args.rate_burst.max(1),
+            ..KeydLimits::default()
         };
-        coffer_keyd::serve(options, crate::cmd::shutdown_signal()).await?;
+        options.drain_timeout = args.drain_timeout;
+        options.reload_interval = args.reload_interval;
+        let serving = coffer_keyd::serve(options, crate::cmd::shutdown_signal());
+        tracing::info!(%addr, "coffer keyd serving (mutual attested TLS)");
+        eprintln!("coffer keyd listening on {addr}");
+        serving.await?;
         Ok::<_, Error>(())
     })?;
     Ok(ExitCode::SUCCESS)

@@ -39,7 +39,7 @@ pub enum KeydError {
     },
 
     /// The configuration names a keyring that has no keystore yet.
-    #[error("keyring {name:?} is configured but {} does not exist; create it first (coffer_keyd::create_keyring)", dir.display())]
+    #[error("keyring {name:?} is configured but {} does not exist; create it first (coffer keyd keyring create)", dir.display())]
     MissingKeyring {
         /// The keyring.
         name: String,
@@ -81,6 +81,48 @@ pub enum KeydError {
         /// The TLS or transport error the client saw.
         detail: String,
     },
+
+    /// `keyd-root.json` is unreadable, malformed, or cannot be written.
+    #[error("keyd root {}: {message}", path.display())]
+    Root {
+        /// The root file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        message: String,
+    },
+
+    /// The data directory has no root yet.
+    #[error("keyd data directory {} is not initialised; run `coffer keyd init --data-dir {}` first", data_dir.display(), data_dir.display())]
+    NotInitialised {
+        /// The data directory.
+        data_dir: PathBuf,
+    },
+
+    /// The root was sealed by another platform identity (another machine or TEE).
+    #[error("keyd root {} was sealed by another platform identity ({sealed_by}) and cannot be opened here; {}", path.display(), match recovery {
+        Some(r) => format!("restore it with `coffer keyd recover` and {} of the {} recovery shares", r.threshold, r.total),
+        None => "no recovery shares were emitted at init, so it can only be opened on the original platform".to_string(),
+    })]
+    RootSealedElsewhere {
+        /// The root file.
+        path: PathBuf,
+        /// The platform kind recorded in the file.
+        sealed_by: String,
+        /// The recovery split, if any.
+        recovery: Option<crate::root::RecoveryInfo>,
+    },
+
+    /// The TEE platform failed (sealing, randomness).
+    #[error("platform: {0}")]
+    Platform(#[source] coffer_platform::PlatformError),
+
+    /// Recovery shares could not be made, opened or combined.
+    #[error("recovery: {0}")]
+    Recovery(#[source] coffer_recovery::RecoveryError),
+
+    /// The audit log could not be opened or written.
+    #[error("audit log: {0}")]
+    Audit(#[from] coffer_audit::AuditError),
 
     /// The RPC reached keyd and failed; the status says why.
     #[error("keyd returned {}: {}", .0.code(), .0.message())]

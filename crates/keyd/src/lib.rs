@@ -9,8 +9,13 @@
 mod client;
 mod config;
 mod error;
+mod keyrings;
+mod limits;
+mod metrics;
 mod pool;
+mod root;
 mod server;
+mod service;
 
 /// Generated gRPC types and stubs of `coffer.keyd.v1.KeyService` (from `coffer-proto`).
 pub use coffer_proto::keyd as pb;
@@ -18,10 +23,14 @@ pub use coffer_proto::keyd as pb;
 pub use client::{KeydClient, KeydClientOptions};
 pub use config::{validate_keyring_name, KeydConfig, KeyringAccess, Operation};
 pub use error::KeydError;
+pub use keyrings::{create_keyring, keyring_dir, keyring_store};
+pub use limits::KeydLimits;
+pub use metrics::KeydMetrics;
 pub use pool::{
     Backoff, CallError, ClientIdentity, KeydAddr, KeydPool, KeyringStatus, PoolEvents, PoolOptions,
 };
-pub use server::{
-    create_keyring, keyring_dir, serve, KeydConnectInfo, KeydServeOptions, MAX_CIPHERTEXT_LEN,
-    MAX_PLAINTEXT_LEN,
+pub use root::{
+    open_shares, root_info, KeydRoot, RecoveryInfo, RecoveryRequest, RootInfo, ROOT_FILE,
 };
+pub use server::{serve, KeydServeOptions};
+pub use service::{KeydConnectInfo, MAX_CIPHERTEXT_LEN, MAX_PLAINTEXT_LEN};

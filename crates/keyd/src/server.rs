@@ -1,51 +1,49 @@
-//! The key service: keyrings, authorisation, the gRPC service and the attested TLS listener.
+//! The attested TLS listener and the serve loop: accept, attest, limit, serve, shut down.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use coffer_attest::policy::Policy;
 use coffer_attest::VerifyOptions;
-use coffer_keystore::kek::{EncryptError, Keyring};
-use coffer_keystore::store::{KeyState, Keystore};
+use coffer_audit::{
+    AuditEntry, AuditLog, AuditOptions, ChainMode, Outcome, SharedAuditLog, SyncPolicy,
+};
 use coffer_platform::Platform;
-use coffer_ratls::{AttestedVerifier, OfflineVerifier, PeerIdentity};
+use coffer_ratls::{AttestedVerifier, OfflineVerifier};
+use rustls::pki_types::UnixTime;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
-use zeroize::Zeroize;
 
-use crate::config::{validate_keyring_name, KeydConfig, KeyringAccess, Operation};
-use crate::pb;
-use crate::pb::key_service_server::{KeyService, KeyServiceServer};
+use crate::config::KeydConfig;
+use crate::keyrings::{load_keyrings, KeyringSlot};
+use crate::limits::{KeydLimits, RateLimiter};
+use crate::metrics::{ConnectionResult, KeydMetrics};
+use crate::pb::key_service_server::KeyServiceServer;
+use crate::root::KeydRoot;
+use crate::service::{KeydConnectInfo, KeydService};
 use crate::KeydError;
 
-/// Largest plaintext `Wrap` accepts.
-pub const MAX_PLAINTEXT_LEN: usize = 512;
-/// Largest ciphertext `Unwrap` accepts.
-pub const MAX_CIPHERTEXT_LEN: usize = 1024;
-/// Longest key id `Unwrap` accepts.
-const MAX_KEY_ID_LEN: usize = 255;
 /// How long a client may take to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections that completed the handshake and wait for the gRPC server.
 const ACCEPT_QUEUE: usize = 64;
+/// The audit log is made durable at least this often (and on shutdown).
+const AUDIT_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Everything [`serve`] needs.
 pub struct KeydServeOptions {
-    /// keyd's data directory; keyrings live in `<data_dir>/keyrings/<name>/`.
+    /// keyd's data directory: `keyd-root.json` and `keyrings/<name>/`.
     pub data_dir: PathBuf,
-    /// The TEE platform: seals the keyrings and attests keyd's TLS certificate.
+    /// The TEE platform: unseals the root and attests keyd's TLS certificate.
     pub platform: Arc<dyn Platform>,
     /// The attestation policy that grants callers their roles.
     pub policy: Arc<Policy>,
@@ -55,6 +53,42 @@ pub struct KeydServeOptions {
     pub verify_options: VerifyOptions,
     /// The bound TCP listener to serve on.
     pub listener: TcpListener,
+    /// The audit log (default `<data_dir>/audit.log`).
+    pub audit_log: Option<PathBuf>,
+    /// Connection, message-size and rate limits.
+    pub limits: KeydLimits,
+    /// A bound listener for `/metrics` and `/healthz`, if wanted.
+    pub metrics_listener: Option<TcpListener>,
+    /// How often keyring files are checked for changes made by `coffer keyd rotate`.
+    pub reload_interval: Duration,
+    /// How long in-flight calls may finish after shutdown begins.
+    pub drain_timeout: Duration,
+}
+
+impl KeydServeOptions {
+    /// Options with default limits, audit log, no metrics endpoint, 2 s reload and 10 s drain.
+    pub fn new(
+        data_dir: PathBuf,
+        platform: Arc<dyn Platform>,
+        policy: Arc<Policy>,
+        config: KeydConfig,
+        verify_options: VerifyOptions,
+        listener: TcpListener,
+    ) -> Self {
+        KeydServeOptions {
+            data_dir,
+            platform,
+            policy,
+            config,
+            verify_options,
+            listener,
+            audit_log: None,
+            limits: KeydLimits::default(),
+            metrics_listener: None,
+            reload_interval: Duration::from_secs(2),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 impl std::fmt::Debug for KeydServeOptions {
@@ -63,49 +97,24 @@ impl std::fmt::Debug for KeydServeOptions {
             .field("data_dir", &self.data_dir)
             .field("config", &self.config)
             .field("listener", &self.listener.local_addr().ok())
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
 
-/// The keystore directory of keyring `name` under `data_dir`.
-pub fn keyring_dir(data_dir: &Path, name: &str) -> PathBuf {
-    data_dir.join("keyrings").join(name)
-}
-
-/// Creates keyring `name` under `data_dir` (a new keystore sealed by `platform`) and returns
-/// its primary KEK id. Refuses to overwrite an existing keyring.
-pub fn create_keyring(
-    data_dir: &Path,
-    platform: Arc<dyn Platform>,
-    name: &str,
-) -> Result<String, KeydError> {
-    validate_keyring_name(name)?;
-    let dir = keyring_dir(data_dir, name);
-    let ks_err = |source| KeydError::Keystore {
-        name: name.to_string(),
-        dir: dir.clone(),
-        source,
-    };
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| KeydError::io(format!("creating {}", dir.display()), e))?;
-    let store = Keystore::new(&dir, platform);
-    let info = store.init().map_err(ks_err)?;
-    Ok(info.primary().map(|k| k.id.clone()).unwrap_or_default())
-}
-
-/// What tonic's request extensions carry for every call: the attested peer.
-#[derive(Debug, Clone)]
-pub struct KeydConnectInfo {
-    /// The peer's verified claims and granted role.
-    pub peer: Arc<PeerIdentity>,
-    /// The peer's TCP address.
-    pub remote_addr: Option<SocketAddr>,
-}
-
-/// A TLS connection whose client passed attestation.
+/// A TLS connection and the facts established when it was accepted.
 struct KeydConn {
     io: TlsStream<TcpStream>,
     info: KeydConnectInfo,
+    /// Holds one of the `max_connections` slots until the connection closes.
+    _slot: OwnedSemaphorePermit,
+    metrics: KeydMetrics,
+}
+
+impl Drop for KeydConn {
+    fn drop(&mut self) {
+        self.metrics.open_connections().dec();
+    }
 }
 
 impl tonic::transport::server::Connected for KeydConn {
@@ -156,223 +165,14 @@ impl AsyncWrite for KeydConn {
     }
 }
 
-/// One served keyring.
-struct KeyringSlot {
-    name: String,
-    access: KeyringAccess,
-    store: Keystore,
-    current: ArcSwap<Keyring>,
-    /// Serialises rotations.
-    rotate: tokio::sync::Mutex<()>,
-}
-
-struct KeydService {
-    keyrings: HashMap<String, Arc<KeyringSlot>>,
-}
-
-fn load_keyrings(
-    data_dir: &Path,
-    platform: &Arc<dyn Platform>,
-    config: &KeydConfig,
-) -> Result<HashMap<String, Arc<KeyringSlot>>, KeydError> {
-    let mut keyrings = HashMap::new();
-    for (name, access) in &config.keyrings {
-        let dir = keyring_dir(data_dir, name);
-        let store = Keystore::new(&dir, platform.clone());
-        if !store.exists() {
-            return Err(KeydError::MissingKeyring {
-                name: name.clone(),
-                dir,
-            });
-        }
-        let keyring = store.load().map_err(|source| KeydError::Keystore {
-            name: name.clone(),
-            dir: dir.clone(),
-            source,
-        })?;
-        tracing::info!(keyring = %name, primary = keyring.primary_id(), keys = keyring.len(), "keyring loaded");
-        keyrings.insert(
-            name.clone(),
-            Arc::new(KeyringSlot {
-                name: name.clone(),
-                access: access.clone(),
-                store,
-                current: ArcSwap::from_pointee(keyring),
-                rotate: tokio::sync::Mutex::new(()),
-            }),
-        );
-    }
-    Ok(keyrings)
-}
-
-impl KeydService {
-    /// Finds the keyring and checks that the caller may use `op` on it.
-    fn authorize<T>(
-        &self,
-        request: &Request<T>,
-        keyring: &str,
-        op: Operation,
-    ) -> Result<Arc<KeyringSlot>, Status> {
-        let Some(info) = request.extensions().get::<KeydConnectInfo>() else {
-            return Err(Status::unauthenticated(
-                "the connection carries no attested peer identity",
-            ));
-        };
-        if validate_keyring_name(keyring).is_err() {
-            return Err(Status::invalid_argument(format!(
-                "invalid keyring name {:?}: use 1 to 63 characters of a-z, 0-9 and '-'",
-                keyring.chars().take(80).collect::<String>()
-            )));
-        }
-        let Some(slot) = self.keyrings.get(keyring) else {
-            return Err(Status::not_found(format!(
-                "keyring {keyring:?} is not served by this keyd"
-            )));
-        };
-        let role = &info.peer.role.name;
-        if !slot.access.allows(op, role) {
-            tracing::warn!(role = %role, keyring = %keyring, operation = %op, "permission denied");
-            return Err(Status::permission_denied(format!(
-                "role {role:?} may not {op} on keyring {keyring:?} (the keyd configuration does not list it under keyrings.{keyring}.{op})"
-            )));
-        }
-        Ok(slot.clone())
-    }
-}
-
-fn internal(context: &str, e: impl std::fmt::Display) -> Status {
-    tracing::error!(error = %e, "{context}");
-    Status::internal(format!("{context}: {e}"))
-}
-
-#[tonic::async_trait]
-impl KeyService for KeydService {
-    async fn wrap(
-        &self,
-        request: Request<pb::WrapRequest>,
-    ) -> Result<Response<pb::WrapResponse>, Status> {
-        let slot = self.authorize(&request, &request.get_ref().keyring, Operation::Wrap)?;
-        let mut req = request.into_inner();
-        let result = if req.plaintext.is_empty() {
-            Err(Status::invalid_argument("plaintext is empty"))
-        } else if req.plaintext.len() > MAX_PLAINTEXT_LEN {
-            Err(Status::invalid_argument(format!(
-                "plaintext is {} bytes; the limit is {MAX_PLAINTEXT_LEN}",
-                req.plaintext.len()
-            )))
-        } else {
-            let keyring = slot.current.load();
-            match keyring.encrypt(&req.plaintext) {
-                Ok(ciphertext) => Ok(Response::new(pb::WrapResponse {
-                    ciphertext,
-                    key_id: keyring.primary_id().to_string(),
-                })),
-                Err(e @ (EncryptError::Empty | EncryptError::TooLong(_))) => {
-                    Err(Status::invalid_argument(e.to_string()))
-                }
-                Err(e) => Err(internal("wrap failed", e)),
-            }
-        };
-        req.plaintext.zeroize();
-        result
-    }
-
-    async fn unwrap(
-        &self,
-        request: Request<pb::UnwrapRequest>,
-    ) -> Result<Response<pb::UnwrapResponse>, Status> {
-        let slot = self.authorize(&request, &request.get_ref().keyring, Operation::Unwrap)?;
-        let req = request.into_inner();
-        if req.ciphertext.is_empty() {
-            return Err(Status::invalid_argument("ciphertext is empty"));
-        }
-        if req.ciphertext.len() > MAX_CIPHERTEXT_LEN {
-            return Err(Status::invalid_argument(format!(
-                "ciphertext is {} bytes; the limit is {MAX_CIPHERTEXT_LEN}",
-                req.ciphertext.len()
-            )));
-        }
-        if req.key_id.len() > MAX_KEY_ID_LEN {
-            return Err(Status::invalid_argument(format!(
-                "key_id is {} bytes; the limit is {MAX_KEY_ID_LEN}",
-                req.key_id.len()
-            )));
-        }
-        let key_id = (!req.key_id.is_empty()).then_some(req.key_id.as_str());
-        let keyring = slot.current.load();
-        match keyring.decrypt(key_id, &req.ciphertext) {
-            // The response owns a copy; the Zeroizing buffer is wiped on drop.
-            Ok(plaintext) => Ok(Response::new(pb::UnwrapResponse {
-                plaintext: plaintext.to_vec(),
-            })),
-            Err(e) => {
-                tracing::warn!(keyring = %slot.name, error = %e, "unwrap refused");
-                Err(Status::invalid_argument(e.to_string()))
-            }
-        }
-    }
-
-    async fn status(
-        &self,
-        request: Request<pb::StatusRequest>,
-    ) -> Result<Response<pb::StatusResponse>, Status> {
-        let slot = self.authorize(&request, &request.get_ref().keyring, Operation::Status)?;
-        let keyring = slot.current.load();
-        Ok(Response::new(pb::StatusResponse {
-            primary_key_id: keyring.primary_id().to_string(),
-            keys: u32::try_from(keyring.len()).unwrap_or(u32::MAX),
-        }))
-    }
-
-    async fn rotate(
-        &self,
-        request: Request<pb::RotateRequest>,
-    ) -> Result<Response<pb::RotateResponse>, Status> {
-        let slot = self.authorize(&request, &request.get_ref().keyring, Operation::Rotate)?;
-        let _guard = slot.rotate.lock().await;
-        let worker = slot.clone();
-        let outcome = tokio::task::spawn_blocking(move || {
-            let info = worker.store.rotate()?;
-            let keyring = worker.store.load()?;
-            Ok::<_, coffer_keystore::KeystoreError>((info, keyring))
-        })
-        .await
-        .map_err(|e| internal("rotate task failed", e))?;
-        let (info, keyring) = outcome.map_err(|e| internal("rotate failed", e))?;
-        slot.current.store(Arc::new(keyring));
-        tracing::info!(keyring = %slot.name, key_id = %info.id, "keyring rotated");
-        Ok(Response::new(pb::RotateResponse { key_id: info.id }))
-    }
-
-    async fn list_keys(
-        &self,
-        request: Request<pb::ListKeysRequest>,
-    ) -> Result<Response<pb::ListKeysResponse>, Status> {
-        let slot = self.authorize(&request, &request.get_ref().keyring, Operation::List)?;
-        let worker = slot.clone();
-        let info = tokio::task::spawn_blocking(move || worker.store.info())
-            .await
-            .map_err(|e| internal("list task failed", e))?
-            .map_err(|e| internal("reading the keystore failed", e))?;
-        Ok(Response::new(pb::ListKeysResponse {
-            keys: info
-                .keys
-                .into_iter()
-                .map(|k| pb::KeyEntry {
-                    key_id: k.id,
-                    created: k.created,
-                    primary: k.state == KeyState::Primary,
-                })
-                .collect(),
-        }))
-    }
-}
-
-/// Serves the key service on `options.listener` until `shutdown` completes.
+/// Serves the key service on `options.listener` until `shutdown` completes, then lets
+/// in-flight calls finish (up to `drain_timeout`) and makes the audit log durable.
 ///
-/// Loads every configured keyring (a configured keyring without a keystore is an error), makes
-/// an attested TLS certificate with the platform, and accepts only clients whose attestation the
-/// policy grants a role; each RPC then checks the role against the keyd configuration.
+/// Opens keyd's root with the platform (a root sealed elsewhere needs `coffer keyd recover`),
+/// loads every configured keyring, and makes an attested TLS certificate. A client's
+/// attestation is checked right after the TLS handshake: a client the policy grants no role
+/// keeps its connection but every call is refused with PERMISSION_DENIED and the reason, and
+/// audited. Each call of an attested client is checked against the keyd configuration.
 pub async fn serve(
     options: KeydServeOptions,
     shutdown: impl Future<Output = ()> + Send,
@@ -384,78 +184,316 @@ pub async fn serve(
         config,
         verify_options,
         listener,
+        audit_log,
+        limits,
+        metrics_listener,
+        reload_interval,
+        drain_timeout,
     } = options;
-    let keyrings = {
+    let audit_path = audit_log.unwrap_or_else(|| data_dir.join("audit.log"));
+    let (keyrings, audit, instance_id) = {
         let platform = platform.clone();
-        tokio::task::spawn_blocking(move || load_keyrings(&data_dir, &platform, &config))
-            .await
-            .map_err(|e| KeydError::io("loading keyrings", io::Error::other(e)))??
+        tokio::task::spawn_blocking(move || {
+            let root = KeydRoot::open(&data_dir, platform.as_ref())?;
+            let keyrings = load_keyrings(&data_dir, &root, &platform, &config)?;
+            let log = AuditLog::open(
+                &audit_path,
+                AuditOptions {
+                    chain: ChainMode::Hmac(root.audit_chain_key()),
+                    sync: SyncPolicy::Batched {
+                        interval: AUDIT_SYNC_INTERVAL,
+                    },
+                    mode: 0o600,
+                },
+            )?;
+            Ok::<_, KeydError>((
+                keyrings,
+                SharedAuditLog::new(log),
+                root.instance_id().to_string(),
+            ))
+        })
+        .await
+        .map_err(|e| KeydError::io("loading keyd state", io::Error::other(e)))??
     };
+    let metrics = KeydMetrics::new();
+    for slot in keyrings.values() {
+        metrics.set_keyring_keys(&slot.name, slot.current.load().len());
+    }
     let identity = coffer_ratls::attested_certificate(platform.as_ref())?;
     let verifier = Arc::new(AttestedVerifier::new(
         Arc::new(OfflineVerifier::new(verify_options)),
         policy,
     ));
-    let mut tls = coffer_ratls::server_config(&identity, verifier.clone())?;
+    let mut tls = coffer_ratls::server_config_deferred_client_check(&identity, verifier.clone())?;
     tls.alpn_protocols = vec![b"h2".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(tls));
 
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<KeydConn, io::Error>>(ACCEPT_QUEUE);
-    let accept_task = tokio::spawn(accept_loop(listener, acceptor, verifier, tx));
+    let accept = Acceptor {
+        acceptor,
+        verifier,
+        audit: audit.clone(),
+        metrics: metrics.clone(),
+        rates: Arc::new(RateLimiter::new(limits.rate_per_second, limits.rate_burst)),
+        slots: Arc::new(Semaphore::new(limits.max_connections)),
+    };
+    let accept_task = tokio::spawn(accept.run(listener, tx));
+    let reload_task = tokio::spawn(reload_loop(
+        keyrings.values().cloned().collect(),
+        audit.clone(),
+        metrics.clone(),
+        reload_interval,
+    ));
+    let metrics_task = metrics_listener.map(|listener| {
+        let render_metrics = metrics.clone();
+        let health_audit = audit.clone();
+        tokio::spawn(coffer_telemetry::serve_http(
+            listener,
+            Arc::new(move || render_metrics.render()),
+            Arc::new(move || {
+                health_audit
+                    .healthy()
+                    .map_err(|e| format!("the audit log cannot be written: {e}"))
+            }),
+        ))
+    });
+    tracing::info!(instance = %instance_id, keyrings = keyrings.len(), audit_log = %audit.path().display(), "keyd ready");
 
-    let service = KeydService { keyrings };
-    let result = tonic::transport::Server::builder()
-        .add_service(KeyServiceServer::new(service))
-        .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
-        .await;
+    let service = KeyServiceServer::new(KeydService {
+        keyrings,
+        audit: audit.clone(),
+        metrics,
+    })
+    .max_decoding_message_size(limits.max_message_len)
+    .max_encoding_message_size(limits.max_message_len);
+
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(limits.max_concurrent_streams))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(service)
+        .serve_with_incoming_shutdown(ReceiverStream::new(rx), async move {
+            let _ = drain_rx.await;
+        });
+    tokio::pin!(server);
+    tokio::pin!(shutdown);
+    let result = tokio::select! {
+        r = &mut server => r.map_err(KeydError::from),
+        _ = &mut shutdown => {
+            tracing::info!("shutting down: no new connections; draining in-flight calls");
+            accept_task.abort();
+            let _ = drain_tx.send(());
+            match tokio::time::timeout(drain_timeout, &mut server).await {
+                Ok(r) => r.map_err(KeydError::from),
+                Err(_) => {
+                    tracing::warn!(timeout = ?drain_timeout, "drain timeout reached; closing remaining connections");
+                    Ok(())
+                }
+            }
+        }
+    };
     accept_task.abort();
-    result.map_err(KeydError::from)
+    reload_task.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
+    if let Err(e) = audit.sync() {
+        tracing::error!(error = %e, "could not make the audit log durable at shutdown");
+    }
+    tracing::info!("coffer keyd stopped");
+    result
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+/// What the accept loop needs to turn TCP connections into attested, limited connections.
+struct Acceptor {
     acceptor: TlsAcceptor,
     verifier: Arc<AttestedVerifier>,
-    tx: tokio::sync::mpsc::Sender<Result<KeydConn, io::Error>>,
-) {
-    loop {
-        let (tcp, remote) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+    audit: SharedAuditLog,
+    metrics: KeydMetrics,
+    rates: Arc<RateLimiter>,
+    slots: Arc<Semaphore>,
+}
+
+impl Acceptor {
+    async fn run(
+        self,
+        listener: TcpListener,
+        tx: tokio::sync::mpsc::Sender<Result<KeydConn, io::Error>>,
+    ) {
+        let this = Arc::new(self);
+        loop {
+            let (tcp, remote) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = this.slots.clone().try_acquire_owned() else {
+                this.metrics.connection(ConnectionResult::OverLimit);
+                tracing::warn!(peer = %remote, "connection limit reached; closing the new connection");
+                drop(tcp);
                 continue;
+            };
+            let this = this.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                if let Some(conn) = this.establish(tcp, remote, slot).await {
+                    let _ = tx.send(Ok(conn)).await;
+                }
+            });
+        }
+    }
+
+    /// TLS handshake, then the attestation check; `None` when the handshake failed.
+    async fn establish(
+        &self,
+        tcp: TcpStream,
+        remote: std::net::SocketAddr,
+        slot: OwnedSemaphorePermit,
+    ) -> Option<KeydConn> {
+        let _ = tcp.set_nodelay(true);
+        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                self.metrics.connection(ConnectionResult::HandshakeFailed);
+                tracing::warn!(peer = %remote, error = %e, "TLS handshake failed");
+                return None;
+            }
+            Err(_) => {
+                self.metrics.connection(ConnectionResult::HandshakeFailed);
+                tracing::warn!(peer = %remote, "TLS handshake timed out");
+                return None;
             }
         };
-        let acceptor = acceptor.clone();
-        let verifier = verifier.clone();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let _ = tcp.set_nodelay(true);
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
+        let peer_addr = remote.to_string();
+        let certificate = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.as_ref().to_vec());
+        let verdict = match &certificate {
+            None => Err(
+                "the client presented no certificate; keyd accepts only attested TLS clients (coffer's attested certificate with TEE evidence)"
+                    .to_string(),
+            ),
+            Some(der) => {
+                // Evidence verification can take milliseconds (DCAP, SNP chains): off the
+                // async workers.
+                let verifier = self.verifier.clone();
+                let der = der.clone();
+                match tokio::task::spawn_blocking(move || verifier.verify_certificate(&der, UnixTime::now())).await {
+                    Ok(result) => result.map_err(|e| e.to_string()),
+                    Err(e) => Err(format!("verification task failed: {e}")),
+                }
+            }
+        };
+        let (peer, caller, bucket_key) = match verdict {
+            Ok(identity) => {
+                let caller = coffer_audit::Caller::new(
+                    identity.claims.tee.name(),
+                    identity.claims.primary_measurement(),
+                    Some(&identity.role.name),
+                    &peer_addr,
+                );
+                let key = format!("{}/{}", identity.role.name, caller.measurement);
+                self.metrics.connection(ConnectionResult::Attested);
+                tracing::debug!(peer = %remote, role = %identity.role, "attested client connected");
+                (Ok(Arc::new(identity)), caller, key)
+            }
+            Err(reason) => {
+                let tee = certificate
+                    .as_deref()
+                    .and_then(|der| coffer_ratls::evidence_from_certificate(der).ok())
+                    .map(|d| d.evidence.tee.name().to_string())
+                    .unwrap_or_else(|| "none".to_string());
+                let caller = coffer_audit::Caller {
+                    tee,
+                    measurement: String::new(),
+                    role: None,
+                    peer: peer_addr.clone(),
+                };
+                self.metrics.connection(ConnectionResult::Refused);
+                tracing::warn!(peer = %remote, reason = %reason, "client attestation refused; its calls will be refused");
+                let _ = self.audit.append(AuditEntry {
+                    event: "connect".to_string(),
+                    caller: caller.clone(),
+                    keyring: None,
+                    key_id: None,
+                    result: Outcome::Denied,
+                    reason: Some(reason.clone()),
+                });
+                // Refused clients share a budget per address, so they cannot flood the log.
+                (
+                    Err(Arc::from(reason)),
+                    caller,
+                    format!("refused/{}", remote.ip()),
+                )
+            }
+        };
+        self.metrics.open_connections().inc();
+        Some(KeydConn {
+            io: tls,
+            info: KeydConnectInfo {
+                peer,
+                remote_addr: Some(remote),
+                caller: Arc::new(caller),
+                bucket: self.rates.bucket(&bucket_key),
+            },
+            _slot: slot,
+            metrics: self.metrics.clone(),
+        })
+    }
+}
+
+/// Reloads keyrings whose keystore file changed (e.g. `coffer keyd rotate` while serving).
+async fn reload_loop(
+    slots: Vec<Arc<KeyringSlot>>,
+    audit: SharedAuditLog,
+    metrics: KeydMetrics,
+    interval: Duration,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let local = coffer_audit::Caller {
+        tee: "none".to_string(),
+        measurement: String::new(),
+        role: None,
+        peer: "local".to_string(),
+    };
+    loop {
+        tick.tick().await;
+        for slot in &slots {
+            let stamp = slot.store.stamp();
+            if *slot.stamp.lock().unwrap_or_else(|p| p.into_inner()) == stamp {
+                continue;
+            }
+            let _guard = slot.rotate.lock().await;
+            let worker = slot.clone();
+            match tokio::task::spawn_blocking(move || worker.store.load()).await {
+                Ok(Ok(keyring)) => {
+                    let key_id = keyring.primary_id().to_string();
+                    metrics.set_keyring_keys(&slot.name, keyring.len());
+                    slot.current.store(Arc::new(keyring));
+                    *slot.stamp.lock().unwrap_or_else(|p| p.into_inner()) = stamp;
+                    tracing::info!(keyring = %slot.name, key_id = %key_id, "keyring changed on disk: reloaded");
+                    let _ = audit.append(AuditEntry {
+                        event: "reload".to_string(),
+                        caller: local.clone(),
+                        keyring: Some(slot.name.clone()),
+                        key_id: Some(key_id),
+                        result: Outcome::Ok,
+                        reason: None,
+                    });
+                }
                 Ok(Err(e)) => {
-                    tracing::warn!(peer = %remote, error = %e, "TLS handshake refused");
-                    return;
+                    tracing::error!(error = %slot.keystore_error(e), "keyring changed on disk but cannot be loaded; still serving the previous keys");
                 }
-                Err(_) => {
-                    tracing::warn!(peer = %remote, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let Some(peer) = verifier.peer(tls.get_ref().1.peer_certificates()) else {
-                tracing::warn!(peer = %remote, "no attested identity after the handshake; closing");
-                return;
-            };
-            tracing::debug!(peer = %remote, role = %peer.role, "attested client connected");
-            let conn = KeydConn {
-                io: tls,
-                info: KeydConnectInfo {
-                    peer: Arc::new(peer),
-                    remote_addr: Some(remote),
-                },
-            };
-            let _ = tx.send(Ok(conn)).await;
-        });
+                Err(e) => tracing::error!(error = %e, "keyring reload task failed"),
+            }
+        }
     }
 }

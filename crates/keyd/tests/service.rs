@@ -80,20 +80,21 @@ impl Keyd {
     async fn start(policy: Arc<Policy>, sim: Sim) -> Keyd {
         let data = tempfile::tempdir().unwrap();
         let platform: Arc<dyn Platform> = sim.platform.clone();
+        coffer_keyd::KeydRoot::init(data.path(), platform.as_ref(), None).unwrap();
         for name in ["a", "b"] {
             create_keyring(data.path(), platform.clone(), name).unwrap();
         }
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let serve_options = KeydServeOptions {
-            data_dir: data.path().to_path_buf(),
+        let serve_options = KeydServeOptions::new(
+            data.path().to_path_buf(),
             platform,
             policy,
-            config: KeydConfig::from_yaml(CONFIG).unwrap(),
-            verify_options: options(),
+            KeydConfig::from_yaml(CONFIG).unwrap(),
+            options(),
             listener,
-        };
+        );
         let task = tokio::spawn(serve(serve_options, async {
             let _ = stopped.await;
         }));
@@ -224,22 +225,16 @@ async fn first_error(keyd: &Keyd, sim: &Sim) -> KeydError {
 }
 
 #[tokio::test]
-async fn client_matching_no_role_is_refused_at_tls_layer() {
+async fn client_matching_no_role_is_refused_with_the_reason() {
     let (keyd, _a, _b) = setup().await;
     let stranger = Sim::new();
     let err = first_error(&keyd, &stranger).await;
-    assert!(
-        matches!(err, KeydError::RefusedByServer { .. }),
-        "expected a TLS-layer refusal, got {err:?}"
-    );
+    assert_eq!(code(&err), Code::PermissionDenied, "{err}");
     let text = err.to_string();
     assert!(
-        text.contains("keyd refused this client at the TLS layer"),
+        text.contains("keyd refused this client's attestation") && text.contains("is not accepted"),
         "{text}"
     );
-    // The detail is the TLS alert keyd sent.
-    assert!(text.contains("received fatal alert"), "{text}");
-    eprintln!("{text}");
     keyd.stop().await;
 }
 
@@ -248,10 +243,8 @@ async fn policy_without_allow_simulation_refuses_sim_clients() {
     let a = Sim::new();
     let keyd = Keyd::start(policy(false, &[("kms-plugin:a", &a)]), Sim::new()).await;
     let err = first_error(&keyd, &a).await;
-    assert!(
-        matches!(err, KeydError::RefusedByServer { .. }),
-        "expected a TLS-layer refusal, got {err:?}"
-    );
+    assert_eq!(code(&err), Code::PermissionDenied, "{err}");
+    assert!(err.to_string().contains("simulation"), "{err}");
     keyd.stop().await;
 }
 
@@ -267,10 +260,11 @@ async fn bad_input_gets_the_right_codes() {
     assert_eq!(code(&err), Code::InvalidArgument, "{err}");
     assert!(client.wrap("a", &[7; 512]).await.is_ok());
 
+    // An unknown keyring is indistinguishable from a forbidden one.
     let err = client.wrap("nope", b"x").await.unwrap_err();
-    assert_eq!(code(&err), Code::NotFound, "{err}");
+    assert_eq!(code(&err), Code::PermissionDenied, "{err}");
     let err = client.status("nope").await.unwrap_err();
-    assert_eq!(code(&err), Code::NotFound, "{err}");
+    assert_eq!(code(&err), Code::PermissionDenied, "{err}");
     let err = client.wrap("Not/A/Name", b"x").await.unwrap_err();
     assert_eq!(code(&err), Code::InvalidArgument, "{err}");
 
@@ -291,16 +285,34 @@ async fn bad_input_gets_the_right_codes() {
 async fn serve_refuses_a_configured_keyring_that_does_not_exist() {
     let sim = Sim::new();
     let data = tempfile::tempdir().unwrap();
+    // Not initialised: says to run init.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let err = serve(
-        KeydServeOptions {
-            data_dir: data.path().to_path_buf(),
-            platform: sim.platform.clone(),
-            policy: policy(true, &[]),
-            config: KeydConfig::from_yaml(CONFIG).unwrap(),
-            verify_options: options(),
+        KeydServeOptions::new(
+            data.path().to_path_buf(),
+            sim.platform.clone(),
+            policy(true, &[]),
+            KeydConfig::from_yaml(CONFIG).unwrap(),
+            options(),
             listener,
-        },
+        ),
+        std::future::pending(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, KeydError::NotInitialised { .. }), "{err}");
+    assert!(err.to_string().contains("coffer keyd init"), "{err}");
+    coffer_keyd::KeydRoot::init(data.path(), sim.platform.as_ref(), None).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = serve(
+        KeydServeOptions::new(
+            data.path().to_path_buf(),
+            sim.platform.clone(),
+            policy(true, &[]),
+            KeydConfig::from_yaml(CONFIG).unwrap(),
+            options(),
+            listener,
+        ),
         std::future::pending(),
     )
     .await

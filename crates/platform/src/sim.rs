@@ -27,8 +27,14 @@ const ROOT_LEN: usize = 32;
 
 /// Simulation evidence starts with these 20 bytes.
 pub const EVIDENCE_MAGIC: &[u8; 20] = b"COFFER-SIM-EVIDENCE\0";
-/// The simulation evidence format version (big endian u16 after the magic).
+/// The simulation evidence format version (big endian u16 after the magic) of a simulated
+/// production-mode TEE.
 pub const EVIDENCE_VERSION: u16 = 1;
+/// The same format from a simulated *debug-mode* TEE (`COFFER_SIM_DEBUG=1`): verifiers report
+/// `debug: true`, so policies refuse it like a debug enclave unless they allow debug.
+pub const EVIDENCE_VERSION_DEBUG: u16 = 2;
+/// Environment variable that makes the sim platform pose as a debug-mode TEE.
+pub const DEBUG_ENV: &str = "COFFER_SIM_DEBUG";
 /// Length of simulation evidence: magic 20 ‖ version 2 ‖ measurement 32 ‖ report data 64 ‖
 /// Ed25519 public key 32 ‖ Ed25519 signature 64 (over all preceding bytes).
 pub const EVIDENCE_LEN: usize = 20 + 2 + 32 + 64 + 32 + 64;
@@ -66,12 +72,14 @@ Use only for development and tests; production runs inside SGX (Gramine/Occlum),
 pub struct SimPlatform {
     root: Zeroizing<[u8; ROOT_LEN]>,
     key_path: PathBuf,
+    debug: bool,
 }
 
 impl fmt::Debug for SimPlatform {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SimPlatform")
             .field("key_path", &self.key_path)
+            .field("debug", &self.debug)
             .finish_non_exhaustive()
     }
 }
@@ -91,7 +99,11 @@ impl SimPlatform {
                 contents.extend_from_slice(MAGIC);
                 contents.extend_from_slice(&root[..]);
                 match durable::write_new_atomic(&key_path, &contents, 0o600) {
-                    Ok(()) => Ok(SimPlatform { root, key_path }),
+                    Ok(()) => Ok(SimPlatform {
+                        root,
+                        key_path,
+                        debug: debug_from_env(),
+                    }),
                     // Another process created it first: use theirs.
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Self::read(&key_path),
                     Err(e) => Err(PlatformError::io("creating", &key_path, e)),
@@ -155,11 +167,26 @@ impl SimPlatform {
         Ok(SimPlatform {
             root,
             key_path: key_path.to_path_buf(),
+            debug: debug_from_env(),
         })
     }
 }
 
+/// Whether `COFFER_SIM_DEBUG` asks the sim platform to pose as a debug-mode TEE.
+fn debug_from_env() -> bool {
+    matches!(
+        std::env::var(DEBUG_ENV).as_deref(),
+        Ok("1") | Ok("true") | Ok("yes")
+    )
+}
+
 impl SimPlatform {
+    /// Makes the evidence claim a debug-mode TEE (or not), whatever `COFFER_SIM_DEBUG` says.
+    pub fn with_debug(mut self, debug: bool) -> Self {
+        self.debug = debug;
+        self
+    }
+
     fn attestation_key(&self) -> Result<SigningKey, PlatformError> {
         let hk = Hkdf::<Sha256>::new(Some(SEALING_SALT), &self.root[..]);
         let mut seed = Zeroizing::new([0u8; 32]);
@@ -184,7 +211,8 @@ impl Platform for SimPlatform {
         crate::sealing::derive_sealing_key(SEALING_SALT, &self.root[..], purpose)
     }
 
-    /// Simulation evidence ([`EVIDENCE_LEN`] bytes): [`EVIDENCE_MAGIC`] ‖ version (u16 BE, 1)
+    /// Simulation evidence ([`EVIDENCE_LEN`] bytes): [`EVIDENCE_MAGIC`] ‖ version (u16 BE: 1, or
+    /// 2 when posing as a debug-mode TEE)
     /// ‖ measurement (SHA-256 of the executable) ‖ report data ‖ Ed25519 public key ‖
     /// Ed25519 signature over all preceding bytes. The key is per installation (derived from
     /// the simulated root secret), so the evidence proves nothing about a TEE.
@@ -192,7 +220,12 @@ impl Platform for SimPlatform {
         let signing = self.attestation_key()?;
         let mut out = Vec::with_capacity(EVIDENCE_LEN);
         out.extend_from_slice(EVIDENCE_MAGIC);
-        out.extend_from_slice(&EVIDENCE_VERSION.to_be_bytes());
+        let version = if self.debug {
+            EVIDENCE_VERSION_DEBUG
+        } else {
+            EVIDENCE_VERSION
+        };
+        out.extend_from_slice(&version.to_be_bytes());
         out.extend_from_slice(&executable_measurement()?);
         out.extend_from_slice(report_data);
         out.extend_from_slice(signing.verifying_key().as_bytes());

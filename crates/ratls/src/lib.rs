@@ -571,6 +571,78 @@ impl ClientCertVerifier for AttestedClientVerifier {
     }
 }
 
+/// A rustls client-certificate verifier that checks only that the client holds the key of the
+/// certificate it presents (the handshake signature), and lets clients without a certificate
+/// in. The application **must** call [`AttestedVerifier::verify_certificate`] on the peer
+/// certificate after the handshake and refuse every request when it fails.
+///
+/// Deferring the attestation check past the handshake lets a server answer a refused client
+/// with its reason (e.g. "measurement not allowed by any role") in a protocol error the client
+/// can show, instead of a bare TLS alert, and record the refusal with the reason.
+#[derive(Debug, Clone)]
+pub struct DeferredClientVerifier(Arc<AttestedVerifier>);
+
+impl ClientCertVerifier for DeferredClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        // Checked by the application after the handshake; see the type's documentation.
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.schemes()
+    }
+}
+
+/// Like [`server_config`], but the client's attestation is checked by the application after
+/// the handshake (see [`DeferredClientVerifier`]), so refused clients can be told why.
+pub fn server_config_deferred_client_check(
+    identity: &AttestedIdentity,
+    verifier: Arc<AttestedVerifier>,
+) -> Result<rustls::ServerConfig, RatlsError> {
+    let config = rustls::ServerConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(Arc::new(DeferredClientVerifier(verifier)))
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(
+            identity.certified_key(),
+        )));
+    Ok(config)
+}
+
 /// A TLS 1.3-only server configuration presenting `identity` and requiring attested clients.
 pub fn server_config(
     identity: &AttestedIdentity,

@@ -3,7 +3,8 @@
 //!
 //! Layout (214 bytes), as `coffer_platform::sim` produces it:
 //! `b"COFFER-SIM-EVIDENCE\0"` (20) ‖ version u16 BE = 1 ‖ measurement (32) ‖ report data (64)
-//! ‖ Ed25519 public key (32) ‖ Ed25519 signature (64) over all preceding bytes.
+//! ‖ Ed25519 public key (32) ‖ Ed25519 signature (64) over all preceding bytes. Version 2 is
+//! the same layout from a sim platform posing as a debug-mode TEE (`COFFER_SIM_DEBUG=1`).
 
 mod claims;
 
@@ -12,8 +13,10 @@ use coffer_platform::TeeType;
 
 /// The magic that starts simulation evidence.
 pub const MAGIC: &[u8; 20] = b"COFFER-SIM-EVIDENCE\0";
-/// The only format version.
+/// The format version of a simulated production-mode TEE.
 pub const VERSION: u16 = 1;
+/// The format version of a simulated debug-mode TEE: its claims say `debug: true`.
+pub const VERSION_DEBUG: u16 = 2;
 /// Total length of simulation evidence.
 pub const EVIDENCE_LEN: usize = 20 + 2 + 32 + 64 + 32 + 64;
 /// Length of the signed part (everything but the signature).
@@ -36,10 +39,10 @@ pub fn verify(evidence: &[u8], options: &VerifyOptions) -> Result<Claims, Verify
         return Err(VerifyError::malformed(tee, "bad magic"));
     }
     let version = u16::from_be_bytes([signed[20], signed[21]]);
-    if version != VERSION {
+    if version != VERSION && version != VERSION_DEBUG {
         return Err(VerifyError::malformed(
             tee,
-            format!("version {version}, expected {VERSION}"),
+            format!("version {version}, expected {VERSION} or {VERSION_DEBUG}"),
         ));
     }
     let measurement = &signed[22..54];
@@ -57,5 +60,10 @@ pub fn verify(evidence: &[u8], options: &VerifyOptions) -> Result<Claims, Verify
             tee,
             what: "simulation evidence (Ed25519)",
         })?;
-    Ok(claims::claims(measurement, report_data, &public_key))
+    Ok(claims::claims(
+        measurement,
+        report_data,
+        &public_key,
+        version == VERSION_DEBUG,
+    ))
 }

@@ -98,7 +98,15 @@ impl KeydProcess {
             rand::random::<u32>()
         ));
         let child = Command::new(coffer_bin())
-            .args(["keyd", "serve", "--platform", "sim", "--listen"])
+            .args([
+                "--log-level",
+                "trace",
+                "keyd",
+                "serve",
+                "--platform",
+                "sim",
+                "--listen",
+            ])
             .arg(addr.to_string())
             .arg("--data-dir")
             .arg(data)

@@ -1,0 +1,482 @@
+//! keyd's root secret: the one key everything else in the data directory is sealed under.
+//!
+//! `coffer keyd init` generates a random 32-byte root secret inside the TEE and writes
+//! `<data-dir>/keyd-root.json`: the root sealed with the *platform's* sealing key, plus public
+//! facts (instance id, a root check). Keyrings are sealed with keys derived from the root (see
+//! [`KeydRoot::platform`]), not with the platform key directly, so a copy of the data directory
+//! on another machine is useless until the root is restored there, and restoring the root —
+//! from `k` of the `n` recovery shares emitted at init — makes every keyring readable again.
+//!
+//! The root check (`HMAC-SHA256(root, "coffer-keyd root check v1" || instance_id)`) lets keyd
+//! tell a correctly recovered root from a wrong one before it reseals anything.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use coffer_audit::ChainKey;
+use coffer_platform::{durable, Evidence, Platform, PlatformError, PlatformKind, SealingKey};
+use coffer_recovery::{OperatorPublicKey, PlainShare, SealedShare};
+use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use crate::KeydError;
+
+/// The root file's name inside the data directory.
+pub const ROOT_FILE: &str = "keyd-root.json";
+/// The root file format this build writes and reads.
+const ROOT_FORMAT: u32 = 1;
+/// The platform sealing-key purpose that protects the root.
+const ROOT_SEAL_PURPOSE: &str = "coffer-keyd/root/v1";
+/// Largest root file accepted.
+const MAX_ROOT_FILE_LEN: u64 = 64 * 1024;
+
+/// `<data-dir>/keyd-root.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RootFile {
+    format: u32,
+    /// Names this keyd; recovery shares are bound to it.
+    instance_id: String,
+    /// RFC 3339, when `init` ran.
+    created: String,
+    /// The platform kind that sealed `sealed_root`.
+    platform: String,
+    /// base64 of `SealingKey::seal(aad = instance id, root)`.
+    sealed_root: String,
+    /// hex of the root check.
+    root_check: String,
+    /// The recovery split made at init, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    recovery: Option<RecoveryInfo>,
+}
+
+/// Public facts about the recovery shares emitted at init.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryInfo {
+    /// Shares needed to recover.
+    pub threshold: u8,
+    /// Shares emitted.
+    pub total: u8,
+    /// Fingerprints of the operator keys, in share order.
+    pub operators: Vec<String>,
+}
+
+/// What `coffer keyd init` asks for: who gets recovery shares and how many are needed.
+#[derive(Debug, Clone)]
+pub struct RecoveryRequest {
+    /// Shares needed to recover (`k`).
+    pub threshold: u8,
+    /// One operator public key per share (`n` keys).
+    pub operators: Vec<OperatorPublicKey>,
+}
+
+/// Public facts about a data directory's root, readable without the TEE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootInfo {
+    /// The keyd instance id.
+    pub instance_id: String,
+    /// When the root was created (RFC 3339).
+    pub created: String,
+    /// The platform kind that sealed it.
+    pub platform: String,
+    /// The recovery split, if shares were emitted.
+    pub recovery: Option<RecoveryInfo>,
+}
+
+/// The opened root secret of one keyd data directory. Zeroized on drop; never printed.
+pub struct KeydRoot {
+    instance_id: String,
+    root: Zeroizing<[u8; 32]>,
+}
+
+impl fmt::Debug for KeydRoot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeydRoot")
+            .field("instance_id", &self.instance_id)
+            .field("root", &"<redacted>")
+            .finish()
+    }
+}
+
+fn root_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(ROOT_FILE)
+}
+
+fn root_check(root: &[u8; 32], instance_id: &str) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(root).expect("HMAC takes any key length");
+    mac.update(b"coffer-keyd root check v1\0");
+    mac.update(instance_id.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+fn root_error(data_dir: &Path, message: impl Into<String>) -> KeydError {
+    KeydError::Root {
+        path: root_path(data_dir),
+        message: message.into(),
+    }
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn read_root_file(data_dir: &Path) -> Result<RootFile, KeydError> {
+    let path = root_path(data_dir);
+    let meta = match std::fs::metadata(&path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(KeydError::NotInitialised {
+                data_dir: data_dir.to_path_buf(),
+            })
+        }
+        Err(e) => return Err(root_error(data_dir, format!("cannot read: {e}"))),
+    };
+    if meta.len() > MAX_ROOT_FILE_LEN {
+        return Err(root_error(
+            data_dir,
+            format!(
+                "file is {} bytes, the limit is {MAX_ROOT_FILE_LEN}; it is not a keyd root file",
+                meta.len()
+            ),
+        ));
+    }
+    let text =
+        std::fs::read(&path).map_err(|e| root_error(data_dir, format!("cannot read: {e}")))?;
+    let file: RootFile = serde_json::from_slice(&text)
+        .map_err(|e| root_error(data_dir, format!("not a valid keyd root file: {e}")))?;
+    if file.format != ROOT_FORMAT {
+        return Err(root_error(
+            data_dir,
+            format!(
+                "format {} is not supported by this build (it reads format {ROOT_FORMAT}); use a matching coffer release",
+                file.format
+            ),
+        ));
+    }
+    Ok(file)
+}
+
+/// Reads the public facts of `data_dir`'s root (no TEE needed): what operators need to open
+/// their shares.
+pub fn root_info(data_dir: &Path) -> Result<RootInfo, KeydError> {
+    let file = read_root_file(data_dir)?;
+    Ok(RootInfo {
+        instance_id: file.instance_id,
+        created: file.created,
+        platform: file.platform,
+        recovery: file.recovery,
+    })
+}
+
+fn seal_root(
+    platform: &dyn Platform,
+    instance_id: &str,
+    root: &[u8; 32],
+) -> Result<String, KeydError> {
+    let sealer = platform
+        .sealing_key(ROOT_SEAL_PURPOSE)
+        .map_err(KeydError::Platform)?;
+    let sealed = sealer
+        .seal(instance_id.as_bytes(), root)
+        .map_err(KeydError::Platform)?;
+    Ok(B64.encode(sealed))
+}
+
+impl KeydRoot {
+    /// Initialises `data_dir`: generates the root secret, seals it to `platform`, writes
+    /// `keyd-root.json` (never replacing one) and, with `recovery`, returns the sealed recovery
+    /// shares — the caller writes them out; keyd keeps no copy.
+    pub fn init(
+        data_dir: &Path,
+        platform: &dyn Platform,
+        recovery: Option<&RecoveryRequest>,
+    ) -> Result<(KeydRoot, Vec<SealedShare>), KeydError> {
+        let path = root_path(data_dir);
+        if path.exists() {
+            return Err(root_error(
+                data_dir,
+                "already exists: this data directory is initialised (keyd never replaces its root; use a new --data-dir)",
+            ));
+        }
+        coffer_platform::sim::create_private_dir(data_dir).map_err(KeydError::Platform)?;
+        let mut root = Zeroizing::new([0u8; 32]);
+        coffer_platform::fill_random(&mut root[..]).map_err(KeydError::Platform)?;
+        let mut id = [0u8; 8];
+        coffer_platform::fill_random(&mut id).map_err(KeydError::Platform)?;
+        let instance_id = format!("keyd-{}", hex::encode(id));
+        let shares = match recovery {
+            Some(request) => {
+                coffer_recovery::split(&root, &instance_id, request.threshold, &request.operators)
+                    .map_err(KeydError::Recovery)?
+            }
+            None => Vec::new(),
+        };
+        let file = RootFile {
+            format: ROOT_FORMAT,
+            instance_id: instance_id.clone(),
+            created: now_rfc3339(),
+            platform: platform.kind().name().to_string(),
+            sealed_root: seal_root(platform, &instance_id, &root)?,
+            root_check: root_check(&root, &instance_id),
+            recovery: recovery.map(|r| RecoveryInfo {
+                threshold: r.threshold,
+                total: u8::try_from(r.operators.len()).unwrap_or(u8::MAX),
+                operators: r.operators.iter().map(|k| k.fingerprint()).collect(),
+            }),
+        };
+        let json = serde_json::to_vec_pretty(&file).expect("RootFile always serialises");
+        durable::write_new_atomic(&path, &json, 0o600).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                root_error(
+                    data_dir,
+                    "was created by another process at the same moment; nothing was changed",
+                )
+            } else {
+                root_error(data_dir, format!("cannot write: {e}"))
+            }
+        })?;
+        Ok((KeydRoot { instance_id, root }, shares))
+    }
+
+    /// Opens `data_dir`'s root with `platform`. A root sealed by another platform identity
+    /// (the directory was copied to a new machine, or the TEE's identity changed) is refused
+    /// with [`KeydError::RootSealedElsewhere`]: recover it with `coffer keyd recover`.
+    pub fn open(data_dir: &Path, platform: &dyn Platform) -> Result<KeydRoot, KeydError> {
+        let file = read_root_file(data_dir)?;
+        let sealed = B64
+            .decode(&file.sealed_root)
+            .map_err(|_| root_error(data_dir, "sealed_root is not base64"))?;
+        let sealer = platform
+            .sealing_key(ROOT_SEAL_PURPOSE)
+            .map_err(KeydError::Platform)?;
+        let plain = sealer
+            .unseal(file.instance_id.as_bytes(), &sealed)
+            .map_err(|_| KeydError::RootSealedElsewhere {
+                path: root_path(data_dir),
+                sealed_by: file.platform.clone(),
+                recovery: file.recovery.clone(),
+            })?;
+        let root: Zeroizing<[u8; 32]> = Zeroizing::new(
+            plain
+                .as_slice()
+                .try_into()
+                .map_err(|_| root_error(data_dir, "sealed root has the wrong length"))?,
+        );
+        if root_check(&root, &file.instance_id) != file.root_check {
+            return Err(root_error(
+                data_dir,
+                "the unsealed root does not match root_check: the file was altered",
+            ));
+        }
+        Ok(KeydRoot {
+            instance_id: file.instance_id,
+            root,
+        })
+    }
+
+    /// Restores `data_dir`'s root from opened recovery shares and reseals it to `platform`.
+    ///
+    /// Needs at least the threshold of distinct shares of this instance; the result must match
+    /// the root check in `keyd-root.json`. The previous root file is kept as
+    /// `keyd-root.json.replaced-<time>`; nothing else in the data directory changes.
+    pub fn recover(
+        data_dir: &Path,
+        platform: &dyn Platform,
+        shares: &[PlainShare],
+    ) -> Result<KeydRoot, KeydError> {
+        let mut file = read_root_file(data_dir)?;
+        if Self::open(data_dir, platform).is_ok() {
+            return Err(root_error(
+                data_dir,
+                "already opens on this platform: there is nothing to recover",
+            ));
+        }
+        let root =
+            coffer_recovery::combine(shares, &file.instance_id).map_err(KeydError::Recovery)?;
+        if root_check(&root, &file.instance_id) != file.root_check {
+            return Err(root_error(
+                data_dir,
+                "the recovered secret does not match this data directory's root check: the shares belong to another initialisation",
+            ));
+        }
+        let path = root_path(data_dir);
+        let backup = data_dir.join(format!(
+            "{ROOT_FILE}.replaced-{}",
+            now_rfc3339().replace(':', "")
+        ));
+        std::fs::copy(&path, &backup).map_err(|e| {
+            root_error(
+                data_dir,
+                format!("cannot keep a copy at {}: {e}", backup.display()),
+            )
+        })?;
+        file.sealed_root = seal_root(platform, &file.instance_id, &root)?;
+        file.platform = platform.kind().name().to_string();
+        let json = serde_json::to_vec_pretty(&file).expect("RootFile always serialises");
+        durable::write_atomic(&path, &json, 0o600)
+            .map_err(|e| root_error(data_dir, format!("cannot write: {e}")))?;
+        Ok(KeydRoot {
+            instance_id: file.instance_id,
+            root,
+        })
+    }
+
+    /// The keyd instance id.
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    fn derive(&self, label: &str) -> Zeroizing<[u8; 32]> {
+        let hk = Hkdf::<Sha256>::new(Some(b"coffer-keyd root v1"), &self.root[..]);
+        let mut out = Zeroizing::new([0u8; 32]);
+        hk.expand(label.as_bytes(), &mut out[..])
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        out
+    }
+
+    /// The platform keyd's keyrings are sealed with: sealing keys derived from the root,
+    /// evidence from `inner` (the real TEE).
+    pub fn platform(&self, inner: Arc<dyn Platform>) -> Arc<dyn Platform> {
+        Arc::new(RootPlatform {
+            inner,
+            base: self.derive("sealing"),
+        })
+    }
+
+    /// The HMAC key that chains keyd's audit log. Derived from the root, so a recovered keyd
+    /// keeps verifying and extending the same log.
+    pub fn audit_chain_key(&self) -> ChainKey {
+        ChainKey::new(*self.derive("audit-chain"))
+    }
+}
+
+/// A [`Platform`] whose sealing keys come from keyd's root instead of the TEE.
+struct RootPlatform {
+    inner: Arc<dyn Platform>,
+    base: Zeroizing<[u8; 32]>,
+}
+
+impl fmt::Debug for RootPlatform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RootPlatform")
+            .field("inner", &self.inner)
+            .field("base", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Platform for RootPlatform {
+    fn kind(&self) -> PlatformKind {
+        self.inner.kind()
+    }
+
+    fn sealing_key(&self, purpose: &str) -> Result<SealingKey, PlatformError> {
+        let hk =
+            Hkdf::<Sha256>::from_prk(&self.base[..]).map_err(|_| PlatformError::UnsealFailed)?;
+        let mut key = Zeroizing::new([0u8; 32]);
+        hk.expand(purpose.as_bytes(), &mut key[..])
+            .map_err(|_| PlatformError::UnsealFailed)?;
+        Ok(SealingKey::from_bytes(key))
+    }
+
+    fn evidence(&self, report_data: &[u8; 64]) -> Result<Evidence, PlatformError> {
+        self.inner.evidence(report_data)
+    }
+}
+
+/// Opens sealed recovery shares with operator secret keys: each share with whichever key it was
+/// sealed to.
+pub fn open_shares(
+    instance_id: &str,
+    shares: &[SealedShare],
+    operator_keys: &[coffer_recovery::OperatorSecretKey],
+) -> Result<Vec<PlainShare>, KeydError> {
+    let mut opened = Vec::with_capacity(shares.len());
+    for share in shares {
+        let key = operator_keys
+            .iter()
+            .find(|k| k.public_key().fingerprint() == share.operator_fingerprint)
+            .ok_or_else(|| KeydError::Config {
+                path: None,
+                message: format!(
+                    "no --operator-key matches share {} (sealed to operator key {}); pass that operator's secret key",
+                    share.index, share.operator_fingerprint
+                ),
+            })?;
+        opened.push(
+            coffer_recovery::open_share(share, key, instance_id).map_err(KeydError::Recovery)?,
+        );
+    }
+    Ok(opened)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coffer_platform::sim::SimPlatform;
+    use coffer_recovery::OperatorSecretKey;
+
+    fn sim(dir: &Path) -> Arc<dyn Platform> {
+        Arc::new(SimPlatform::open_or_create(dir).unwrap())
+    }
+
+    #[test]
+    fn init_open_and_recover_on_a_new_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let ops: Vec<_> = (0..3).map(|_| OperatorSecretKey::generate()).collect();
+        let request = RecoveryRequest {
+            threshold: 2,
+            operators: ops.iter().map(|(_, pk)| *pk).collect(),
+        };
+        let platform = sim(&data);
+        let (root, shares) = KeydRoot::init(&data, platform.as_ref(), Some(&request)).unwrap();
+        assert_eq!(shares.len(), 3);
+        let key_a = root
+            .platform(platform.clone())
+            .sealing_key("x")
+            .unwrap()
+            .expose()
+            .to_vec();
+        // Never replaced.
+        assert!(KeydRoot::init(&data, platform.as_ref(), None).is_err());
+        let reopened = KeydRoot::open(&data, platform.as_ref()).unwrap();
+        assert_eq!(reopened.instance_id(), root.instance_id());
+        assert!(!format!("{reopened:?}").contains(&hex::encode(&reopened.root[..])));
+
+        // Another platform identity cannot open it.
+        let other = sim(&dir.path().join("other"));
+        let err = KeydRoot::open(&data, other.as_ref()).unwrap_err();
+        assert!(
+            matches!(err, KeydError::RootSealedElsewhere { .. }),
+            "{err}"
+        );
+
+        let secrets: Vec<_> = ops.iter().map(|(sk, _)| sk.clone()).collect();
+        let one = open_shares(root.instance_id(), &shares[..1], &secrets).unwrap();
+        let err = KeydRoot::recover(&data, other.as_ref(), &one).unwrap_err();
+        assert!(err.to_string().contains("share"), "{err}");
+        assert!(KeydRoot::open(&data, other.as_ref()).is_err());
+
+        let two = open_shares(root.instance_id(), &shares[1..], &secrets).unwrap();
+        let recovered = KeydRoot::recover(&data, other.as_ref(), &two).unwrap();
+        let key_b = recovered
+            .platform(other.clone())
+            .sealing_key("x")
+            .unwrap()
+            .expose()
+            .to_vec();
+        assert_eq!(key_a, key_b, "derived keys survive recovery");
+        KeydRoot::open(&data, other.as_ref()).unwrap();
+        assert!(KeydRoot::open(&data, platform.as_ref()).is_err());
+    }
+}

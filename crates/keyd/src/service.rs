@@ -1,0 +1,349 @@
+//! The `KeyService` handlers: authorisation, rate limits, bounds, audit records.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use coffer_audit::{AuditEntry, Outcome, SharedAuditLog};
+use coffer_keystore::kek::EncryptError;
+use coffer_keystore::store::KeyState;
+use coffer_ratls::PeerIdentity;
+use tonic::{Code, Request, Response, Status};
+use zeroize::Zeroize;
+
+use crate::config::{validate_keyring_name, Operation};
+use crate::keyrings::KeyringSlot;
+use crate::limits::RateBucket;
+use crate::metrics::KeydMetrics;
+use crate::pb;
+use crate::pb::key_service_server::KeyService;
+
+/// Largest plaintext `Wrap` accepts.
+pub const MAX_PLAINTEXT_LEN: usize = 512;
+/// Largest ciphertext `Unwrap` accepts.
+pub const MAX_CIPHERTEXT_LEN: usize = 1024;
+/// Longest key id `Unwrap` accepts.
+const MAX_KEY_ID_LEN: usize = 255;
+
+/// What tonic's request extensions carry for every call: who is on the other end of the
+/// connection, as established once when it was accepted.
+#[derive(Debug, Clone)]
+pub struct KeydConnectInfo {
+    /// The attested identity, or why attestation refused the client (every call is then
+    /// refused with that reason).
+    pub peer: Result<Arc<PeerIdentity>, Arc<str>>,
+    /// The peer's TCP address.
+    pub remote_addr: Option<SocketAddr>,
+    pub(crate) caller: Arc<coffer_audit::Caller>,
+    pub(crate) bucket: Arc<RateBucket>,
+}
+
+/// The gRPC service over the loaded keyrings.
+pub(crate) struct KeydService {
+    pub(crate) keyrings: HashMap<String, Arc<KeyringSlot>>,
+    pub(crate) audit: SharedAuditLog,
+    pub(crate) metrics: KeydMetrics,
+}
+
+/// An authorised call in progress.
+struct Call {
+    op: Operation,
+    info: KeydConnectInfo,
+    slot: Arc<KeyringSlot>,
+}
+
+fn shown(name: &str) -> String {
+    name.chars().take(80).collect()
+}
+
+impl KeydService {
+    /// Writes one audit record. A record that cannot be written fails the call: keyd never
+    /// does unaudited work.
+    fn record(
+        &self,
+        event: &str,
+        info: &KeydConnectInfo,
+        keyring: Option<&str>,
+        key_id: Option<&str>,
+        result: Outcome,
+        reason: Option<String>,
+    ) -> Result<(), Status> {
+        let entry = AuditEntry {
+            event: event.to_string(),
+            caller: (*info.caller).clone(),
+            keyring: keyring.map(str::to_string),
+            key_id: key_id.map(str::to_string),
+            result,
+            reason,
+        };
+        self.audit.append(entry).map(|_| ()).map_err(|e| {
+            self.metrics.audit_failure();
+            tracing::error!(error = %e, "audit log write failed; refusing the operation");
+            Status::unavailable(
+                "keyd cannot write its audit log, so it refuses to operate; check the log's disk and permissions",
+            )
+        })
+    }
+
+    /// Refuses a call: audit record, metric, status.
+    fn deny(
+        &self,
+        op: Operation,
+        info: &KeydConnectInfo,
+        keyring: Option<&str>,
+        status: Status,
+    ) -> Status {
+        self.metrics.request(op, status.code());
+        let outcome = match status.code() {
+            Code::PermissionDenied | Code::Unauthenticated => Outcome::Denied,
+            _ => Outcome::Error,
+        };
+        if let Err(audit) = self.record(
+            op.name(),
+            info,
+            keyring,
+            None,
+            outcome,
+            Some(status.message().to_string()),
+        ) {
+            return audit;
+        }
+        status
+    }
+
+    /// Checks the caller's attestation, rate and role for `op` on `keyring`.
+    fn begin<T>(&self, request: &Request<T>, keyring: &str, op: Operation) -> Result<Call, Status> {
+        let Some(info) = request.extensions().get::<KeydConnectInfo>().cloned() else {
+            return Err(Status::internal(
+                "the connection carries no peer information",
+            ));
+        };
+        let peer = match &info.peer {
+            Ok(peer) => peer.clone(),
+            Err(reason) => {
+                tracing::warn!(peer = ?info.remote_addr, operation = %op, reason = %reason, "call from a refused client");
+                let status = Status::permission_denied(format!(
+                    "keyd refused this client's attestation: {reason}"
+                ));
+                return Err(self.deny(op, &info, Some(&shown(keyring)), status));
+            }
+        };
+        if !info.bucket.try_acquire() {
+            // Not audited line by line: a flood must not become a flood of audit records.
+            self.metrics.rate_limited();
+            self.metrics.request(op, Code::ResourceExhausted);
+            return Err(Status::resource_exhausted(format!(
+                "caller (role {}) is over keyd's per-caller rate limit; retry with backoff",
+                peer.role
+            )));
+        }
+        if validate_keyring_name(keyring).is_err() {
+            let status = Status::invalid_argument(format!(
+                "invalid keyring name {:?}: use 1 to 63 characters of a-z, 0-9 and '-'",
+                shown(keyring)
+            ));
+            return Err(self.deny(op, &info, Some(&shown(keyring)), status));
+        }
+        let role = &peer.role.name;
+        // An unknown keyring and a forbidden one get the same answer, so callers cannot probe
+        // which keyrings exist.
+        match self.keyrings.get(keyring) {
+            Some(slot) if slot.access.allows(op, role) => Ok(Call {
+                op,
+                info,
+                slot: slot.clone(),
+            }),
+            _ => {
+                tracing::warn!(role = %role, keyring = %keyring, operation = %op, "permission denied");
+                let status = Status::permission_denied(format!(
+                    "role {role:?} may not {op} on keyring {keyring:?} (keyd's configuration does not list this role under keyrings.{keyring}.{op}, or keyd serves no such keyring)"
+                ));
+                Err(self.deny(op, &info, Some(keyring), status))
+            }
+        }
+    }
+
+    /// Audits and counts the end of an authorised call.
+    fn finish<T>(
+        &self,
+        call: &Call,
+        key_id: Option<&str>,
+        result: Result<T, Status>,
+    ) -> Result<Response<T>, Status> {
+        let code = result
+            .as_ref()
+            .map(|_| Code::Ok)
+            .unwrap_or_else(|s| s.code());
+        let (outcome, reason) = match &result {
+            Ok(_) => (Outcome::Ok, None),
+            Err(status) => (Outcome::Error, Some(status.message().to_string())),
+        };
+        // The result (maybe a plaintext) is released only after its audit record is written.
+        if let Err(status) = self.record(
+            call.op.name(),
+            &call.info,
+            Some(&call.slot.name),
+            key_id,
+            outcome,
+            reason,
+        ) {
+            self.metrics.request(call.op, status.code());
+            return Err(status);
+        }
+        self.metrics.request(call.op, code);
+        result.map(Response::new)
+    }
+}
+
+fn internal(context: &str, e: impl std::fmt::Display) -> Status {
+    tracing::error!(error = %e, "{context}");
+    Status::internal(format!("{context}: {e}"))
+}
+
+#[tonic::async_trait]
+impl KeyService for KeydService {
+    async fn wrap(
+        &self,
+        request: Request<pb::WrapRequest>,
+    ) -> Result<Response<pb::WrapResponse>, Status> {
+        let call = self.begin(&request, &request.get_ref().keyring, Operation::Wrap);
+        let mut req = request.into_inner();
+        let call = match call {
+            Ok(call) => call,
+            Err(status) => {
+                req.plaintext.zeroize();
+                return Err(status);
+            }
+        };
+        let keyring = call.slot.current.load();
+        let key_id = keyring.primary_id();
+        let result = if req.plaintext.is_empty() {
+            Err(Status::invalid_argument("plaintext is empty"))
+        } else if req.plaintext.len() > MAX_PLAINTEXT_LEN {
+            Err(Status::invalid_argument(format!(
+                "plaintext is {} bytes; the limit is {MAX_PLAINTEXT_LEN}",
+                req.plaintext.len()
+            )))
+        } else {
+            match keyring.encrypt(&req.plaintext) {
+                Ok(ciphertext) => Ok(pb::WrapResponse {
+                    ciphertext,
+                    key_id: key_id.to_string(),
+                }),
+                Err(e @ (EncryptError::Empty | EncryptError::TooLong(_))) => {
+                    Err(Status::invalid_argument(e.to_string()))
+                }
+                Err(e) => Err(internal("wrap failed", e)),
+            }
+        };
+        req.plaintext.zeroize();
+        self.finish(&call, Some(key_id), result)
+    }
+
+    async fn unwrap(
+        &self,
+        request: Request<pb::UnwrapRequest>,
+    ) -> Result<Response<pb::UnwrapResponse>, Status> {
+        let call = self.begin(&request, &request.get_ref().keyring, Operation::Unwrap)?;
+        let req = request.into_inner();
+        let key_id = (!req.key_id.is_empty()).then(|| shown(&req.key_id));
+        let result = if req.ciphertext.is_empty() {
+            Err(Status::invalid_argument("ciphertext is empty"))
+        } else if req.ciphertext.len() > MAX_CIPHERTEXT_LEN {
+            Err(Status::invalid_argument(format!(
+                "ciphertext is {} bytes; the limit is {MAX_CIPHERTEXT_LEN}",
+                req.ciphertext.len()
+            )))
+        } else if req.key_id.len() > MAX_KEY_ID_LEN {
+            Err(Status::invalid_argument(format!(
+                "key_id is {} bytes; the limit is {MAX_KEY_ID_LEN}",
+                req.key_id.len()
+            )))
+        } else {
+            let requested = (!req.key_id.is_empty()).then_some(req.key_id.as_str());
+            match call.slot.current.load().decrypt(requested, &req.ciphertext) {
+                // The response owns the bytes; the zeroizing buffer is emptied, not copied.
+                Ok(mut plaintext) => Ok(pb::UnwrapResponse {
+                    plaintext: std::mem::take(&mut *plaintext),
+                }),
+                Err(e) => {
+                    tracing::warn!(keyring = %call.slot.name, error = %e, "unwrap refused");
+                    Err(match e {
+                        coffer_keystore::DecryptError::UnknownKey(_) => {
+                            Status::not_found(e.to_string())
+                        }
+                        _ => Status::invalid_argument(e.to_string()),
+                    })
+                }
+            }
+        };
+        self.finish(&call, key_id.as_deref(), result)
+    }
+
+    async fn status(
+        &self,
+        request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let call = self.begin(&request, &request.get_ref().keyring, Operation::Status)?;
+        let keyring = call.slot.current.load();
+        let response = pb::StatusResponse {
+            primary_key_id: keyring.primary_id().to_string(),
+            keys: u32::try_from(keyring.len()).unwrap_or(u32::MAX),
+        };
+        self.finish(&call, Some(keyring.primary_id()), Ok(response))
+    }
+
+    async fn rotate(
+        &self,
+        request: Request<pb::RotateRequest>,
+    ) -> Result<Response<pb::RotateResponse>, Status> {
+        let call = self.begin(&request, &request.get_ref().keyring, Operation::Rotate)?;
+        let _guard = call.slot.rotate.lock().await;
+        let worker = call.slot.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let info = worker.store.rotate()?;
+            let stamp = worker.store.stamp();
+            let keyring = worker.store.load()?;
+            Ok::<_, coffer_keystore::KeystoreError>((info, stamp, keyring))
+        })
+        .await;
+        let result = match outcome {
+            Ok(Ok((info, stamp, keyring))) => {
+                self.metrics
+                    .set_keyring_keys(&call.slot.name, keyring.len());
+                call.slot.current.store(Arc::new(keyring));
+                *call.slot.stamp.lock().unwrap_or_else(|p| p.into_inner()) = stamp;
+                tracing::info!(keyring = %call.slot.name, key_id = %info.id, "keyring rotated");
+                Ok(pb::RotateResponse { key_id: info.id })
+            }
+            Ok(Err(e)) => Err(internal("rotate failed", e)),
+            Err(e) => Err(internal("rotate task failed", e)),
+        };
+        let key_id = result.as_ref().ok().map(|r| r.key_id.clone());
+        self.finish(&call, key_id.as_deref(), result)
+    }
+
+    async fn list_keys(
+        &self,
+        request: Request<pb::ListKeysRequest>,
+    ) -> Result<Response<pb::ListKeysResponse>, Status> {
+        let call = self.begin(&request, &request.get_ref().keyring, Operation::List)?;
+        let worker = call.slot.clone();
+        let result = match tokio::task::spawn_blocking(move || worker.store.info()).await {
+            Ok(Ok(info)) => Ok(pb::ListKeysResponse {
+                keys: info
+                    .keys
+                    .into_iter()
+                    .map(|k| pb::KeyEntry {
+                        key_id: k.id,
+                        created: k.created,
+                        primary: k.state == KeyState::Primary,
+                    })
+                    .collect(),
+            }),
+            Ok(Err(e)) => Err(internal("reading the keystore failed", e)),
+            Err(e) => Err(internal("list task failed", e)),
+        };
+        self.finish(&call, None, result)
+    }
+}
