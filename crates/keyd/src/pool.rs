@@ -348,10 +348,19 @@ impl Failure {
                      simulation if this client runs on the sim platform)"
                 ),
             },
-            Some(rustls::Error::InvalidCertificate(_)) => Failure {
+            Some(rustls::Error::InvalidCertificate(why)) => Failure {
                 kind: FailureKind::Untrusted,
-                detail: format!("its attested certificate was refused: {e}"),
+                detail: match why {
+                    rustls::CertificateError::Other(reason) => {
+                        format!("its attested certificate was refused: {reason}")
+                    }
+                    other => format!("its attested certificate was refused: {other:?}"),
+                },
             },
+            // rustls' text for this points at its manual; say what happened instead.
+            _ if e.kind() == io::ErrorKind::UnexpectedEof => {
+                Failure::unreachable("keyd closed the connection")
+            }
             _ => Failure::unreachable(e.to_string()),
         }
     }

@@ -55,22 +55,24 @@ impl Plugin {
     }
 
     pub fn spawn_in(dir: tempfile::TempDir, extra: &[&str]) -> Plugin {
+        Self::spawn_mode(dir, &["--reload-interval", "200ms"], extra)
+    }
+
+    /// Spawns a plugin in service mode: `extra` carries `--keyd` and its flags (the keystore
+    /// flags of standalone mode are refused there).
+    pub fn spawn_service_in(dir: tempfile::TempDir, extra: &[&str]) -> Plugin {
+        Self::spawn_mode(dir, &[], extra)
+    }
+
+    fn spawn_mode(dir: tempfile::TempDir, mode: &[&str], extra: &[&str]) -> Plugin {
         let socket = dir.path().join("kms.sock");
         let state = dir.path().join("state");
         let log = dir
             .path()
             .join(format!("plugin-{}.log", rand::random::<u32>()));
         let child = Command::new(coffer_bin())
-            .args([
-                "--log-level",
-                "trace",
-                "kms",
-                "serve",
-                "--platform",
-                "sim",
-                "--reload-interval",
-                "200ms",
-            ])
+            .args(["--log-level", "trace", "kms", "serve", "--platform", "sim"])
+            .args(mode)
             .arg("--state-dir")
             .arg(&state)
             .arg("--socket")
