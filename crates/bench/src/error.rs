@@ -68,6 +68,10 @@ pub enum BenchError {
         detail: String,
     },
 
+    /// Connecting to or calling keyd failed.
+    #[error("{0}; check that keyd is running, that its policy grants this client's evidence a role with status on the keyring, and that --keyd-policy accepts keyd")]
+    Keyd(String),
+
     /// An I/O error outside the plugin (tokio runtime, temp dir, child process handling).
     #[error("{what}: {source}")]
     Io {

@@ -5,6 +5,8 @@
 //!   (one shared HTTP/2 connection by default, a fresh `uid` per call, a per-call deadline) in a
 //!   closed loop and reports throughput, latency percentiles, errors by gRPC code and the CPU
 //!   cost on both sides.
+//! * [`run_keyd_handshake`] times service mode's attested connections to keyd: making the
+//!   attested certificate and opening a connection (mutual attested TLS handshake).
 //! * [`run_startup`] starts `coffer kms serve --platform sim` repeatedly and measures the time
 //!   from spawn to the first successful `Status` call.
 //!
@@ -16,11 +18,13 @@
 
 mod conn;
 mod error;
+mod handshake;
 mod kms;
 mod procfs;
 mod startup;
 mod stats;
 
 pub use error::BenchError;
+pub use handshake::{run_keyd_handshake, HandshakeBenchArgs, HandshakeBenchReport, Step};
 pub use kms::{run_kms, KmsBenchArgs, KmsBenchReport, Op};
 pub use startup::{run_startup, StartupBenchArgs, StartupReport};

@@ -321,6 +321,26 @@ pub enum BenchCommand {
     Kms(coffer_bench::KmsBenchArgs),
     /// Time from process start to the first served Status.
     Startup(coffer_bench::StartupBenchArgs),
+    /// Cost of service mode's attested connections to a running keyd: making the attested
+    /// certificate, and a full mutual attested TLS handshake.
+    KeydHandshake(Box<KeydHandshakeArgs>),
+}
+
+#[derive(Args, Debug)]
+pub struct KeydHandshakeArgs {
+    #[command(flatten)]
+    pub bench: coffer_bench::HandshakeBenchArgs,
+    /// This client's platform (its evidence goes into each certificate).
+    #[arg(long, default_value = "auto", env = "COFFER_PLATFORM")]
+    pub platform: PlatformChoice,
+    /// State directory (the simulation platform keeps its key there).
+    #[arg(long, default_value = "/var/lib/coffer", env = "COFFER_STATE_DIR")]
+    pub state_dir: PathBuf,
+    /// Attestation policy keyd's evidence must satisfy.
+    #[arg(long, value_name = "FILE")]
+    pub keyd_policy: PathBuf,
+    #[command(flatten)]
+    pub sources: crate::attest::SourceArgs,
 }
 
 fn parse_keyd_timeout(s: &str) -> Result<Duration, String> {

@@ -45,6 +45,23 @@ pub fn run(command: Command) -> Result<ExitCode, Error> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench(BenchCommand::KeydHandshake(args)) => {
+            let platform = open_platform(args.platform, &args.state_dir, Access::ExistingOnly)?;
+            let policy = std::sync::Arc::new(Policy::load(&args.keyd_policy)?);
+            let verify_options = args.sources.options(std::time::SystemTime::now())?;
+            let report =
+                coffer_bench::run_keyd_handshake(&args.bench, || coffer_keyd::KeydClientOptions {
+                    platform: platform.clone(),
+                    policy: policy.clone(),
+                    verify_options: verify_options.clone(),
+                })?;
+            if args.bench.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(BenchCommand::Startup(args)) => {
             let report = coffer_bench::run_startup(&args)?;
             print!("{report}");

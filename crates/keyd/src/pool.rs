@@ -810,9 +810,9 @@ impl KeydPool {
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
         let index = slot.unwrap_or_else(|| self.pick());
-        let mut request = tonic::Request::new(message);
-        request.set_timeout(self.timeout);
-        let call = rpc(self.clients[index].clone(), request);
+        // The deadline is enforced here; a grpc-timeout header would cost every call its
+        // encoding and parsing for a deadline keyd cannot usefully act on (its calls take µs).
+        let call = rpc(self.clients[index].clone(), tonic::Request::new(message));
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
             Ok(Err(status)) => Err(self.classify(&self.links[index], status)),
