@@ -572,13 +572,14 @@ impl AsyncRead for Tracked {
         let this = &mut *self;
         let result = Pin::new(&mut this.io).poll_read(cx, buf);
         match &result {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                if !this.proven {
-                    this.proven = true;
-                    this.link.proven(this.id);
-                }
+            Poll::Ready(Ok(())) if buf.filled().len() > before && !this.proven => {
+                this.proven = true;
+                this.link.proven(this.id);
             }
-            Poll::Ready(Ok(())) if wanted && !this.proven && !this.failed => {
+            // End of stream before keyd sent anything.
+            Poll::Ready(Ok(()))
+                if buf.filled().len() == before && wanted && !this.proven && !this.failed =>
+            {
                 this.failed = true;
                 this.link.attempt_failed(Failure::unreachable(
                     "keyd closed the connection before answering",

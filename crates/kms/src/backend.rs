@@ -27,7 +27,7 @@ pub enum Backend {
     /// Standalone mode: this plugin's keyring.
     Local(LocalKeys),
     /// Service mode: keyd's keyring, over attested TLS.
-    Remote(RemoteKeys),
+    Remote(Box<RemoteKeys>),
 }
 
 impl Backend {

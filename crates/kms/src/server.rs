@@ -130,7 +130,7 @@ pub async fn serve(
         KeySource::Keyd(remote) => {
             let metrics = Metrics::for_service_mode();
             let remote = RemoteKeys::new(remote, metrics.clone()).await?;
-            (Backend::Remote(remote), metrics, None)
+            (Backend::Remote(Box::new(remote)), metrics, None)
         }
     };
     let state = KmsState::new(backend, metrics.clone(), options.status_version);
