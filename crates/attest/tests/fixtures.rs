@@ -832,10 +832,32 @@ fn sim_evidence_verifies_only_when_allowed() {
         verify(&bad, &options).unwrap_err(),
         VerifyError::Malformed { .. }
     ));
-    let mut bad = evidence;
-    bad.report[21] = 2; // version
+    let mut bad = evidence.clone();
+    bad.report[21] = 3; // an unknown version
     assert!(matches!(
         verify(&bad, &options).unwrap_err(),
         VerifyError::Malformed { .. }
     ));
+    // Turning production evidence into "debug" evidence (or back) breaks the signature.
+    let mut bad = evidence;
+    bad.report[21] = 2;
+    assert!(matches!(
+        verify(&bad, &options).unwrap_err(),
+        VerifyError::Signature { .. }
+    ));
+}
+
+#[test]
+fn sim_platform_posing_as_a_debug_tee_claims_debug() {
+    use coffer_platform::Platform;
+    let dir = tempfile::tempdir().unwrap();
+    let platform = coffer_platform::sim::SimPlatform::open_or_create(dir.path()).unwrap();
+    let mut options = VerifyOptions::new(SystemTime::now());
+    options.allow_simulation = true;
+    let production = verify(&platform.evidence(&[3; 64]).unwrap(), &options).unwrap();
+    assert!(!production.debug);
+    let debug = platform.with_debug(true);
+    let claims = verify(&debug.evidence(&[3; 64]).unwrap(), &options).unwrap();
+    assert!(claims.debug);
+    assert_eq!(claims.measurements, production.measurements);
 }

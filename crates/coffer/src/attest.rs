@@ -184,7 +184,7 @@ fn parse_report_data(hex_text: Option<&str>) -> Result<[u8; 64], Error> {
 
 fn evidence(args: EvidenceArgs) -> Result<ExitCode, Error> {
     let report_data = parse_report_data(args.report_data.as_deref())?;
-    let platform = open_platform(args.platform, &args.state_dir, Access::ExistingOnly)?;
+    let platform = open_platform(args.platform, &args.state_dir, Access::CreateIfMissing)?;
     let evidence = platform.evidence(&report_data)?;
     let bytes = match args.format {
         EvidenceFormat::Json => {
@@ -357,7 +357,7 @@ impl SourceArgs {
 fn endpoint(args: EndpointArgs) -> Result<ExitCode, Error> {
     use std::net::ToSocketAddrs;
     let policy = Arc::new(Policy::load(&args.policy)?);
-    let platform = open_platform(args.platform, &args.state_dir, Access::ExistingOnly)?;
+    let platform = open_platform(args.platform, &args.state_dir, Access::CreateIfMissing)?;
     let identity = coffer_ratls::attested_certificate(platform.as_ref())?;
     let verifier = Arc::new(coffer_ratls::AttestedVerifier::new(
         Arc::new(coffer_ratls::OfflineVerifier::new(
