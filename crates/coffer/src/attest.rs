@@ -304,22 +304,6 @@ fn verify(args: VerifyArgs) -> Result<ExitCode, Error> {
 }
 
 impl SourceArgs {
-    /// The flags given, by name (for refusing them where they do not apply).
-    pub fn given(&self) -> Vec<&'static str> {
-        [
-            ("--collateral-dir", self.collateral_dir.is_some()),
-            ("--collateral-file", self.collateral_file.is_some()),
-            ("--pccs-url", self.pccs_url.is_some()),
-            ("--cache-dir", self.cache_dir.is_some()),
-            ("--vcek", self.vcek.is_some()),
-            ("--vcek-dir", self.vcek_dir.is_some()),
-            ("--kds-url", self.kds_url.is_some()),
-        ]
-        .into_iter()
-        .filter_map(|(name, set)| set.then_some(name))
-        .collect()
-    }
-
     /// Verification options with these sources. Simulation evidence is verified and left to
     /// the policy, which refuses it unless `allow_simulation: true`.
     pub fn options(&self, now: SystemTime) -> Result<VerifyOptions, Error> {

@@ -224,10 +224,52 @@ pub struct KeydArgs {
     /// HTTP/2 connections to keyd, used round-robin (each carries many concurrent calls).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
     pub keyd_connections: u16,
-    /// Where the collateral and VCEKs that verify keyd's evidence come from (as for
-    /// `coffer attest verify`).
     #[command(flatten)]
-    pub sources: crate::attest::SourceArgs,
+    pub sources: KeydSourceArgs,
+}
+
+/// Where the collateral and VCEKs that verify keyd's evidence come from: the flags of
+/// `coffer attest verify`, prefixed with `keyd-` because they concern keyd's evidence.
+#[derive(Args, Debug)]
+pub struct KeydSourceArgs {
+    /// Directory of DCAP collateral JSON files for keyd's evidence (air-gapped sites).
+    #[arg(long, requires = "keyd")]
+    pub keyd_collateral_dir: Option<PathBuf>,
+    /// Use exactly this collateral file name inside --keyd-collateral-dir.
+    #[arg(long, requires = "keyd_collateral_dir")]
+    pub keyd_collateral_file: Option<String>,
+    /// PCCS or Intel PCS base URL to fetch DCAP collateral for keyd's evidence from (cached in
+    /// --keyd-cache-dir).
+    #[arg(long, requires_all = ["keyd", "keyd_cache_dir"], conflicts_with = "keyd_collateral_dir")]
+    pub keyd_pccs_url: Option<String>,
+    /// Cache directory for fetched collateral and VCEKs.
+    #[arg(long, requires = "keyd")]
+    pub keyd_cache_dir: Option<PathBuf>,
+    /// SEV-SNP keyd: the VCEK certificate (DER) for keyd's report.
+    #[arg(long, requires = "keyd")]
+    pub keyd_vcek: Option<PathBuf>,
+    /// SEV-SNP keyd: directory of cached VCEKs.
+    #[arg(long, requires = "keyd", conflicts_with = "keyd_vcek")]
+    pub keyd_vcek_dir: Option<PathBuf>,
+    /// SEV-SNP keyd: fetch VCEKs from AMD KDS at this URL (e.g. https://kdsintf.amd.com), cached
+    /// in --keyd-cache-dir.
+    #[arg(long, requires_all = ["keyd", "keyd_cache_dir"], conflicts_with_all = ["keyd_vcek", "keyd_vcek_dir"])]
+    pub keyd_kds_url: Option<String>,
+}
+
+impl KeydSourceArgs {
+    /// The same sources as `coffer attest verify` flags.
+    pub fn sources(&self) -> crate::attest::SourceArgs {
+        crate::attest::SourceArgs {
+            collateral_dir: self.keyd_collateral_dir.clone(),
+            collateral_file: self.keyd_collateral_file.clone(),
+            pccs_url: self.keyd_pccs_url.clone(),
+            cache_dir: self.keyd_cache_dir.clone(),
+            vcek: self.keyd_vcek.clone(),
+            vcek_dir: self.keyd_vcek_dir.clone(),
+            kds_url: self.keyd_kds_url.clone(),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -340,7 +382,7 @@ pub struct KeydHandshakeArgs {
     #[arg(long, value_name = "FILE")]
     pub keyd_policy: PathBuf,
     #[command(flatten)]
-    pub sources: crate::attest::SourceArgs,
+    pub sources: KeydSourceArgs,
 }
 
 fn parse_keyd_timeout(s: &str) -> Result<Duration, String> {

@@ -48,7 +48,10 @@ pub fn run(command: Command) -> Result<ExitCode, Error> {
         Command::Bench(BenchCommand::KeydHandshake(args)) => {
             let platform = open_platform(args.platform, &args.state_dir, Access::ExistingOnly)?;
             let policy = std::sync::Arc::new(Policy::load(&args.keyd_policy)?);
-            let verify_options = args.sources.options(std::time::SystemTime::now())?;
+            let verify_options = args
+                .sources
+                .sources()
+                .options(std::time::SystemTime::now())?;
             let report =
                 coffer_bench::run_keyd_handshake(&args.bench, || coffer_keyd::KeydClientOptions {
                     platform: platform.clone(),
@@ -92,14 +95,6 @@ fn open_keystore(store: &StoreArgs, access: Access) -> Result<Keystore, Error> {
 fn key_source(args: &ServeArgs) -> Result<KeySource, Error> {
     let keyd = &args.keyd;
     let Some(addr) = keyd.keyd.clone() else {
-        let given = keyd.sources.given();
-        if !given.is_empty() {
-            return Err(format!(
-                "{} only apply with --keyd (they verify keyd's evidence)",
-                given.join(", ")
-            )
-            .into());
-        }
         return Ok(KeySource::Keystore(open_keystore(
             &args.store,
             Access::CreateIfMissing,
@@ -134,7 +129,10 @@ fn key_source(args: &ServeArgs) -> Result<KeySource, Error> {
         client: coffer_keyd::KeydClientOptions {
             platform,
             policy: std::sync::Arc::new(policy),
-            verify_options: keyd.sources.options(std::time::SystemTime::now())?,
+            verify_options: keyd
+                .sources
+                .sources()
+                .options(std::time::SystemTime::now())?,
         },
         connections: usize::from(keyd.keyd_connections),
         timeout: keyd.keyd_timeout,

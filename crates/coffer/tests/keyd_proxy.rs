@@ -595,7 +595,11 @@ fn service_mode_flags_are_checked_at_start() {
         "no local keystore",
     );
     refused(&["--keyd-keyring", "a"], "--keyd");
-    refused(&["--collateral-dir", "/tmp"], "only apply with --keyd");
+    refused(&["--keyd-collateral-dir", "/tmp"], "--keyd <HOST:PORT>");
+    refused(
+        &[&service[..], &["--keyd-pccs-url", "https://pccs.example"]].concat(),
+        "--keyd-cache-dir",
+    );
     let bad_name = [
         "--keyd",
         "127.0.0.1:7443",
