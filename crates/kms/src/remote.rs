@@ -25,10 +25,6 @@ use crate::metrics::{KeydMetrics, KeydOp, Metrics};
 
 /// The API server's per-call timeout: every answer must come before it.
 pub const API_SERVER_TIMEOUT: Duration = Duration::from_secs(3);
-/// Default deadline of a forwarded call (connect, handshake and RPC).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Default number of connections to keyd.
-pub const DEFAULT_CONNECTIONS: usize = 2;
 /// Most connections to keyd.
 pub const MAX_CONNECTIONS: usize = 16;
 /// How long one keyd Status answer serves Status calls and `/healthz`.

@@ -102,8 +102,8 @@ pub enum ServeError {
     Task(String),
 }
 
-/// Called once the socket is accepting, with the primary key id (in service mode, a note
-/// instead when keyd cannot say yet).
+/// Called once the socket is accepting, with the primary key id (a note instead when it is not
+/// known yet: in service mode, while keyd cannot be reached).
 pub type ReadyHook = Box<dyn FnOnce(&str) + Send>;
 
 /// Runs the plugin until `shutdown` completes, then drains in-flight calls (up to
@@ -188,8 +188,8 @@ pub async fn serve(
     let primary = match state.backend().status().await {
         Ok(key_id) => key_id,
         Err(status) => {
-            tracing::warn!(error = %status.message(), "keyd cannot say the primary key yet; serving anyway (Status reports UNAVAILABLE until keyd answers)");
-            "unknown until keyd answers".to_string()
+            tracing::warn!(error = %status.message(), "primary key unknown for now; serving anyway (Status reports UNAVAILABLE with the reason until it is known)");
+            "unknown for now".to_string()
         }
     };
     let mode = match state.backend().remote() {
