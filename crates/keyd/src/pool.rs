@@ -489,13 +489,19 @@ impl Link {
         }
         state.live = None;
         self.connected.store(false, Ordering::Relaxed);
-        let detail = failure
-            .as_ref()
-            .map(|f| f.detail.clone())
-            .unwrap_or_else(|| "closed".to_string());
+        let detail = failure.as_ref().map(|f| f.detail.clone());
         state.last = failure;
         drop(state);
-        tracing::warn!(keyd = %self.addr, connection = self.index, error = %detail, "connection to keyd lost; reconnecting");
+        // A closed connection is routine (keyd restarts, the pool shuts down); if keyd is gone,
+        // the next attempt's failure is logged as a warning.
+        match detail {
+            Some(error) => {
+                tracing::warn!(keyd = %self.addr, connection = self.index, %error, "connection to keyd lost; reconnecting on the next call")
+            }
+            None => {
+                tracing::info!(keyd = %self.addr, connection = self.index, "connection to keyd closed; reconnecting on the next call")
+            }
+        }
         self.events.disconnected();
     }
 
@@ -929,9 +935,9 @@ impl KeydPool {
         })
     }
 
-    /// Re-establishes, in the background of real traffic, every connection that is down and
-    /// past its backoff, with a Status call for `keyring` on each. Lets a pool recover with no
-    /// traffic at all, and keeps every connection warm.
+    /// Re-establishes every connection that is down and past its backoff, with a Status call
+    /// for `keyring` on each, so that a pool recovers without any traffic and every connection
+    /// is ready before calls need it.
     pub async fn connect_idle(&self, keyring: &str) {
         for (index, link) in self.links.iter().enumerate() {
             if !link.connected.load(Ordering::Relaxed) && link.due() {
