@@ -999,6 +999,44 @@ impl AuditLog {
         Ok(seq)
     }
 
+    /// Appends several records with one `write` (e.g. the items of one batched call); returns
+    /// the `seq` of the last. Same guarantees as [`AuditLog::append`]: on a failed write none of
+    /// the chain state advances and the writer is poisoned.
+    pub fn append_all(&mut self, entries: Vec<AuditEntry>) -> Result<u64, AuditError> {
+        if self.poisoned {
+            return Err(AuditError::Poisoned);
+        }
+        let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let mut seq = self.seq;
+        let mut link = self.link.clone();
+        let mut lines = Vec::new();
+        for entry in entries {
+            seq += 1;
+            let mut record = entry.into_record(seq, time.clone(), link);
+            let line = encode_line(&mut record)?;
+            link = self.chain.link(&line);
+            lines.extend_from_slice(&line);
+            lines.push(b'\n');
+        }
+        if seq == self.seq {
+            return Ok(seq);
+        }
+        if let Err(e) = write_line(&mut self.file, &lines) {
+            self.poisoned = true;
+            return Err(AuditError::io("append to", &self.path, e));
+        }
+        self.seq = seq;
+        self.link = link;
+        let due = match self.sync {
+            SyncPolicy::EveryRecord => true,
+            SyncPolicy::Batched { interval } => self.last_sync.elapsed() >= interval,
+        };
+        if due {
+            self.sync()?;
+        }
+        Ok(seq)
+    }
+
     /// Makes every appended line durable (`fdatasync`) and records the last one in the head
     /// file (atomic replace). Cheap when nothing is pending.
     pub fn sync(&mut self) -> Result<(), AuditError> {
@@ -1077,6 +1115,11 @@ impl SharedAuditLog {
     /// Appends one record; see [`AuditLog::append`].
     pub fn append(&self, entry: AuditEntry) -> Result<u64, AuditError> {
         self.lock().append(entry)
+    }
+
+    /// Appends several records with one write; see [`AuditLog::append_all`].
+    pub fn append_all(&self, entries: Vec<AuditEntry>) -> Result<u64, AuditError> {
+        self.lock().append_all(entries)
     }
 
     /// Syncs pending records; see [`AuditLog::sync`].

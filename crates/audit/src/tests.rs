@@ -642,3 +642,28 @@ fn random_input_never_panics() {
         Err(AuditError::BadHead { .. })
     ));
 }
+
+#[test]
+fn append_all_chains_like_single_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = dir.path().join("one.log");
+    let batched = dir.path().join("batched.log");
+    {
+        let mut a = AuditLog::open(&one, hmac_opts(9)).unwrap();
+        let mut b = AuditLog::open(&batched, hmac_opts(9)).unwrap();
+        for i in 1..=3 {
+            a.append(entry(i)).unwrap();
+        }
+        b.append(entry(1)).unwrap();
+        assert_eq!(b.append_all(vec![entry(2), entry(3)]).unwrap(), 3);
+        assert_eq!(b.append_all(Vec::new()).unwrap(), 3);
+        // Lines carry their own times, so only the chain's validity can be compared.
+        assert_eq!(a.last_seq(), b.last_seq());
+    }
+    let options = VerifyOptions {
+        chain: ChainMode::Hmac(ChainKey::new([9; 32])),
+        head: HeadCheck::Require,
+    };
+    assert_eq!(verify(&batched, &options).unwrap().lines, 3);
+    assert_eq!(verify(&one, &options).unwrap().lines, 3);
+}

@@ -615,3 +615,77 @@ fn service_mode_flags_are_checked_at_start() {
     assert!(help.contains("Service mode"), "{help}");
     assert!(help.contains("--keyd-timeout"), "{help}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_decrypts_are_batched_and_each_gets_its_own_answer() {
+    let (dir, state) = plugin_dir();
+    let mut keyd = Keyd::prepare(&state, &tempfile::tempdir().unwrap().path().join("b"));
+    keyd.start();
+    let metrics_addr = free_addr().to_string();
+    let mut flags = service_flags(&keyd, &keyd.plugin_policy());
+    flags.extend(["--metrics-addr".into(), metrics_addr.clone()]);
+    let plugin = spawn_plugin(dir, &flags);
+    plugin.wait_ready().await;
+    let mut client = plugin.v2().await;
+
+    // 48 distinct secrets, then decrypted all at once over one HTTP/2 connection, with some
+    // requests that keyd must refuse mixed in: every caller gets its own plaintext or error.
+    let mut sealed = Vec::new();
+    for i in 0..48u8 {
+        let secret = [i; 32];
+        let enc = encrypt(&mut client, &secret).await;
+        sealed.push((secret, enc.ciphertext, enc.key_id));
+    }
+    let calls: Vec<_> = sealed
+        .into_iter()
+        .enumerate()
+        .map(|(i, (secret, mut ciphertext, key_id))| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                let tampered = i % 7 == 3;
+                if tampered {
+                    let last = ciphertext.len() - 1;
+                    ciphertext[last] ^= 1;
+                }
+                let result = decrypt(&mut client, &ciphertext, &key_id).await;
+                (tampered, secret, result)
+            })
+        })
+        .collect();
+    let mut refused = 0;
+    for call in calls {
+        let (tampered, secret, result) = call.await.unwrap();
+        if tampered {
+            let err = result.expect_err("a tampered ciphertext was decrypted");
+            assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+            assert!(err.message().starts_with("keyd: "), "{err:?}");
+            refused += 1;
+        } else {
+            assert_eq!(result.unwrap(), secret);
+        }
+    }
+    assert_eq!(refused, 7);
+    // Some of them went to keyd together.
+    let metrics = http_get(&metrics_addr, "/metrics");
+    let batched: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("coffer_kms_keyd_batched_unwraps_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(batched >= 2, "no Decrypt was batched:\n{metrics}");
+
+    // keyd audited every one of them, one record per Decrypt.
+    let audit = std::fs::read_to_string(keyd.data.join("audit.log")).unwrap();
+    let unwraps = audit
+        .lines()
+        .filter(|l| l.contains("\"event\":\"unwrap\""))
+        .count();
+    assert_eq!(unwraps, 48, "{audit}");
+    assert_eq!(
+        audit
+            .lines()
+            .filter(|l| l.contains("\"event\":\"unwrap\"") && l.contains("\"result\":\"error\""))
+            .count(),
+        7
+    );
+}

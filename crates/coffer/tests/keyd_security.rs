@@ -270,6 +270,31 @@ async fn keyd_refuses_every_unentitled_caller_with_its_reason() {
         && r["caller"]["role"] == "kms-plugin:b"
         && r["keyring"] == "cluster-a"));
 
+    // The batch call is held to the same rules: B's role gets nothing from cluster A, and a
+    // batch must have 1 to 64 items.
+    let identity = |state: &Path| {
+        let id = coffer_ratls::attested_certificate(&SimPlatform::open_or_create(state).unwrap())
+            .unwrap();
+        Some((id.cert_chain(), id.private_key_der()))
+    };
+    let batch = |items: usize| pb::UnwrapBatchRequest {
+        keyring: "cluster-a".into(),
+        items: (0..items)
+            .map(|_| pb::UnwrapItem {
+                key_id: key_id.clone(),
+                ciphertext: ciphertext.clone(),
+            })
+            .collect(),
+    };
+    let mut as_b = raw_client(keyd.addr, &signer, identity(&b)).await;
+    let status = as_b.unwrap_batch(batch(3)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    let mut as_a = raw_client(keyd.addr, &signer, identity(&a)).await;
+    for items in [0, coffer_keyd::MAX_BATCH_ITEMS + 1] {
+        let status = as_a.unwrap_batch(batch(items)).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    }
+
     // Nothing was ever unwrapped: the only successful unwrap is none at all (the legitimate
     // caller only wrapped).
     let unwrapped: Vec<_> = records

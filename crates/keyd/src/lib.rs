@@ -33,4 +33,4 @@ pub use root::{
     open_shares, root_info, KeydRoot, RecoveryInfo, RecoveryRequest, RootInfo, ROOT_FILE,
 };
 pub use server::{serve, KeydServeOptions};
-pub use service::{KeydConnectInfo, MAX_CIPHERTEXT_LEN, MAX_PLAINTEXT_LEN};
+pub use service::{KeydConnectInfo, MAX_BATCH_ITEMS, MAX_CIPHERTEXT_LEN, MAX_PLAINTEXT_LEN};

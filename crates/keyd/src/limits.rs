@@ -23,7 +23,7 @@ impl Default for KeydLimits {
     fn default() -> Self {
         KeydLimits {
             max_connections: 1024,
-            max_message_len: 16 * 1024,
+            max_message_len: 64 * 1024,
             rate_per_second: 50_000,
             rate_burst: 100_000,
             max_concurrent_streams: 256,
@@ -49,18 +49,20 @@ impl RateBucket {
         }
     }
 
-    /// Takes one token; false when the caller is over its rate.
-    pub fn try_acquire(&self) -> bool {
+    /// Takes `n` tokens at once (one per operation of the call), or none; false when the
+    /// caller is over its rate.
+    pub fn try_acquire_n(&self, n: u32) -> bool {
         if self.rate == 0.0 {
             return true;
         }
+        let n = f64::from(n.max(1));
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         let refill = now.duration_since(state.1).as_secs_f64() * self.rate;
         state.0 = (state.0 + refill).min(self.burst);
         state.1 = now;
-        if state.0 >= 1.0 {
-            state.0 -= 1.0;
+        if state.0 >= n {
+            state.0 -= n;
             true
         } else {
             false
@@ -112,13 +114,17 @@ mod tests {
     fn bucket_allows_the_burst_then_refuses() {
         let limiter = RateLimiter::new(1, 3);
         let bucket = limiter.bucket("role/abc");
-        assert!(bucket.try_acquire());
-        assert!(bucket.try_acquire());
-        assert!(bucket.try_acquire());
-        assert!(!bucket.try_acquire());
+        assert!(bucket.try_acquire_n(1));
+        assert!(bucket.try_acquire_n(1));
+        assert!(bucket.try_acquire_n(1));
+        assert!(!bucket.try_acquire_n(1));
         // Connections of the same caller share the budget.
-        assert!(!limiter.bucket("role/abc").try_acquire());
-        assert!(limiter.bucket("other").try_acquire());
-        assert!(RateLimiter::new(0, 0).bucket("x").try_acquire());
+        assert!(!limiter.bucket("role/abc").try_acquire_n(1));
+        assert!(limiter.bucket("other").try_acquire_n(1));
+        assert!(RateLimiter::new(0, 0).bucket("x").try_acquire_n(1));
+        // A batch takes one token per item, all or nothing.
+        let batch = RateLimiter::new(1, 5).bucket("b");
+        assert!(!batch.try_acquire_n(6));
+        assert!(batch.try_acquire_n(5));
     }
 }

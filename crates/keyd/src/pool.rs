@@ -255,7 +255,7 @@ fn random_u64() -> u64 {
 // Errors.
 
 /// Why a call to keyd failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CallError {
     /// keyd could not be reached (connection refused, reset, no answer to the handshake, ...).
@@ -911,6 +911,54 @@ impl KeydPool {
             .call(None, message, |mut c, r| async move { c.unwrap(r).await })
             .await?;
         Ok(Zeroizing::new(response.plaintext))
+    }
+
+    /// Decrypts several `(key_id, ciphertext)` items of keyring `keyring` in one call (at most
+    /// [`crate::MAX_BATCH_ITEMS`]); the outer error is the call's, the inner ones the items'.
+    pub async fn unwrap_batch(
+        &self,
+        keyring: &str,
+        items: Vec<(String, Vec<u8>)>,
+    ) -> Result<Vec<Result<Zeroizing<Vec<u8>>, CallError>>, CallError> {
+        let count = items.len();
+        let message = pb::UnwrapBatchRequest {
+            keyring: keyring.to_string(),
+            items: items
+                .into_iter()
+                .map(|(key_id, ciphertext)| pb::UnwrapItem { key_id, ciphertext })
+                .collect(),
+        };
+        let response = self
+            .call(
+                None,
+                message,
+                |mut c, r| async move { c.unwrap_batch(r).await },
+            )
+            .await?;
+        if response.results.len() != count {
+            return Err(CallError::Rejected {
+                addr: self.addr_text.clone(),
+                status: Box::new(Status::internal(format!(
+                    "keyd answered {} results for {count} items",
+                    response.results.len()
+                ))),
+            });
+        }
+        Ok(response
+            .results
+            .into_iter()
+            .map(|r| match r.result {
+                Some(pb::unwrap_result::Result::Plaintext(p)) => Ok(Zeroizing::new(p)),
+                Some(pb::unwrap_result::Result::Error(e)) => Err(CallError::Rejected {
+                    addr: self.addr_text.clone(),
+                    status: Box::new(Status::new(Code::from(e.code as i32), e.message)),
+                }),
+                None => Err(CallError::Rejected {
+                    addr: self.addr_text.clone(),
+                    status: Box::new(Status::internal("keyd sent an empty result")),
+                }),
+            })
+            .collect())
     }
 
     /// The keyring's primary KEK id and size.

@@ -24,6 +24,8 @@ pub const MAX_PLAINTEXT_LEN: usize = 512;
 pub const MAX_CIPHERTEXT_LEN: usize = 1024;
 /// Longest key id `Unwrap` accepts.
 const MAX_KEY_ID_LEN: usize = 255;
+/// Most items `UnwrapBatch` accepts.
+pub const MAX_BATCH_ITEMS: usize = 64;
 
 /// What tonic's request extensions carry for every call: who is on the other end of the
 /// connection, as established once when it was accepted.
@@ -113,6 +115,18 @@ impl KeydService {
 
     /// Checks the caller's attestation, rate and role for `op` on `keyring`.
     fn begin<T>(&self, request: &Request<T>, keyring: &str, op: Operation) -> Result<Call, Status> {
+        self.begin_n(request, keyring, op, 1)
+    }
+
+    /// [`Self::begin`] for a call that does `items` operations (a batch): it spends one
+    /// rate-limit token per item.
+    fn begin_n<T>(
+        &self,
+        request: &Request<T>,
+        keyring: &str,
+        op: Operation,
+        items: u32,
+    ) -> Result<Call, Status> {
         let Some(info) = request.extensions().get::<KeydConnectInfo>().cloned() else {
             return Err(Status::internal(
                 "the connection carries no peer information",
@@ -128,7 +142,7 @@ impl KeydService {
                 return Err(self.deny(op, &info, Some(&shown(keyring)), status));
             }
         };
-        if !info.bucket.try_acquire() {
+        if !info.bucket.try_acquire_n(items) {
             // Not audited line by line: a flood must not become a flood of audit records.
             self.metrics.rate_limited();
             self.metrics.request(op, Code::ResourceExhausted);
@@ -195,6 +209,37 @@ impl KeydService {
     }
 }
 
+/// Bounds, then decrypts one ciphertext with the keyring.
+fn unwrap_one(slot: &KeyringSlot, key_id: &str, ciphertext: &[u8]) -> Result<Vec<u8>, Status> {
+    if ciphertext.is_empty() {
+        return Err(Status::invalid_argument("ciphertext is empty"));
+    }
+    if ciphertext.len() > MAX_CIPHERTEXT_LEN {
+        return Err(Status::invalid_argument(format!(
+            "ciphertext is {} bytes; the limit is {MAX_CIPHERTEXT_LEN}",
+            ciphertext.len()
+        )));
+    }
+    if key_id.len() > MAX_KEY_ID_LEN {
+        return Err(Status::invalid_argument(format!(
+            "key_id is {} bytes; the limit is {MAX_KEY_ID_LEN}",
+            key_id.len()
+        )));
+    }
+    let requested = (!key_id.is_empty()).then_some(key_id);
+    match slot.current.load().decrypt(requested, ciphertext) {
+        // The response owns the bytes; the zeroizing buffer is emptied, not copied.
+        Ok(mut plaintext) => Ok(std::mem::take(&mut *plaintext)),
+        Err(e) => {
+            tracing::warn!(keyring = %slot.name, error = %e, "unwrap refused");
+            Err(match e {
+                coffer_keystore::DecryptError::UnknownKey(_) => Status::not_found(e.to_string()),
+                _ => Status::invalid_argument(e.to_string()),
+            })
+        }
+    }
+}
+
 fn internal(context: &str, e: impl std::fmt::Display) -> Status {
     tracing::error!(error = %e, "{context}");
     Status::internal(format!("{context}: {e}"))
@@ -247,37 +292,73 @@ impl KeyService for KeydService {
         let call = self.begin(&request, &request.get_ref().keyring, Operation::Unwrap)?;
         let req = request.into_inner();
         let key_id = (!req.key_id.is_empty()).then(|| shown(&req.key_id));
-        let result = if req.ciphertext.is_empty() {
-            Err(Status::invalid_argument("ciphertext is empty"))
-        } else if req.ciphertext.len() > MAX_CIPHERTEXT_LEN {
-            Err(Status::invalid_argument(format!(
-                "ciphertext is {} bytes; the limit is {MAX_CIPHERTEXT_LEN}",
-                req.ciphertext.len()
-            )))
-        } else if req.key_id.len() > MAX_KEY_ID_LEN {
-            Err(Status::invalid_argument(format!(
-                "key_id is {} bytes; the limit is {MAX_KEY_ID_LEN}",
-                req.key_id.len()
-            )))
-        } else {
-            let requested = (!req.key_id.is_empty()).then_some(req.key_id.as_str());
-            match call.slot.current.load().decrypt(requested, &req.ciphertext) {
-                // The response owns the bytes; the zeroizing buffer is emptied, not copied.
-                Ok(mut plaintext) => Ok(pb::UnwrapResponse {
-                    plaintext: std::mem::take(&mut *plaintext),
+        let result = unwrap_one(&call.slot, &req.key_id, &req.ciphertext)
+            .map(|plaintext| pb::UnwrapResponse { plaintext });
+        self.finish(&call, key_id.as_deref(), result)
+    }
+
+    async fn unwrap_batch(
+        &self,
+        request: Request<pb::UnwrapBatchRequest>,
+    ) -> Result<Response<pb::UnwrapBatchResponse>, Status> {
+        let items = request.get_ref().items.len();
+        if items == 0 || items > MAX_BATCH_ITEMS {
+            return Err(Status::invalid_argument(format!(
+                "a batch has {items} items; send 1 to {MAX_BATCH_ITEMS}"
+            )));
+        }
+        let call = self.begin_n(
+            &request,
+            &request.get_ref().keyring,
+            Operation::Unwrap,
+            items as u32,
+        )?;
+        let req = request.into_inner();
+        let mut results = Vec::with_capacity(items);
+        let mut entries = Vec::with_capacity(items);
+        for item in &req.items {
+            let outcome = unwrap_one(&call.slot, &item.key_id, &item.ciphertext);
+            let code = outcome
+                .as_ref()
+                .map(|_| Code::Ok)
+                .unwrap_or_else(|s| s.code());
+            self.metrics.request(call.op, code);
+            entries.push(AuditEntry {
+                event: call.op.name().to_string(),
+                caller: (*call.info.caller).clone(),
+                keyring: Some(call.slot.name.clone()),
+                key_id: (!item.key_id.is_empty()).then(|| shown(&item.key_id)),
+                result: if outcome.is_ok() {
+                    Outcome::Ok
+                } else {
+                    Outcome::Error
+                },
+                reason: outcome.as_ref().err().map(|s| s.message().to_string()),
+            });
+            results.push(pb::UnwrapResult {
+                result: Some(match outcome {
+                    Ok(plaintext) => pb::unwrap_result::Result::Plaintext(plaintext),
+                    Err(status) => pb::unwrap_result::Result::Error(pb::ItemError {
+                        code: status.code() as u32,
+                        message: status.message().to_string(),
+                    }),
                 }),
-                Err(e) => {
-                    tracing::warn!(keyring = %call.slot.name, error = %e, "unwrap refused");
-                    Err(match e {
-                        coffer_keystore::DecryptError::UnknownKey(_) => {
-                            Status::not_found(e.to_string())
-                        }
-                        _ => Status::invalid_argument(e.to_string()),
-                    })
+            });
+        }
+        // The plaintexts are released only after every item's record is written.
+        if let Err(e) = self.audit.append_all(entries) {
+            self.metrics.audit_failure();
+            tracing::error!(error = %e, "audit log write failed; refusing the operation");
+            for result in &mut results {
+                if let Some(pb::unwrap_result::Result::Plaintext(p)) = &mut result.result {
+                    p.zeroize();
                 }
             }
-        };
-        self.finish(&call, key_id.as_deref(), result)
+            return Err(Status::unavailable(
+                "keyd cannot write its audit log, so it refuses to operate; check the log's disk and permissions",
+            ));
+        }
+        Ok(Response::new(pb::UnwrapBatchResponse { results }))
     }
 
     async fn status(

@@ -112,6 +112,10 @@ pub struct KeydMetrics {
     pub reconnects: Counter,
     /// Connections to keyd that are established (0: keyd is unreachable).
     pub connected: Gauge,
+    /// `UnwrapBatch` calls to keyd (several Decrypts in one call).
+    pub batches: Counter,
+    /// Decrypts forwarded inside an `UnwrapBatch`.
+    pub batched_unwraps: Counter,
 }
 
 impl KeydMetrics {
@@ -134,6 +138,18 @@ impl KeydMetrics {
             "attested connections to keyd that are established (0 means keyd is unreachable)",
             connected.clone(),
         );
+        let batches = Counter::default();
+        registry.register(
+            "keyd_batches",
+            "UnwrapBatch calls to keyd (Decrypts that queued behind calls in flight, sent together)",
+            batches.clone(),
+        );
+        let batched_unwraps = Counter::default();
+        registry.register(
+            "keyd_batched_unwraps",
+            "Decrypts forwarded to keyd inside an UnwrapBatch call",
+            batched_unwraps.clone(),
+        );
         let ok = KeydOp::ALL.map(|op| {
             calls
                 .get_or_create(&KeydCallLabels {
@@ -147,6 +163,8 @@ impl KeydMetrics {
             ok: Arc::new(ok),
             reconnects,
             connected,
+            batches,
+            batched_unwraps,
         }
     }
 

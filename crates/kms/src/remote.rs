@@ -109,9 +109,82 @@ impl Probe {
     }
 }
 
+/// One Decrypt waiting to be forwarded.
+struct UnwrapJob {
+    key_id: Option<String>,
+    ciphertext: Vec<u8>,
+    reply: tokio::sync::oneshot::Sender<Result<Zeroizing<Vec<u8>>, CallError>>,
+}
+
+/// Decrypts queued for the batcher; beyond this, callers wait (within their deadline).
+const UNWRAP_QUEUE: usize = 1024;
+
+/// Forwards queued Decrypts to keyd, coalescing those that arrive while earlier calls are in
+/// flight into one `UnwrapBatch`.
+///
+/// At most `in_flight` calls are outstanding. Under light load every Decrypt goes out at once,
+/// alone (no added latency); under heavy load the Decrypts that queue behind the outstanding
+/// calls leave together, so keyd's per-call cost (TLS record, HTTP/2 frame, gRPC, audit write)
+/// is paid once per batch instead of once per Decrypt.
+async fn batch_unwraps(
+    pool: Arc<KeydPool>,
+    keyring: String,
+    mut jobs: tokio::sync::mpsc::Receiver<UnwrapJob>,
+    in_flight: usize,
+    metrics: KeydMetrics,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(in_flight.max(1)));
+    while let Some(first) = jobs.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < coffer_keyd::MAX_BATCH_ITEMS {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let pool = pool.clone();
+        let keyring = keyring.clone();
+        if batch.len() > 1 {
+            metrics.batches.inc();
+            metrics.batched_unwraps.inc_by(batch.len() as u64);
+        }
+        tokio::spawn(async move {
+            let _slot = slot;
+            if batch.len() == 1 {
+                let job = batch.remove(0);
+                let result = pool
+                    .unwrap(&keyring, job.key_id.as_deref(), &job.ciphertext)
+                    .await;
+                let _ = job.reply.send(result);
+                return;
+            }
+            let (replies, items): (Vec<_>, Vec<_>) = batch
+                .into_iter()
+                .map(|job| (job.reply, (job.key_id.unwrap_or_default(), job.ciphertext)))
+                .unzip();
+            match pool.unwrap_batch(&keyring, items).await {
+                Ok(results) => {
+                    for (reply, result) in replies.into_iter().zip(results) {
+                        let _ = reply.send(result);
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
+
 /// Service mode's keys: keyd's keyring, reached through a [`KeydPool`].
 pub struct RemoteKeys {
-    pool: KeydPool,
+    pool: Arc<KeydPool>,
+    unwraps: tokio::sync::mpsc::Sender<UnwrapJob>,
     keyring: String,
     metrics: Metrics,
     keyd_metrics: KeydMetrics,
@@ -160,8 +233,18 @@ impl RemoteKeys {
             },
         )
         .map_err(RemoteError::Pool)?;
+        let pool = Arc::new(pool);
+        let (unwraps, queue) = tokio::sync::mpsc::channel(UNWRAP_QUEUE);
+        tokio::spawn(batch_unwraps(
+            pool.clone(),
+            options.keyring.clone(),
+            queue,
+            options.connections,
+            keyd_metrics.clone(),
+        ));
         Ok(RemoteKeys {
             pool,
+            unwraps,
             keyring: options.keyring,
             metrics,
             keyd_metrics,
@@ -236,7 +319,37 @@ impl RemoteKeys {
                 coffer_keyd::MAX_CIPHERTEXT_LEN
             )));
         }
-        let result = self.pool.unwrap(&self.keyring, key_id, ciphertext).await;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = UnwrapJob {
+            key_id: key_id.map(str::to_string),
+            ciphertext: ciphertext.to_vec(),
+            reply,
+        };
+        // The deadline covers the wait in the queue as well as the call itself.
+        let timeout = self.pool.timeout();
+        let forwarded = async {
+            if self.unwraps.send(job).await.is_err() {
+                return Err(CallError::Unreachable {
+                    addr: self.pool.addr().to_string(),
+                    reason: "the plugin's forwarding task stopped".to_string(),
+                    retry_in: None,
+                });
+            }
+            answer.await.unwrap_or_else(|_| {
+                Err(CallError::Unreachable {
+                    addr: self.pool.addr().to_string(),
+                    reason: "the plugin's forwarding task dropped the call".to_string(),
+                    retry_in: None,
+                })
+            })
+        };
+        let result = match tokio::time::timeout(timeout, forwarded).await {
+            Ok(result) => result,
+            Err(_) => Err(CallError::TimedOut {
+                addr: self.pool.addr().to_string(),
+                after: timeout,
+            }),
+        };
         self.record(KeydOp::Unwrap, &result);
         result.map_err(|e| self.to_status(e))
     }
