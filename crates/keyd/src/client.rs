@@ -43,8 +43,17 @@ pub struct KeydClient {
 
 /// The error text and all its causes, joined (repeated texts are dropped).
 fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = Some(e);
+    error_chain(e.to_string(), e.source())
+}
+
+/// `first`, then the text of `source` and each of its causes, joined with ": " (repeated
+/// texts are dropped).
+pub(crate) fn error_chain(
+    first: String,
+    source: Option<&(dyn std::error::Error + 'static)>,
+) -> String {
+    let mut parts: Vec<String> = vec![first];
+    let mut next = source;
     while let Some(err) = next {
         let text = err.to_string();
         if !parts.iter().any(|p| p.contains(&text)) {

@@ -998,16 +998,10 @@ impl KeydPool {
 
 /// The status message and its error sources, joined (repeated texts are dropped).
 fn error_chain(status: &Status) -> String {
-    let mut parts = vec![status.message().to_string()];
-    let mut next = std::error::Error::source(status);
-    while let Some(err) = next {
-        let text = err.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        next = err.source();
-    }
-    parts.join(": ")
+    crate::client::error_chain(
+        status.message().to_string(),
+        std::error::Error::source(status),
+    )
 }
 
 #[cfg(test)]

@@ -1,21 +1,14 @@
-//! Prometheus metrics and the `/metrics` + `/healthz` HTTP endpoint.
+//! The plugin's Prometheus metrics (served with `/healthz` by `coffer-telemetry`).
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::{text::encode, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 
 /// The gRPC methods the plugin serves, as metric labels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -325,7 +318,7 @@ impl Metrics {
             self.requests
                 .get_or_create(&RequestLabels {
                     method: method.name(),
-                    code: code_name(code),
+                    code: coffer_telemetry::code_name(code),
                 })
                 .inc();
         }
@@ -363,102 +356,4 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
-}
-
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "OK",
-        Cancelled => "CANCELLED",
-        Unknown => "UNKNOWN",
-        InvalidArgument => "INVALID_ARGUMENT",
-        DeadlineExceeded => "DEADLINE_EXCEEDED",
-        NotFound => "NOT_FOUND",
-        AlreadyExists => "ALREADY_EXISTS",
-        PermissionDenied => "PERMISSION_DENIED",
-        ResourceExhausted => "RESOURCE_EXHAUSTED",
-        FailedPrecondition => "FAILED_PRECONDITION",
-        Aborted => "ABORTED",
-        OutOfRange => "OUT_OF_RANGE",
-        Unimplemented => "UNIMPLEMENTED",
-        Internal => "INTERNAL",
-        Unavailable => "UNAVAILABLE",
-        DataLoss => "DATA_LOSS",
-        Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
-/// Answers whether the plugin can serve right now, and if not, why.
-pub type HealthCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
-
-/// Serves `/metrics` and `/healthz` on `addr` until the task is dropped.
-pub async fn serve_http(listener: TcpListener, metrics: Metrics, healthy: HealthCheck) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let metrics = metrics.clone();
-        let healthy = healthy.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let response = respond(req.uri().path(), &metrics, healthy.as_ref());
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(5))
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
-        });
-    }
-}
-
-fn respond(
-    path: &str,
-    metrics: &Metrics,
-    healthy: &(dyn Fn() -> Result<(), String> + Send + Sync),
-) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match path {
-        "/metrics" => (
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.render(),
-        ),
-        "/healthz" | "/livez" | "/readyz" => match healthy() {
-            Ok(()) => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-            Err(reason) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain",
-                format!("unhealthy: {reason}\n"),
-            ),
-        },
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found; try /metrics or /healthz\n".to_string(),
-        ),
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
-        response
-            .headers_mut()
-            .insert(hyper::header::CONTENT_TYPE, v);
-    }
-    response
-}
-
-/// Binds the metrics listener, refusing non-loopback addresses unless `allow_remote`.
-pub async fn bind(addr: SocketAddr, allow_remote: bool) -> std::io::Result<TcpListener> {
-    if !addr.ip().is_loopback() && !allow_remote {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!(
-                "--metrics-addr {addr} is not a loopback address; metrics reveal key ids and traffic \
-                 (pass --metrics-allow-remote to serve them on {addr} anyway)"
-            ),
-        ));
-    }
-    TcpListener::bind(addr).await
 }

@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::backend::{Backend, LocalKeys};
 use crate::listener::{BoundSocket, SocketError, SocketOptions};
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 use crate::peer::CallerPolicy;
 use crate::remote::{RemoteError, RemoteKeys, RemoteOptions};
 use crate::service::{KmsState, StatusVersion, V1Service, V2Service};
@@ -138,16 +138,21 @@ pub async fn serve(
     let mut socket = BoundSocket::bind(&options.socket)?;
     let metrics_task = match options.metrics_addr {
         Some(addr) => {
-            let listener = metrics::bind(addr, options.metrics_allow_remote)
-                .await
-                .map_err(ServeError::Metrics)?;
+            let listener = coffer_telemetry::bind(
+                addr,
+                options.metrics_allow_remote,
+                "--metrics-addr",
+                "--metrics-allow-remote",
+            )
+            .await
+            .map_err(ServeError::Metrics)?;
             let health_state = state.clone();
-            let healthy: metrics::HealthCheck = Arc::new(move || health_state.backend().health());
+            let render_metrics = metrics.clone();
             tracing::info!(%addr, "serving /metrics and /healthz");
-            Some(tokio::spawn(metrics::serve_http(
+            Some(tokio::spawn(coffer_telemetry::serve_http(
                 listener,
-                metrics.clone(),
-                healthy,
+                Arc::new(move || render_metrics.render()),
+                Arc::new(move || health_state.backend().health()),
             )))
         }
         None => None,
