@@ -166,6 +166,10 @@ pub struct KeydServeArgs {
     /// How often keyring files are checked for rotations made with `coffer keyd rotate`.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub reload_interval: Duration,
+    /// How often keyd makes a new attested TLS certificate (fresh evidence, new key). Its
+    /// certificates are valid for 24 h; callers refuse an expired one.
+    #[arg(long, default_value = "12h", value_parser = humantime::parse_duration)]
+    pub cert_renewal: Duration,
     /// Worker threads of the async runtime.
     #[arg(long, default_value_t = 2)]
     pub worker_threads: usize,
@@ -516,6 +520,13 @@ fn serve(args: KeydServeArgs) -> Result<ExitCode, Error> {
     }
     let platform = args.store.platform(Access::ExistingOnly)?;
     let verify_options = args.sources.options(SystemTime::now())?;
+    if args.cert_renewal.is_zero() || args.cert_renewal >= coffer_ratls::DEFAULT_VALIDITY {
+        return Err(format!(
+            "--cert-renewal must be more than zero and less than the certificate validity ({} h)",
+            coffer_ratls::DEFAULT_VALIDITY.as_secs() / 3600
+        )
+        .into());
+    }
     if args.max_connections == 0 || args.max_message_bytes < 1024 {
         return Err(
             "--max-connections must be at least 1 and --max-message-bytes at least 1024".into(),
@@ -564,6 +575,7 @@ fn serve(args: KeydServeArgs) -> Result<ExitCode, Error> {
         };
         options.drain_timeout = args.drain_timeout;
         options.reload_interval = args.reload_interval;
+        options.cert_renewal = args.cert_renewal;
         let serving = coffer_keyd::serve(options, crate::cmd::shutdown_signal());
         tracing::info!(%addr, "coffer keyd serving (mutual attested TLS)");
         eprintln!("coffer keyd listening on {addr}");

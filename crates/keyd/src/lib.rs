@@ -9,6 +9,7 @@
 mod client;
 mod config;
 mod error;
+mod identity;
 mod keyrings;
 mod limits;
 mod metrics;

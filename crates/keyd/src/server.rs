@@ -24,6 +24,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::KeydConfig;
+use crate::identity::ServerIdentity;
 use crate::keyrings::{load_keyrings, KeyringSlot};
 use crate::limits::{KeydLimits, RateLimiter};
 use crate::metrics::{ConnectionResult, KeydMetrics};
@@ -63,10 +64,14 @@ pub struct KeydServeOptions {
     pub reload_interval: Duration,
     /// How long in-flight calls may finish after shutdown begins.
     pub drain_timeout: Duration,
+    /// How often keyd makes a new attested TLS certificate (its certificates are valid for a
+    /// day; renew well within that).
+    pub cert_renewal: Duration,
 }
 
 impl KeydServeOptions {
-    /// Options with default limits, audit log, no metrics endpoint, 2 s reload and 10 s drain.
+    /// Options with default limits, audit log, no metrics endpoint, 2 s reload, 10 s drain and
+    /// 12 h certificate renewal.
     pub fn new(
         data_dir: PathBuf,
         platform: Arc<dyn Platform>,
@@ -87,6 +92,7 @@ impl KeydServeOptions {
             metrics_listener: None,
             reload_interval: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(10),
+            cert_renewal: crate::identity::DEFAULT_RENEWAL,
         }
     }
 }
@@ -189,6 +195,7 @@ pub async fn serve(
         metrics_listener,
         reload_interval,
         drain_timeout,
+        cert_renewal,
     } = options;
     let audit_path = audit_log.unwrap_or_else(|| data_dir.join("audit.log"));
     let (keyrings, audit, instance_id) = {
@@ -219,12 +226,13 @@ pub async fn serve(
     for slot in keyrings.values() {
         metrics.set_keyring_keys(&slot.name, slot.current.load().len());
     }
-    let identity = coffer_ratls::attested_certificate(platform.as_ref())?;
+    let identity = Arc::new(ServerIdentity::new(platform.clone())?);
     let verifier = Arc::new(AttestedVerifier::new(
         Arc::new(OfflineVerifier::new(verify_options)),
         policy,
     ));
-    let mut tls = coffer_ratls::server_config_deferred_client_check(&identity, verifier.clone())?;
+    let mut tls =
+        coffer_ratls::server_config_deferred_client_check(identity.clone(), verifier.clone())?;
     tls.alpn_protocols = vec![b"h2".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(tls));
 
@@ -244,6 +252,7 @@ pub async fn serve(
         metrics.clone(),
         reload_interval,
     ));
+    let renewal_task = tokio::spawn(identity.renew_forever(cert_renewal));
     let metrics_task = metrics_listener.map(|listener| {
         let render_metrics = metrics.clone();
         let health_audit = audit.clone();
@@ -295,6 +304,7 @@ pub async fn serve(
     };
     accept_task.abort();
     reload_task.abort();
+    renewal_task.abort();
     if let Some(task) = metrics_task {
         task.abort();
     }

@@ -630,16 +630,17 @@ impl ClientCertVerifier for DeferredClientVerifier {
 
 /// Like [`server_config`], but the client's attestation is checked by the application after
 /// the handshake (see [`DeferredClientVerifier`]), so refused clients can be told why.
+///
+/// `certificates` chooses the server's certificate for each handshake, so that a long-running
+/// server can renew its attested certificate (see [`attested_certificate`]) before it expires.
 pub fn server_config_deferred_client_check(
-    identity: &AttestedIdentity,
+    certificates: Arc<dyn rustls::server::ResolvesServerCert>,
     verifier: Arc<AttestedVerifier>,
 ) -> Result<rustls::ServerConfig, RatlsError> {
     let config = rustls::ServerConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(DeferredClientVerifier(verifier)))
-        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(
-            identity.certified_key(),
-        )));
+        .with_cert_resolver(certificates);
     Ok(config)
 }
 
