@@ -196,28 +196,33 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
         .enable_all()
         .thread_name("coffer-kms")
         .build()?;
-    runtime.block_on(coffer_kms::serve(
-        keys,
-        options,
-        shutdown_signal(),
-        Some(on_ready),
-    ))?;
+    runtime.block_on(async {
+        let shutdown = shutdown_signal();
+        coffer_kms::serve(keys, options, shutdown, Some(on_ready)).await
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is *called* (it must be
+/// called inside the runtime), so a signal that arrives while the server is still loading its
+/// state is not lost to the default action (an abrupt exit); call it before anything else.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM; stop with SIGINT");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = int.recv() => tracing::info!("SIGINT received"),
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM/SIGINT; the server stops only when killed");
+                std::future::pending::<()>().await;
+            }
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
     }
 }
 

@@ -199,6 +199,15 @@ pub enum KeyringCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum AuditCommand {
+    /// After a crash in the middle of a write (keyd then refuses to start: "line N is
+    /// incomplete"), move the incomplete last line into `<log>.partial-<time>` and cut the log
+    /// back to its last complete line. Nothing is deleted. Run it while keyd is stopped.
+    Repair {
+        #[command(flatten)]
+        store: KeydStoreArgs,
+        /// The audit log. Default: <data-dir>/audit.log.
+        log: Option<PathBuf>,
+    },
     /// Check an audit log's HMAC hash chain (edits, deletions, reordering, truncation). The
     /// chain key comes from keyd's root, so this runs where keyd's root opens (its TEE).
     Verify {
@@ -254,6 +263,18 @@ pub fn run(command: KeydCommand) -> Result<ExitCode, Error> {
                 "secret key written to {} (keep it offline; it opens this operator's recovery shares)",
                 out.display()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        KeydCommand::Audit(AuditCommand::Repair { store, log }) => {
+            let log = log.unwrap_or_else(|| store.data_dir.join("audit.log"));
+            match coffer_audit::repair_truncated_tail(&log)? {
+                Some(moved) => println!(
+                    "{}: the incomplete last line was moved to {}; the log now ends with its last complete line (check it with `coffer keyd audit verify`)",
+                    log.display(),
+                    moved.display()
+                ),
+                None => println!("{}: ends with a complete line; nothing to repair", log.display()),
+            }
             Ok(ExitCode::SUCCESS)
         }
         KeydCommand::Audit(AuditCommand::Verify {
@@ -539,6 +560,7 @@ fn serve(args: KeydServeArgs) -> Result<ExitCode, Error> {
         .thread_name("coffer-keyd")
         .build()?;
     runtime.block_on(async move {
+        let shutdown = crate::cmd::shutdown_signal();
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .map_err(|e| format!("listening on {}: {e}", args.listen))?;
@@ -576,7 +598,7 @@ fn serve(args: KeydServeArgs) -> Result<ExitCode, Error> {
         options.drain_timeout = args.drain_timeout;
         options.reload_interval = args.reload_interval;
         options.cert_renewal = args.cert_renewal;
-        let serving = coffer_keyd::serve(options, crate::cmd::shutdown_signal());
+        let serving = coffer_keyd::serve(options, shutdown);
         tracing::info!(%addr, "coffer keyd serving (mutual attested TLS)");
         eprintln!("coffer keyd listening on {addr}");
         serving.await?;

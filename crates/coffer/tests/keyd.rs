@@ -370,3 +370,65 @@ async fn keyd_enforces_rate_connection_and_size_limits() {
         keyd.log_text()
     );
 }
+
+#[test]
+fn a_crash_mid_audit_write_is_repaired_without_losing_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("keyd");
+    create_keyd_data(&data, &["cluster-a"]);
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, "version: 1\nallow_simulation: true\nroles: []\n").unwrap();
+    let config = dir.path().join("keyd.yaml");
+    std::fs::write(&config, "keyrings:\n  cluster-a: {}\n").unwrap();
+    // One run leaves a valid log (a refused connection is audited); then a crash leaves half a
+    // line behind.
+    let mut keyd = KeydProcess::start(&data, free_addr(), &policy, &config, &[]);
+    let code = keyd.terminate();
+    assert_eq!(code, Some(0), "{}", keyd.log_text());
+    let log = data.join("audit.log");
+    let mut text = std::fs::read(&log).unwrap();
+    text.extend_from_slice(b"{\"seq\":99,\"time\":\"2026-");
+    std::fs::write(&log, &text).unwrap();
+
+    let serve = |addr: std::net::SocketAddr| {
+        coffer(&[
+            "keyd",
+            "serve",
+            "--platform",
+            "sim",
+            "--listen",
+            &addr.to_string(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--policy",
+            policy.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ])
+    };
+    let out = serve(free_addr());
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("incomplete") && err.contains("coffer keyd audit repair"),
+        "{err}"
+    );
+
+    let stdout = common::keyd::keyd_cli(&data, &["audit", "repair"]);
+    assert!(stdout.contains("moved to"), "{stdout}");
+    let partial: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("audit.log.partial-"))
+        .collect();
+    assert_eq!(partial.len(), 1);
+    assert_eq!(
+        std::fs::read(&partial[0]).unwrap(),
+        b"{\"seq\":99,\"time\":\"2026-"
+    );
+    let stdout = common::keyd::keyd_cli(&data, &["audit", "verify"]);
+    assert!(stdout.contains("chain intact"), "{stdout}");
+    // keyd starts again and extends the chain.
+    let mut keyd = KeydProcess::start(&data, free_addr(), &policy, &config, &[]);
+    assert_eq!(keyd.terminate(), Some(0));
+}
