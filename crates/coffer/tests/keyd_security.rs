@@ -116,6 +116,30 @@ fn assert_audited_refusal(data: &Path, event: &str, reason: &str) {
     );
 }
 
+/// Asserts that keyd refused a call with PERMISSION_DENIED naming `reason`, and audited it.
+fn assert_refused(data: &Path, status: &tonic::Status, reason: &str) {
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains(reason), "{}", status.message());
+    assert_audited_refusal(data, "unwrap", reason);
+}
+
+/// Connects as `options` describes and tries to unwrap; returns keyd's answer, which must be an
+/// error.
+async fn try_unwrap(
+    addr: SocketAddr,
+    options: KeydClientOptions,
+    key_id: &str,
+    ciphertext: &[u8],
+) -> tonic::Status {
+    let err = KeydClient::connect(addr, options)
+        .await
+        .unwrap()
+        .unwrap("cluster-a", Some(key_id), ciphertext)
+        .await
+        .expect_err("keyd unwrapped for a caller it should refuse");
+    err.status().expect("a gRPC status").clone()
+}
+
 fn write(path: &Path, text: &str) -> std::path::PathBuf {
     std::fs::write(path, text).unwrap();
     path.to_path_buf()
@@ -162,13 +186,7 @@ async fn keyd_refuses_every_unentitled_caller_with_its_reason() {
         .unwrap(unwrap_request(&ciphertext, &key_id))
         .await
         .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::PermissionDenied);
-    assert!(
-        status.message().contains("presented no certificate"),
-        "{}",
-        status.message()
-    );
-    assert_audited_refusal(&data, "unwrap", "presented no certificate");
+    assert_refused(&data, &status, "presented no certificate");
 
     // 2. An ordinary TLS certificate without attestation evidence.
     let plain = rcgen::generate_simple_self_signed(vec!["client.example".to_string()]).unwrap();
@@ -185,29 +203,12 @@ async fn keyd_refuses_every_unentitled_caller_with_its_reason() {
         .unwrap(unwrap_request(&ciphertext, &key_id))
         .await
         .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::PermissionDenied);
-    assert!(
-        status.message().contains("evidence extension"),
-        "{}",
-        status.message()
-    );
-    assert_audited_refusal(&data, "unwrap", "evidence extension");
+    assert_refused(&data, &status, "evidence extension");
 
     // 3. Evidence for a different measurement than the role pins.
-    let err = KeydClient::connect(keyd.addr, client_options(&measured, &signer))
-        .await
-        .unwrap()
-        .unwrap("cluster-a", Some(&key_id), &ciphertext)
-        .await
-        .unwrap_err();
-    let status = err.status().unwrap();
-    assert_eq!(status.code(), tonic::Code::PermissionDenied);
-    assert!(
-        status.message().contains("measurement"),
-        "{}",
-        status.message()
-    );
-    assert_audited_refusal(&data, "unwrap", "measurement");
+    let options = client_options(&measured, &signer);
+    let status = try_unwrap(keyd.addr, options, &key_id, &ciphertext).await;
+    assert_refused(&data, &status, "measurement");
 
     // 4. A debug-mode TEE (the sim platform posing as one): refused although its signer has a
     // role.
@@ -217,16 +218,8 @@ async fn keyd_refuses_every_unentitled_caller_with_its_reason() {
             .unwrap()
             .with_debug(true),
     );
-    let err = KeydClient::connect(keyd.addr, options)
-        .await
-        .unwrap()
-        .unwrap("cluster-a", Some(&key_id), &ciphertext)
-        .await
-        .unwrap_err();
-    let status = err.status().unwrap();
-    assert_eq!(status.code(), tonic::Code::PermissionDenied);
-    assert!(status.message().contains("debug"), "{}", status.message());
-    assert_audited_refusal(&data, "unwrap", "debug");
+    let status = try_unwrap(keyd.addr, options, &key_id, &ciphertext).await;
+    assert_refused(&data, &status, "debug");
 
     // 5. Replay: caller A's genuine evidence, presented with another TLS key.
     let stolen = coffer_ratls::attested_certificate(&SimPlatform::open_or_create(&a).unwrap())
@@ -235,29 +228,11 @@ async fn keyd_refuses_every_unentitled_caller_with_its_reason() {
         .clone();
     let mut options = client_options(&a, &signer);
     options.platform = Arc::new(ReplayPlatform { stolen });
-    let err = KeydClient::connect(keyd.addr, options)
-        .await
-        .unwrap()
-        .unwrap("cluster-a", Some(&key_id), &ciphertext)
-        .await
-        .unwrap_err();
-    let status = err.status().unwrap();
-    assert_eq!(status.code(), tonic::Code::PermissionDenied);
-    assert!(
-        status.message().contains("another key"),
-        "{}",
-        status.message()
-    );
-    assert_audited_refusal(&data, "unwrap", "another key");
+    let status = try_unwrap(keyd.addr, options, &key_id, &ciphertext).await;
+    assert_refused(&data, &status, "another key");
 
     // 6. A genuine caller whose role belongs to another keyring.
-    let err = KeydClient::connect(keyd.addr, client_options(&b, &signer))
-        .await
-        .unwrap()
-        .unwrap("cluster-a", Some(&key_id), &ciphertext)
-        .await
-        .unwrap_err();
-    let status = err.status().unwrap();
+    let status = try_unwrap(keyd.addr, client_options(&b, &signer), &key_id, &ciphertext).await;
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
     assert!(
         status.message().contains("kms-plugin:b") && status.message().contains("cluster-a"),

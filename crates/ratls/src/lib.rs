@@ -508,20 +508,43 @@ impl ServerCertVerifier for AttestedServerVerifier {
     }
 }
 
-/// A rustls client-certificate verifier for attested clients (used by servers). Client
-/// authentication is mandatory.
+/// A rustls client-certificate verifier for attested clients (used by servers).
+///
+/// [`AttestedClientVerifier::new`] checks the client's attestation during the handshake and
+/// makes a client certificate mandatory. [`AttestedClientVerifier::deferred`] checks only that
+/// the client holds the key of the certificate it presents (the handshake signature) and lets
+/// clients without a certificate in: the application **must** then call
+/// [`AttestedVerifier::verify_certificate`] on the peer certificate after the handshake and
+/// refuse every request when it fails. Deferring lets a server answer a refused client with
+/// its reason (e.g. "measurement not allowed by any role") in a protocol error the client can
+/// show, instead of a bare TLS alert, and record the refusal with the reason.
 #[derive(Debug, Clone)]
-pub struct AttestedClientVerifier(Arc<AttestedVerifier>);
+pub struct AttestedClientVerifier {
+    verifier: Arc<AttestedVerifier>,
+    deferred: bool,
+}
 
 impl AttestedClientVerifier {
-    /// Wraps `verifier`; keep a clone of the `Arc` to look up peers after handshakes.
+    /// Checks attestation in the handshake; keep a clone of the `Arc` to look up peers after
+    /// handshakes.
     pub fn new(verifier: Arc<AttestedVerifier>) -> Self {
-        AttestedClientVerifier(verifier)
+        AttestedClientVerifier {
+            verifier,
+            deferred: false,
+        }
+    }
+
+    /// Leaves the attestation check to the application, after the handshake.
+    pub fn deferred(verifier: Arc<AttestedVerifier>) -> Self {
+        AttestedClientVerifier {
+            verifier,
+            deferred: true,
+        }
     }
 
     /// The shared verifier (for [`AttestedVerifier::peer`]).
     pub fn verifier(&self) -> &Arc<AttestedVerifier> {
-        &self.0
+        &self.verifier
     }
 }
 
@@ -531,7 +554,7 @@ impl ClientCertVerifier for AttestedClientVerifier {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        true
+        !self.deferred
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
@@ -544,7 +567,9 @@ impl ClientCertVerifier for AttestedClientVerifier {
         _intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.0.verify_for_rustls(end_entity, now)?;
+        if !self.deferred {
+            self.verifier.verify_for_rustls(end_entity, now)?;
+        }
         Ok(ClientCertVerified::assertion())
     }
 
@@ -554,7 +579,7 @@ impl ClientCertVerifier for AttestedClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.tls12_signature(message, cert, dss)
+        self.verifier.tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -563,73 +588,16 @@ impl ClientCertVerifier for AttestedClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.tls13_signature(message, cert, dss)
+        self.verifier.tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.schemes()
-    }
-}
-
-/// A rustls client-certificate verifier that checks only that the client holds the key of the
-/// certificate it presents (the handshake signature), and lets clients without a certificate
-/// in. The application **must** call [`AttestedVerifier::verify_certificate`] on the peer
-/// certificate after the handshake and refuse every request when it fails.
-///
-/// Deferring the attestation check past the handshake lets a server answer a refused client
-/// with its reason (e.g. "measurement not allowed by any role") in a protocol error the client
-/// can show, instead of a bare TLS alert, and record the refusal with the reason.
-#[derive(Debug, Clone)]
-pub struct DeferredClientVerifier(Arc<AttestedVerifier>);
-
-impl ClientCertVerifier for DeferredClientVerifier {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        false
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        // Checked by the application after the handshake; see the type's documentation.
-        Ok(ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.schemes()
+        self.verifier.schemes()
     }
 }
 
 /// Like [`server_config`], but the client's attestation is checked by the application after
-/// the handshake (see [`DeferredClientVerifier`]), so refused clients can be told why.
+/// the handshake (see [`AttestedClientVerifier::deferred`]), so refused clients can be told why.
 ///
 /// `certificates` chooses the server's certificate for each handshake, so that a long-running
 /// server can renew its attested certificate (see [`attested_certificate`]) before it expires.
@@ -639,7 +607,7 @@ pub fn server_config_deferred_client_check(
 ) -> Result<rustls::ServerConfig, RatlsError> {
     let config = rustls::ServerConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(DeferredClientVerifier(verifier)))
+        .with_client_cert_verifier(Arc::new(AttestedClientVerifier::deferred(verifier)))
         .with_cert_resolver(certificates);
     Ok(config)
 }
