@@ -10,6 +10,7 @@ mod client;
 mod config;
 mod error;
 mod identity;
+mod io;
 mod keyrings;
 mod limits;
 mod metrics;
