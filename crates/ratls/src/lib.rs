@@ -605,9 +605,16 @@ pub fn server_config_deferred_client_check(
     certificates: Arc<dyn rustls::server::ResolvesServerCert>,
     verifier: Arc<AttestedVerifier>,
 ) -> Result<rustls::ServerConfig, RatlsError> {
+    tls13_server(AttestedClientVerifier::deferred(verifier), certificates)
+}
+
+fn tls13_server(
+    clients: AttestedClientVerifier,
+    certificates: Arc<dyn rustls::server::ResolvesServerCert>,
+) -> Result<rustls::ServerConfig, RatlsError> {
     let config = rustls::ServerConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(AttestedClientVerifier::deferred(verifier)))
+        .with_client_cert_verifier(Arc::new(clients))
         .with_cert_resolver(certificates);
     Ok(config)
 }
@@ -617,13 +624,12 @@ pub fn server_config(
     identity: &AttestedIdentity,
     verifier: Arc<AttestedVerifier>,
 ) -> Result<rustls::ServerConfig, RatlsError> {
-    let config = rustls::ServerConfig::builder_with_provider(crypto_provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(AttestedClientVerifier::new(verifier)))
-        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(
+    tls13_server(
+        AttestedClientVerifier::new(verifier),
+        Arc::new(rustls::sign::SingleCertAndKey::from(
             identity.certified_key(),
-        )));
-    Ok(config)
+        )),
+    )
 }
 
 /// A TLS 1.3-only client configuration presenting `identity` and requiring an attested server.
