@@ -54,6 +54,32 @@ struct Call {
     slot: Arc<KeyringSlot>,
 }
 
+/// The audit record of one operation by the connection's caller.
+fn audit_entry(
+    event: &str,
+    info: &KeydConnectInfo,
+    keyring: Option<&str>,
+    key_id: Option<&str>,
+    (result, reason): (Outcome, Option<String>),
+) -> AuditEntry {
+    AuditEntry {
+        event: event.to_string(),
+        caller: (*info.caller).clone(),
+        keyring: keyring.map(str::to_string),
+        key_id: key_id.map(str::to_string),
+        result,
+        reason,
+    }
+}
+
+/// How an operation ended, for its audit record: `ok`, or `error` with the status message.
+fn outcome_of<T>(result: &Result<T, Status>) -> (Outcome, Option<String>) {
+    match result {
+        Ok(_) => (Outcome::Ok, None),
+        Err(status) => (Outcome::Error, Some(status.message().to_string())),
+    }
+}
+
 fn shown(name: &str) -> String {
     name.chars().take(80).collect()
 }
@@ -70,21 +96,20 @@ impl KeydService {
         result: Outcome,
         reason: Option<String>,
     ) -> Result<(), Status> {
-        let entry = AuditEntry {
-            event: event.to_string(),
-            caller: (*info.caller).clone(),
-            keyring: keyring.map(str::to_string),
-            key_id: key_id.map(str::to_string),
-            result,
-            reason,
-        };
-        self.audit.append(entry).map(|_| ()).map_err(|e| {
-            self.metrics.audit_failure();
-            tracing::error!(error = %e, "audit log write failed; refusing the operation");
-            Status::unavailable(
-                "keyd cannot write its audit log, so it refuses to operate; check the log's disk and permissions",
-            )
-        })
+        let entry = audit_entry(event, info, keyring, key_id, (result, reason));
+        self.audit
+            .append(entry)
+            .map(|_| ())
+            .map_err(|e| self.audit_failed(e))
+    }
+
+    /// Counts and logs a failed audit write; the status that refuses the operation.
+    fn audit_failed(&self, e: coffer_audit::AuditError) -> Status {
+        self.metrics.audit_failure();
+        tracing::error!(error = %e, "audit log write failed; refusing the operation");
+        Status::unavailable(
+            "keyd cannot write its audit log, so it refuses to operate; check the log's disk and permissions",
+        )
     }
 
     /// Refuses a call: audit record, metric, status.
@@ -188,10 +213,7 @@ impl KeydService {
             .as_ref()
             .map(|_| Code::Ok)
             .unwrap_or_else(|s| s.code());
-        let (outcome, reason) = match &result {
-            Ok(_) => (Outcome::Ok, None),
-            Err(status) => (Outcome::Error, Some(status.message().to_string())),
-        };
+        let (outcome, reason) = outcome_of(&result);
         // The result (maybe a plaintext) is released only after its audit record is written.
         if let Err(status) = self.record(
             call.op.name(),
@@ -323,18 +345,14 @@ impl KeyService for KeydService {
                 .map(|_| Code::Ok)
                 .unwrap_or_else(|s| s.code());
             self.metrics.request(call.op, code);
-            entries.push(AuditEntry {
-                event: call.op.name().to_string(),
-                caller: (*call.info.caller).clone(),
-                keyring: Some(call.slot.name.clone()),
-                key_id: (!item.key_id.is_empty()).then(|| shown(&item.key_id)),
-                result: if outcome.is_ok() {
-                    Outcome::Ok
-                } else {
-                    Outcome::Error
-                },
-                reason: outcome.as_ref().err().map(|s| s.message().to_string()),
-            });
+            let key_id = (!item.key_id.is_empty()).then(|| shown(&item.key_id));
+            entries.push(audit_entry(
+                call.op.name(),
+                &call.info,
+                Some(&call.slot.name),
+                key_id.as_deref(),
+                outcome_of(&outcome),
+            ));
             results.push(pb::UnwrapResult {
                 result: Some(match outcome {
                     Ok(plaintext) => pb::unwrap_result::Result::Plaintext(plaintext),
@@ -347,16 +365,12 @@ impl KeyService for KeydService {
         }
         // The plaintexts are released only after every item's record is written.
         if let Err(e) = self.audit.append_all(entries) {
-            self.metrics.audit_failure();
-            tracing::error!(error = %e, "audit log write failed; refusing the operation");
             for result in &mut results {
                 if let Some(pb::unwrap_result::Result::Plaintext(p)) = &mut result.result {
                     p.zeroize();
                 }
             }
-            return Err(Status::unavailable(
-                "keyd cannot write its audit log, so it refuses to operate; check the log's disk and permissions",
-            ));
+            return Err(self.audit_failed(e));
         }
         Ok(Response::new(pb::UnwrapBatchResponse { results }))
     }

@@ -285,38 +285,28 @@ async fn bad_input_gets_the_right_codes() {
 async fn serve_refuses_a_configured_keyring_that_does_not_exist() {
     let sim = Sim::new();
     let data = tempfile::tempdir().unwrap();
+    let serve_once = || async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        serve(
+            KeydServeOptions::new(
+                data.path().to_path_buf(),
+                sim.platform.clone(),
+                policy(true, &[]),
+                KeydConfig::from_yaml(CONFIG).unwrap(),
+                options(),
+                listener,
+            ),
+            std::future::pending(),
+        )
+        .await
+        .unwrap_err()
+    };
     // Not initialised: says to run init.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let err = serve(
-        KeydServeOptions::new(
-            data.path().to_path_buf(),
-            sim.platform.clone(),
-            policy(true, &[]),
-            KeydConfig::from_yaml(CONFIG).unwrap(),
-            options(),
-            listener,
-        ),
-        std::future::pending(),
-    )
-    .await
-    .unwrap_err();
+    let err = serve_once().await;
     assert!(matches!(err, KeydError::NotInitialised { .. }), "{err}");
     assert!(err.to_string().contains("coffer keyd init"), "{err}");
     coffer_keyd::KeydRoot::init(data.path(), sim.platform.as_ref(), None).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let err = serve(
-        KeydServeOptions::new(
-            data.path().to_path_buf(),
-            sim.platform.clone(),
-            policy(true, &[]),
-            KeydConfig::from_yaml(CONFIG).unwrap(),
-            options(),
-            listener,
-        ),
-        std::future::pending(),
-    )
-    .await
-    .unwrap_err();
+    let err = serve_once().await;
     assert!(matches!(err, KeydError::MissingKeyring { .. }), "{err}");
     assert!(err.to_string().contains("create it first"), "{err}");
 }
