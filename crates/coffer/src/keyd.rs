@@ -408,11 +408,11 @@ fn init_on_first_start(args: &KeydServeArgs, config: &KeydConfig) -> Result<(), 
         initialise(&args.store, &args.recovery)?;
     }
     let platform = args.store.platform(Access::ExistingOnly)?;
+    let root = KeydRoot::open(&args.store.data_dir, platform.as_ref())?;
     for name in config.keyrings.keys() {
-        if !coffer_keyd::keyring_dir(&args.store.data_dir, name)
-            .join(coffer_keystore::store::KEYSTORE_FILE)
-            .exists()
-        {
+        let store =
+            coffer_keyd::keyring_store(&args.store.data_dir, &root, platform.clone(), name)?;
+        if !store.exists() {
             let key_id = coffer_keyd::create_keyring(&args.store.data_dir, platform.clone(), name)?;
             tracing::info!(keyring = %name, key_id = %key_id, "--init: created keyring");
         }

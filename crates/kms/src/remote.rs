@@ -327,21 +327,18 @@ impl RemoteKeys {
         };
         // The deadline covers the wait in the queue as well as the call itself.
         let timeout = self.pool.timeout();
+        let lost = |reason: &str| CallError::Unreachable {
+            addr: self.pool.addr().to_string(),
+            reason: reason.to_string(),
+            retry_in: None,
+        };
         let forwarded = async {
             if self.unwraps.send(job).await.is_err() {
-                return Err(CallError::Unreachable {
-                    addr: self.pool.addr().to_string(),
-                    reason: "the plugin's forwarding task stopped".to_string(),
-                    retry_in: None,
-                });
+                return Err(lost("the plugin's forwarding task stopped"));
             }
-            answer.await.unwrap_or_else(|_| {
-                Err(CallError::Unreachable {
-                    addr: self.pool.addr().to_string(),
-                    reason: "the plugin's forwarding task dropped the call".to_string(),
-                    retry_in: None,
-                })
-            })
+            answer
+                .await
+                .unwrap_or_else(|_| Err(lost("the plugin's forwarding task dropped the call")))
         };
         let result = match tokio::time::timeout(timeout, forwarded).await {
             Ok(result) => result,
