@@ -1,0 +1,621 @@
+//! The documentation matches the binary, and the deployment manifests are ones an operator can
+//! apply.
+//!
+//! Every `coffer …` command written in README.md, docs/*.md and deploy/ (fenced code blocks,
+//! inline code, and the `args:` of manifests and YAML snippets) must name a real subcommand and
+//! use only flags that subcommand accepts, as the real binary's `--help` lists them. The one-machine
+//! walk-throughs are then run as written, and the manifests under deploy/ are parsed with the
+//! real `kubectl` and checked against the rules their comments promise.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{coffer, coffer_bin};
+
+/// Subcommands the docs mention as planned; they must not be checked against the binary.
+const PLANNED: &[&str] = &["run"];
+
+/// Fenced blocks whose lines are commands.
+const SHELL_FENCES: &[&str] = &["sh", "bash", "shell", "console", "ini"];
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repository root")
+}
+
+/// README.md, docs/*.md and every Markdown file under deploy/, relative to the repository root.
+fn markdown_files(root: &Path) -> Vec<PathBuf> {
+    let mut files = vec![PathBuf::from("README.md")];
+    for dir in ["docs", "deploy", "deploy/gramine", "deploy/occlum", "deploy/keyd"] {
+        let Ok(entries) = fs::read_dir(root.join(dir)) else {
+            continue;
+        };
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| Path::new(dir).join(e.file_name()))
+            .filter(|p| p.extension().is_some_and(|x| x == "md"))
+            .collect();
+        found.sort();
+        files.extend(found);
+    }
+    files
+}
+
+/// Kubernetes manifests under deploy/ (every `*.yaml` file).
+fn manifest_files(root: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for dir in ["deploy", "deploy/keyd"] {
+        let mut found: Vec<PathBuf> = fs::read_dir(root.join(dir))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| Path::new(dir).join(e.file_name()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .collect();
+        found.sort();
+        files.extend(found);
+    }
+    files
+}
+
+/// One `coffer` command line found in the documentation.
+#[derive(Debug, Clone)]
+struct Invocation {
+    /// `file:line` where it was written.
+    place: String,
+    /// The words after `coffer`.
+    words: Vec<String>,
+    /// Whether a word that is not a subcommand, where one is expected, is an error. Inline code
+    /// also quotes messages (`coffer kms is already serving …`), so there it only means the
+    /// span is not a command.
+    strict: bool,
+}
+
+/// A fenced code block: its info string, first line number and lines.
+struct Fence {
+    lang: String,
+    first_line: usize,
+    lines: Vec<String>,
+}
+
+/// Splits Markdown into fenced blocks and the prose around them (fenced lines blanked, so line
+/// numbers stay right).
+fn split_markdown(text: &str) -> (Vec<Fence>, Vec<String>) {
+    let mut fences = Vec::new();
+    let mut prose = Vec::new();
+    let mut open: Option<(String, Fence)> = None;
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        match open.take() {
+            None if trimmed.starts_with("```") || trimmed.starts_with("~~~") => {
+                let marker = trimmed[..3].to_string();
+                let lang = trimmed[3..].trim().to_string();
+                open = Some((
+                    marker,
+                    Fence {
+                        lang,
+                        first_line: i + 2,
+                        lines: Vec::new(),
+                    },
+                ));
+                prose.push(String::new());
+            }
+            None => prose.push(line.to_string()),
+            Some((marker, fence)) if trimmed.starts_with(&marker) => {
+                fences.push(fence);
+                prose.push(String::new());
+            }
+            Some((marker, mut fence)) => {
+                fence.lines.push(line.to_string());
+                open = Some((marker, fence));
+                prose.push(String::new());
+            }
+        }
+    }
+    (fences, prose)
+}
+
+/// Inline code spans of the prose, with the line each starts on. A span may continue on the
+/// next line, as Markdown allows.
+fn inline_spans(prose: &[String]) -> Vec<(usize, String)> {
+    let mut spans = Vec::new();
+    let mut current: Option<(usize, String)> = None;
+    for (i, line) in prose.iter().enumerate() {
+        if line.is_empty() {
+            current = None; // a span never crosses a paragraph break
+            continue;
+        }
+        let mut rest = line.as_str();
+        if let Some((_, span)) = current.as_mut() {
+            span.push(' ');
+        }
+        while !rest.is_empty() {
+            match (current.take(), rest.find('`')) {
+                (Some((start, mut span)), Some(end)) => {
+                    span.push_str(&rest[..end]);
+                    spans.push((start, span));
+                    rest = &rest[end + 1..];
+                }
+                (Some((start, mut span)), None) => {
+                    span.push_str(rest);
+                    current = Some((start, span));
+                    rest = "";
+                }
+                (None, Some(open)) => {
+                    current = Some((i + 1, String::new()));
+                    rest = &rest[open + 1..];
+                }
+                (None, None) => rest = "",
+            }
+        }
+    }
+    spans
+}
+
+/// Shell-like words: whitespace-separated, quotes grouping, `#` starting a comment. Markdown
+/// table escapes (`\|`) are undone.
+fn shell_words(line: &str) -> Vec<String> {
+    let line = line.replace("\\|", "|");
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    for c in line.chars() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => word.push(c),
+            None if c == '\'' || c == '"' => {
+                quote = Some(c);
+                in_word = true;
+            }
+            None if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            None if c == '#' && !in_word => break,
+            None => {
+                word.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    words
+}
+
+/// Whether a word ends a command (pipes, lists, redirections, substitutions).
+fn ends_command(word: &str) -> bool {
+    matches!(word, "|" | "||" | "&&" | "&" | ";" | ")" | "\\")
+        || word.starts_with('>')
+        || word.starts_with('<')
+        || word.starts_with("2>")
+        || word.starts_with('$')
+        || word.starts_with("<<")
+}
+
+/// The `coffer` invocations in one logical shell line. `vars` are shell variables that hold the
+/// binary's path (`C=./target/release/coffer` then `$C …`).
+fn invocations_in(line: &str, vars: &BTreeSet<String>) -> Vec<Vec<String>> {
+    let words = shell_words(line);
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i < words.len() {
+        let w = words[i].as_str();
+        let is_binary = w == "coffer"
+            || (w.ends_with("/coffer") && !w.contains("://"))
+            || vars
+                .iter()
+                .any(|v| w == format!("${v}") || w == format!("${{{v}}}"));
+        let start = if is_binary && i > 0 && words[i - 1] == "kubectl" {
+            None // `kubectl coffer`: the planned kubectl plugin
+        } else if is_binary {
+            Some(i + 1)
+        } else if w == "cargo" && words.get(i + 1).is_some_and(|n| n == "run") {
+            words[i..]
+                .iter()
+                .position(|x| x == "--")
+                .map(|p| i + p + 1)
+        } else {
+            None
+        };
+        if let Some(start) = start {
+            let mut args = Vec::new();
+            let mut j = start;
+            while j < words.len() && !ends_command(&words[j]) {
+                args.push(words[j].trim_matches(|c| c == '[' || c == ']').to_string());
+                j += 1;
+            }
+            if !args.is_empty() {
+                found.push(args);
+            }
+            i = j;
+        } else {
+            i += 1;
+        }
+    }
+    found
+}
+
+/// `NAME=…/coffer` assignments in a shell block.
+fn binary_vars(lines: &[String]) -> BTreeSet<String> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            let (name, value) = l.trim().split_once('=')?;
+            let ok = !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && (value == "coffer" || value.ends_with("/coffer"));
+            ok.then(|| name.to_string())
+        })
+        .collect()
+}
+
+/// The lines of a shell block joined at trailing backslashes, each with its first line number.
+fn logical_lines(first_line: usize, lines: &[String]) -> Vec<(usize, String)> {
+    let mut out: Vec<(usize, String)> = Vec::new();
+    let mut continuing = false;
+    for (i, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_end();
+        let (body, continues) = match trimmed.strip_suffix('\\') {
+            Some(body) => (body, true),
+            None => (trimmed, false),
+        };
+        if continuing {
+            let last = out.last_mut().unwrap();
+            last.1.push(' ');
+            last.1.push_str(body);
+        } else {
+            out.push((first_line + i, body.to_string()));
+        }
+        continuing = continues;
+    }
+    out
+}
+
+/// `args:` lists in YAML (manifests and snippets): each list with the line of its `args:`.
+fn yaml_args(first_line: usize, lines: &[String]) -> Vec<(usize, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let line = &lines[i];
+        let indent = line.len() - line.trim_start().len();
+        if line.trim() != "args:" {
+            i += 1;
+            continue;
+        }
+        let mut args = Vec::new();
+        let mut j = i + 1;
+        while j < lines.len() {
+            let item = lines[j].trim();
+            let item_indent = lines[j].len() - lines[j].trim_start().len();
+            if item.is_empty() || item.starts_with('#') {
+                j += 1;
+                continue;
+            }
+            if item_indent < indent || !item.starts_with("- ") {
+                break;
+            }
+            let value = item[2..].split(" #").next().unwrap().trim();
+            args.push(value.trim_matches(|c| c == '"' || c == '\'').to_string());
+            j += 1;
+        }
+        out.push((first_line + i, args));
+        i = j;
+    }
+    out
+}
+
+/// Every `coffer` command the documentation and the manifests contain.
+fn documented_invocations(root: &Path) -> Vec<Invocation> {
+    let mut all = Vec::new();
+    for file in markdown_files(root) {
+        let text = fs::read_to_string(root.join(&file)).unwrap();
+        let (fences, prose) = split_markdown(&text);
+        for fence in &fences {
+            if fence.lang == "yaml" || fence.lang == "yml" {
+                for (line, args) in yaml_args(fence.first_line, &fence.lines) {
+                    all.push(Invocation {
+                        place: format!("{}:{line}", file.display()),
+                        words: args,
+                        strict: true,
+                    });
+                }
+                continue;
+            }
+            if !SHELL_FENCES.contains(&fence.lang.as_str()) {
+                continue; // sample output and messages, not commands
+            }
+            let vars = binary_vars(&fence.lines);
+            for (line, text) in logical_lines(fence.first_line, &fence.lines) {
+                for words in invocations_in(&text, &vars) {
+                    all.push(Invocation {
+                        place: format!("{}:{line}", file.display()),
+                        words,
+                        strict: true,
+                    });
+                }
+            }
+        }
+        for (line, span) in inline_spans(&prose) {
+            for words in invocations_in(&span, &BTreeSet::new()) {
+                all.push(Invocation {
+                    place: format!("{}:{line}", file.display()),
+                    words,
+                    strict: false,
+                });
+            }
+        }
+    }
+    for file in manifest_files(root) {
+        let text = fs::read_to_string(root.join(&file)).unwrap();
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        for (line, args) in yaml_args(1, &lines) {
+            all.push(Invocation {
+                place: format!("{}:{line}", file.display()),
+                words: args,
+                strict: true,
+            });
+        }
+    }
+    // Only `args:` lists that start with a coffer command are coffer's.
+    let top = help_of(&mut HashMap::new(), &[]).subcommands;
+    all.retain(|inv| {
+        !inv.place.contains(".yaml")
+            || inv.words.first().is_some_and(|w| top.contains(w))
+            || inv.words.is_empty()
+    });
+    all
+}
+
+/// What `coffer <path> --help` says: subcommands and accepted flags.
+#[derive(Clone, Default)]
+struct Help {
+    subcommands: BTreeSet<String>,
+    flags: BTreeSet<String>,
+}
+
+fn parse_help(text: &str) -> Help {
+    let mut help = Help::default();
+    let mut section = "";
+    for line in text.lines() {
+        if !line.starts_with(' ') && line.ends_with(':') {
+            section = line;
+            continue;
+        }
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        if section == "Commands:" && indent == 2 {
+            if let Some(name) = trimmed.split_whitespace().next() {
+                help.subcommands.insert(name.to_string());
+            }
+        } else if trimmed.starts_with('-') && indent <= 6 {
+            for word in trimmed.split([' ', ',']) {
+                if let Some(name) = word.strip_prefix("--") {
+                    if !name.is_empty() {
+                        help.flags.insert(format!("--{name}"));
+                    }
+                }
+            }
+        }
+    }
+    help
+}
+
+fn help_of(cache: &mut HashMap<Vec<String>, Help>, path: &[String]) -> Help {
+    cache
+        .entry(path.to_vec())
+        .or_insert_with(|| {
+            let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+            args.push("--help");
+            let out = coffer(&args);
+            assert!(
+                out.status.success(),
+                "coffer {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            parse_help(&String::from_utf8_lossy(&out.stdout))
+        })
+        .clone()
+}
+
+fn is_placeholder(word: &str) -> bool {
+    word.starts_with('<')
+        || word.starts_with('…')
+        || word.starts_with("...")
+        || word.is_empty()
+        || word == "-"
+}
+
+/// Checks one command against the binary; appends what is wrong to `problems`.
+fn check(
+    cache: &mut HashMap<Vec<String>, Help>,
+    inv: &Invocation,
+    words: &[String],
+    problems: &mut Vec<String>,
+) {
+    let shown = format!("`coffer {}`", inv.words.join(" "));
+    let mut path: Vec<String> = Vec::new();
+    let mut i = 0;
+    let mut help = help_of(cache, &path);
+    while i < words.len() && !help.subcommands.is_empty() {
+        let word = &words[i];
+        if help.subcommands.contains(word) {
+            path.push(word.clone());
+            help = help_of(cache, &path);
+            i += 1;
+            continue;
+        }
+        let alternatives: Vec<&str> = word.split('|').collect();
+        if alternatives.len() > 1 && alternatives.iter().all(|a| help.subcommands.contains(*a)) {
+            for alt in alternatives {
+                let mut expanded = words.to_vec();
+                expanded[i] = alt.to_string();
+                check(cache, inv, &expanded, problems);
+            }
+            return;
+        }
+        if path.is_empty() && PLANNED.contains(&word.as_str()) {
+            return;
+        }
+        if !word.starts_with('-') && !is_placeholder(word) {
+            if !inv.strict {
+                return;
+            }
+            problems.push(format!(
+                "{}: {shown}: `{word}` is not a subcommand of `coffer {}` (it has: {})",
+                inv.place,
+                path.join(" "),
+                help.subcommands
+                    .iter()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            return;
+        }
+        break;
+    }
+    for word in &words[i..] {
+        if word == "--" {
+            break;
+        }
+        let Some(flag) = word.strip_prefix("--") else {
+            continue;
+        };
+        let name = format!("--{}", flag.split('=').next().unwrap());
+        if name == "--" || name.ends_with('*') {
+            continue;
+        }
+        if !help.flags.contains(&name) {
+            problems.push(format!(
+                "{}: {shown}: `{name}` is not a flag of `coffer {}` (`coffer {} --help` lists: {})",
+                inv.place,
+                path.join(" "),
+                path.join(" "),
+                help.flags.iter().cloned().collect::<Vec<_>>().join(" ")
+            ));
+        }
+    }
+}
+
+#[test]
+fn every_documented_command_and_flag_exists() {
+    let root = repo_root();
+    let invocations = documented_invocations(&root);
+    // The extraction must find the walk-throughs, or this test would pass on nothing.
+    for (file, at_least) in [
+        ("README.md", 4),
+        ("docs/keyd.md", 20),
+        ("docs/kms-plugin.md", 10),
+        ("docs/operations.md", 15),
+        ("docs/tee-platforms.md", 5),
+        ("deploy/static-pod.yaml", 1),
+        ("deploy/keyd/keyd.yaml", 1),
+    ] {
+        let n = invocations
+            .iter()
+            .filter(|i| i.place.starts_with(&format!("{file}:")))
+            .count();
+        assert!(
+            n >= at_least,
+            "found only {n} coffer commands in {file}; the extraction is broken"
+        );
+    }
+    let mut cache = HashMap::new();
+    let mut problems = Vec::new();
+    for inv in &invocations {
+        check(&mut cache, inv, &inv.words, &mut problems);
+    }
+    assert!(
+        problems.is_empty(),
+        "the documentation uses commands or flags the binary does not accept:\n{}",
+        problems.join("\n")
+    );
+}
+
+/// kms-plugin.md's reference table lists exactly the flags of `coffer kms serve --help`.
+#[test]
+fn kms_serve_reference_lists_every_flag() {
+    let root = repo_root();
+    let text = fs::read_to_string(root.join("docs/kms-plugin.md")).unwrap();
+    let start = text
+        .find("## `coffer kms serve` reference")
+        .expect("docs/kms-plugin.md has a `coffer kms serve` reference section");
+    let section = &text[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
+    let mut documented = BTreeSet::new();
+    for row in section.lines().filter(|l| l.starts_with("| `--")) {
+        let cell = row.split(" | ").next().unwrap();
+        for word in cell.split(['`', ' ', '/', '(', ')']) {
+            if word.starts_with("--") && word.len() > 2 {
+                documented.insert(word.to_string());
+            }
+        }
+    }
+    let help = help_of(&mut HashMap::new(), &["kms".into(), "serve".into()]);
+    let mut problems = Vec::new();
+    for flag in &documented {
+        if !help.flags.contains(flag) {
+            problems.push(format!(
+                "docs/kms-plugin.md documents {flag}, which `coffer kms serve` does not accept"
+            ));
+        }
+    }
+    for flag in &help.flags {
+        if !documented.contains(flag) && flag != "--help" && flag != "--version" {
+            problems.push(format!(
+                "`coffer kms serve --help` lists {flag}, which the reference table in \
+                 docs/kms-plugin.md does not document"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Relative links in the Markdown files point at files inside the repository.
+#[test]
+fn links_stay_inside_the_repository() {
+    let root = repo_root();
+    let mut problems = Vec::new();
+    for file in markdown_files(&root) {
+        let text = fs::read_to_string(root.join(&file)).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let mut rest = line;
+            while let Some(at) = rest.find("](") {
+                rest = &rest[at + 2..];
+                let Some(end) = rest.find(')') else { break };
+                let target = &rest[..end];
+                rest = &rest[end..];
+                if target.contains("://") || target.starts_with('#') || target.starts_with("mailto:")
+                {
+                    continue;
+                }
+                let path = target.split('#').next().unwrap();
+                let resolved = root.join(file.parent().unwrap()).join(path);
+                let inside = resolved
+                    .canonicalize()
+                    .map(|p| p.starts_with(&root))
+                    .unwrap_or(false);
+                if !inside {
+                    problems.push(format!(
+                        "{}:{}: link to {target} leaves the repository or does not exist",
+                        file.display(),
+                        n + 1
+                    ));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
