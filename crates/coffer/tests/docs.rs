@@ -619,3 +619,329 @@ fn links_stay_inside_the_repository() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// Capabilities the Pod Security `baseline` level lets a container add.
+const BASELINE_CAPABILITIES: &[&str] = &[
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "NET_BIND_SERVICE",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_CHROOT",
+];
+
+/// The objects of one manifest as the real kubectl decodes them, offline (`kubectl create
+/// --dry-run=client` needs an API server for discovery; `label --local` does not). `None` when
+/// kubectl is not installed.
+fn kubectl_objects(root: &Path, file: &Path) -> Option<Result<Vec<serde_json::Value>, String>> {
+    let out = match Command::new("kubectl")
+        .args(["label", "--local", "-o", "json", "-f"])
+        .arg(root.join(file))
+        .arg("coffer.example/docs-check=1")
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => panic!("running kubectl: {e}"),
+    };
+    if !out.status.success() {
+        return Some(Err(String::from_utf8_lossy(&out.stderr).into_owned()));
+    }
+    let objects = serde_json::Deserializer::from_slice(&out.stdout)
+        .into_iter::<serde_json::Value>()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("kubectl printed something that is not JSON: {e}"));
+    Some(objects)
+}
+
+fn strings(value: &serde_json::Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The value of `--name` in `args` (`--name=value` or `--name value`).
+fn arg_value(args: &[String], name: &str) -> Option<String> {
+    args.iter().enumerate().find_map(|(i, a)| {
+        if let Some(v) = a.strip_prefix(&format!("{name}=")) {
+            Some(v.to_string())
+        } else if a == name {
+            args.get(i + 1).cloned()
+        } else {
+            None
+        }
+    })
+}
+
+/// What is wrong with one pod spec (`what` names it in messages).
+fn check_pod_spec(what: &str, namespace: &str, spec: &serde_json::Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    let host_network = spec["hostNetwork"].as_bool().unwrap_or(false);
+    let volumes: BTreeSet<&str> = spec["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    let pod_user = spec["securityContext"]["runAsUser"].as_i64();
+    let containers = spec["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(spec["initContainers"].as_array().into_iter().flatten());
+    for c in containers {
+        let name = c["name"].as_str().unwrap_or("?");
+        let at = format!("{what}, container {name}");
+        let user = c["securityContext"]["runAsUser"].as_i64().or(pod_user);
+        let root = user.is_none_or(|u| u == 0);
+
+        for cap in strings(&c["securityContext"]["capabilities"]["add"]) {
+            let cap = cap.trim_start_matches("CAP_").to_string();
+            if !root {
+                problems.push(format!(
+                    "{at}: adds {cap} to a non-root container, where added capabilities are \
+                     not effective"
+                ));
+            } else if !BASELINE_CAPABILITIES.contains(&cap.as_str()) && namespace != "kube-system"
+            {
+                problems.push(format!(
+                    "{at}: adds {cap}, which the `baseline` Pod Security level forbids"
+                ));
+            }
+            if cap == "SYS_ADMIN" {
+                problems.push(format!("{at}: adds SYS_ADMIN"));
+            }
+        }
+        if c["securityContext"]["privileged"].as_bool() == Some(true) {
+            problems.push(format!("{at}: is privileged"));
+        }
+
+        let mounts: Vec<(&str, &str)> = c["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| {
+                (
+                    m["name"].as_str().unwrap_or(""),
+                    m["mountPath"].as_str().unwrap_or(""),
+                )
+            })
+            .collect();
+        for (volume, path) in &mounts {
+            if !volumes.contains(volume) {
+                problems.push(format!(
+                    "{at}: mounts volume `{volume}` at {path}, but the pod has no such volume"
+                ));
+            }
+        }
+
+        let args: Vec<String> = strings(&c["command"])
+            .into_iter()
+            .chain(strings(&c["args"]))
+            .collect();
+        for arg in &args {
+            let path = arg.split_once('=').map_or(arg.as_str(), |(_, v)| v);
+            if !path.starts_with('/') {
+                continue;
+            }
+            let mounted = mounts.iter().any(|(_, m)| {
+                path == *m || path.starts_with(&format!("{}/", m.trim_end_matches('/')))
+            });
+            if !mounted {
+                problems.push(format!(
+                    "{at}: argument `{arg}` names {path}, which is under no volume mount (the \
+                     image has nothing there)"
+                ));
+            }
+        }
+
+        let ports: Vec<(Option<&str>, i64)> = c["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| (p["name"].as_str(), p["containerPort"].as_i64().unwrap_or(0)))
+            .collect();
+        let metrics = arg_value(&args, "--metrics-addr");
+        let metrics_port = metrics
+            .as_deref()
+            .and_then(|m| m.rsplit_once(':'))
+            .and_then(|(_, p)| p.parse::<i64>().ok());
+        for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+            let p = &c[probe];
+            if p.is_null() {
+                continue;
+            }
+            let Some(get) = p["httpGet"].as_object() else {
+                problems.push(format!(
+                    "{at}: {probe} is not an httpGet of /healthz (a TCP probe of a TLS port makes \
+                     the server log failed handshakes)"
+                ));
+                continue;
+            };
+            let port = match &get["port"] {
+                serde_json::Value::String(name) => {
+                    match ports.iter().find(|(n, _)| *n == Some(name.as_str())) {
+                        Some((_, number)) => Some(*number),
+                        None => {
+                            problems.push(format!(
+                                "{at}: {probe} uses port `{name}`, which the container does not \
+                                 declare"
+                            ));
+                            None
+                        }
+                    }
+                }
+                serde_json::Value::Number(n) => n.as_i64(),
+                _ => None,
+            };
+            if let (Some(port), false) = (port, ports.is_empty()) {
+                if !ports.iter().any(|(_, n)| *n == port) {
+                    problems.push(format!(
+                        "{at}: {probe} probes port {port}, which the container does not declare"
+                    ));
+                }
+            }
+            if port.is_some() && port != metrics_port {
+                problems.push(format!(
+                    "{at}: {probe} probes port {port:?}, but /healthz is served on \
+                     --metrics-addr {metrics:?}"
+                ));
+            }
+            let path = get.get("path").and_then(|p| p.as_str()).unwrap_or("/");
+            if !["/healthz", "/livez", "/readyz"].contains(&path) {
+                problems.push(format!("{at}: {probe} asks for {path}, not /healthz"));
+            }
+            let loopback_probe = get
+                .get("host")
+                .and_then(|h| h.as_str())
+                .is_some_and(|h| h.starts_with("127.") || h == "localhost");
+            let loopback_metrics = metrics
+                .as_deref()
+                .is_some_and(|m| m.starts_with("127.") || m.starts_with("localhost:"));
+            if loopback_metrics && !(host_network && loopback_probe) {
+                problems.push(format!(
+                    "{at}: {probe} cannot reach /healthz: --metrics-addr {metrics:?} is loopback, \
+                     and the kubelet probes the pod IP unless the pod uses hostNetwork and the \
+                     probe sets host: 127.0.0.1"
+                ));
+            }
+            if !loopback_metrics && !args.iter().any(|a| a == "--metrics-allow-remote") {
+                problems.push(format!(
+                    "{at}: --metrics-addr {metrics:?} is not loopback and needs \
+                     --metrics-allow-remote"
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// What is wrong with one object of a manifest.
+fn check_object(file: &Path, object: &serde_json::Value) -> Vec<String> {
+    let kind = object["kind"].as_str().unwrap_or("?");
+    let name = object["metadata"]["name"].as_str().unwrap_or("?");
+    let namespace = object["metadata"]["namespace"].as_str().unwrap_or("default");
+    let what = format!("{}: {kind} {name}", file.display());
+    let mut problems = Vec::new();
+    let spec = match kind {
+        "Pod" => Some(&object["spec"]),
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => {
+            Some(&object["spec"]["template"]["spec"])
+        }
+        _ => None,
+    };
+    if let Some(spec) = spec {
+        problems.extend(check_pod_spec(&what, namespace, spec));
+    }
+    if kind == "Service"
+        && object["spec"]["type"] == "LoadBalancer"
+        && strings(&object["spec"]["loadBalancerSourceRanges"]).is_empty()
+    {
+        problems.push(format!(
+            "{what}: a LoadBalancer without loadBalancerSourceRanges is open to every address"
+        ));
+    }
+    problems
+}
+
+#[test]
+fn manifests_parse_and_keep_their_promises() {
+    let root = repo_root();
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for file in manifest_files(&root) {
+        let Some(objects) = kubectl_objects(&root, &file) else {
+            println!("skipping the manifest checks: kubectl is not installed");
+            return;
+        };
+        match objects {
+            Err(e) => problems.push(format!("{}: kubectl cannot read it: {e}", file.display())),
+            Ok(objects) => {
+                for object in &objects {
+                    checked += 1;
+                    problems.extend(check_object(&file, object));
+                }
+            }
+        }
+    }
+    assert!(checked >= 8, "only {checked} objects found under deploy/");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The checks above catch what they claim to: a manifest with every mistake they look for.
+#[test]
+fn manifest_checks_catch_each_mistake() {
+    let bad = serde_json::json!({
+        "kind": "Deployment",
+        "metadata": {"name": "bad", "namespace": "coffer-system"},
+        "spec": {"template": {"spec": {
+            "volumes": [{"name": "data"}],
+            "containers": [{
+                "name": "keyd",
+                "args": ["keyd", "serve", "--data-dir=/var/lib/coffer-keyd",
+                         "--policy=/etc/coffer/policy.yaml", "--metrics-addr=127.0.0.1:9465"],
+                "ports": [{"name": "keyd", "containerPort": 7443}],
+                "readinessProbe": {"tcpSocket": {"port": 7443}},
+                "livenessProbe": {"httpGet": {"port": "metrics", "path": "/"}},
+                "securityContext": {"runAsUser": 10001, "capabilities": {"add": ["IPC_LOCK"]}},
+                "volumeMounts": [{"name": "data", "mountPath": "/var/lib/coffer-keyd"},
+                                 {"name": "config", "mountPath": "/etc/config"}]
+            }]
+        }}}
+    });
+    let problems = check_object(Path::new("bad.yaml"), &bad).join("\n");
+    for expected in [
+        "adds IPC_LOCK to a non-root container",
+        "mounts volume `config`",
+        "names /etc/coffer/policy.yaml",
+        "readinessProbe is not an httpGet",
+        "uses port `metrics`, which the container does not declare",
+        "asks for /, not /healthz",
+    ] {
+        assert!(problems.contains(expected), "missed {expected:?} in:\n{problems}");
+    }
+    let service = serde_json::json!({
+        "kind": "Service", "metadata": {"name": "s"}, "spec": {"type": "LoadBalancer"}
+    });
+    assert_eq!(check_object(Path::new("s.yaml"), &service).len(), 1);
+    let root_pod = serde_json::json!({
+        "kind": "Pod", "metadata": {"name": "p", "namespace": "default"},
+        "spec": {"containers": [{"name": "c",
+            "securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}]}
+    });
+    let problems = check_object(Path::new("p.yaml"), &root_pod).join("\n");
+    assert!(problems.contains("forbids"), "{problems}");
+}
