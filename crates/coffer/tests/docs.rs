@@ -33,7 +33,13 @@ fn repo_root() -> PathBuf {
 /// README.md, docs/*.md and every Markdown file under deploy/, relative to the repository root.
 fn markdown_files(root: &Path) -> Vec<PathBuf> {
     let mut files = vec![PathBuf::from("README.md")];
-    for dir in ["docs", "deploy", "deploy/gramine", "deploy/occlum", "deploy/keyd"] {
+    for dir in [
+        "docs",
+        "deploy",
+        "deploy/gramine",
+        "deploy/occlum",
+        "deploy/keyd",
+    ] {
         let Ok(entries) = fs::read_dir(root.join(dir)) else {
             continue;
         };
@@ -221,10 +227,7 @@ fn invocations_in(line: &str, vars: &BTreeSet<String>) -> Vec<Vec<String>> {
         } else if is_binary {
             Some(i + 1)
         } else if w == "cargo" && words.get(i + 1).is_some_and(|n| n == "run") {
-            words[i..]
-                .iter()
-                .position(|x| x == "--")
-                .map(|p| i + p + 1)
+            words[i..].iter().position(|x| x == "--").map(|p| i + p + 1)
         } else {
             None
         };
@@ -597,7 +600,9 @@ fn links_stay_inside_the_repository() {
                 let Some(end) = rest.find(')') else { break };
                 let target = &rest[..end];
                 rest = &rest[end..];
-                if target.contains("://") || target.starts_with('#') || target.starts_with("mailto:")
+                if target.contains("://")
+                    || target.starts_with('#')
+                    || target.starts_with("mailto:")
                 {
                     continue;
                 }
@@ -715,8 +720,7 @@ fn check_pod_spec(what: &str, namespace: &str, spec: &serde_json::Value) -> Vec<
                     "{at}: adds {cap} to a non-root container, where added capabilities are \
                      not effective"
                 ));
-            } else if !BASELINE_CAPABILITIES.contains(&cap.as_str()) && namespace != "kube-system"
-            {
+            } else if !BASELINE_CAPABILITIES.contains(&cap.as_str()) && namespace != "kube-system" {
                 problems.push(format!(
                     "{at}: adds {cap}, which the `baseline` Pod Security level forbids"
                 ));
@@ -853,7 +857,9 @@ fn check_pod_spec(what: &str, namespace: &str, spec: &serde_json::Value) -> Vec<
 fn check_object(file: &Path, object: &serde_json::Value) -> Vec<String> {
     let kind = object["kind"].as_str().unwrap_or("?");
     let name = object["metadata"]["name"].as_str().unwrap_or("?");
-    let namespace = object["metadata"]["namespace"].as_str().unwrap_or("default");
+    let namespace = object["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("default");
     let what = format!("{}: {kind} {name}", file.display());
     let mut problems = Vec::new();
     let spec = match kind {
@@ -931,7 +937,10 @@ fn manifest_checks_catch_each_mistake() {
         "uses port `metrics`, which the container does not declare",
         "asks for /, not /healthz",
     ] {
-        assert!(problems.contains(expected), "missed {expected:?} in:\n{problems}");
+        assert!(
+            problems.contains(expected),
+            "missed {expected:?} in:\n{problems}"
+        );
     }
     let service = serde_json::json!({
         "kind": "Service", "metadata": {"name": "s"}, "spec": {"type": "LoadBalancer"}
@@ -944,4 +953,184 @@ fn manifest_checks_catch_each_mistake() {
     });
     let problems = check_object(Path::new("p.yaml"), &root_pod).join("\n");
     assert!(problems.contains("forbids"), "{problems}");
+}
+
+/// The first shell block after `heading` in `file`, as logical lines with their line numbers.
+fn walkthrough(root: &Path, file: &str, heading: &str) -> Vec<(usize, String)> {
+    let text = fs::read_to_string(root.join(file)).unwrap();
+    let at = text
+        .lines()
+        .position(|l| l.starts_with('#') && l.contains(heading))
+        .unwrap_or_else(|| panic!("{file} has no heading {heading:?}"));
+    let (fences, _) = split_markdown(&text);
+    let fence = fences
+        .iter()
+        .find(|f| f.first_line > at + 1 && SHELL_FENCES.contains(&f.lang.as_str()))
+        .unwrap_or_else(|| panic!("{file}: no shell block after {heading:?}"));
+    logical_lines(fence.first_line, &fence.lines)
+}
+
+/// Turns a walk-through into a script that runs unattended in `dir`: the release binary is the
+/// one under test, `/tmp/` is `dir`, keyd's port is `port`, hand-copied signer values are filled
+/// in, servers run in the background until they are ready, and load runs for one second.
+fn walkthrough_script(
+    lines: &[(usize, String)],
+    file: &str,
+    dir: &Path,
+    port: u16,
+) -> (String, usize) {
+    let bin = coffer_bin();
+    let dir = dir.display().to_string();
+    let mut script = format!(
+        "set -eux\n\
+         BIN='{bin}'\nDIR='{dir}'\ncd \"$DIR\"\n\
+         PIDS=''\n\
+         trap 'for p in $PIDS; do kill $p 2>/dev/null || true; done; wait' EXIT\n\
+         signer() {{ \"$BIN\" attest verify --evidence \"$1\" 2>/dev/null \
+            | sed -n 's/.*\"signer\": *\"\\([0-9a-f]*\\)\".*/\\1/p'; }}\n\
+         wait_for() {{ i=0; until grep -q \"$2\" \"$1\" 2>/dev/null; do i=$((i+1)); \
+            if [ $i -gt 600 ]; then echo \"no '$2' in $1:\"; cat \"$1\"; exit 1; fi; \
+            sleep 0.1; done; }}\n"
+    );
+    let mut servers = 0;
+    for (n, line) in lines {
+        let mut line = line
+            .replace("./target/release/coffer", bin)
+            .replace("/tmp/", &format!("{dir}/"))
+            .replace("127.0.0.1:7443", &format!("127.0.0.1:{port}"))
+            .replace("--duration 10s", "--duration 1s")
+            .replace(
+                "<the plugin's signer hex>",
+                &format!("$(signer {dir}/plugin-evidence.json)"),
+            )
+            .replace(
+                "<keyd's signer hex>",
+                &format!("$(signer {dir}/keyd-evidence.json)"),
+            );
+        if line.trim_start().starts_with("cargo build") {
+            continue; // the binary under test is already built
+        }
+        let ready = if line.contains("keyd serve") {
+            Some("keyd ready")
+        } else if line.contains("kms serve") && line.contains("--keyd") {
+            Some("keyd answers; primary key")
+        } else if line.contains("kms serve") {
+            Some("coffer kms serving")
+        } else {
+            None
+        };
+        if let Some(ready) = ready {
+            servers += 1;
+            let log = format!("{dir}/server-{servers}.log");
+            let command = without_comment(&line);
+            let command = command.trim_end().trim_end_matches('&').trim_end();
+            line = format!("{command} >{log} 2>&1 &\nPIDS=\"$PIDS $!\"\nwait_for {log} '{ready}'");
+        }
+        script.push_str(&format!("# {file}:{n}\n{line}\n"));
+    }
+    (script, servers)
+}
+
+/// `line` without its trailing shell comment.
+fn without_comment(line: &str) -> String {
+    let mut quote = None;
+    let mut previous = ' ';
+    for (i, c) in line.char_indices() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '\'' || c == '"' => quote = Some(c),
+            None if c == '#' && previous.is_whitespace() => return line[..i].to_string(),
+            None => {}
+        }
+        previous = c;
+    }
+    line.to_string()
+}
+
+/// Runs a walk-through script; panics with its output if it fails or hangs.
+fn run_walkthrough(name: &str, script: &str) {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("output");
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&out_path).unwrap())
+        .stderr(fs::File::create(dir.path().join("stderr")).unwrap())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            common::signal(child.id(), "KILL");
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(format!("-{}", child.id()))
+                .status();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = fs::read_to_string(&out_path).unwrap_or_default()
+        + &fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
+    match status {
+        Some(s) if s.success() => {}
+        Some(s) => panic!("{name} failed ({s}) as written:\n{script}\n--- output ---\n{output}"),
+        None => panic!("{name} did not finish in 180 s:\n{script}\n--- output ---\n{output}"),
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// README's "Try it against the API" runs as written.
+#[test]
+fn readme_walkthrough_runs() {
+    let root = repo_root();
+    let lines = walkthrough(&root, "README.md", "Try it against the API");
+    let dir = tempfile::tempdir().unwrap();
+    let (script, servers) = walkthrough_script(&lines, "README.md", dir.path(), free_port());
+    assert_eq!(
+        servers, 1,
+        "README's walk-through starts one plugin:\n{script}"
+    );
+    run_walkthrough("README.md, \"Try it against the API\"", &script);
+}
+
+/// keyd.md's "Try it on one machine" runs as written, and the plugin it ends with serves
+/// through keyd (the `coffer bench kms` the text names right after the block).
+#[test]
+fn keyd_one_machine_walkthrough_runs() {
+    let root = repo_root();
+    let mut lines = walkthrough(&root, "docs/keyd.md", "Try it on one machine");
+    let text = fs::read_to_string(root.join("docs/keyd.md")).unwrap();
+    let bench = "coffer bench kms --socket /tmp/kms.sock";
+    assert!(
+        text.contains(&format!("`{bench}` then drives it")),
+        "docs/keyd.md no longer names {bench:?} after the one-machine block"
+    );
+    lines.push((0, format!("./target/release/{bench} --duration 1s")));
+    let dir = tempfile::tempdir().unwrap();
+    let (script, servers) = walkthrough_script(&lines, "docs/keyd.md", dir.path(), free_port());
+    assert_eq!(
+        servers, 2,
+        "keyd.md's walk-through starts keyd and a plugin:\n{script}"
+    );
+    assert!(
+        !script.contains("signer hex>"),
+        "a signer placeholder was not filled in:\n{script}"
+    );
+    run_walkthrough("docs/keyd.md, \"Try it on one machine\"", &script);
 }
