@@ -81,6 +81,8 @@ struct Invocation {
     /// also quotes messages (`coffer kms is already serving …`), so there it only means the
     /// span is not a command.
     strict: bool,
+    /// Whether it is the `args:` list of a container, which may belong to another program.
+    yaml_args: bool,
 }
 
 /// A fenced code block: its info string, first line number and lines.
@@ -331,6 +333,7 @@ fn documented_invocations(root: &Path) -> Vec<Invocation> {
                         place: format!("{}:{line}", file.display()),
                         words: args,
                         strict: true,
+                        yaml_args: true,
                     });
                 }
                 continue;
@@ -345,6 +348,7 @@ fn documented_invocations(root: &Path) -> Vec<Invocation> {
                         place: format!("{}:{line}", file.display()),
                         words,
                         strict: true,
+                        yaml_args: false,
                     });
                 }
             }
@@ -355,6 +359,7 @@ fn documented_invocations(root: &Path) -> Vec<Invocation> {
                     place: format!("{}:{line}", file.display()),
                     words,
                     strict: false,
+                    yaml_args: false,
                 });
             }
         }
@@ -367,16 +372,34 @@ fn documented_invocations(root: &Path) -> Vec<Invocation> {
                 place: format!("{}:{line}", file.display()),
                 words: args,
                 strict: true,
+                yaml_args: true,
             });
         }
     }
-    // Only `args:` lists that start with a coffer command are coffer's.
+    let gramine = Path::new("deploy/gramine/coffer.manifest.template");
+    if let Ok(text) = fs::read_to_string(root.join(gramine)) {
+        let start = text
+            .find("loader.argv = [")
+            .expect("the Gramine manifest sets loader.argv");
+        let line = text[..start].lines().count() + 1;
+        let list = &text[start..start + text[start..].find(']').unwrap()];
+        let words: Vec<String> = list
+            .split('"')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect();
+        assert_eq!(words.first().map(String::as_str), Some("coffer"), "{list}");
+        all.push(Invocation {
+            place: format!("{}:{line}", gramine.display()),
+            words: words[1..].to_vec(),
+            strict: true,
+            yaml_args: false,
+        });
+    }
+    // YAML `args:` lists that do not start with a coffer command belong to other programs.
     let top = help_of(&mut HashMap::new(), &[]).subcommands;
-    all.retain(|inv| {
-        !inv.place.contains(".yaml")
-            || inv.words.first().is_some_and(|w| top.contains(w))
-            || inv.words.is_empty()
-    });
+    all.retain(|inv| !inv.yaml_args || inv.words.first().is_some_and(|w| top.contains(w)));
     all
 }
 
@@ -525,6 +548,8 @@ fn every_documented_command_and_flag_exists() {
         ("docs/tee-platforms.md", 5),
         ("deploy/static-pod.yaml", 1),
         ("deploy/keyd/keyd.yaml", 1),
+        ("deploy/static-pod-keyd.yaml", 1),
+        ("deploy/gramine/coffer.manifest.template", 1),
     ] {
         let n = invocations
             .iter()
