@@ -1014,7 +1014,8 @@ fn walkthrough_script(
          signer() {{ \"$BIN\" attest verify --evidence \"$1\" 2>/dev/null \
             | sed -n 's/.*\"signer\": *\"\\([0-9a-f]*\\)\".*/\\1/p'; }}\n\
          wait_for() {{ i=0; until grep -q \"$2\" \"$1\" 2>/dev/null; do i=$((i+1)); \
-            if [ $i -gt 600 ]; then echo \"no '$2' in $1:\"; cat \"$1\"; exit 1; fi; \
+            if [ $i -gt 600 ] || ! kill -0 \"$3\" 2>/dev/null; then \
+            echo \"no '$2' in $1:\"; cat \"$1\"; exit 1; fi; \
             sleep 0.1; done; }}\n"
     );
     let mut servers = 0;
@@ -1049,7 +1050,8 @@ fn walkthrough_script(
             let log = format!("{dir}/server-{servers}.log");
             let command = without_comment(&line);
             let command = command.trim_end().trim_end_matches('&').trim_end();
-            line = format!("{command} >{log} 2>&1 &\nPIDS=\"$PIDS $!\"\nwait_for {log} '{ready}'");
+            line =
+                format!("{command} >{log} 2>&1 &\nPIDS=\"$PIDS $!\"\nwait_for {log} '{ready}' $!");
         }
         script.push_str(&format!("# {file}:{n}\n{line}\n"));
     }
