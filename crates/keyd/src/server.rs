@@ -358,18 +358,19 @@ impl Acceptor {
             .and_then(|c| c.first())
             .map(|c| c.as_ref().to_vec());
         let verdict = match &certificate {
-            None => Err(
+            None => Err((
                 "the client presented no certificate; keyd accepts only attested TLS clients (coffer's attested certificate with TEE evidence)"
                     .to_string(),
-            ),
+                None,
+            )),
             Some(der) => {
                 // Evidence verification can take milliseconds (DCAP, SNP chains): off the
                 // async workers.
                 let verifier = self.verifier.clone();
                 let der = der.clone();
-                match tokio::task::spawn_blocking(move || verifier.verify_certificate(&der, UnixTime::now())).await {
-                    Ok(result) => result.map_err(|e| e.to_string()),
-                    Err(e) => Err(format!("verification task failed: {e}")),
+                match tokio::task::spawn_blocking(move || verifier.verify_certificate_detailed(&der, UnixTime::now())).await {
+                    Ok(result) => result.map_err(|r| (r.error.to_string(), r.claims)),
+                    Err(e) => Err((format!("verification task failed: {e}"), None)),
                 }
             }
         };
@@ -386,17 +387,26 @@ impl Acceptor {
                 tracing::debug!(peer = %remote, role = %identity.role, "attested client connected");
                 (Ok(Arc::new(identity)), caller, key)
             }
-            Err(reason) => {
-                let tee = certificate
-                    .as_deref()
-                    .and_then(|der| coffer_ratls::evidence_from_certificate(der).ok())
-                    .map(|d| d.evidence.tee.name().to_string())
-                    .unwrap_or_else(|| "none".to_string());
-                let caller = coffer_audit::Caller {
-                    tee,
-                    measurement: String::new(),
-                    role: None,
-                    peer: peer_addr.clone(),
+            Err((reason, claims)) => {
+                // The policy refused verified evidence: record whose it was. Otherwise only the
+                // claimed TEE type is known, and no measurement is recorded as verified.
+                let caller = match claims {
+                    Some(claims) => coffer_audit::Caller::new(
+                        claims.tee.name(),
+                        claims.primary_measurement(),
+                        None,
+                        &peer_addr,
+                    ),
+                    None => coffer_audit::Caller {
+                        tee: certificate
+                            .as_deref()
+                            .and_then(|der| coffer_ratls::evidence_from_certificate(der).ok())
+                            .map(|d| d.evidence.tee.name().to_string())
+                            .unwrap_or_else(|| "none".to_string()),
+                        measurement: String::new(),
+                        role: None,
+                        peer: peer_addr.clone(),
+                    },
                 };
                 self.metrics.connection(ConnectionResult::Refused);
                 tracing::warn!(peer = %remote, reason = %reason, "client attestation refused; its calls will be refused");
