@@ -147,7 +147,7 @@ fn deleted_middle_line_is_a_gap() {
 }
 
 #[test]
-fn swapped_lines_are_detected() {
+fn swapped_lines_are_reported_as_reordered() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
     write_log(&path, 10, AuditOptions::default());
@@ -158,7 +158,7 @@ fn swapped_lines_are_detected() {
     assert!(
         matches!(
             err,
-            AuditError::Gap {
+            AuditError::Reordered {
                 line: 4,
                 expected_seq: 4,
                 found_seq: 5
@@ -166,24 +166,83 @@ fn swapped_lines_are_detected() {
         ),
         "{err:?}"
     );
-    // Swapping back the seq numbers but not the content is caught by the chain.
+    let message = err.to_string();
+    assert!(
+        message.contains("line 4 holds record seq 5, expected 4: records were reordered"),
+        "{message}"
+    );
+    assert!(!message.contains("deleted"), "{message}");
+    // A record moved further down is a reordering too, not a deletion.
     let mut lines = lines_of(&path);
     lines.swap(3, 4);
-    write_lines(&path, &lines);
-    verify_default(&path).unwrap();
-    // A duplicated line reads as reordered.
-    let mut lines = lines_of(&path);
-    let dup = lines[2].clone();
-    lines.insert(3, dup);
+    let moved = lines.remove(2);
+    lines.insert(7, moved);
     write_lines(&path, &lines);
     assert!(matches!(
         verify_default(&path),
         Err(AuditError::Reordered {
-            line: 4,
-            expected_seq: 4,
-            found_seq: 3
+            line: 3,
+            expected_seq: 3,
+            found_seq: 4
         })
     ));
+}
+
+#[test]
+fn swapping_back_the_seq_numbers_but_not_the_content_is_an_edit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    write_log(&path, 10, AuditOptions::default());
+    let mut lines = lines_of(&path);
+    lines.swap(3, 4);
+    let seq_of = |l: &[u8]| String::from_utf8(l.to_vec()).unwrap();
+    lines[3] = seq_of(&lines[3]).replacen("\"seq\":5", "\"seq\":4", 1).into_bytes();
+    lines[4] = seq_of(&lines[4]).replacen("\"seq\":4", "\"seq\":5", 1).into_bytes();
+    write_lines(&path, &lines);
+    // Line 4 now has the right seq but not line 3's link.
+    assert!(matches!(
+        verify_default(&path),
+        Err(AuditError::Edited { line: 3 })
+    ));
+}
+
+#[test]
+fn duplicated_line_is_reported_as_duplicated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    write_log(&path, 10, AuditOptions::default());
+    let mut lines = lines_of(&path);
+    let dup = lines[2].clone();
+    lines.insert(3, dup);
+    write_lines(&path, &lines);
+    let err = verify_default(&path).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AuditError::Duplicated {
+                line: 4,
+                expected_seq: 4,
+                found_seq: 3
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("a record was duplicated"), "{err}");
+}
+
+#[test]
+fn edited_seq_field_is_an_edit_not_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    write_log(&path, 10, AuditOptions::default());
+    let mut lines = lines_of(&path);
+    lines[4] = String::from_utf8(lines[4].clone())
+        .unwrap()
+        .replacen("\"seq\":5", "\"seq\":9", 1)
+        .into_bytes();
+    write_lines(&path, &lines);
+    let err = verify_default(&path).unwrap_err();
+    assert!(matches!(err, AuditError::Edited { line: 5 }), "{err:?}");
 }
 
 #[test]
@@ -524,7 +583,12 @@ fn field_names(s: &str, sep: char) -> Vec<String> {
 
 #[test]
 fn debug_and_display_contain_only_the_listed_fields() {
-    let record = entry(5).into_record(5, "2026-01-01T00:00:00.000Z".into(), SHA256_GENESIS.into());
+    let record = entry(5).to_record(
+        5,
+        "2026-01-01T00:00:00.000Z".into(),
+        SHA256_GENESIS.into(),
+        Some(3),
+    );
     let listed = [
         "seq",
         "time",
@@ -538,6 +602,7 @@ fn debug_and_display_contain_only_the_listed_fields() {
         "key_id",
         "result",
         "reason",
+        "count",
         "prev",
     ];
     for name in field_names(&format!("{record:?}"), ':') {
@@ -565,12 +630,13 @@ fn debug_and_display_contain_only_the_listed_fields() {
         "\"key_id\":",
         "\"result\":",
         "\"reason\":",
+        "\"count\":",
         "\"prev\":",
     ];
     let positions: Vec<usize> = order.iter().map(|k| line.find(k).unwrap()).collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "{line}");
     let json: serde_json::Value = serde_json::from_str(&line).unwrap();
-    assert_eq!(json.as_object().unwrap().len(), 9);
+    assert_eq!(json.as_object().unwrap().len(), 10);
     assert_eq!(json["caller"].as_object().unwrap().len(), 4);
     // Keys are never printed.
     let key = ChainKey::new([0x42; 32]);
