@@ -34,9 +34,9 @@ impl Aggregator {
 
     /// Counts one successful operation. An entry whose result is not [`Outcome::Ok`] is
     /// refused and handed back: write it on its own.
-    pub fn add(&self, entry: AuditEntry) -> Result<(), AuditEntry> {
+    pub fn add(&self, entry: AuditEntry) -> Result<(), Box<AuditEntry>> {
         if entry.result != Outcome::Ok || entry.reason.is_some() {
-            return Err(entry);
+            return Err(Box::new(entry));
         }
         let key = Key {
             event: entry.event,

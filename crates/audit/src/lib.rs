@@ -241,7 +241,9 @@ pub enum AuditError {
         source: Box<AuditError>,
     },
     /// The segment size is below [`MIN_SEGMENT_BYTES`].
-    #[error("audit segment size {bytes} bytes is too small: use at least {MIN_SEGMENT_BYTES} bytes")]
+    #[error(
+        "audit segment size {bytes} bytes is too small: use at least {MIN_SEGMENT_BYTES} bytes"
+    )]
     SegmentTooSmall {
         /// The size asked for.
         bytes: u64,
@@ -734,7 +736,10 @@ pub fn verify(path: &Path, options: &VerifyOptions) -> Result<VerifyReport, Audi
     let pruned_segments = closed.first().map_or(0, |(n, _)| n - 1);
     let mut files: Vec<PathBuf> = closed.into_iter().map(|(_, p)| p).collect();
     // After an interrupted rotation the active file is also the last closed segment.
-    if !files.last().is_some_and(|last| segment::same_file(path, last)) {
+    if !files
+        .last()
+        .is_some_and(|last| segment::same_file(path, last))
+    {
         files.push(path.to_path_buf());
     }
     let segmented = files.len() > 1;
@@ -1343,15 +1348,23 @@ impl AuditLog {
             return Ok(());
         };
         let (removed, kept) = segments.split_at(excess as usize);
-        let mut oldest_kept = File::open(&kept[0].1).map_err(|e| AuditError::io("open", &kept[0].1, e))?;
+        let mut oldest_kept =
+            File::open(&kept[0].1).map_err(|e| AuditError::io("open", &kept[0].1, e))?;
         let kept_from = first_seq(&mut oldest_kept, &kept[0].1)?;
+        let names = match removed {
+            [only] => segment::display_name(&only.1),
+            [first, .., last] => format!(
+                "{} to {}",
+                segment::display_name(&first.1),
+                segment::display_name(&last.1)
+            ),
+            [] => unreachable!("excess is positive"),
+        };
         // Recorded first: a crash after it repeats the removal; the reverse would lose the fact.
         self.append(AuditEntry::local(
             PRUNE_EVENT,
             format!(
-                "retention ({keep} closed segments) removes {} to {}: records before seq {kept_from}",
-                segment::display_name(&removed[0].1),
-                segment::display_name(&removed[removed.len() - 1].1),
+                "retention ({keep} closed segments) removes {names}: records before seq {kept_from}"
             ),
         ))?;
         self.sync()?;

@@ -80,6 +80,8 @@ pub fn sync_dir(log: &Path) -> Result<(), AuditError> {
 
 /// The file name of `path`, for messages and records.
 pub fn display_name(path: &Path) -> String {
-    path.file_name()
-        .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
