@@ -26,6 +26,23 @@
 //!   that even a one-line log reveals a wrong key ([`AuditError::WrongKey`]) and that a
 //!   SHA-256-chained log is never mistaken for an HMAC-chained one.
 //!
+//! * `count` (absent on ordinary records) says how many operations an aggregated record stands
+//!   for ([`Aggregator`]).
+//!
+//! # Segments and retention
+//!
+//! With [`AuditOptions::segment_bytes`] the log is a series of files: closed segments
+//! `<log>.000001`, `<log>.000002`, … (never written again) and the active `<log>`. Before the
+//! active file would grow past the limit the writer syncs it, hard-links it to the next closed
+//! name, and atomically replaces `<log>` with a new file whose first record
+//! ([`SEGMENT_EVENT`]) names the closed segment and chains from its last record: `seq` and
+//! `prev` run on across segments, so the whole series is one chain. With
+//! [`AuditOptions::retention_segments`] the oldest closed segments beyond the limit are removed
+//! after a [`PRUNE_EVENT`] record naming them; [`verify`] then starts at the first kept
+//! segment's header, takes its `prev` as given and reports the removed segments and records. A
+//! crash between the link and the replace leaves one file under both names; [`AuditLog::open`]
+//! completes that rotation. A log written before segments existed is simply a first segment.
+//!
 //! # What the two chain modes protect against
 //!
 //! * **SHA-256** detects accidental corruption and edits, deletions, insertions and reordering
@@ -647,9 +664,16 @@ fn is_hex64(s: &str) -> bool {
 
 /// Parses one line (without newline) into a record, checking the `prev` format.
 fn parse_line(line_no: u64, line: &[u8]) -> Result<AuditRecord, AuditError> {
-    let record: AuditRecord = serde_json::from_slice(line).map_err(|e| AuditError::Malformed {
-        line: line_no,
-        reason: format!("not an audit record: {e}"),
+    let record: AuditRecord = serde_json::from_slice(line).map_err(|e| {
+        let hint = if e.to_string().contains("unknown field") {
+            " (if a newer coffer release wrote this log, verify it with that release)"
+        } else {
+            ""
+        };
+        AuditError::Malformed {
+            line: line_no,
+            reason: format!("not an audit record: {e}{hint}"),
+        }
     })?;
     if !is_hex64(&record.prev) {
         return Err(AuditError::Malformed {
