@@ -5,7 +5,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use coffer_keyd::KeydClient;
+use std::sync::Arc;
+
+use coffer_keyd::{ClientIdentity, KeydClient, KeydPool, PoolOptions};
 use common::coffer;
 use common::keyd::{client_options, create_keyd_data, free_addr, sim_signer, KeydProcess};
 
@@ -193,6 +195,22 @@ async fn aggregated_unwraps_become_one_counted_record_and_refusals_stay_single()
     // A failed unwrap (tampered ciphertext) and a refused caller: one record each, at once.
     let mut bad = ciphertext.clone();
     *bad.last_mut().unwrap() ^= 1;
+    // A batch (another connection, so another caller address): its good items are counted,
+    // its bad item is recorded on its own.
+    let pool = KeydPool::new(
+        keyd.addr.to_string().parse().unwrap(),
+        Arc::new(ClientIdentity::new(client_options(&a, &signer)).unwrap()),
+        PoolOptions {
+            connections: 1,
+            ..PoolOptions::default()
+        },
+    )
+    .unwrap();
+    let mut items = vec![(key_id.clone(), ciphertext.clone()); 10];
+    items.push((key_id.clone(), bad.clone()));
+    let results = pool.unwrap_batch("cluster-a", items).await.unwrap();
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 10);
+    drop(pool);
     client
         .unwrap("cluster-a", Some(&key_id), &bad)
         .await
@@ -228,11 +246,16 @@ async fn aggregated_unwraps_become_one_counted_record_and_refusals_stay_single()
         .iter()
         .filter(|r| r["event"] == "unwrap" && r["result"] == "ok")
         .collect();
-    assert_eq!(ok.len(), 1, "{all:#?}");
-    assert_eq!(ok[0]["count"], n, "{:#}", ok[0]);
-    assert_eq!(ok[0]["caller"]["role"], "kms-plugin:a");
-    assert_eq!(ok[0]["keyring"], "cluster-a");
-    assert_eq!(ok[0]["key_id"], key_id.as_str());
+    // One record per caller (the client's and the batch pool's connections) and key.
+    assert_eq!(ok.len(), 2, "{all:#?}");
+    let mut counts: Vec<u64> = ok.iter().map(|r| r["count"].as_u64().unwrap()).collect();
+    counts.sort_unstable();
+    assert_eq!(counts, [10, n], "{all:#?}");
+    for r in &ok {
+        assert_eq!(r["caller"]["role"], "kms-plugin:a");
+        assert_eq!(r["keyring"], "cluster-a");
+        assert_eq!(r["key_id"], key_id.as_str());
+    }
     let single = |result: &str| {
         all.iter()
             .filter(|r| r["event"] == "unwrap" && r["result"] == result)
@@ -240,7 +263,7 @@ async fn aggregated_unwraps_become_one_counted_record_and_refusals_stay_single()
             .count()
     };
     assert_eq!(single("denied"), 1, "{all:#?}");
-    assert_eq!(single("error"), 1, "{all:#?}");
+    assert_eq!(single("error"), 2, "{all:#?}");
     // Wrap is not aggregated.
     assert_eq!(
         all.iter()
