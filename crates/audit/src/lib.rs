@@ -826,7 +826,8 @@ pub fn verify(path: &Path, options: &VerifyOptions) -> Result<VerifyReport, Audi
             let pruned_start = first && record.seq > 1 && record.event == SEGMENT_EVENT;
             let expected = last_seq + 1;
             if record.seq != expected && !pruned_start {
-                let e = classify_seq(&files[index..], line_no, expected, record.seq);
+                let chained = record.prev == prev_link;
+                let e = classify_seq(&files[index..], line_no, expected, record.seq, chained);
                 return Err(in_file(file_path, e));
             }
             if record.prev != prev_link && !pruned_start {
@@ -877,17 +878,28 @@ pub fn verify(path: &Path, options: &VerifyOptions) -> Result<VerifyReport, Audi
     })
 }
 
-/// Names what happened when line `line` of `files[0]` holds `found` instead of `expected`, by
-/// looking at the records after it: the expected one later means a reordering, a repeated
-/// lower one a duplicate, the next line continuing as if this one were right an edit of this
-/// line's `seq`; otherwise records were deleted.
-fn classify_seq(files: &[PathBuf], line: u64, expected: u64, found: u64) -> AuditError {
+/// Names what happened when line `line` of `files[0]` holds `found` instead of `expected`
+/// (`chained`: its `prev` is the previous line's link). A lower seq is a duplicate. A line that
+/// still chains to the previous one had its `seq` edited (a deletion would break the link).
+/// Otherwise the records after it decide: the expected one later means a reordering, the next
+/// line continuing as if this one were right an edit of this line's `seq`; else records were
+/// deleted.
+fn classify_seq(
+    files: &[PathBuf],
+    line: u64,
+    expected: u64,
+    found: u64,
+    chained: bool,
+) -> AuditError {
     if found < expected {
         return AuditError::Duplicated {
             line,
             expected_seq: expected,
             found_seq: found,
         };
+    }
+    if chained {
+        return AuditError::Edited { line };
     }
     let mut next_seq = None;
     let mut expected_later = false;

@@ -250,6 +250,24 @@ fn edited_seq_field_is_an_edit_not_a_gap() {
     write_lines(&path, &lines);
     let err = verify_default(&path).unwrap_err();
     assert!(matches!(err, AuditError::Edited { line: 5 }), "{err:?}");
+    // The last line too (no line after it to compare with).
+    let b = dir.path().join("b.log");
+    write_log(&b, 10, AuditOptions::default());
+    let mut lines = lines_of(&b);
+    lines[9] = String::from_utf8(lines[9].clone())
+        .unwrap()
+        .replacen("\"seq\":10", "\"seq\":15", 1)
+        .into_bytes();
+    write_lines(&b, &lines);
+    let err = verify(
+        &b,
+        &VerifyOptions {
+            head: HeadCheck::Ignore,
+            ..VerifyOptions::default()
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, AuditError::Edited { line: 10 }), "{err:?}");
 }
 
 #[test]
