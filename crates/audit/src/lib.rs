@@ -387,6 +387,9 @@ pub const SEGMENT_EVENT: &str = "audit.segment";
 /// Event of the record written when retention removes old segments.
 pub const PRUNE_EVENT: &str = "audit.prune";
 
+/// In a [`PRUNE_EVENT`] record's reason, precedes the first `seq` that is kept.
+const PRUNED_BEFORE: &str = "records before seq ";
+
 /// How [`verify`] uses the head file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum HeadCheck {
@@ -708,6 +711,10 @@ pub struct VerifyReport {
     pub pruned_segments: u64,
     /// Records in the removed segments (`first_seq - 1`).
     pub pruned_records: u64,
+    /// Whether an [`PRUNE_EVENT`] record in the kept log accounts for exactly the removed
+    /// records. `false` with `pruned_records > 0`: the oldest segments were removed by something
+    /// other than retention (moved away by an operator, or deleted by an attacker).
+    pub pruning_recorded: bool,
 }
 
 /// Reads at most `MAX_LINE + 1` bytes up to and including the next newline into `buf`;
@@ -785,6 +792,7 @@ pub fn verify(path: &Path, options: &VerifyOptions) -> Result<VerifyReport, Audi
     let mut lines = 0u64;
     let mut first_seq = 0u64;
     let mut head_link: Option<String> = None;
+    let mut pruned_before: Option<u64> = None;
     for (index, file_path) in files.iter().enumerate() {
         let file = match File::open(file_path) {
             Ok(f) => f,
@@ -842,6 +850,14 @@ pub fn verify(path: &Path, options: &VerifyOptions) -> Result<VerifyReport, Audi
             if first {
                 first_seq = record.seq;
             }
+            if record.event == PRUNE_EVENT {
+                pruned_before = record
+                    .reason
+                    .as_deref()
+                    .and_then(|r| r.rsplit_once(PRUNED_BEFORE))
+                    .and_then(|(_, n)| n.parse().ok())
+                    .or(pruned_before);
+            }
             prev_link = options.chain.link(line);
             prev_at = Some((index, line_no));
             last_seq = record.seq;
@@ -875,6 +891,7 @@ pub fn verify(path: &Path, options: &VerifyOptions) -> Result<VerifyReport, Audi
         segments: files.len() as u64,
         pruned_segments,
         pruned_records: first_seq.saturating_sub(1),
+        pruning_recorded: first_seq <= 1 || pruned_before == Some(first_seq),
     })
 }
 
@@ -1400,7 +1417,7 @@ impl AuditLog {
         self.append(AuditEntry::local(
             PRUNE_EVENT,
             format!(
-                "retention ({keep} closed segments) removes {names}: records before seq {kept_from}"
+                "retention ({keep} closed segments) removes {names}: {PRUNED_BEFORE}{kept_from}"
             ),
         ))?;
         self.sync()?;

@@ -856,6 +856,7 @@ fn retention_removes_old_segments_and_verify_starts_at_the_first_kept() {
     assert_eq!(report.pruned_segments, closed[0].0 - 1);
     assert_eq!(report.pruned_records, report.first_seq - 1);
     assert!(report.first_seq > 1);
+    assert!(report.pruning_recorded);
     // The removal itself is on record.
     let records = records_of(&path);
     let prune = records
@@ -870,6 +871,12 @@ fn retention_removes_old_segments_and_verify_starts_at_the_first_kept() {
         reason.contains(&removed) && reason.contains(&before),
         "{prune:?}"
     );
+    // Removing the oldest kept segment too is not what retention recorded.
+    let moved = dir.path().join("moved");
+    fs::rename(&closed[0].1, &moved).unwrap();
+    let report = verify_hmac7(&path).unwrap();
+    assert!(!report.pruning_recorded, "{report:?}");
+    fs::rename(&moved, &closed[0].1).unwrap();
     // Deleting the newest closed segment is a deletion of its records, not retention.
     fs::remove_file(&closed[1].1).unwrap();
     let err = verify_hmac7(&path).unwrap_err();

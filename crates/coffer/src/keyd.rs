@@ -321,11 +321,17 @@ pub fn run(command: KeydCommand) -> Result<ExitCode, Error> {
                 report.segments,
                 report.last_hash
             );
-            if report.pruned_segments > 0 || report.pruned_records > 0 {
+            if report.pruned_records > 0 && report.pruning_recorded {
                 println!(
                     "{} older segment(s) with records 1..{} were removed by retention; the chain was checked from the first kept segment's recorded predecessor",
                     report.pruned_segments,
                     report.pruned_records
+                );
+            } else if report.pruned_records > 0 {
+                eprintln!(
+                    "warning: records 1..{} ({} older segment(s)) are gone and no audit.prune record accounts for them: unless you moved those segments away yourself, treat the log as tampered",
+                    report.pruned_records,
+                    report.pruned_segments
                 );
             }
             Ok(ExitCode::SUCCESS)
