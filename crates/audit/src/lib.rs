@@ -26,6 +26,23 @@
 //!   that even a one-line log reveals a wrong key ([`AuditError::WrongKey`]) and that a
 //!   SHA-256-chained log is never mistaken for an HMAC-chained one.
 //!
+//! * `count` (absent on ordinary records) says how many operations an aggregated record stands
+//!   for ([`Aggregator`]).
+//!
+//! # Segments and retention
+//!
+//! With [`AuditOptions::segment_bytes`] the log is a series of files: closed segments
+//! `<log>.000001`, `<log>.000002`, … (never written again) and the active `<log>`. Before the
+//! active file would grow past the limit the writer syncs it, hard-links it to the next closed
+//! name, and atomically replaces `<log>` with a new file whose first record
+//! ([`SEGMENT_EVENT`]) names the closed segment and chains from its last record: `seq` and
+//! `prev` run on across segments, so the whole series is one chain. With
+//! [`AuditOptions::retention_segments`] the oldest closed segments beyond the limit are removed
+//! after a [`PRUNE_EVENT`] record naming them; [`verify`] then starts at the first kept
+//! segment's header, takes its `prev` as given and reports the removed segments and records. A
+//! crash between the link and the replace leaves one file under both names; [`AuditLog::open`]
+//! completes that rotation. A log written before segments existed is simply a first segment.
+//!
 //! # What the two chain modes protect against
 //!
 //! * **SHA-256** detects accidental corruption and edits, deletions, insertions and reordering
@@ -81,6 +98,12 @@
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+mod aggregate;
+mod segment;
+
+pub use aggregate::Aggregator;
+pub use segment::{closed_segments, segment_path};
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -140,8 +163,8 @@ pub enum AuditError {
         /// 1-based line number of the edited line.
         line: u64,
     },
-    /// A line's `seq` is lower than expected: lines were swapped or duplicated.
-    #[error("audit log line {line} has seq {found_seq}, expected {expected_seq}: lines were reordered or duplicated; treat the log as tampered")]
+    /// The expected `seq` appears later in the log: records were moved.
+    #[error("audit log line {line} holds record seq {found_seq}, expected {expected_seq}: records were reordered (seq {expected_seq} comes later in the log); treat the log as tampered")]
     Reordered {
         /// 1-based line number.
         line: u64,
@@ -150,8 +173,19 @@ pub enum AuditError {
         /// The seq found in the line.
         found_seq: u64,
     },
-    /// A line's `seq` is higher than expected: lines are missing.
-    #[error("audit log line {line} has seq {found_seq}, expected {expected_seq}: {} line(s) were deleted before it; treat the log as tampered", found_seq.saturating_sub(*expected_seq))]
+    /// A line holds a `seq` that already appeared: a record was copied (replayed).
+    #[error("audit log line {line} holds record seq {found_seq} again, expected {expected_seq}: a record was duplicated; treat the log as tampered")]
+    Duplicated {
+        /// 1-based line number.
+        line: u64,
+        /// The seq the chain requires here.
+        expected_seq: u64,
+        /// The seq found in the line.
+        found_seq: u64,
+    },
+    /// A line's `seq` is higher than expected and the skipped ones appear nowhere: lines are
+    /// missing.
+    #[error("audit log line {line} holds record seq {found_seq}, expected {expected_seq}: {} line(s) were deleted before it; treat the log as tampered", found_seq.saturating_sub(*expected_seq))]
     Gap {
         /// 1-based line number.
         line: u64,
@@ -209,6 +243,28 @@ pub enum AuditError {
     /// An earlier write failed part-way; the writer refuses to continue.
     #[error("audit log writer stopped after a failed write: reopen the log (which checks the tail) before appending again")]
     Poisoned,
+    /// A closed segment between two others is gone (retention only removes the oldest).
+    #[error("audit log segment {missing} is missing although later segments exist: a segment was deleted; treat the log as tampered")]
+    SegmentMissing {
+        /// Where the segment should be.
+        missing: PathBuf,
+    },
+    /// An error in one file of a segmented log.
+    #[error("{}: {source}", path.display())]
+    InFile {
+        /// The segment file.
+        path: PathBuf,
+        /// What is wrong in it.
+        source: Box<AuditError>,
+    },
+    /// The segment size is below [`MIN_SEGMENT_BYTES`].
+    #[error(
+        "audit segment size {bytes} bytes is too small: use at least {MIN_SEGMENT_BYTES} bytes"
+    )]
+    SegmentTooSmall {
+        /// The size asked for.
+        bytes: u64,
+    },
     /// The record cannot be made to fit in one line.
     #[error("audit record does not fit in {max} bytes even after truncating `reason` ({len} bytes); shorten the identity fields")]
     LineTooLong {
@@ -301,6 +357,12 @@ pub struct AuditOptions {
     pub sync: SyncPolicy,
     /// Permission bits for a newly created log and head file.
     pub mode: u32,
+    /// Start a new segment before the active file would grow beyond this many bytes (at least
+    /// [`MIN_SEGMENT_BYTES`]; one record or batch is never split). `None`: one unbounded file.
+    pub segment_bytes: Option<u64>,
+    /// Keep at most this many closed segments, removing the oldest (at least 1). `None`: keep
+    /// every segment.
+    pub retention_segments: Option<u64>,
 }
 
 impl Default for AuditOptions {
@@ -309,9 +371,24 @@ impl Default for AuditOptions {
             chain: ChainMode::Sha256,
             sync: SyncPolicy::EveryRecord,
             mode: 0o600,
+            segment_bytes: None,
+            retention_segments: None,
         }
     }
 }
+
+/// The smallest segment size [`AuditLog::open`] accepts: room for several maximal lines.
+pub const MIN_SEGMENT_BYTES: u64 = 64 * 1024;
+
+/// Event of the first record of every segment after the first: it names the closed segment it
+/// continues, and its `prev` is the link of that segment's last record.
+pub const SEGMENT_EVENT: &str = "audit.segment";
+
+/// Event of the record written when retention removes old segments.
+pub const PRUNE_EVENT: &str = "audit.prune";
+
+/// In a [`PRUNE_EVENT`] record's reason, precedes the first `seq` that is kept.
+const PRUNED_BEFORE: &str = "records before seq ";
 
 /// How [`verify`] uses the head file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -357,7 +434,7 @@ impl fmt::Display for Outcome {
 }
 
 /// The caller's verified identity (from attestation and the transport), never a credential.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Caller {
     /// TEE type, e.g. `sgx`, `tdx`, `snp`, `sim`, or `none` for unattested local callers.
@@ -424,6 +501,9 @@ pub struct AuditRecord {
     /// Why, if given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// In an aggregated record, how many operations it stands for (absent: exactly one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
     /// Link value (hex) of the previous line, or the genesis value on line 1.
     pub prev: String,
 }
@@ -432,7 +512,7 @@ impl fmt::Display for AuditRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "seq={} time={} event={} caller.tee={} caller.measurement={} caller.role={} caller.peer={} keyring={} key_id={} result={} reason={:?} prev={}",
+            "seq={} time={} event={} caller.tee={} caller.measurement={} caller.role={} caller.peer={} keyring={} key_id={} result={} reason={:?} count={} prev={}",
             self.seq,
             self.time,
             self.event,
@@ -444,6 +524,7 @@ impl fmt::Display for AuditRecord {
             self.key_id.as_deref().unwrap_or("-"),
             self.result,
             self.reason.as_deref().unwrap_or(""),
+            self.count.unwrap_or(1),
             self.prev,
         )
     }
@@ -480,7 +561,7 @@ fn sanitize_event(s: &str) -> String {
 }
 
 impl AuditEntry {
-    fn into_record(self, seq: u64, time: String, prev: String) -> AuditRecord {
+    fn to_record(&self, seq: u64, time: String, prev: String, count: Option<u64>) -> AuditRecord {
         AuditRecord {
             seq,
             time,
@@ -488,14 +569,32 @@ impl AuditEntry {
             caller: Caller {
                 tee: bound(&self.caller.tee, limits::TEE),
                 measurement: bound(&self.caller.measurement, limits::MEASUREMENT),
-                role: self.caller.role.map(|r| bound(&r, limits::NAME)),
+                role: self.caller.role.as_ref().map(|r| bound(r, limits::NAME)),
                 peer: bound(&self.caller.peer, limits::NAME),
             },
-            keyring: self.keyring.map(|k| bound(&k, limits::NAME)),
-            key_id: self.key_id.map(|k| bound(&k, limits::NAME)),
+            keyring: self.keyring.as_ref().map(|k| bound(k, limits::NAME)),
+            key_id: self.key_id.as_ref().map(|k| bound(k, limits::NAME)),
             result: self.result,
-            reason: self.reason.map(|r| bound(&r, limits::REASON)),
+            reason: self.reason.as_ref().map(|r| bound(r, limits::REASON)),
+            count,
             prev,
+        }
+    }
+
+    /// A record keyd's log writes about itself (segment headers, retention).
+    fn local(event: &str, reason: String) -> AuditEntry {
+        AuditEntry {
+            event: event.to_string(),
+            caller: Caller {
+                tee: "none".to_string(),
+                measurement: String::new(),
+                role: None,
+                peer: "local".to_string(),
+            },
+            keyring: None,
+            key_id: None,
+            result: Outcome::Ok,
+            reason: Some(reason),
         }
     }
 }
@@ -568,9 +667,16 @@ fn is_hex64(s: &str) -> bool {
 
 /// Parses one line (without newline) into a record, checking the `prev` format.
 fn parse_line(line_no: u64, line: &[u8]) -> Result<AuditRecord, AuditError> {
-    let record: AuditRecord = serde_json::from_slice(line).map_err(|e| AuditError::Malformed {
-        line: line_no,
-        reason: format!("not an audit record: {e}"),
+    let record: AuditRecord = serde_json::from_slice(line).map_err(|e| {
+        let hint = if e.to_string().contains("unknown field") {
+            " (if a newer coffer release wrote this log, verify it with that release)"
+        } else {
+            ""
+        };
+        AuditError::Malformed {
+            line: line_no,
+            reason: format!("not an audit record: {e}{hint}"),
+        }
     })?;
     if !is_hex64(&record.prev) {
         return Err(AuditError::Malformed {
@@ -584,11 +690,11 @@ fn parse_line(line_no: u64, line: &[u8]) -> Result<AuditRecord, AuditError> {
 /// Summary of a successfully verified log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifyReport {
-    /// Number of lines (records).
+    /// Number of lines (records) verified, over every kept segment.
     pub lines: u64,
-    /// `seq` of the first line (0 for an empty log).
+    /// `seq` of the first kept record (0 for an empty log).
     pub first_seq: u64,
-    /// `seq` of the last line (0 for an empty log).
+    /// `seq` of the last record (0 for an empty log).
     pub last_seq: u64,
     /// Link value of the last line (the genesis value for an empty log): export it together with
     /// `last_seq` to a witness to detect later truncation.
@@ -598,6 +704,17 @@ pub struct VerifyReport {
     /// Lines after the head's `seq` (written, but the head was not updated yet — normal after a
     /// crash or with batched sync; they are chained but not anchored by the head).
     pub unanchored_lines: u64,
+    /// Files verified: closed segments plus the active file.
+    pub segments: u64,
+    /// Oldest segments removed by retention (verification started from the first kept
+    /// segment's recorded predecessor hash).
+    pub pruned_segments: u64,
+    /// Records in the removed segments (`first_seq - 1`).
+    pub pruned_records: u64,
+    /// Whether an [`PRUNE_EVENT`] record in the kept log accounts for exactly the removed
+    /// records. `false` with `pruned_records > 0`: the oldest segments were removed by something
+    /// other than retention (moved away by an operator, or deleted by an attacker).
+    pub pruning_recorded: bool,
 }
 
 /// Reads at most `MAX_LINE + 1` bytes up to and including the next newline into `buf`;
@@ -610,14 +727,22 @@ fn read_bounded_line<R: BufRead>(reader: &mut R, buf: &mut Vec<u8>) -> io::Resul
         .read_until(b'\n', buf)
 }
 
-/// Verifies the whole log at `path` and, per `options.head`, its head file.
+/// Verifies the whole log at `path` — its closed segments `<path>.NNNNNN`, oldest first, then
+/// `path` itself — and, per `options.head`, its head file.
 ///
 /// Checks for every line, in order: complete (ends in a newline), at most
-/// [`limits::MAX_LINE`] bytes, a valid record, `seq` = line number (else
-/// [`AuditError::Gap`]/[`AuditError::Reordered`]), `prev` = link of the previous line (else
-/// [`AuditError::Edited`] naming the previous line; on line 1 [`AuditError::WrongKey`] or
-/// [`AuditError::NotSha256Chain`]). Then the head: a `seq` beyond the last line is
-/// [`AuditError::Truncated`], a different hash is [`AuditError::Edited`].
+/// [`limits::MAX_LINE`] bytes, a valid record, `seq` one more than the previous record's (else
+/// [`AuditError::Reordered`] when the expected record comes later, [`AuditError::Duplicated`]
+/// for a repeated one, [`AuditError::Edited`] when only this line's `seq` changed,
+/// [`AuditError::Gap`] when records are gone), `prev` = link of the previous line (else
+/// [`AuditError::Edited`] naming the previous line; on the first record
+/// [`AuditError::WrongKey`] or [`AuditError::NotSha256Chain`]). The first kept record either
+/// starts the chain (seq 1, genesis `prev`) or is the header of a later segment, whose `prev`
+/// is taken as given (older segments were removed by retention; they are counted in the
+/// report). Closed segments must be numbered without holes ([`AuditError::SegmentMissing`]).
+/// Then the head: a `seq` beyond the last record is [`AuditError::Truncated`], a different
+/// hash is [`AuditError::Edited`]. With closed segments, errors name the file
+/// ([`AuditError::InFile`]) and line numbers count within it.
 /// A missing log file verifies as empty (unless the head says otherwise).
 pub fn verify(path: &Path, options: &VerifyOptions) -> Result<VerifyReport, AuditError> {
     let head = match options.head {
@@ -631,88 +756,205 @@ pub fn verify(path: &Path, options: &VerifyOptions) -> Result<VerifyReport, Audi
             )
         })?),
     };
-    let file = match File::open(path) {
-        Ok(f) => Some(f),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(AuditError::io("open", path, e)),
+    let closed = segment::closed_segments(path)?;
+    for pair in closed.windows(2) {
+        if pair[1].0 != pair[0].0 + 1 {
+            return Err(AuditError::SegmentMissing {
+                missing: segment::segment_path(path, pair[0].0 + 1),
+            });
+        }
+    }
+    let pruned_segments = closed.first().map_or(0, |(n, _)| n - 1);
+    let mut files: Vec<PathBuf> = closed.into_iter().map(|(_, p)| p).collect();
+    // After an interrupted rotation the active file is also the last closed segment.
+    if !files
+        .last()
+        .is_some_and(|last| segment::same_file(path, last))
+    {
+        files.push(path.to_path_buf());
+    }
+    let segmented = files.len() > 1;
+    let in_file = |file: &Path, e: AuditError| {
+        if segmented {
+            AuditError::InFile {
+                path: file.to_path_buf(),
+                source: Box::new(e),
+            }
+        } else {
+            e
+        }
     };
     let genesis = options.chain.genesis();
     let mut prev_link = genesis.clone();
+    // Where the previous record is: (file index, line in that file).
+    let mut prev_at: Option<(usize, u64)> = None;
+    let mut last_seq = 0u64;
     let mut lines = 0u64;
     let mut first_seq = 0u64;
     let mut head_link: Option<String> = None;
-    if let Some(file) = file {
+    let mut pruned_before: Option<u64> = None;
+    for (index, file_path) in files.iter().enumerate() {
+        let file = match File::open(file_path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(AuditError::io("open", file_path, e)),
+        };
         let mut reader = BufReader::new(file);
         let mut buf = Vec::new();
+        let mut line_no = 0u64;
         loop {
             let n = read_bounded_line(&mut reader, &mut buf)
-                .map_err(|e| AuditError::io("read", path, e))?;
+                .map_err(|e| AuditError::io("read", file_path, e))?;
             if n == 0 {
                 break;
             }
-            let line_no = lines + 1;
+            line_no += 1;
             if buf.last() != Some(&b'\n') {
                 if buf.len() > limits::MAX_LINE {
-                    return Err(AuditError::Malformed {
-                        line: line_no,
-                        reason: format!("line longer than {} bytes", limits::MAX_LINE),
-                    });
+                    return Err(in_file(
+                        file_path,
+                        AuditError::Malformed {
+                            line: line_no,
+                            reason: format!("line longer than {} bytes", limits::MAX_LINE),
+                        },
+                    ));
                 }
-                return Err(AuditError::PartialTail {
-                    path: path.to_path_buf(),
-                    line: line_no,
-                    bytes: buf.len() as u64,
-                });
+                return Err(in_file(
+                    file_path,
+                    AuditError::PartialTail {
+                        path: file_path.clone(),
+                        line: line_no,
+                        bytes: buf.len() as u64,
+                    },
+                ));
             }
             let line = &buf[..buf.len() - 1];
-            let record = parse_line(line_no, line)?;
-            if record.seq != line_no {
-                return Err(seq_error(line_no, line_no, record.seq));
+            let record = parse_line(line_no, line).map_err(|e| in_file(file_path, e))?;
+            let first = prev_at.is_none();
+            let pruned_start = first && record.seq > 1 && record.event == SEGMENT_EVENT;
+            let expected = last_seq + 1;
+            if record.seq != expected && !pruned_start {
+                let chained = record.prev == prev_link;
+                let e = classify_seq(&files[index..], line_no, expected, record.seq, chained);
+                return Err(in_file(file_path, e));
             }
-            if record.prev != prev_link {
-                return Err(if line_no == 1 {
-                    match options.chain {
+            if record.prev != prev_link && !pruned_start {
+                return Err(match prev_at {
+                    None => match options.chain {
                         ChainMode::Sha256 => AuditError::NotSha256Chain,
                         ChainMode::Hmac(_) => AuditError::WrongKey,
-                    }
-                } else {
-                    AuditError::Edited { line: line_no - 1 }
+                    },
+                    Some((at, line)) => in_file(&files[at], AuditError::Edited { line }),
                 });
             }
-            if line_no == 1 {
+            if first {
                 first_seq = record.seq;
             }
-            prev_link = options.chain.link(line);
-            if let Some(h) = &head {
-                if h.seq == line_no {
-                    head_link = Some(prev_link.clone());
-                }
+            if record.event == PRUNE_EVENT {
+                pruned_before = record
+                    .reason
+                    .as_deref()
+                    .and_then(|r| r.rsplit_once(PRUNED_BEFORE))
+                    .and_then(|(_, n)| n.parse().ok())
+                    .or(pruned_before);
             }
-            lines = line_no;
+            prev_link = options.chain.link(line);
+            prev_at = Some((index, line_no));
+            last_seq = record.seq;
+            lines += 1;
+            if head.as_ref().is_some_and(|h| h.seq == record.seq) {
+                head_link = Some(prev_link.clone());
+            }
         }
     }
     let mut unanchored_lines = 0;
     if let Some(h) = &head {
-        if h.seq > lines {
+        if h.seq > last_seq {
             return Err(AuditError::Truncated {
                 expected_lines: h.seq,
-                found_lines: lines,
+                found_lines: last_seq,
             });
         }
         let expected = if h.seq == 0 { Some(genesis) } else { head_link };
         if expected.as_deref() != Some(h.hash.as_str()) {
             return Err(AuditError::Edited { line: h.seq });
         }
-        unanchored_lines = lines - h.seq;
+        unanchored_lines = last_seq - h.seq;
     }
     Ok(VerifyReport {
         lines,
         first_seq,
-        last_seq: lines,
+        last_seq,
         last_hash: prev_link,
         head_seq: head.map(|h| h.seq),
         unanchored_lines,
+        segments: files.len() as u64,
+        pruned_segments,
+        pruned_records: first_seq.saturating_sub(1),
+        pruning_recorded: first_seq <= 1 || pruned_before == Some(first_seq),
     })
+}
+
+/// Names what happened when line `line` of `files[0]` holds `found` instead of `expected`
+/// (`chained`: its `prev` is the previous line's link). A lower seq is a duplicate. A line that
+/// still chains to the previous one had its `seq` edited (a deletion would break the link).
+/// Otherwise the records after it decide: the expected one later means a reordering, the next
+/// line continuing as if this one were right an edit of this line's `seq`; else records were
+/// deleted.
+fn classify_seq(
+    files: &[PathBuf],
+    line: u64,
+    expected: u64,
+    found: u64,
+    chained: bool,
+) -> AuditError {
+    if found < expected {
+        return AuditError::Duplicated {
+            line,
+            expected_seq: expected,
+            found_seq: found,
+        };
+    }
+    if chained {
+        return AuditError::Edited { line };
+    }
+    let mut next_seq = None;
+    let mut expected_later = false;
+    'files: for (index, path) in files.iter().enumerate() {
+        let Ok(file) = File::open(path) else { continue };
+        let mut reader = BufReader::new(file);
+        let mut buf = Vec::new();
+        let mut line_no = 0u64;
+        while let Ok(n) = read_bounded_line(&mut reader, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            line_no += 1;
+            if index == 0 && line_no <= line {
+                continue;
+            }
+            let body = buf.strip_suffix(b"\n").unwrap_or(&buf);
+            let Ok(record) = parse_line(line_no, body) else {
+                continue;
+            };
+            next_seq.get_or_insert(record.seq);
+            if record.seq == expected {
+                expected_later = true;
+                break 'files;
+            }
+        }
+    }
+    if expected_later {
+        AuditError::Reordered {
+            line,
+            expected_seq: expected,
+            found_seq: found,
+        }
+    } else if next_seq == Some(expected + 1) {
+        AuditError::Edited { line }
+    } else {
+        seq_error(line, expected, found)
+    }
 }
 
 fn seq_error(line: u64, expected_seq: u64, found_seq: u64) -> AuditError {
@@ -740,11 +982,13 @@ struct Tail {
 }
 
 /// Reads and checks the last two lines of `file` (length `len`).
+/// `continued`: closed segments exist, so a lone first line may continue their chain.
 fn recover_tail(
     file: &mut File,
     path: &Path,
     len: u64,
     chain: &ChainMode,
+    continued: bool,
 ) -> Result<Tail, AuditError> {
     if len == 0 {
         return Ok(Tail {
@@ -826,7 +1070,10 @@ fn recover_tail(
             }
         }
         _ => {
-            if start == 0 {
+            // A lone record that starts a later segment chains into the closed one; `verify`
+            // checks that link.
+            let continues = continued && last_rec.seq != 1 && last_rec.event == SEGMENT_EVENT;
+            if start == 0 && !continues {
                 if last_rec.seq != 1 {
                     return Err(seq_error(1, 1, last_rec.seq));
                 }
@@ -890,6 +1137,14 @@ pub struct AuditLog {
     synced_seq: u64,
     last_sync: Instant,
     poisoned: bool,
+    /// Bytes in the active file.
+    len: u64,
+    /// `seq` of the active file's first record (0 while it is empty).
+    active_first_seq: u64,
+    /// Number the active file gets when it is closed.
+    next_segment: u64,
+    segment_bytes: Option<u64>,
+    retention_segments: Option<u64>,
 }
 
 impl fmt::Debug for AuditLog {
@@ -899,6 +1154,8 @@ impl fmt::Debug for AuditLog {
             .field("seq", &self.seq)
             .field("synced_seq", &self.synced_seq)
             .field("sync", &self.sync)
+            .field("segment_bytes", &self.segment_bytes)
+            .field("retention_segments", &self.retention_segments)
             .finish_non_exhaustive()
     }
 }
@@ -909,10 +1166,14 @@ impl AuditLog {
     /// Takes an exclusive lock, checks the last two lines (complete, well-formed, consecutive
     /// `seq`, chained under `options.chain`) and the head file (not ahead of the log, hash
     /// matching when it names one of the last two lines). Lines after the head's `seq` (a crash
-    /// between log write and head update) are anchored by updating the head. Any failure is returned and nothing is written:
+    /// between log write and head update) are anchored by updating the head. A rotation that a
+    /// crash interrupted is completed. Any failure is returned and nothing is written:
     /// a partial last line gives [`AuditError::PartialTail`] (run [`repair_truncated_tail`]);
     /// a head ahead of the log gives [`AuditError::Truncated`]. Run [`verify`] for a full check.
     pub fn open(path: &Path, options: AuditOptions) -> Result<AuditLog, AuditError> {
+        if let Some(bytes) = options.segment_bytes.filter(|b| *b < MIN_SEGMENT_BYTES) {
+            return Err(AuditError::SegmentTooSmall { bytes });
+        }
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
@@ -925,7 +1186,8 @@ impl AuditLog {
             .metadata()
             .map_err(|e| AuditError::io("stat", path, e))?
             .len();
-        let tail = recover_tail(&mut file, path, len, &options.chain)?;
+        let segments = segment::closed_segments(path)?;
+        let tail = recover_tail(&mut file, path, len, &options.chain, !segments.is_empty())?;
         let head = read_head(path)?;
         let mut synced_seq = 0;
         if let Some(head) = head {
@@ -947,6 +1209,17 @@ impl AuditLog {
             }
             synced_seq = head.seq;
         }
+        let active_first_seq = if len == 0 {
+            0
+        } else {
+            first_seq(&mut file, path)?
+        };
+        // A crash between linking the active file to its closed name and replacing it leaves
+        // both names on one file: finish that rotation instead of starting a new one.
+        let interrupted = segments
+            .last()
+            .filter(|(_, closed)| segment::same_file(path, closed))
+            .map(|(n, _)| *n);
         let mut log = AuditLog {
             path: path.to_path_buf(),
             file,
@@ -958,10 +1231,19 @@ impl AuditLog {
             synced_seq,
             last_sync: Instant::now(),
             poisoned: false,
+            len,
+            active_first_seq,
+            next_segment: segments.last().map_or(1, |(n, _)| n + 1),
+            segment_bytes: options.segment_bytes,
+            retention_segments: options.retention_segments.map(|k| k.max(1)),
         };
         if log.synced_seq < log.seq || len == 0 {
             // Anchor lines written before a crash (and create the head of a new log).
             log.sync()?;
+        }
+        if let Some(number) = interrupted {
+            log.next_segment = number;
+            log.start_segment()?;
         }
         Ok(log)
     }
@@ -974,19 +1256,53 @@ impl AuditLog {
     /// log; a failed `fdatasync` also poisons the writer, a failed head update is retried on the
     /// next sync.
     pub fn append(&mut self, entry: AuditEntry) -> Result<u64, AuditError> {
+        self.append_records(&[(entry, None)])
+    }
+
+    /// Appends several records with one `write` (e.g. the items of one batched call); returns
+    /// the `seq` of the last. Same guarantees as [`AuditLog::append`]: on a failed write none of
+    /// the chain state advances and the writer is poisoned.
+    pub fn append_all(&mut self, entries: Vec<AuditEntry>) -> Result<u64, AuditError> {
+        let entries: Vec<_> = entries.into_iter().map(|e| (e, None)).collect();
+        self.append_records(&entries)
+    }
+
+    /// Appends aggregated records, each standing for `count` operations; see
+    /// [`AuditLog::append_all`].
+    pub fn append_counted(&mut self, entries: Vec<(AuditEntry, u64)>) -> Result<u64, AuditError> {
+        let entries: Vec<_> = entries.into_iter().map(|(e, n)| (e, Some(n))).collect();
+        self.append_records(&entries)
+    }
+
+    fn append_records(&mut self, entries: &[(AuditEntry, Option<u64>)]) -> Result<u64, AuditError> {
         if self.poisoned {
             return Err(AuditError::Poisoned);
         }
-        let seq = self.seq + 1;
+        if entries.is_empty() {
+            return Ok(self.seq);
+        }
         let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-        let mut record = entry.into_record(seq, time, self.link.clone());
-        let mut line = encode_line(&mut record)?;
-        let link = self.chain.link(&line);
-        line.push(b'\n');
-        if let Err(e) = write_line(&mut self.file, &line) {
+        let mut encoded = self.encode(entries, &time)?;
+        if let Some(max) = self.segment_bytes {
+            let grows_past = self.len + encoded.0.len() as u64 > max;
+            // A segment always keeps at least one record after its header.
+            if grows_past && self.seq > self.active_first_seq && self.active_first_seq > 0 {
+                if let Err(e) = self.rotate() {
+                    self.poisoned = true;
+                    return Err(e);
+                }
+                encoded = self.encode(entries, &time)?;
+            }
+        }
+        let (lines, seq, link) = encoded;
+        if let Err(e) = write_line(&mut self.file, &lines) {
             self.poisoned = true;
             return Err(AuditError::io("append to", &self.path, e));
         }
+        if self.active_first_seq == 0 {
+            self.active_first_seq = self.seq + 1;
+        }
+        self.len += lines.len() as u64;
         self.seq = seq;
         self.link = link;
         let due = match self.sync {
@@ -999,42 +1315,116 @@ impl AuditLog {
         Ok(seq)
     }
 
-    /// Appends several records with one `write` (e.g. the items of one batched call); returns
-    /// the `seq` of the last. Same guarantees as [`AuditLog::append`]: on a failed write none of
-    /// the chain state advances and the writer is poisoned.
-    pub fn append_all(&mut self, entries: Vec<AuditEntry>) -> Result<u64, AuditError> {
-        if self.poisoned {
-            return Err(AuditError::Poisoned);
-        }
-        let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    /// The lines for `entries` chained after the current last record, their last `seq` and
+    /// link.
+    fn encode(
+        &self,
+        entries: &[(AuditEntry, Option<u64>)],
+        time: &str,
+    ) -> Result<(Vec<u8>, u64, String), AuditError> {
         let mut seq = self.seq;
         let mut link = self.link.clone();
         let mut lines = Vec::new();
-        for entry in entries {
+        for (entry, count) in entries {
             seq += 1;
-            let mut record = entry.into_record(seq, time.clone(), link);
+            let mut record = entry.to_record(seq, time.to_string(), link, *count);
             let line = encode_line(&mut record)?;
             link = self.chain.link(&line);
             lines.extend_from_slice(&line);
             lines.push(b'\n');
         }
-        if seq == self.seq {
-            return Ok(seq);
+        Ok((lines, seq, link))
+    }
+
+    /// Closes the active file as segment `next_segment` and starts a new one.
+    fn rotate(&mut self) -> Result<(), AuditError> {
+        self.sync()?;
+        let closed = segment::segment_path(&self.path, self.next_segment);
+        // A hard link, not a rename: the active name never disappears, so a second writer can
+        // never create a fresh log under it.
+        fs::hard_link(&self.path, &closed).map_err(|e| AuditError::io("link", &closed, e))?;
+        self.start_segment()
+    }
+
+    /// Replaces the active file (already linked as closed segment `next_segment`) with a new
+    /// file whose first record, chained to the last record, names the closed segment; then
+    /// applies retention.
+    fn start_segment(&mut self) -> Result<(), AuditError> {
+        let closed = segment::segment_path(&self.path, self.next_segment);
+        let header = AuditEntry::local(
+            SEGMENT_EVENT,
+            format!(
+                "continues {} (records {}..={})",
+                segment::display_name(&closed),
+                self.active_first_seq,
+                self.seq
+            ),
+        );
+        let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let (line, seq, link) = self.encode(&[(header, None)], &time)?;
+        let next = segment::next_path(&self.path);
+        match fs::remove_file(&next) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(AuditError::io("remove", &next, e)),
         }
-        if let Err(e) = write_line(&mut self.file, &lines) {
-            self.poisoned = true;
-            return Err(AuditError::io("append to", &self.path, e));
-        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create_new(true)
+            .mode(self.mode)
+            .open(&next)
+            .map_err(|e| AuditError::io("create", &next, e))?;
+        lock_exclusive(&file, &next)?;
+        write_line(&mut file, &line).map_err(|e| AuditError::io("write", &next, e))?;
+        file.sync_data()
+            .map_err(|e| AuditError::io("fdatasync", &next, e))?;
+        fs::rename(&next, &self.path).map_err(|e| AuditError::io("rename", &next, e))?;
+        segment::sync_dir(&self.path)?;
+        self.file = file;
+        self.len = line.len() as u64;
+        self.active_first_seq = seq;
         self.seq = seq;
         self.link = link;
-        let due = match self.sync {
-            SyncPolicy::EveryRecord => true,
-            SyncPolicy::Batched { interval } => self.last_sync.elapsed() >= interval,
+        self.next_segment += 1;
+        self.sync()?;
+        self.prune()
+    }
+
+    /// Removes the oldest closed segments beyond the retention setting, after recording which.
+    fn prune(&mut self) -> Result<(), AuditError> {
+        let Some(keep) = self.retention_segments else {
+            return Ok(());
         };
-        if due {
-            self.sync()?;
+        let segments = segment::closed_segments(&self.path)?;
+        let Some(excess) = (segments.len() as u64).checked_sub(keep).filter(|n| *n > 0) else {
+            return Ok(());
+        };
+        let (removed, kept) = segments.split_at(excess as usize);
+        let mut oldest_kept =
+            File::open(&kept[0].1).map_err(|e| AuditError::io("open", &kept[0].1, e))?;
+        let kept_from = first_seq(&mut oldest_kept, &kept[0].1)?;
+        let names = match removed {
+            [only] => segment::display_name(&only.1),
+            [first, .., last] => format!(
+                "{} to {}",
+                segment::display_name(&first.1),
+                segment::display_name(&last.1)
+            ),
+            [] => unreachable!("excess is positive"),
+        };
+        // Recorded first: a crash after it repeats the removal; the reverse would lose the fact.
+        self.append(AuditEntry::local(
+            PRUNE_EVENT,
+            format!(
+                "retention ({keep} closed segments) removes {names}: {PRUNED_BEFORE}{kept_from}"
+            ),
+        ))?;
+        self.sync()?;
+        for (_, old) in removed {
+            fs::remove_file(old).map_err(|e| AuditError::io("remove", old, e))?;
         }
-        Ok(seq)
+        segment::sync_dir(&self.path)
     }
 
     /// Makes every appended line durable (`fdatasync`) and records the last one in the head
@@ -1087,6 +1477,17 @@ impl Drop for AuditLog {
     }
 }
 
+/// `seq` of the first record of a non-empty segment file.
+fn first_seq(file: &mut File, path: &Path) -> Result<u64, AuditError> {
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| AuditError::io("seek", path, e))?;
+    let mut reader = BufReader::new(&mut *file);
+    let mut buf = Vec::new();
+    read_bounded_line(&mut reader, &mut buf).map_err(|e| AuditError::io("read", path, e))?;
+    let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+    Ok(parse_line(1, line)?.seq)
+}
+
 fn write_line(file: &mut File, line: &[u8]) -> io::Result<()> {
     // One write(2) on an O_APPEND descriptor places the whole line at the end atomically with
     // respect to other appenders; continue only if the kernel wrote less.
@@ -1120,6 +1521,11 @@ impl SharedAuditLog {
     /// Appends several records with one write; see [`AuditLog::append_all`].
     pub fn append_all(&self, entries: Vec<AuditEntry>) -> Result<u64, AuditError> {
         self.lock().append_all(entries)
+    }
+
+    /// Appends aggregated records; see [`AuditLog::append_counted`].
+    pub fn append_counted(&self, entries: Vec<(AuditEntry, u64)>) -> Result<u64, AuditError> {
+        self.lock().append_counted(entries)
     }
 
     /// Syncs pending records; see [`AuditLog::sync`].

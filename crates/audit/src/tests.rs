@@ -22,9 +22,12 @@ fn entry(i: u64) -> AuditEntry {
 }
 
 fn write_log(path: &Path, n: u64, options: AuditOptions) {
+    // Segment headers take seq numbers of their own.
+    let exact = options.segment_bytes.is_none();
     let mut log = AuditLog::open(path, options).unwrap();
     for i in 1..=n {
-        assert_eq!(log.append(entry(i)).unwrap(), i);
+        let seq = log.append(entry(i)).unwrap();
+        assert!(seq == i || !exact);
     }
 }
 
@@ -147,7 +150,7 @@ fn deleted_middle_line_is_a_gap() {
 }
 
 #[test]
-fn swapped_lines_are_detected() {
+fn swapped_lines_are_reported_as_reordered() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
     write_log(&path, 10, AuditOptions::default());
@@ -158,7 +161,7 @@ fn swapped_lines_are_detected() {
     assert!(
         matches!(
             err,
-            AuditError::Gap {
+            AuditError::Reordered {
                 line: 4,
                 expected_seq: 4,
                 found_seq: 5
@@ -166,24 +169,105 @@ fn swapped_lines_are_detected() {
         ),
         "{err:?}"
     );
-    // Swapping back the seq numbers but not the content is caught by the chain.
+    let message = err.to_string();
+    assert!(
+        message.contains("line 4 holds record seq 5, expected 4: records were reordered"),
+        "{message}"
+    );
+    assert!(!message.contains("deleted"), "{message}");
+    // A record moved further down is a reordering too, not a deletion.
     let mut lines = lines_of(&path);
     lines.swap(3, 4);
-    write_lines(&path, &lines);
-    verify_default(&path).unwrap();
-    // A duplicated line reads as reordered.
-    let mut lines = lines_of(&path);
-    let dup = lines[2].clone();
-    lines.insert(3, dup);
+    let moved = lines.remove(2);
+    lines.insert(7, moved);
     write_lines(&path, &lines);
     assert!(matches!(
         verify_default(&path),
         Err(AuditError::Reordered {
-            line: 4,
-            expected_seq: 4,
-            found_seq: 3
+            line: 3,
+            expected_seq: 3,
+            found_seq: 4
         })
     ));
+}
+
+#[test]
+fn swapping_back_the_seq_numbers_but_not_the_content_is_an_edit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    write_log(&path, 10, AuditOptions::default());
+    let mut lines = lines_of(&path);
+    lines.swap(3, 4);
+    let seq_of = |l: &[u8]| String::from_utf8(l.to_vec()).unwrap();
+    lines[3] = seq_of(&lines[3])
+        .replacen("\"seq\":5", "\"seq\":4", 1)
+        .into_bytes();
+    lines[4] = seq_of(&lines[4])
+        .replacen("\"seq\":4", "\"seq\":5", 1)
+        .into_bytes();
+    write_lines(&path, &lines);
+    // Line 4 now has the right seq but not line 3's link.
+    assert!(matches!(
+        verify_default(&path),
+        Err(AuditError::Edited { line: 3 })
+    ));
+}
+
+#[test]
+fn duplicated_line_is_reported_as_duplicated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    write_log(&path, 10, AuditOptions::default());
+    let mut lines = lines_of(&path);
+    let dup = lines[2].clone();
+    lines.insert(3, dup);
+    write_lines(&path, &lines);
+    let err = verify_default(&path).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AuditError::Duplicated {
+                line: 4,
+                expected_seq: 4,
+                found_seq: 3
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("a record was duplicated"), "{err}");
+}
+
+#[test]
+fn edited_seq_field_is_an_edit_not_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    write_log(&path, 10, AuditOptions::default());
+    let mut lines = lines_of(&path);
+    lines[4] = String::from_utf8(lines[4].clone())
+        .unwrap()
+        .replacen("\"seq\":5", "\"seq\":9", 1)
+        .into_bytes();
+    write_lines(&path, &lines);
+    let err = verify_default(&path).unwrap_err();
+    assert!(matches!(err, AuditError::Edited { line: 5 }), "{err:?}");
+    // The last line too (no line after it to compare with).
+    let b = dir.path().join("b.log");
+    write_log(&b, 10, AuditOptions::default());
+    let mut lines = lines_of(&b);
+    lines[9] = String::from_utf8(lines[9].clone())
+        .unwrap()
+        .replacen("\"seq\":10", "\"seq\":15", 1)
+        .into_bytes();
+    write_lines(&b, &lines);
+    let err = verify(
+        &b,
+        &VerifyOptions {
+            head: HeadCheck::Ignore,
+            ..VerifyOptions::default()
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, AuditError::Edited { line: 10 }), "{err:?}");
 }
 
 #[test]
@@ -524,7 +608,12 @@ fn field_names(s: &str, sep: char) -> Vec<String> {
 
 #[test]
 fn debug_and_display_contain_only_the_listed_fields() {
-    let record = entry(5).into_record(5, "2026-01-01T00:00:00.000Z".into(), SHA256_GENESIS.into());
+    let record = entry(5).to_record(
+        5,
+        "2026-01-01T00:00:00.000Z".into(),
+        SHA256_GENESIS.into(),
+        Some(3),
+    );
     let listed = [
         "seq",
         "time",
@@ -538,6 +627,7 @@ fn debug_and_display_contain_only_the_listed_fields() {
         "key_id",
         "result",
         "reason",
+        "count",
         "prev",
     ];
     for name in field_names(&format!("{record:?}"), ':') {
@@ -565,12 +655,13 @@ fn debug_and_display_contain_only_the_listed_fields() {
         "\"key_id\":",
         "\"result\":",
         "\"reason\":",
+        "\"count\":",
         "\"prev\":",
     ];
     let positions: Vec<usize> = order.iter().map(|k| line.find(k).unwrap()).collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "{line}");
     let json: serde_json::Value = serde_json::from_str(&line).unwrap();
-    assert_eq!(json.as_object().unwrap().len(), 9);
+    assert_eq!(json.as_object().unwrap().len(), 10);
     assert_eq!(json["caller"].as_object().unwrap().len(), 4);
     // Keys are never printed.
     let key = ChainKey::new([0x42; 32]);
@@ -666,4 +757,302 @@ fn append_all_chains_like_single_appends() {
     };
     assert_eq!(verify(&batched, &options).unwrap().lines, 3);
     assert_eq!(verify(&one, &options).unwrap().lines, 3);
+}
+
+fn segmented(bytes: u64, keep: Option<u64>) -> AuditOptions {
+    AuditOptions {
+        chain: ChainMode::Hmac(ChainKey::new([7; 32])),
+        segment_bytes: Some(bytes),
+        retention_segments: keep,
+        // Rotation and drop sync anyway; per-record fdatasync only slows the test.
+        sync: SyncPolicy::Batched {
+            interval: Duration::from_secs(3600),
+        },
+        ..AuditOptions::default()
+    }
+}
+
+fn verify_hmac7(path: &Path) -> Result<VerifyReport, AuditError> {
+    verify(
+        path,
+        &VerifyOptions {
+            chain: ChainMode::Hmac(ChainKey::new([7; 32])),
+            head: HeadCheck::Require,
+        },
+    )
+}
+
+fn records_of(path: &Path) -> Vec<AuditRecord> {
+    let mut files: Vec<PathBuf> = closed_segments(path)
+        .unwrap()
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    files.push(path.to_path_buf());
+    files
+        .iter()
+        .flat_map(|f| {
+            fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<AuditRecord>(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn segments_stay_bounded_and_the_chain_crosses_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let n = 600;
+    write_log(&path, n, segmented(MIN_SEGMENT_BYTES, None));
+    let closed = closed_segments(&path).unwrap();
+    assert!(closed.len() >= 2, "{closed:?}");
+    for (number, file) in &closed {
+        let len = fs::metadata(file).unwrap().len();
+        assert!(len <= MIN_SEGMENT_BYTES, "segment {number} is {len} bytes");
+    }
+    assert!(fs::metadata(&path).unwrap().len() <= MIN_SEGMENT_BYTES);
+    let report = verify_hmac7(&path).unwrap();
+    // Every append plus one header per closed segment.
+    assert_eq!(report.last_seq, n + closed.len() as u64);
+    assert_eq!(report.lines, report.last_seq);
+    assert_eq!(report.segments, closed.len() as u64 + 1);
+    assert_eq!((report.pruned_segments, report.pruned_records), (0, 0));
+    // Each later segment starts with a header that names its predecessor and chains to it.
+    let records = records_of(&path);
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r.seq, i as u64 + 1);
+    }
+    let second = fs::read_to_string(&closed[1].1).unwrap();
+    let header: AuditRecord = serde_json::from_str(second.lines().next().unwrap()).unwrap();
+    assert_eq!(header.event, SEGMENT_EVENT);
+    assert!(
+        header
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("audit.log.000001"),
+        "{header:?}"
+    );
+    // Reopening continues the chain in the active segment.
+    let mut log = AuditLog::open(&path, segmented(MIN_SEGMENT_BYTES, None)).unwrap();
+    let next = log.append(entry(1)).unwrap();
+    assert_eq!(next, report.last_seq + 1);
+    drop(log);
+    verify_hmac7(&path).unwrap();
+}
+
+#[test]
+fn retention_removes_old_segments_and_verify_starts_at_the_first_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    write_log(&path, 1200, segmented(MIN_SEGMENT_BYTES, Some(2)));
+    let closed = closed_segments(&path).unwrap();
+    assert_eq!(closed.len(), 2, "{closed:?}");
+    assert!(closed[0].0 > 1);
+    let report = verify_hmac7(&path).unwrap();
+    assert_eq!(report.pruned_segments, closed[0].0 - 1);
+    assert_eq!(report.pruned_records, report.first_seq - 1);
+    assert!(report.first_seq > 1);
+    assert!(report.pruning_recorded);
+    // The removal itself is on record.
+    let records = records_of(&path);
+    let prune = records
+        .iter()
+        .rev()
+        .find(|r| r.event == PRUNE_EVENT)
+        .unwrap();
+    let removed = format!("removes audit.log.{:06}: ", closed[0].0 - 1);
+    let before = format!("records before seq {}", report.first_seq);
+    let reason = prune.reason.as_deref().unwrap();
+    assert!(
+        reason.contains(&removed) && reason.contains(&before),
+        "{prune:?}"
+    );
+    // Removing the oldest kept segment too is not what retention recorded.
+    let moved = dir.path().join("moved");
+    fs::rename(&closed[0].1, &moved).unwrap();
+    let report = verify_hmac7(&path).unwrap();
+    assert!(!report.pruning_recorded, "{report:?}");
+    fs::rename(&moved, &closed[0].1).unwrap();
+    // Deleting the newest closed segment is a deletion of its records, not retention.
+    fs::remove_file(&closed[1].1).unwrap();
+    let err = verify_hmac7(&path).unwrap_err();
+    assert!(
+        matches!(&err, AuditError::InFile { source, .. } if matches!(**source, AuditError::Gap { line: 1, .. })),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_deleted_middle_segment_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    write_log(&path, 800, segmented(MIN_SEGMENT_BYTES, None));
+    let closed = closed_segments(&path).unwrap();
+    assert!(closed.len() >= 3, "{closed:?}");
+    fs::remove_file(&closed[1].1).unwrap();
+    let err = verify_hmac7(&path).unwrap_err();
+    assert!(
+        matches!(&err, AuditError::SegmentMissing { missing } if *missing == closed[1].1),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("a segment was deleted"), "{err}");
+}
+
+#[test]
+fn tampering_inside_a_closed_segment_names_the_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    write_log(&path, 600, segmented(MIN_SEGMENT_BYTES, None));
+    let closed = closed_segments(&path).unwrap();
+    let first = &closed[0].1;
+    // Edit the last record of the first segment: the next segment's header names it.
+    let mut lines = lines_of(first);
+    let last = lines.len() - 1;
+    let text = String::from_utf8(lines[last].clone()).unwrap();
+    lines[last] = text.replacen("\"prod\"", "\"prox\"", 1).into_bytes();
+    write_lines(first, &lines);
+    let err = verify_hmac7(&path).unwrap_err();
+    match &err {
+        AuditError::InFile { path: p, source } => {
+            assert_eq!(p, first);
+            assert!(
+                matches!(**source, AuditError::Edited { line } if line == last as u64 + 1),
+                "{err}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(err.to_string().starts_with(&first.display().to_string()));
+    // Swapping two records in the second segment is reported there as a reordering.
+    write_lines(first, &lines_of(first)); // unchanged from here on
+    let dir2 = tempfile::tempdir().unwrap();
+    let path2 = dir2.path().join("audit.log");
+    write_log(&path2, 600, segmented(MIN_SEGMENT_BYTES, None));
+    let second = closed_segments(&path2).unwrap()[1].1.clone();
+    let mut lines = lines_of(&second);
+    lines.swap(5, 6);
+    write_lines(&second, &lines);
+    let err = verify_hmac7(&path2).unwrap_err();
+    assert!(
+        matches!(&err, AuditError::InFile { source, .. } if matches!(**source, AuditError::Reordered { line: 6, .. })),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_single_file_log_from_before_segments_opens_and_continues_segmented() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    // The previous version: one file, no segment options.
+    write_log(
+        &path,
+        300,
+        AuditOptions {
+            chain: ChainMode::Hmac(ChainKey::new([7; 32])),
+            ..AuditOptions::default()
+        },
+    );
+    let before = verify_hmac7(&path).unwrap();
+    assert_eq!((before.lines, before.segments), (300, 1));
+    let old = fs::read(&path).unwrap();
+    assert!(old.len() as u64 > MIN_SEGMENT_BYTES);
+    let mut log = AuditLog::open(&path, segmented(MIN_SEGMENT_BYTES, None)).unwrap();
+    for i in 0..300 {
+        log.append(entry(i)).unwrap();
+    }
+    drop(log);
+    let after = verify_hmac7(&path).unwrap();
+    assert!(after.segments >= 2);
+    assert_eq!(after.first_seq, 1);
+    // Nothing of the old file was lost: it is the first closed segment.
+    let first = &closed_segments(&path).unwrap()[0].1;
+    assert_eq!(fs::read(first).unwrap(), old);
+    assert_eq!(records_of(&path).len() as u64, after.last_seq);
+}
+
+#[test]
+fn an_interrupted_rotation_is_completed_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    write_log(&path, 10, segmented(MIN_SEGMENT_BYTES, None));
+    // A crash right after the active file got its closed name, before it was replaced.
+    fs::hard_link(&path, segment_path(&path, 1)).unwrap();
+    verify_hmac7(&path).unwrap();
+    let mut log = AuditLog::open(&path, segmented(MIN_SEGMENT_BYTES, None)).unwrap();
+    assert!(!segment::same_file(&path, &segment_path(&path, 1)));
+    assert_eq!(log.last_seq(), 11);
+    log.append(entry(12)).unwrap();
+    drop(log);
+    let report = verify_hmac7(&path).unwrap();
+    assert_eq!((report.last_seq, report.segments), (12, 2));
+}
+
+#[test]
+fn a_torn_line_in_a_segmented_log_is_repaired_like_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    write_log(&path, 400, segmented(MIN_SEGMENT_BYTES, None));
+    let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+    file.write_all(b"{\"seq\":").unwrap();
+    drop(file);
+    assert!(matches!(
+        AuditLog::open(&path, segmented(MIN_SEGMENT_BYTES, None)),
+        Err(AuditError::PartialTail { .. })
+    ));
+    assert!(matches!(
+        verify_hmac7(&path),
+        Err(AuditError::InFile { .. })
+    ));
+    assert!(repair_truncated_tail(&path).unwrap().is_some());
+    let mut log = AuditLog::open(&path, segmented(MIN_SEGMENT_BYTES, None)).unwrap();
+    log.append(entry(1)).unwrap();
+    drop(log);
+    verify_hmac7(&path).unwrap();
+}
+
+#[test]
+fn segment_size_below_the_minimum_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = AuditLog::open(&dir.path().join("audit.log"), segmented(1000, None)).unwrap_err();
+    assert!(matches!(err, AuditError::SegmentTooSmall { bytes: 1000 }));
+    assert!(err.to_string().contains("at least 65536"), "{err}");
+}
+
+#[test]
+fn aggregator_writes_one_counted_record_per_key_and_refuses_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let log = SharedAuditLog::new(AuditLog::open(&path, AuditOptions::default()).unwrap());
+    let aggregator = Aggregator::new();
+    let ok = |key: &str| AuditEntry {
+        event: "unwrap".into(),
+        caller: Caller::new("sgx", &[0xab; 32], Some("kms"), "10.0.0.7:4431"),
+        keyring: Some("prod".into()),
+        key_id: Some(key.into()),
+        result: Outcome::Ok,
+        reason: None,
+    };
+    for _ in 0..25 {
+        aggregator.add(ok("kek-1")).unwrap();
+    }
+    aggregator.add(ok("kek-2")).unwrap();
+    let mut denied = ok("kek-1");
+    denied.result = Outcome::Denied;
+    denied.reason = Some("policy".into());
+    assert_eq!(aggregator.add(denied.clone()), Err(Box::new(denied)));
+    assert_eq!(aggregator.pending(), 26);
+    assert_eq!(aggregator.flush(&log).unwrap(), 2);
+    assert_eq!(aggregator.pending(), 0);
+    assert_eq!(aggregator.flush(&log).unwrap(), 0);
+    drop(log);
+    let records = records_of(&path);
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0].key_id.as_deref(), Some("kek-1"));
+    assert_eq!(records[0].count, Some(25));
+    assert_eq!(records[1].count, Some(1));
+    verify_default(&path).unwrap();
 }

@@ -142,6 +142,23 @@ pub struct KeydServeArgs {
     /// The audit log (JSON lines, HMAC hash chain). Default: <data-dir>/audit.log.
     #[arg(long)]
     pub audit_log: Option<PathBuf>,
+    /// Start a new audit segment before the active log exceeds this many bytes; the full one
+    /// becomes <audit-log>.000001, .000002, … (at least 65536; default 64 MiB).
+    #[arg(
+        long,
+        default_value_t = coffer_keyd::DEFAULT_AUDIT_SEGMENT_BYTES,
+        value_parser = clap::value_parser!(u64).range(coffer_audit::MIN_SEGMENT_BYTES..)
+    )]
+    pub audit_segment_bytes: u64,
+    /// Keep at most this many closed audit segments, removing the oldest (1 to 1000000). The
+    /// removal is itself recorded. Default: keep every segment.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub audit_retention_segments: Option<u64>,
+    /// Write successful unwraps as one record per caller, keyring and key id per interval, with
+    /// a count, instead of one record each (a duration such as 10s or 1m, from 1s to 1h).
+    /// Refusals, errors and other operations stay one record each. Default: off.
+    #[arg(long, value_parser = parse_aggregate_interval)]
+    pub audit_aggregate_interval: Option<Duration>,
     /// Serve Prometheus /metrics and /healthz on this address (e.g. 127.0.0.1:9465).
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
@@ -208,8 +225,9 @@ pub enum AuditCommand {
         /// The audit log. Default: <data-dir>/audit.log.
         log: Option<PathBuf>,
     },
-    /// Check an audit log's HMAC hash chain (edits, deletions, reordering, truncation). The
-    /// chain key comes from keyd's root, so this runs where keyd's root opens (its TEE).
+    /// Check an audit log's HMAC hash chain (edits, deletions, reordering, truncation) across
+    /// its closed segments (<log>.000001, …) and the active file. The chain key comes from
+    /// keyd's root, so this runs where keyd's root opens (its TEE).
     Verify {
         #[command(flatten)]
         store: KeydStoreArgs,
@@ -295,16 +313,41 @@ pub fn run(command: KeydCommand) -> Result<ExitCode, Error> {
             };
             let report = coffer_audit::verify(&log, &options)?;
             println!(
-                "{}: chain intact, {} records (seq {}..{}), last hash {}",
+                "{}: chain intact, {} records (seq {}..{}) in {} segment(s), last hash {}",
                 log.display(),
                 report.lines,
                 report.first_seq,
                 report.last_seq,
+                report.segments,
                 report.last_hash
             );
+            if report.pruned_records > 0 && report.pruning_recorded {
+                println!(
+                    "{} older segment(s) with records 1..{} were removed by retention; the chain was checked from the first kept segment's recorded predecessor",
+                    report.pruned_segments,
+                    report.pruned_records
+                );
+            } else if report.pruned_records > 0 {
+                eprintln!(
+                    "warning: records 1..{} ({} older segment(s)) are gone and no audit.prune record accounts for them: unless you moved those segments away yourself, treat the log as tampered",
+                    report.pruned_records,
+                    report.pruned_segments
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `--audit-aggregate-interval`: a humantime duration from 1 s to 1 h.
+fn parse_aggregate_interval(text: &str) -> Result<Duration, String> {
+    let range = "between 1s and 1h";
+    let every = humantime::parse_duration(text)
+        .map_err(|e| format!("{e}: write a duration such as 10s or 1m ({range})"))?;
+    if every < Duration::from_secs(1) || every > Duration::from_secs(3600) {
+        return Err(format!("{text} is out of range: use a duration {range}"));
+    }
+    Ok(every)
 }
 
 fn read_small(path: &Path) -> Result<String, Error> {
@@ -587,6 +630,11 @@ fn serve(args: KeydServeArgs) -> Result<ExitCode, Error> {
             listener,
         );
         options.audit_log = args.audit_log.clone();
+        options.audit = coffer_keyd::AuditSettings {
+            segment_bytes: args.audit_segment_bytes,
+            retention_segments: args.audit_retention_segments,
+            aggregate_interval: args.audit_aggregate_interval,
+        };
         options.metrics_listener = metrics_listener;
         options.limits = KeydLimits {
             max_connections: args.max_connections,

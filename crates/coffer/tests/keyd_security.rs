@@ -209,6 +209,22 @@ async fn keyd_refuses_every_unentitled_caller_with_its_reason() {
     let options = client_options(&measured, &signer);
     let status = try_unwrap(keyd.addr, options, &key_id, &ciphertext).await;
     assert_refused(&data, &status, "measurement");
+    // The policy refused verified evidence: the records name the verified measurement as a
+    // field, not only inside the reason text.
+    let records = audit_records(&data);
+    let refused: Vec<_> = records
+        .iter()
+        .filter(|r| {
+            r["result"] == "denied" && r["reason"].as_str().unwrap_or("").contains("measurement")
+        })
+        .collect();
+    assert!(refused.len() >= 2, "{records:#?}");
+    for r in refused {
+        let measurement = r["caller"]["measurement"].as_str().unwrap();
+        assert_eq!(measurement.len(), 64, "{r:#}");
+        assert_eq!(r["caller"]["tee"], "sim", "{r:#}");
+        assert!(r["reason"].as_str().unwrap().contains(measurement), "{r:#}");
+    }
 
     // 4. A debug-mode TEE (the sim platform posing as one): refused although its signer has a
     // role.

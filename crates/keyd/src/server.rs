@@ -11,7 +11,7 @@ use std::time::Duration;
 use coffer_attest::policy::Policy;
 use coffer_attest::VerifyOptions;
 use coffer_audit::{
-    AuditEntry, AuditLog, AuditOptions, ChainMode, Outcome, SharedAuditLog, SyncPolicy,
+    Aggregator, AuditEntry, AuditLog, AuditOptions, ChainMode, Outcome, SharedAuditLog, SyncPolicy,
 };
 use coffer_platform::Platform;
 use coffer_ratls::{AttestedVerifier, OfflineVerifier};
@@ -40,6 +40,32 @@ const ACCEPT_QUEUE: usize = 64;
 /// The audit log is made durable at least this often (and on shutdown).
 const AUDIT_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How keyd writes its audit log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuditSettings {
+    /// Start a new segment before the active file exceeds this many bytes (at least
+    /// [`coffer_audit::MIN_SEGMENT_BYTES`]).
+    pub segment_bytes: u64,
+    /// Keep at most this many closed segments; `None` keeps all.
+    pub retention_segments: Option<u64>,
+    /// Count successful unwraps and write one record per caller, keyring and key id this
+    /// often, instead of one per unwrap; `None` writes every unwrap.
+    pub aggregate_interval: Option<Duration>,
+}
+
+/// Default audit segment size: 64 MiB.
+pub const DEFAULT_AUDIT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            segment_bytes: DEFAULT_AUDIT_SEGMENT_BYTES,
+            retention_segments: None,
+            aggregate_interval: None,
+        }
+    }
+}
+
 /// Everything [`serve`] needs.
 pub struct KeydServeOptions {
     /// keyd's data directory: `keyd-root.json` and `keyrings/<name>/`.
@@ -56,6 +82,8 @@ pub struct KeydServeOptions {
     pub listener: TcpListener,
     /// The audit log (default `<data_dir>/audit.log`).
     pub audit_log: Option<PathBuf>,
+    /// Audit segments, retention and aggregation.
+    pub audit: AuditSettings,
     /// Connection, message-size and rate limits.
     pub limits: KeydLimits,
     /// A bound listener for `/metrics` and `/healthz`, if wanted.
@@ -88,6 +116,7 @@ impl KeydServeOptions {
             verify_options,
             listener,
             audit_log: None,
+            audit: AuditSettings::default(),
             limits: KeydLimits::default(),
             metrics_listener: None,
             reload_interval: Duration::from_secs(2),
@@ -163,6 +192,7 @@ pub async fn serve(
         verify_options,
         listener,
         audit_log,
+        audit: audit_settings,
         limits,
         metrics_listener,
         reload_interval,
@@ -183,6 +213,8 @@ pub async fn serve(
                         interval: AUDIT_SYNC_INTERVAL,
                     },
                     mode: 0o600,
+                    segment_bytes: Some(audit_settings.segment_bytes),
+                    retention_segments: audit_settings.retention_segments,
                 },
             )?;
             Ok::<_, KeydError>((
@@ -240,10 +272,22 @@ pub async fn serve(
     });
     tracing::info!(instance = %instance_id, keyrings = keyrings.len(), audit_log = %audit.path().display(), "keyd ready");
 
+    let aggregate = audit_settings
+        .aggregate_interval
+        .map(|every| (every, Arc::new(Aggregator::new())));
+    let flush_task = aggregate.as_ref().map(|(every, aggregator)| {
+        tokio::spawn(flush_loop(
+            aggregator.clone(),
+            audit.clone(),
+            metrics.clone(),
+            *every,
+        ))
+    });
     let service = KeyServiceServer::new(KeydService {
         keyrings,
         audit: audit.clone(),
-        metrics,
+        aggregate: aggregate.as_ref().map(|(_, a)| a.clone()),
+        metrics: metrics.clone(),
     })
     .max_decoding_message_size(limits.max_message_len)
     .max_encoding_message_size(limits.max_message_len);
@@ -279,6 +323,13 @@ pub async fn serve(
     renewal_task.abort();
     if let Some(task) = metrics_task {
         task.abort();
+    }
+    if let Some(task) = flush_task {
+        task.abort();
+    }
+    // Counts of calls that completed during the drain are written before keyd stops.
+    if let Some((_, aggregator)) = &aggregate {
+        flush_counts(aggregator, &audit, &metrics).await;
     }
     if let Err(e) = audit.sync() {
         tracing::error!(error = %e, "could not make the audit log durable at shutdown");
@@ -358,18 +409,19 @@ impl Acceptor {
             .and_then(|c| c.first())
             .map(|c| c.as_ref().to_vec());
         let verdict = match &certificate {
-            None => Err(
+            None => Err((
                 "the client presented no certificate; keyd accepts only attested TLS clients (coffer's attested certificate with TEE evidence)"
                     .to_string(),
-            ),
+                None,
+            )),
             Some(der) => {
                 // Evidence verification can take milliseconds (DCAP, SNP chains): off the
                 // async workers.
                 let verifier = self.verifier.clone();
                 let der = der.clone();
-                match tokio::task::spawn_blocking(move || verifier.verify_certificate(&der, UnixTime::now())).await {
-                    Ok(result) => result.map_err(|e| e.to_string()),
-                    Err(e) => Err(format!("verification task failed: {e}")),
+                match tokio::task::spawn_blocking(move || verifier.verify_certificate_detailed(&der, UnixTime::now())).await {
+                    Ok(result) => result.map_err(|r| (r.error.to_string(), r.claims)),
+                    Err(e) => Err((format!("verification task failed: {e}"), None)),
                 }
             }
         };
@@ -386,17 +438,26 @@ impl Acceptor {
                 tracing::debug!(peer = %remote, role = %identity.role, "attested client connected");
                 (Ok(Arc::new(identity)), caller, key)
             }
-            Err(reason) => {
-                let tee = certificate
-                    .as_deref()
-                    .and_then(|der| coffer_ratls::evidence_from_certificate(der).ok())
-                    .map(|d| d.evidence.tee.name().to_string())
-                    .unwrap_or_else(|| "none".to_string());
-                let caller = coffer_audit::Caller {
-                    tee,
-                    measurement: String::new(),
-                    role: None,
-                    peer: peer_addr.clone(),
+            Err((reason, claims)) => {
+                // The policy refused verified evidence: record whose it was. Otherwise only the
+                // claimed TEE type is known, and no measurement is recorded as verified.
+                let caller = match claims {
+                    Some(claims) => coffer_audit::Caller::new(
+                        claims.tee.name(),
+                        claims.primary_measurement(),
+                        None,
+                        &peer_addr,
+                    ),
+                    None => coffer_audit::Caller {
+                        tee: certificate
+                            .as_deref()
+                            .and_then(|der| coffer_ratls::evidence_from_certificate(der).ok())
+                            .map(|d| d.evidence.tee.name().to_string())
+                            .unwrap_or_else(|| "none".to_string()),
+                        measurement: String::new(),
+                        role: None,
+                        peer: peer_addr.clone(),
+                    },
                 };
                 self.metrics.connection(ConnectionResult::Refused);
                 tracing::warn!(peer = %remote, reason = %reason, "client attestation refused; its calls will be refused");
@@ -429,6 +490,36 @@ impl Acceptor {
             metrics: self.metrics.clone(),
         })
     }
+}
+
+/// Writes the aggregated unwrap counts every `every`.
+async fn flush_loop(
+    aggregator: Arc<Aggregator>,
+    audit: SharedAuditLog,
+    metrics: KeydMetrics,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        flush_counts(&aggregator, &audit, &metrics).await;
+    }
+}
+
+/// Writes the aggregated counts (off the async workers: the write may fsync and rotate).
+async fn flush_counts(aggregator: &Arc<Aggregator>, audit: &SharedAuditLog, metrics: &KeydMetrics) {
+    let (aggregator, log) = (aggregator.clone(), audit.clone());
+    let flushed = tokio::task::spawn_blocking(move || aggregator.flush(&log)).await;
+    let error = match flushed {
+        Ok(Ok(_)) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    // The log is now unwritable: keyd refuses further calls (fail closed) and /healthz fails.
+    metrics.audit_failure();
+    tracing::error!(error = %error, "could not write aggregated unwrap counts to the audit log");
 }
 
 /// Reloads keyrings whose keystore file changed (e.g. `coffer keyd rotate` while serving).

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use coffer_audit::{AuditEntry, Outcome, SharedAuditLog};
+use coffer_audit::{Aggregator, AuditEntry, Outcome, SharedAuditLog};
 use coffer_keystore::kek::EncryptError;
 use coffer_keystore::store::KeyState;
 use coffer_ratls::PeerIdentity;
@@ -44,6 +44,9 @@ pub struct KeydConnectInfo {
 pub(crate) struct KeydService {
     pub(crate) keyrings: HashMap<String, Arc<KeyringSlot>>,
     pub(crate) audit: SharedAuditLog,
+    /// With `--audit-aggregate-interval`: where successful unwraps are counted instead of
+    /// written one by one.
+    pub(crate) aggregate: Option<Arc<Aggregator>>,
     pub(crate) metrics: KeydMetrics,
 }
 
@@ -85,20 +88,24 @@ fn shown(name: &str) -> String {
 }
 
 impl KeydService {
-    /// Writes one audit record. A record that cannot be written fails the call: keyd never
-    /// does unaudited work.
-    fn record(
-        &self,
-        event: &str,
-        info: &KeydConnectInfo,
-        keyring: Option<&str>,
-        key_id: Option<&str>,
-        result: Outcome,
-        reason: Option<String>,
-    ) -> Result<(), Status> {
-        let entry = audit_entry(event, info, keyring, key_id, (result, reason));
+    /// Audits the records of one call; a record that cannot be written fails the call: keyd
+    /// never does unaudited work. With aggregation on, successful unwraps are counted
+    /// (released at once, written at the next flush, if the log is still writable); every other
+    /// record is written before this returns, so its result is released only after it.
+    fn record_all(&self, op: Operation, entries: Vec<AuditEntry>) -> Result<(), Status> {
+        let entries = match &self.aggregate {
+            Some(aggregator) if op == Operation::Unwrap => {
+                // Fail closed as without aggregation: no result while the log cannot be written.
+                self.audit.healthy().map_err(|e| self.audit_failed(e))?;
+                entries
+                    .into_iter()
+                    .filter_map(|entry| aggregator.add(entry).err().map(|e| *e))
+                    .collect()
+            }
+            _ => entries,
+        };
         self.audit
-            .append(entry)
+            .append_all(entries)
             .map(|_| ())
             .map_err(|e| self.audit_failed(e))
     }
@@ -125,14 +132,14 @@ impl KeydService {
             Code::PermissionDenied | Code::Unauthenticated => Outcome::Denied,
             _ => Outcome::Error,
         };
-        if let Err(audit) = self.record(
+        let entry = audit_entry(
             op.name(),
             info,
             keyring,
             None,
-            outcome,
-            Some(status.message().to_string()),
-        ) {
+            (outcome, Some(status.message().to_string())),
+        );
+        if let Err(audit) = self.record_all(op, vec![entry]) {
             return audit;
         }
         status
@@ -213,16 +220,16 @@ impl KeydService {
             .as_ref()
             .map(|_| Code::Ok)
             .unwrap_or_else(|s| s.code());
-        let (outcome, reason) = outcome_of(&result);
-        // The result (maybe a plaintext) is released only after its audit record is written.
-        if let Err(status) = self.record(
+        let entry = audit_entry(
             call.op.name(),
             &call.info,
             Some(&call.slot.name),
             key_id,
-            outcome,
-            reason,
-        ) {
+            outcome_of(&result),
+        );
+        // The result (maybe a plaintext) is released only after its audit record is written
+        // (or, for an aggregated unwrap, counted).
+        if let Err(status) = self.record_all(call.op, vec![entry]) {
             self.metrics.request(call.op, status.code());
             return Err(status);
         }
@@ -363,14 +370,14 @@ impl KeyService for KeydService {
                 }),
             });
         }
-        // The plaintexts are released only after every item's record is written.
-        if let Err(e) = self.audit.append_all(entries) {
+        // The plaintexts are released only after every item's record is written (or counted).
+        if let Err(status) = self.record_all(call.op, entries) {
             for result in &mut results {
                 if let Some(pb::unwrap_result::Result::Plaintext(p)) = &mut result.result {
                     p.zeroize();
                 }
             }
-            return Err(self.audit_failed(e));
+            return Err(status);
         }
         Ok(Response::new(pb::UnwrapBatchResponse { results }))
     }

@@ -281,6 +281,32 @@ pub struct PeerIdentity {
     pub role: Role,
 }
 
+/// Why [`AttestedVerifier::verify_certificate_detailed`] refused a certificate.
+#[derive(Debug)]
+pub struct Refusal {
+    /// The reason.
+    pub error: RatlsError,
+    /// The verified claims, when only the policy refused (the evidence itself verified).
+    pub claims: Option<Box<Claims>>,
+}
+
+impl From<RatlsError> for Refusal {
+    fn from(error: RatlsError) -> Self {
+        Refusal {
+            error,
+            claims: None,
+        }
+    }
+}
+
+/// What [`AttestedVerifier::verified_claims`] established.
+enum Verified {
+    /// A certificate verified (policy included) within the cache TTL.
+    Cached(PeerIdentity),
+    /// Fresh claims and the certificate's cache key; the policy is still to be applied.
+    Fresh([u8; 32], Claims),
+}
+
 /// The verification shared by [`AttestedServerVerifier`] and [`AttestedClientVerifier`], with a
 /// cache of verified certificates (keyed by SHA-256 of the DER certificate) so that the
 /// application can look up the peer's identity after the handshake and repeated handshakes with
@@ -329,6 +355,37 @@ impl AttestedVerifier {
         end_entity: &[u8],
         now: UnixTime,
     ) -> Result<PeerIdentity, RatlsError> {
+        self.verify_certificate_detailed(end_entity, now)
+            .map_err(|refusal| refusal.error)
+    }
+
+    /// [`Self::verify_certificate`], but a refusal keeps the claims when the evidence itself
+    /// verified and only the policy refused: an audit record can then name who was refused.
+    pub fn verify_certificate_detailed(
+        &self,
+        end_entity: &[u8],
+        now: UnixTime,
+    ) -> Result<PeerIdentity, Refusal> {
+        let (key, claims) = match self.verified_claims(end_entity, now)? {
+            Verified::Cached(hit) => return Ok(hit),
+            Verified::Fresh(key, claims) => (key, claims),
+        };
+        let role = match self.policy.evaluate(&claims) {
+            Ok(role) => role,
+            Err(denial) => {
+                return Err(Refusal {
+                    error: denial.into(),
+                    claims: Some(Box::new(claims)),
+                })
+            }
+        };
+        let identity = PeerIdentity { claims, role };
+        self.remember(key, identity.clone());
+        Ok(identity)
+    }
+
+    /// Validity period, evidence and binding: everything but the policy.
+    fn verified_claims(&self, end_entity: &[u8], now: UnixTime) -> Result<Verified, RatlsError> {
         let (rest, cert) = x509_parser::parse_x509_certificate(end_entity)
             .map_err(|e| RatlsError::Certificate(format!("not a DER X.509 certificate: {e}")))?;
         if !rest.is_empty() {
@@ -354,7 +411,7 @@ impl AttestedVerifier {
 
         let key: [u8; 32] = Sha256::digest(end_entity).into();
         if let Some(hit) = self.cached(&key) {
-            return Ok(hit);
+            return Ok(Verified::Cached(hit));
         }
 
         let decoded = extension_of(&cert)?;
@@ -383,10 +440,7 @@ impl AttestedVerifier {
                 hex::encode(spki_hash)
             )));
         }
-        let role = self.policy.evaluate(&claims)?;
-        let identity = PeerIdentity { claims, role };
-        self.remember(key, identity.clone());
-        Ok(identity)
+        Ok(Verified::Fresh(key, claims))
     }
 
     fn cached(&self, key: &[u8; 32]) -> Option<PeerIdentity> {
