@@ -8,20 +8,11 @@ use coffer_attest::{
 };
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-fn fixtures() -> PathBuf {
-    match std::env::var_os("COFFER_FIXTURES") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/fixtures/attestation"
-        )),
-    }
-}
+use coffer_test_fixtures::attestation_dir as fixtures;
 
 fn read(rel: &str) -> Vec<u8> {
     let path = fixtures().join(rel);
@@ -91,6 +82,7 @@ fn flip_pem(quote: &mut [u8], skip: usize) {
 
 #[test]
 fn sgx_quote_verifies() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let (evidence, options) = sgx();
     let claims = verify(&evidence, &options).unwrap();
     assert_eq!(claims.tee, TeeType::Sgx);
@@ -113,6 +105,7 @@ fn sgx_quote_verifies() {
 
 #[test]
 fn sgx_collateral_found_by_fmspc_in_directory() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let (evidence, mut options) = sgx();
     options.collateral = Arc::new(CollateralDir::new(fixtures().join("sgx")));
     verify(&evidence, &options).unwrap();
@@ -120,6 +113,7 @@ fn sgx_collateral_found_by_fmspc_in_directory() {
 
 #[test]
 fn sgx_tampered_report_body() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let (mut evidence, options) = sgx();
     flip(&mut evidence.report, 48 + 64); // MRENCLAVE
     let e = verify(&evidence, &options).unwrap_err();
@@ -137,6 +131,7 @@ fn sgx_tampered_report_body() {
 
 #[test]
 fn sgx_tampered_report_data() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let (mut evidence, options) = sgx();
     flip(&mut evidence.report, 48 + 320); // REPORTDATA
     let e = verify(&evidence, &options).unwrap_err();
@@ -154,6 +149,7 @@ fn sgx_tampered_report_data() {
 
 #[test]
 fn sgx_tampered_signature() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let (mut evidence, options) = sgx();
     flip(&mut evidence.report, 436 + 5); // ECDSA signature of the quote
     let e = verify(&evidence, &options).unwrap_err();
@@ -171,6 +167,7 @@ fn sgx_tampered_signature() {
 
 #[test]
 fn sgx_tampered_qe_report() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let (mut evidence, options) = sgx();
     flip(&mut evidence.report, 564 + 64); // QE report MRENCLAVE, signed by the PCK key
     let e = verify(&evidence, &options).unwrap_err();
@@ -188,6 +185,7 @@ fn sgx_tampered_qe_report() {
 
 #[test]
 fn sgx_tampered_pck_chain() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     for skip in [200, 600, 900] {
         let (mut evidence, options) = sgx();
         flip_pem(&mut evidence.report, skip);
@@ -207,6 +205,7 @@ fn sgx_tampered_pck_chain() {
 
 #[test]
 fn sgx_tampered_collateral() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let (evidence, mut options) = sgx();
     let mut collateral: dcap_qvl::QuoteCollateralV3 =
         serde_json::from_slice(&read("sgx/sgx_quote_collateral.json")).unwrap();
@@ -237,6 +236,7 @@ fn sgx_tampered_collateral() {
 
 #[test]
 fn sgx_wrong_time() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let (evidence, mut options) = sgx();
     options.now = at("2025-06-19T10:00:00Z"); // before the TCB info's issueDate
     let e = verify(&evidence, &options).unwrap_err();
@@ -250,6 +250,7 @@ fn sgx_wrong_time() {
 
 #[test]
 fn sgx_expected_report_data() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let (evidence, mut options) = sgx();
     let mut expected = [0u8; 64];
     expected.copy_from_slice(&evidence.report[368..432]);
@@ -263,6 +264,7 @@ fn sgx_expected_report_data() {
 
 #[test]
 fn sgx_without_collateral_or_with_wrong_type() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let (evidence, _) = sgx();
     let e = verify(&evidence, &VerifyOptions::new(at(SGX_NOW))).unwrap_err();
     assert!(matches!(e, VerifyError::Collateral { .. }), "{e}");
@@ -311,6 +313,7 @@ const TD_SIGNATURE: usize = 48 + 584 + 4;
 
 #[test]
 fn tdx_quote_verifies() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let (evidence, options) = tdx();
     let claims = verify(&evidence, &options).unwrap();
     assert_eq!(claims.tee, TeeType::Tdx);
@@ -335,6 +338,7 @@ fn tdx_quote_verifies() {
 
 #[test]
 fn tdx_outdated_platform_is_refused() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let evidence = Evidence {
         tee: TeeType::Tdx,
         report: read("tdx/tdx_quote_outdated"),
@@ -348,6 +352,7 @@ fn tdx_outdated_platform_is_refused() {
 
 #[test]
 fn tdx_tampered() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     for (what, at) in [
         ("body", TD_MR_TD),
         ("report data", TD_REPORT_DATA),
@@ -371,6 +376,7 @@ fn tdx_tampered() {
 
 #[test]
 fn tdx_tampered_pck_chain() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     for skip in [200, 600, 900] {
         let (mut evidence, options) = tdx();
         flip_pem(&mut evidence.report, skip);
@@ -390,6 +396,7 @@ fn tdx_tampered_pck_chain() {
 
 #[test]
 fn tdx_wrong_time() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let (evidence, mut options) = tdx();
     options.now = at("2025-06-19T10:00:00Z");
     let e = verify(&evidence, &options).unwrap_err();
@@ -513,6 +520,7 @@ fn pccs_handler(collateral: dcap_qvl::QuoteCollateralV3) -> impl Fn(&str) -> Rep
 
 #[test]
 fn sgx_collateral_from_pccs_is_cached() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let collateral: dcap_qvl::QuoteCollateralV3 =
         serde_json::from_slice(&read("sgx/sgx_quote_collateral.json")).unwrap();
     let (base, count, paths) = serve(32, pccs_handler(collateral));
@@ -570,6 +578,7 @@ fn sgx_collateral_from_pccs_is_cached() {
 
 #[test]
 fn pccs_unreachable_is_a_fetch_error() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     drop(listener);
@@ -611,6 +620,7 @@ fn snp_options() -> VerifyOptions {
 
 #[test]
 fn snp_reports_verify() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     for (name, (report, vcek)) in [("milan", snp_milan()), ("trustee", snp_trustee())] {
         let claims = verify(&snp_evidence(&report, &vcek), &snp_options())
             .unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -637,6 +647,7 @@ fn snp_reports_verify() {
 
 #[test]
 fn snp_tampered() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     for (name, (report, vcek)) in [("milan", snp_milan()), ("trustee", snp_trustee())] {
         for (what, at) in [
             ("body", 0x90),
@@ -685,6 +696,7 @@ fn snp_tampered() {
 
 #[test]
 fn snp_vcek_of_another_chip_is_refused() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let (report, _) = snp_milan();
     // A genuine VCEK, chaining to AMD's root, but not the key that signed this report.
     let (_, trustee_vcek) = snp_trustee();
@@ -696,6 +708,7 @@ fn snp_vcek_of_another_chip_is_refused() {
 
 #[test]
 fn snp_malformed_inputs() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let (report, vcek) = snp_milan();
     let e = verify(&snp_evidence(&report[..1000], &vcek), &snp_options()).unwrap_err();
     assert!(matches!(e, VerifyError::Malformed { .. }), "{e}");
@@ -710,6 +723,7 @@ fn snp_malformed_inputs() {
 
 #[test]
 fn snp_vcek_from_cache_directory() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let (report, vcek) = snp_milan();
     let dir = tempfile::tempdir().unwrap();
     let mut evidence = snp_evidence(&report, &vcek);
@@ -729,6 +743,7 @@ fn snp_vcek_from_cache_directory() {
 
 #[test]
 fn snp_vcek_from_kds_fetched_once() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let (report, vcek) = snp_milan();
     let hwid = hex::encode(&report[0x1A0..0x1E0]);
     let served = vcek.clone();

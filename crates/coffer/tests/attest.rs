@@ -3,19 +3,10 @@
 
 mod common;
 
-use std::path::PathBuf;
 
 use common::coffer;
 
-fn fixtures() -> PathBuf {
-    if let Ok(dir) = std::env::var("COFFER_FIXTURES") {
-        return PathBuf::from(dir);
-    }
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures/attestation"
-    ))
-}
+use coffer_test_fixtures::attestation_dir as fixtures;
 
 fn fx(rel: &str) -> String {
     fixtures().join(rel).to_str().unwrap().to_string()
@@ -27,6 +18,7 @@ fn text(bytes: &[u8]) -> String {
 
 #[test]
 fn verifies_real_sgx_tdx_and_snp_evidence() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let out = coffer(&[
         "attest",
         "verify",
@@ -96,6 +88,7 @@ fn verifies_real_sgx_tdx_and_snp_evidence() {
 
 #[test]
 fn outdated_and_tampered_evidence_is_refused_with_the_reason() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let out = coffer(&[
         "attest",
         "verify",
