@@ -3,12 +3,12 @@
 
 use coffer_attest::snp::{build_cert_table, CertEntry, VCEK_GUID};
 use coffer_attest::{
-    verify, CollateralDir, Evidence, KdsVcek, Measurements, PccsCollateral, TeeType, VcekDir,
-    VerifyError, VerifyOptions,
+    verify, CaFileError, CollateralDir, Evidence, Fetcher, KdsVcek, Measurements, PccsCollateral,
+    TeeType, VcekDir, VerifyError, VerifyOptions,
 };
-use std::io::{BufRead, BufReader, Read, Write};
+use coffer_test_fixtures::server::{serve, PrivateCa, Reply, Server};
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -408,58 +408,6 @@ fn tdx_wrong_time() {
 
 // ---------------------------------------------------------------- PCCS
 
-/// A test server's answer: headers and body (200), or `None` (404).
-type Reply = Option<(Vec<(String, String)>, Vec<u8>)>;
-
-/// A tiny HTTP/1.1 server on 127.0.0.1 answering `handler(path)` for at most `max`
-/// connections; returns its base URL and a request counter.
-fn serve(
-    max: usize,
-    handler: impl Fn(&str) -> Reply + Send + 'static,
-) -> (String, Arc<AtomicUsize>, Arc<std::sync::Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let count = Arc::new(AtomicUsize::new(0));
-    let paths = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (c, p) = (count.clone(), paths.clone());
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(max) {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut line = String::new();
-            if reader.read_line(&mut line).is_err() {
-                continue;
-            }
-            loop {
-                let mut header = String::new();
-                if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
-                    break;
-                }
-            }
-            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-            c.fetch_add(1, Ordering::SeqCst);
-            p.lock().unwrap().push(path.clone());
-            let (status, headers, body) = match handler(&path) {
-                Some((h, b)) => ("200 OK", h, b),
-                None => ("404 Not Found", Vec::new(), b"not found".to_vec()),
-            };
-            let mut response = format!(
-                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
-                body.len()
-            );
-            for (n, v) in headers {
-                response.push_str(&format!("{n}: {v}\r\n"));
-            }
-            response.push_str("\r\n");
-            let _ = stream.write_all(response.as_bytes());
-            let _ = stream.write_all(&body);
-            let _ = stream.flush();
-            let _ = reader.read(&mut [0u8; 1]);
-        }
-    });
-    (base, count, paths)
-}
-
 fn percent_encode(text: &str) -> String {
     text.bytes()
         .map(|b| {
@@ -523,7 +471,7 @@ fn sgx_collateral_from_pccs_is_cached() {
     coffer_test_fixtures::skip_without_attestation_fixtures!();
     let collateral: dcap_qvl::QuoteCollateralV3 =
         serde_json::from_slice(&read("sgx/sgx_quote_collateral.json")).unwrap();
-    let (base, count, paths) = serve(32, pccs_handler(collateral));
+    let Server { base, count, paths } = serve(32, None, pccs_handler(collateral));
     let cache = tempfile::tempdir().unwrap();
     let clock_now = Arc::new(std::sync::Mutex::new(at(SGX_NOW)));
     let clock = clock_now.clone();
@@ -587,6 +535,68 @@ fn pccs_unreachable_is_a_fetch_error() {
     options.collateral = Arc::new(PccsCollateral::new(base, cache.path()));
     let e = verify(&evidence, &options).unwrap_err();
     assert!(matches!(e, VerifyError::Fetch { .. }), "{e}");
+}
+
+#[test]
+fn pccs_with_a_private_ca_is_trusted_only_through_a_ca_file() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
+    let collateral: dcap_qvl::QuoteCollateralV3 =
+        serde_json::from_slice(&read("sgx/sgx_quote_collateral.json")).unwrap();
+    let ca = PrivateCa::new();
+    let Server { base, count, .. } = serve(32, Some(ca.server.clone()), pccs_handler(collateral));
+    let cache = tempfile::tempdir().unwrap();
+    let (evidence, mut options) = sgx();
+
+    // Neither Mozilla's roots nor the system store know the PCCS's own CA.
+    options.collateral = Arc::new(PccsCollateral::new(&base, cache.path()));
+    let e = verify(&evidence, &options).unwrap_err();
+    assert!(matches!(e, VerifyError::Fetch { .. }), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!("fetching {base}/sgx/certification/v4/pckcrl"))
+            && text.contains("invalid peer certificate")
+            && text.contains("--ca-file"),
+        "{text}"
+    );
+    assert_eq!(count.load(Ordering::SeqCst), 0);
+
+    let ca_file = cache.path().join("pccs-ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let fetcher = Fetcher::with_ca_file(&ca_file).unwrap();
+    options.collateral = Arc::new(PccsCollateral::new(&base, cache.path()).with_fetcher(fetcher));
+    let claims = verify(&evidence, &options).unwrap();
+    assert_eq!(claims.tcb_status, "ConfigurationAndSWHardeningNeeded");
+    assert_eq!(count.load(Ordering::SeqCst), 4);
+}
+
+#[test]
+fn unusable_ca_files_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let refused = |name: &str, content: Option<&[u8]>| {
+        let path = dir.path().join(name);
+        if let Some(content) = content {
+            std::fs::write(&path, content).unwrap();
+        }
+        let e = Fetcher::with_ca_file(&path).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        (e, text)
+    };
+    let (e, _) = refused("missing.pem", None);
+    assert!(matches!(e, CaFileError::Read { .. }), "{e}");
+    let (e, text) = refused("ca.der", Some(&[0x30, 0x82, 0x01, 0x0a, 0x02]));
+    assert!(matches!(e, CaFileError::NotPem { .. }), "{e}");
+    assert!(text.contains("in PEM"), "{text}");
+    let (e, _) = refused(
+        "damaged.pem",
+        Some(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\n"),
+    );
+    assert!(matches!(e, CaFileError::NotPem { .. }), "{e}");
+    let (e, _) = refused(
+        "params.pem",
+        Some(b"-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n"),
+    );
+    assert!(matches!(e, CaFileError::NoCertificates { .. }), "{e}");
 }
 
 // ---------------------------------------------------------------- SNP
@@ -747,7 +757,7 @@ fn snp_vcek_from_kds_fetched_once() {
     let (report, vcek) = snp_milan();
     let hwid = hex::encode(&report[0x1A0..0x1E0]);
     let served = vcek.clone();
-    let (base, count, paths) = serve(16, move |path| {
+    let Server { base, count, paths } = serve(16, None, move |path| {
         path.starts_with(&format!("/vcek/v1/Milan/{hwid}?"))
             .then(|| (Vec::new(), served.clone()))
     });

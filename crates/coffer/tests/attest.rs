@@ -3,7 +3,6 @@
 
 mod common;
 
-
 use common::coffer;
 
 use coffer_test_fixtures::attestation_dir as fixtures;

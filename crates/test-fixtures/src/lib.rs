@@ -11,6 +11,8 @@
 //! clone on its own still runs every other test. CI sets `COFFER_REQUIRE_FIXTURES=1`, which turns
 //! a missing fixture directory into a test failure, so CI never skips these tests silently.
 
+pub mod server;
+
 use std::io::Write;
 use std::path::PathBuf;
 
