@@ -10,6 +10,9 @@
 //! the test prints one line naming `COFFER_FIXTURES` and passes without checking anything, so a
 //! clone on its own still runs every other test. CI sets `COFFER_REQUIRE_FIXTURES=1`, which turns
 //! a missing fixture directory into a test failure, so CI never skips these tests silently.
+//!
+//! [`server`] stands in for a PCCS or AMD KDS (plain HTTP, or HTTPS under a private CA) in the
+//! tests that fetch collateral and VCEKs.
 
 pub mod server;
 
