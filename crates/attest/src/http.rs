@@ -45,12 +45,12 @@ impl Response {
 #[derive(Debug, thiserror::Error)]
 pub enum CaFileError {
     /// The file cannot be read.
-    #[error("CA file {}: {source}", path.display())]
+    #[error("CA file {}: {error}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, not a separate cause, so it is said once).
+        error: std::io::Error,
     },
     /// The file is not PEM, or a PEM section in it is damaged.
     #[error(
@@ -103,9 +103,9 @@ fn untrusted_certificate(error: &ureq::Error) -> Option<&rustls::Error> {
 /// The certificates of a PEM CA file.
 fn read_ca_file(path: &Path) -> Result<Vec<Certificate<'static>>, CaFileError> {
     use std::io::Read;
-    let read_error = |source| CaFileError::Read {
+    let read_error = |error| CaFileError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let mut pem = Vec::new();
     std::fs::File::open(path)

@@ -240,6 +240,8 @@ fn unusable_ca_file_is_refused_before_anything_is_fetched() {
             stderr.contains(&format!("CA file {}", ca_file.display())) && stderr.contains(reason),
             "{stderr}"
         );
+        // The reason is said once, not again as its own cause.
+        assert!(!stderr.contains("caused by"), "{stderr}");
     }
 }
 
