@@ -17,7 +17,7 @@
 pub mod server;
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Names the directory holding the attestation fixtures.
 pub const FIXTURES_VAR: &str = "COFFER_FIXTURES";
@@ -33,10 +33,12 @@ const MARKER: &str = "sgx/sgx_quote";
 pub fn attestation_dir() -> PathBuf {
     match std::env::var_os(FIXTURES_VAR) {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/fixtures/attestation"
-        )),
+        // This crate is `<clone>/crates/test-fixtures`; the fixtures are beside `<clone>`.
+        _ => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .ancestors()
+            .nth(3)
+            .unwrap_or(Path::new("/"))
+            .join("shared/fixtures/attestation"),
     }
 }
 
