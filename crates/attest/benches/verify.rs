@@ -3,19 +3,10 @@
 use coffer_attest::snp::{build_cert_table, CertEntry, VCEK_GUID};
 use coffer_attest::{verify, CollateralSource, Evidence, TeeType, VerifyError, VerifyOptions};
 use criterion::{criterion_group, criterion_main, Criterion};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-fn fixtures() -> PathBuf {
-    match std::env::var_os("COFFER_FIXTURES") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/fixtures/attestation"
-        )),
-    }
-}
+use coffer_test_fixtures::attestation_dir as fixtures;
 
 /// Collateral held in memory, so the benchmark measures verification, not file reads.
 struct InMemory(dcap_qvl::QuoteCollateralV3);
@@ -42,6 +33,7 @@ fn dcap(tee: TeeType, quote: &str, collateral: &str) -> (Evidence, VerifyOptions
 }
 
 fn bench(c: &mut Criterion) {
+    coffer_test_fixtures::skip_without_attestation_fixtures!("the verification benchmarks");
     let (sgx, sgx_options) = dcap(
         TeeType::Sgx,
         "sgx/sgx_quote",

@@ -33,6 +33,8 @@ pub use claims::{Claims, Measurements};
 #[cfg(feature = "dcap")]
 pub use dcap::collateral::{CollateralDir, CollateralSource, NoCollateral, PccsCollateral};
 pub use error::VerifyError;
+#[cfg(any(feature = "dcap", feature = "snp"))]
+pub use http::{CaFileError, Fetcher};
 #[cfg(feature = "snp")]
 pub use snp::vcek::{KdsVcek, NoVcek, SnpProduct, VcekDir, VcekRequest, VcekSource};
 

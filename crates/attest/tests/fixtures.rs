@@ -3,25 +3,16 @@
 
 use coffer_attest::snp::{build_cert_table, CertEntry, VCEK_GUID};
 use coffer_attest::{
-    verify, CollateralDir, Evidence, KdsVcek, Measurements, PccsCollateral, TeeType, VcekDir,
-    VerifyError, VerifyOptions,
+    verify, CaFileError, CollateralDir, Evidence, Fetcher, KdsVcek, Measurements, PccsCollateral,
+    TeeType, VcekDir, VerifyError, VerifyOptions,
 };
-use std::io::{BufRead, BufReader, Read, Write};
+use coffer_test_fixtures::server::{serve, PrivateCa, Reply, Server};
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-fn fixtures() -> PathBuf {
-    match std::env::var_os("COFFER_FIXTURES") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/fixtures/attestation"
-        )),
-    }
-}
+use coffer_test_fixtures::attestation_dir as fixtures;
 
 fn read(rel: &str) -> Vec<u8> {
     let path = fixtures().join(rel);
@@ -91,6 +82,7 @@ fn flip_pem(quote: &mut [u8], skip: usize) {
 
 #[test]
 fn sgx_quote_verifies() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let (evidence, options) = sgx();
     let claims = verify(&evidence, &options).unwrap();
     assert_eq!(claims.tee, TeeType::Sgx);
@@ -113,6 +105,7 @@ fn sgx_quote_verifies() {
 
 #[test]
 fn sgx_collateral_found_by_fmspc_in_directory() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let (evidence, mut options) = sgx();
     options.collateral = Arc::new(CollateralDir::new(fixtures().join("sgx")));
     verify(&evidence, &options).unwrap();
@@ -120,6 +113,7 @@ fn sgx_collateral_found_by_fmspc_in_directory() {
 
 #[test]
 fn sgx_tampered_report_body() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let (mut evidence, options) = sgx();
     flip(&mut evidence.report, 48 + 64); // MRENCLAVE
     let e = verify(&evidence, &options).unwrap_err();
@@ -137,6 +131,7 @@ fn sgx_tampered_report_body() {
 
 #[test]
 fn sgx_tampered_report_data() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let (mut evidence, options) = sgx();
     flip(&mut evidence.report, 48 + 320); // REPORTDATA
     let e = verify(&evidence, &options).unwrap_err();
@@ -154,6 +149,7 @@ fn sgx_tampered_report_data() {
 
 #[test]
 fn sgx_tampered_signature() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let (mut evidence, options) = sgx();
     flip(&mut evidence.report, 436 + 5); // ECDSA signature of the quote
     let e = verify(&evidence, &options).unwrap_err();
@@ -171,6 +167,7 @@ fn sgx_tampered_signature() {
 
 #[test]
 fn sgx_tampered_qe_report() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let (mut evidence, options) = sgx();
     flip(&mut evidence.report, 564 + 64); // QE report MRENCLAVE, signed by the PCK key
     let e = verify(&evidence, &options).unwrap_err();
@@ -188,6 +185,7 @@ fn sgx_tampered_qe_report() {
 
 #[test]
 fn sgx_tampered_pck_chain() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     for skip in [200, 600, 900] {
         let (mut evidence, options) = sgx();
         flip_pem(&mut evidence.report, skip);
@@ -207,6 +205,7 @@ fn sgx_tampered_pck_chain() {
 
 #[test]
 fn sgx_tampered_collateral() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let (evidence, mut options) = sgx();
     let mut collateral: dcap_qvl::QuoteCollateralV3 =
         serde_json::from_slice(&read("sgx/sgx_quote_collateral.json")).unwrap();
@@ -237,6 +236,7 @@ fn sgx_tampered_collateral() {
 
 #[test]
 fn sgx_wrong_time() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let (evidence, mut options) = sgx();
     options.now = at("2025-06-19T10:00:00Z"); // before the TCB info's issueDate
     let e = verify(&evidence, &options).unwrap_err();
@@ -250,6 +250,7 @@ fn sgx_wrong_time() {
 
 #[test]
 fn sgx_expected_report_data() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let (evidence, mut options) = sgx();
     let mut expected = [0u8; 64];
     expected.copy_from_slice(&evidence.report[368..432]);
@@ -263,6 +264,7 @@ fn sgx_expected_report_data() {
 
 #[test]
 fn sgx_without_collateral_or_with_wrong_type() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let (evidence, _) = sgx();
     let e = verify(&evidence, &VerifyOptions::new(at(SGX_NOW))).unwrap_err();
     assert!(matches!(e, VerifyError::Collateral { .. }), "{e}");
@@ -311,6 +313,7 @@ const TD_SIGNATURE: usize = 48 + 584 + 4;
 
 #[test]
 fn tdx_quote_verifies() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let (evidence, options) = tdx();
     let claims = verify(&evidence, &options).unwrap();
     assert_eq!(claims.tee, TeeType::Tdx);
@@ -335,6 +338,7 @@ fn tdx_quote_verifies() {
 
 #[test]
 fn tdx_outdated_platform_is_refused() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let evidence = Evidence {
         tee: TeeType::Tdx,
         report: read("tdx/tdx_quote_outdated"),
@@ -348,6 +352,7 @@ fn tdx_outdated_platform_is_refused() {
 
 #[test]
 fn tdx_tampered() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     for (what, at) in [
         ("body", TD_MR_TD),
         ("report data", TD_REPORT_DATA),
@@ -371,6 +376,7 @@ fn tdx_tampered() {
 
 #[test]
 fn tdx_tampered_pck_chain() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     for skip in [200, 600, 900] {
         let (mut evidence, options) = tdx();
         flip_pem(&mut evidence.report, skip);
@@ -390,6 +396,7 @@ fn tdx_tampered_pck_chain() {
 
 #[test]
 fn tdx_wrong_time() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let (evidence, mut options) = tdx();
     options.now = at("2025-06-19T10:00:00Z");
     let e = verify(&evidence, &options).unwrap_err();
@@ -400,58 +407,6 @@ fn tdx_wrong_time() {
 }
 
 // ---------------------------------------------------------------- PCCS
-
-/// A test server's answer: headers and body (200), or `None` (404).
-type Reply = Option<(Vec<(String, String)>, Vec<u8>)>;
-
-/// A tiny HTTP/1.1 server on 127.0.0.1 answering `handler(path)` for at most `max`
-/// connections; returns its base URL and a request counter.
-fn serve(
-    max: usize,
-    handler: impl Fn(&str) -> Reply + Send + 'static,
-) -> (String, Arc<AtomicUsize>, Arc<std::sync::Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let count = Arc::new(AtomicUsize::new(0));
-    let paths = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (c, p) = (count.clone(), paths.clone());
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(max) {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut line = String::new();
-            if reader.read_line(&mut line).is_err() {
-                continue;
-            }
-            loop {
-                let mut header = String::new();
-                if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
-                    break;
-                }
-            }
-            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-            c.fetch_add(1, Ordering::SeqCst);
-            p.lock().unwrap().push(path.clone());
-            let (status, headers, body) = match handler(&path) {
-                Some((h, b)) => ("200 OK", h, b),
-                None => ("404 Not Found", Vec::new(), b"not found".to_vec()),
-            };
-            let mut response = format!(
-                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
-                body.len()
-            );
-            for (n, v) in headers {
-                response.push_str(&format!("{n}: {v}\r\n"));
-            }
-            response.push_str("\r\n");
-            let _ = stream.write_all(response.as_bytes());
-            let _ = stream.write_all(&body);
-            let _ = stream.flush();
-            let _ = reader.read(&mut [0u8; 1]);
-        }
-    });
-    (base, count, paths)
-}
 
 fn percent_encode(text: &str) -> String {
     text.bytes()
@@ -513,9 +468,10 @@ fn pccs_handler(collateral: dcap_qvl::QuoteCollateralV3) -> impl Fn(&str) -> Rep
 
 #[test]
 fn sgx_collateral_from_pccs_is_cached() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let collateral: dcap_qvl::QuoteCollateralV3 =
         serde_json::from_slice(&read("sgx/sgx_quote_collateral.json")).unwrap();
-    let (base, count, paths) = serve(32, pccs_handler(collateral));
+    let Server { base, count, paths } = serve(32, None, pccs_handler(collateral));
     let cache = tempfile::tempdir().unwrap();
     let clock_now = Arc::new(std::sync::Mutex::new(at(SGX_NOW)));
     let clock = clock_now.clone();
@@ -570,6 +526,7 @@ fn sgx_collateral_from_pccs_is_cached() {
 
 #[test]
 fn pccs_unreachable_is_a_fetch_error() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     drop(listener);
@@ -578,6 +535,68 @@ fn pccs_unreachable_is_a_fetch_error() {
     options.collateral = Arc::new(PccsCollateral::new(base, cache.path()));
     let e = verify(&evidence, &options).unwrap_err();
     assert!(matches!(e, VerifyError::Fetch { .. }), "{e}");
+}
+
+#[test]
+fn pccs_with_a_private_ca_is_trusted_only_through_a_ca_file() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
+    let collateral: dcap_qvl::QuoteCollateralV3 =
+        serde_json::from_slice(&read("sgx/sgx_quote_collateral.json")).unwrap();
+    let ca = PrivateCa::new();
+    let Server { base, count, .. } = serve(32, Some(ca.server.clone()), pccs_handler(collateral));
+    let cache = tempfile::tempdir().unwrap();
+    let (evidence, mut options) = sgx();
+
+    // Neither Mozilla's roots nor the system store know the PCCS's own CA.
+    options.collateral = Arc::new(PccsCollateral::new(&base, cache.path()));
+    let e = verify(&evidence, &options).unwrap_err();
+    assert!(matches!(e, VerifyError::Fetch { .. }), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!("fetching {base}/sgx/certification/v4/pckcrl"))
+            && text.contains("invalid peer certificate")
+            && text.contains("--ca-file"),
+        "{text}"
+    );
+    assert_eq!(count.load(Ordering::SeqCst), 0);
+
+    let ca_file = cache.path().join("pccs-ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let fetcher = Fetcher::with_ca_file(&ca_file).unwrap();
+    options.collateral = Arc::new(PccsCollateral::new(&base, cache.path()).with_fetcher(fetcher));
+    let claims = verify(&evidence, &options).unwrap();
+    assert_eq!(claims.tcb_status, "ConfigurationAndSWHardeningNeeded");
+    assert_eq!(count.load(Ordering::SeqCst), 4);
+}
+
+#[test]
+fn unusable_ca_files_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let refused = |name: &str, content: Option<&[u8]>| {
+        let path = dir.path().join(name);
+        if let Some(content) = content {
+            std::fs::write(&path, content).unwrap();
+        }
+        let e = Fetcher::with_ca_file(&path).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        (e, text)
+    };
+    let (e, _) = refused("missing.pem", None);
+    assert!(matches!(e, CaFileError::Read { .. }), "{e}");
+    let (e, text) = refused("ca.der", Some(&[0x30, 0x82, 0x01, 0x0a, 0x02]));
+    assert!(matches!(e, CaFileError::NotPem { .. }), "{e}");
+    assert!(text.contains("in PEM"), "{text}");
+    let (e, _) = refused(
+        "damaged.pem",
+        Some(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\n"),
+    );
+    assert!(matches!(e, CaFileError::NotPem { .. }), "{e}");
+    let (e, _) = refused(
+        "params.pem",
+        Some(b"-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n"),
+    );
+    assert!(matches!(e, CaFileError::NoCertificates { .. }), "{e}");
 }
 
 // ---------------------------------------------------------------- SNP
@@ -611,6 +630,7 @@ fn snp_options() -> VerifyOptions {
 
 #[test]
 fn snp_reports_verify() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     for (name, (report, vcek)) in [("milan", snp_milan()), ("trustee", snp_trustee())] {
         let claims = verify(&snp_evidence(&report, &vcek), &snp_options())
             .unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -637,6 +657,7 @@ fn snp_reports_verify() {
 
 #[test]
 fn snp_tampered() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     for (name, (report, vcek)) in [("milan", snp_milan()), ("trustee", snp_trustee())] {
         for (what, at) in [
             ("body", 0x90),
@@ -685,6 +706,7 @@ fn snp_tampered() {
 
 #[test]
 fn snp_vcek_of_another_chip_is_refused() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let (report, _) = snp_milan();
     // A genuine VCEK, chaining to AMD's root, but not the key that signed this report.
     let (_, trustee_vcek) = snp_trustee();
@@ -696,6 +718,7 @@ fn snp_vcek_of_another_chip_is_refused() {
 
 #[test]
 fn snp_malformed_inputs() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let (report, vcek) = snp_milan();
     let e = verify(&snp_evidence(&report[..1000], &vcek), &snp_options()).unwrap_err();
     assert!(matches!(e, VerifyError::Malformed { .. }), "{e}");
@@ -710,6 +733,7 @@ fn snp_malformed_inputs() {
 
 #[test]
 fn snp_vcek_from_cache_directory() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let (report, vcek) = snp_milan();
     let dir = tempfile::tempdir().unwrap();
     let mut evidence = snp_evidence(&report, &vcek);
@@ -729,10 +753,11 @@ fn snp_vcek_from_cache_directory() {
 
 #[test]
 fn snp_vcek_from_kds_fetched_once() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let (report, vcek) = snp_milan();
     let hwid = hex::encode(&report[0x1A0..0x1E0]);
     let served = vcek.clone();
-    let (base, count, paths) = serve(16, move |path| {
+    let Server { base, count, paths } = serve(16, None, move |path| {
         path.starts_with(&format!("/vcek/v1/Milan/{hwid}?"))
             .then(|| (Vec::new(), served.clone()))
     });

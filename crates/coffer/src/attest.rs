@@ -11,8 +11,8 @@ use base64::Engine;
 use clap::{Args, Subcommand, ValueEnum};
 use coffer_attest::policy::Policy;
 use coffer_attest::{
-    CollateralDir, CollateralSource, Evidence, KdsVcek, NoCollateral, NoVcek, PccsCollateral,
-    TeeType, VcekDir, VcekRequest, VcekSource, VerifyError, VerifyOptions,
+    CollateralDir, CollateralSource, Evidence, Fetcher, KdsVcek, NoCollateral, NoVcek,
+    PccsCollateral, TeeType, VcekDir, VcekRequest, VcekSource, VerifyError, VerifyOptions,
 };
 use coffer_platform::{open_platform, Access, PlatformChoice};
 
@@ -122,6 +122,10 @@ pub struct SourceArgs {
     /// --cache-dir so the same VCEK is never fetched twice.
     #[arg(long, conflicts_with_all = ["vcek", "vcek_dir"], requires = "cache_dir")]
     pub kds_url: Option<String>,
+    /// PEM file of CA certificates to trust for --pccs-url and --kds-url, besides Mozilla's
+    /// roots and the system trust store (e.g. a PCCS's self-signed certificate).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -308,6 +312,10 @@ impl SourceArgs {
     /// the policy, which refuses it unless `allow_simulation: true`.
     pub fn options(&self, now: SystemTime) -> Result<VerifyOptions, Error> {
         let args = self;
+        let fetcher = match &args.ca_file {
+            Some(path) => Fetcher::with_ca_file(path)?,
+            None => Fetcher::new(),
+        };
         let mut options = VerifyOptions::new(now);
         options.allow_simulation = true;
         options.collateral = match (&args.collateral_dir, &args.pccs_url) {
@@ -317,10 +325,10 @@ impl SourceArgs {
                 }
                 None => Arc::new(CollateralDir::new(dir)),
             },
-            (None, Some(url)) => Arc::new(PccsCollateral::new(
-                url,
-                args.cache_dir.clone().unwrap_or_default(),
-            )),
+            (None, Some(url)) => Arc::new(
+                PccsCollateral::new(url, args.cache_dir.clone().unwrap_or_default())
+                    .with_fetcher(fetcher.clone()),
+            ),
             (None, None) => Arc::new(NoCollateral),
         };
         options.vcek = match (&args.vcek, &args.vcek_dir, &args.kds_url) {
@@ -328,10 +336,9 @@ impl SourceArgs {
                 std::fs::read(file).map_err(|e| format!("reading {}: {e}", file.display()))?,
             )) as Arc<dyn VcekSource>,
             (None, Some(dir), _) => Arc::new(VcekDir::new(dir)),
-            (None, None, Some(url)) => Arc::new(KdsVcek::new(
-                url,
-                args.cache_dir.clone().unwrap_or_default(),
-            )),
+            (None, None, Some(url)) => Arc::new(
+                KdsVcek::new(url, args.cache_dir.clone().unwrap_or_default()).with_fetcher(fetcher),
+            ),
             (None, None, None) => Arc::new(NoVcek),
         };
         Ok(options)

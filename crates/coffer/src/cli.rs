@@ -255,6 +255,10 @@ pub struct KeydSourceArgs {
     /// in --keyd-cache-dir.
     #[arg(long, requires_all = ["keyd", "keyd_cache_dir"], conflicts_with_all = ["keyd_vcek", "keyd_vcek_dir"])]
     pub keyd_kds_url: Option<String>,
+    /// PEM file of CA certificates to trust for --keyd-pccs-url and --keyd-kds-url, besides
+    /// Mozilla's roots and the system trust store (e.g. a PCCS's self-signed certificate).
+    #[arg(long, value_name = "FILE", requires = "keyd")]
+    pub keyd_ca_file: Option<PathBuf>,
 }
 
 impl KeydSourceArgs {
@@ -268,6 +272,7 @@ impl KeydSourceArgs {
             vcek: self.keyd_vcek.clone(),
             vcek_dir: self.keyd_vcek_dir.clone(),
             kds_url: self.keyd_kds_url.clone(),
+            ca_file: self.keyd_ca_file.clone(),
         }
     }
 }

@@ -3,19 +3,11 @@
 
 mod common;
 
-use std::path::PathBuf;
-
+use coffer_test_fixtures::server::{serve, PrivateCa, Server};
 use common::coffer;
+use std::sync::atomic::Ordering;
 
-fn fixtures() -> PathBuf {
-    if let Ok(dir) = std::env::var("COFFER_FIXTURES") {
-        return PathBuf::from(dir);
-    }
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures/attestation"
-    ))
-}
+use coffer_test_fixtures::attestation_dir as fixtures;
 
 fn fx(rel: &str) -> String {
     fixtures().join(rel).to_str().unwrap().to_string()
@@ -27,6 +19,7 @@ fn text(bytes: &[u8]) -> String {
 
 #[test]
 fn verifies_real_sgx_tdx_and_snp_evidence() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let out = coffer(&[
         "attest",
         "verify",
@@ -96,6 +89,7 @@ fn verifies_real_sgx_tdx_and_snp_evidence() {
 
 #[test]
 fn outdated_and_tampered_evidence_is_refused_with_the_reason() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let out = coffer(&[
         "attest",
         "verify",
@@ -158,6 +152,97 @@ fn outdated_and_tampered_evidence_is_refused_with_the_reason() {
         "2025-08-01T00:00:00Z",
     ]);
     assert_eq!(out.status.code(), Some(1), "expired collateral accepted");
+}
+
+#[test]
+fn kds_behind_a_private_ca_is_trusted_through_ca_file() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
+    let vcek = std::fs::read(fixtures().join("snp/vcek_milan.der")).unwrap();
+    let ca = PrivateCa::new();
+    let Server { base, count, .. } = serve(4, Some(ca.server.clone()), move |path| {
+        path.starts_with("/vcek/v1/Milan/")
+            .then(|| (Vec::new(), vcek.clone()))
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let verify = |extra: &[&str]| {
+        let report = fx("snp/report_milan.hex");
+        let mut args = vec![
+            "attest",
+            "verify",
+            "--tee",
+            "snp",
+            "--evidence",
+            &report,
+            "--kds-url",
+            &base,
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        coffer(&args)
+    };
+
+    let out = verify(&[]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("fetching {base}/vcek/v1/Milan/"))
+            && stderr.contains("invalid peer certificate")
+            && stderr.contains("--ca-file"),
+        "{stderr}"
+    );
+    assert_eq!(count.load(Ordering::SeqCst), 0);
+
+    let ca_file = dir.path().join("kds-ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let out = verify(&["--ca-file", ca_file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let claims: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(claims["tee"], "snp");
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn unusable_ca_file_is_refused_before_anything_is_fetched() {
+    let dir = tempfile::tempdir().unwrap();
+    let evidence = dir.path().join("report.bin");
+    std::fs::write(&evidence, [0u8; 64]).unwrap();
+    let key = dir.path().join("key.pem");
+    std::fs::write(
+        &key,
+        "-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n",
+    )
+    .unwrap();
+    let missing = dir.path().join("missing.pem");
+    for (ca_file, reason) in [
+        (&missing, "No such file"),
+        (&evidence, "no PEM section"),
+        (&key, "no CERTIFICATE section"),
+    ] {
+        let out = coffer(&[
+            "attest",
+            "verify",
+            "--tee",
+            "snp",
+            "--evidence",
+            evidence.to_str().unwrap(),
+            "--kds-url",
+            "https://127.0.0.1:9",
+            "--cache-dir",
+            dir.path().to_str().unwrap(),
+            "--ca-file",
+            ca_file.to_str().unwrap(),
+        ]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("CA file {}", ca_file.display())) && stderr.contains(reason),
+            "{stderr}"
+        );
+        // The reason is said once, not again as its own cause.
+        assert!(!stderr.contains("caused by"), "{stderr}");
+    }
 }
 
 #[test]

@@ -260,14 +260,7 @@ fn plain_certificate_without_evidence_is_refused() {
     assert!(e.to_string().contains("no evidence extension"), "{e}");
 }
 
-fn fixtures() -> PathBuf {
-    match std::env::var_os("COFFER_FIXTURES") {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/attestation")
-        }
-    }
-}
+use coffer_test_fixtures::attestation_dir as fixtures;
 
 /// `coffer_attest::verify` as an [`EvidenceVerifier`], at a fixed time with a collateral directory.
 #[derive(Debug)]
@@ -290,6 +283,7 @@ impl EvidenceVerifier for RealVerifier {
 
 #[test]
 fn real_sgx_quote_round_trips_and_is_refused_for_its_binding() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
     let dir = fixtures().join("sgx");
     let quote = std::fs::read(dir.join("sgx_quote")).expect("fixture sgx_quote");
     let evidence = Evidence {

@@ -7,7 +7,7 @@
 
 use crate::error::{parse_rfc3339, unix_secs};
 use crate::fsutil::write_atomically;
-use crate::http;
+use crate::http::{self, Fetcher};
 use crate::VerifyError;
 use coffer_platform::TeeType;
 use dcap_qvl::QuoteCollateralV3;
@@ -204,6 +204,7 @@ pub struct PccsCollateral {
     cache_dir: PathBuf,
     clock: Clock,
     root_ca_crl_url: String,
+    fetcher: Fetcher,
 }
 
 impl std::fmt::Debug for PccsCollateral {
@@ -230,7 +231,14 @@ impl PccsCollateral {
             cache_dir: cache_dir.into(),
             clock: Arc::new(SystemTime::now),
             root_ca_crl_url: INTEL_ROOT_CA_CRL_URL.to_string(),
+            fetcher: Fetcher::new(),
         }
+    }
+
+    /// Fetches with `fetcher` (which decides the trusted CAs) instead of the default one.
+    pub fn with_fetcher(mut self, fetcher: Fetcher) -> Self {
+        self.fetcher = fetcher;
+        self
     }
 
     /// Judges cache freshness with `clock` instead of the system time.
@@ -274,7 +282,7 @@ impl PccsCollateral {
             "{base}/sgx/certification/v4/pckcrl?ca={}&encoding=der",
             key.ca
         );
-        let response = http::get_ok(&url)?;
+        let response = self.fetcher.get_ok(&url)?;
         let pck_crl_issuer_chain = header(&response, &url, &["SGX-PCK-CRL-Issuer-Chain"])?;
         let pck_crl = der_or_hex(response.body);
 
@@ -282,7 +290,7 @@ impl PccsCollateral {
             "{base}/{tee}/certification/v4/tcb?fmspc={}&update=standard",
             key.fmspc
         );
-        let response = http::get_ok(&url)?;
+        let response = self.fetcher.get_ok(&url)?;
         let tcb_info_issuer_chain = header(
             &response,
             &url,
@@ -291,16 +299,16 @@ impl PccsCollateral {
         let (tcb_info, tcb_info_signature) = signed_json(&response.body, "tcbInfo", &url)?;
 
         let url = format!("{base}/{tee}/certification/v4/qe/identity?update=standard");
-        let response = http::get_ok(&url)?;
+        let response = self.fetcher.get_ok(&url)?;
         let qe_identity_issuer_chain =
             header(&response, &url, &["SGX-Enclave-Identity-Issuer-Chain"])?;
         let (qe_identity, qe_identity_signature) =
             signed_json(&response.body, "enclaveIdentity", &url)?;
 
         let url = format!("{base}/sgx/certification/v4/rootcacrl");
-        let root_ca_crl = match http::get_ok(&url) {
+        let root_ca_crl = match self.fetcher.get_ok(&url) {
             Ok(response) => der_or_hex(response.body),
-            Err(_) => der_or_hex(http::get_ok(&self.root_ca_crl_url)?.body),
+            Err(_) => der_or_hex(self.fetcher.get_ok(&self.root_ca_crl_url)?.body),
         };
 
         Ok(QuoteCollateralV3 {

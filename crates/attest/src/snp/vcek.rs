@@ -3,7 +3,7 @@
 //! twice (KDS rate-limits).
 
 use crate::fsutil::write_atomically;
-use crate::http;
+use crate::http::Fetcher;
 use crate::VerifyError;
 use std::path::{Path, PathBuf};
 
@@ -182,6 +182,7 @@ impl VcekSource for VcekDir {
 pub struct KdsVcek {
     base_url: String,
     cache: VcekDir,
+    fetcher: Fetcher,
 }
 
 impl KdsVcek {
@@ -190,7 +191,14 @@ impl KdsVcek {
         KdsVcek {
             base_url: base_url.into().trim_end_matches('/').to_string(),
             cache: VcekDir::new(cache_dir),
+            fetcher: Fetcher::new(),
         }
+    }
+
+    /// Fetches with `fetcher` (which decides the trusted CAs) instead of the default one.
+    pub fn with_fetcher(mut self, fetcher: Fetcher) -> Self {
+        self.fetcher = fetcher;
+        self
     }
 }
 
@@ -207,7 +215,7 @@ impl VcekSource for KdsVcek {
         let mut failures = Vec::new();
         for &product in &request.products {
             let url = format!("{}{}", self.base_url, request.kds_path(product));
-            match http::get(&url) {
+            match self.fetcher.get(&url) {
                 Ok(response) if response.status == 200 => {
                     if response.body.len() as u64 > MAX_VCEK_LEN
                         || sev::certs::snp::Certificate::from_der(&response.body).is_err()
