@@ -173,24 +173,26 @@ pub struct ServeArgs {
     /// Allow --metrics-addr to be a non-loopback address.
     #[arg(long)]
     pub metrics_allow_remote: bool,
-    /// Rotate the primary KEK automatically when it is older than this (e.g. 720h). Standalone
-    /// mode only.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    /// Rotate the primary KEK automatically when it is older than this (a duration such as
+    /// 720h or 30d; at least 1s, and longer than --reload-interval, which is when the age is
+    /// checked). Standalone mode only.
+    #[arg(long, value_parser = crate::duration::at_least(MIN_ROTATE_EVERY))]
     pub rotate_every: Option<Duration>,
-    /// How often to check the keystore for changes made by `coffer keys` [default: 2s].
-    /// Standalone mode only.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    /// How often to check the keystore for changes made by `coffer keys` (a duration such as
+    /// 2s or 500ms; at least 100ms) [default: 2s]. Standalone mode only.
+    #[arg(long, value_parser = crate::duration::at_least(MIN_RELOAD_INTERVAL))]
     pub reload_interval: Option<Duration>,
-    /// How long SIGTERM waits for in-flight calls before closing connections.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    /// How long SIGTERM waits for in-flight calls before closing connections (a duration such
+    /// as 10s or 1m30s; 0s closes them at once).
+    #[arg(long, default_value = "10s", value_parser = crate::duration::at_least(Duration::ZERO))]
     pub drain_timeout: Duration,
     /// Threads serving gRPC calls. kube-apiserver sends every call over one HTTP/2 connection,
     /// which one thread serves best: measured here, 1 thread gives 1.6x the throughput of 2 and
     /// a third of the p99 latency (see BENCHMARKS.md). Raise it only for many client connections.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub worker_threads: u16,
-    /// Most simultaneous client connections.
-    #[arg(long, default_value_t = 64)]
+    /// Most simultaneous client connections (1 to 65536).
+    #[arg(long, default_value_t = 64, value_parser = connection_count())]
     pub max_connections: usize,
     /// Print the EncryptionConfiguration for this socket on stdout once serving (implied by --dev).
     #[arg(long)]
@@ -217,9 +219,15 @@ pub struct KeydArgs {
     /// The plugin refuses to talk to a keyd it does not grant a role.
     #[arg(long, value_name = "FILE", requires = "keyd")]
     pub keyd_policy: Option<PathBuf>,
-    /// Deadline of every forwarded call, covering connect, attested handshake and RPC. Must be
-    /// below 3s, the API server's per-call timeout, so the plugin always answers first.
-    #[arg(long, default_value = "2s", value_parser = parse_keyd_timeout)]
+    /// Deadline of every forwarded call, covering connect, attested handshake and RPC (a
+    /// duration such as 2s or 1500ms; at least 1ms). Must be below 3s, the API server's
+    /// per-call timeout, so the plugin always answers first.
+    #[arg(long, default_value = "2s", value_parser = crate::duration::between(
+        Duration::from_millis(1),
+        coffer_kms::remote::API_SERVER_TIMEOUT,
+        "not below the API server's per-call timeout: the plugin must answer first, with a \
+         clear error, when keyd is slow or unreachable",
+    ))]
     pub keyd_timeout: Duration,
     /// HTTP/2 connections to keyd, used round-robin (each carries many concurrent calls).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
@@ -385,19 +393,17 @@ pub struct KeydHandshakeArgs {
     pub sources: KeydSourceArgs,
 }
 
-fn parse_keyd_timeout(s: &str) -> Result<Duration, String> {
-    let timeout =
-        humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 2s or 1500ms)"))?;
-    if timeout.is_zero() {
-        return Err("must be more than zero (use e.g. 2s)".into());
-    }
-    if timeout >= coffer_kms::remote::API_SERVER_TIMEOUT {
-        return Err(format!(
-            "{s} is not below the API server's per-call timeout of 3s: the plugin must answer \
-             first, with a clear error, when keyd is slow or unreachable (use e.g. 2s)"
-        ));
-    }
-    Ok(timeout)
+/// Shortest `--reload-interval` (kms and keyd): a keystore check is a file stat, but a zero
+/// interval is refused by the timer and a tiny one only burns CPU.
+pub const MIN_RELOAD_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Shortest `--rotate-every`: every rotation adds a KEK for good, so anything shorter only fills
+/// the keystore.
+pub const MIN_ROTATE_EVERY: Duration = Duration::from_secs(1);
+
+/// `--max-connections`: at least one connection, or nothing could ever be served.
+pub fn connection_count() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65536)
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {

@@ -150,8 +150,21 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
         (None, true) => Path::new(DEV_DIR).join("kms.sock"),
         (None, false) => PathBuf::from(DEFAULT_SOCKET),
     };
-    let keys = key_source(&args)?;
     let mut options = ServeOptions::new(socket.clone());
+    if let Some(interval) = args.reload_interval {
+        options.reload_interval = interval;
+    }
+    if let Some(every) = args.rotate_every.filter(|&e| e <= options.reload_interval) {
+        // The age is checked once per reload; at or below that, every check would rotate.
+        return Err(format!(
+            "--rotate-every {} is not longer than --reload-interval {}, so every keystore check \
+             would rotate: use a longer --rotate-every (e.g. 720h)",
+            humantime::format_duration(every),
+            humantime::format_duration(options.reload_interval)
+        )
+        .into());
+    }
+    let keys = key_source(&args)?;
     options.socket = SocketOptions {
         path: socket.clone(),
         mode: args.socket_mode,
@@ -168,9 +181,6 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
     options.metrics_addr = args.metrics_addr;
     options.metrics_allow_remote = args.metrics_allow_remote;
     options.rotate_every = args.rotate_every;
-    if let Some(interval) = args.reload_interval {
-        options.reload_interval = interval;
-    }
     options.drain_timeout = args.drain_timeout;
 
     let print_config = args.print_encryption_config || args.store.dev;

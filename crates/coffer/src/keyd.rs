@@ -148,11 +148,13 @@ pub struct KeydServeArgs {
     /// Allow --metrics-addr to be a non-loopback address.
     #[arg(long)]
     pub metrics_allow_remote: bool,
-    /// Connections open at once; more are closed right after accept.
-    #[arg(long, default_value_t = KeydLimits::default().max_connections)]
+    /// Connections open at once (1 to 65536); more are closed right after accept.
+    #[arg(long, default_value_t = KeydLimits::default().max_connections,
+          value_parser = crate::cli::connection_count())]
     pub max_connections: usize,
-    /// Largest gRPC message accepted or sent, in bytes.
-    #[arg(long, default_value_t = KeydLimits::default().max_message_len)]
+    /// Largest gRPC message accepted or sent, in bytes (1024 to 16777216).
+    #[arg(long, default_value_t = KeydLimits::default().max_message_len,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=16 << 20))]
     pub max_message_bytes: usize,
     /// Sustained calls per second per caller (role and measurement); 0 disables the limit.
     #[arg(long, default_value_t = KeydLimits::default().rate_per_second)]
@@ -160,19 +162,27 @@ pub struct KeydServeArgs {
     /// Calls a caller may burst above --rate-limit.
     #[arg(long, default_value_t = KeydLimits::default().rate_burst)]
     pub rate_burst: u32,
-    /// How long in-flight calls may finish after SIGTERM.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    /// How long in-flight calls may finish after SIGTERM (a duration such as 10s or 1m30s; 0s
+    /// closes them at once).
+    #[arg(long, default_value = "10s", value_parser = crate::duration::at_least(Duration::ZERO))]
     pub drain_timeout: Duration,
-    /// How often keyring files are checked for rotations made with `coffer keyd rotate`.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    /// How often keyring files are checked for rotations made with `coffer keyd rotate` (a
+    /// duration such as 2s or 500ms; at least 100ms).
+    #[arg(long, default_value = "2s",
+          value_parser = crate::duration::at_least(crate::cli::MIN_RELOAD_INTERVAL))]
     pub reload_interval: Duration,
-    /// How often keyd makes a new attested TLS certificate (fresh evidence, new key). Its
-    /// certificates are valid for 24 h; callers refuse an expired one.
-    #[arg(long, default_value = "12h", value_parser = humantime::parse_duration)]
+    /// How often keyd makes a new attested TLS certificate (fresh evidence, new key), as a
+    /// duration such as 12h; at least 1m and less than 24h, the certificates' validity (callers
+    /// refuse an expired one).
+    #[arg(long, default_value = "12h", value_parser = crate::duration::between(
+        Duration::from_secs(60),
+        coffer_ratls::DEFAULT_VALIDITY,
+        "not below the certificates' validity",
+    ))]
     pub cert_renewal: Duration,
-    /// Worker threads of the async runtime.
-    #[arg(long, default_value_t = 2)]
-    pub worker_threads: usize,
+    /// Worker threads of the async runtime (1 to 256).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub worker_threads: u16,
     /// On first start, initialise the data directory (as `coffer keyd init`, with the
     /// --recovery-* flags) and create every keyring --config names that does not exist yet.
     /// For TEEs whose command line is fixed at signing time (Gramine, Occlum) and for
@@ -541,20 +551,8 @@ fn serve(args: KeydServeArgs) -> Result<ExitCode, Error> {
     }
     let platform = args.store.platform(Access::ExistingOnly)?;
     let verify_options = args.sources.options(SystemTime::now())?;
-    if args.cert_renewal.is_zero() || args.cert_renewal >= coffer_ratls::DEFAULT_VALIDITY {
-        return Err(format!(
-            "--cert-renewal must be more than zero and less than the certificate validity ({} h)",
-            coffer_ratls::DEFAULT_VALIDITY.as_secs() / 3600
-        )
-        .into());
-    }
-    if args.max_connections == 0 || args.max_message_bytes < 1024 {
-        return Err(
-            "--max-connections must be at least 1 and --max-message-bytes at least 1024".into(),
-        );
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.worker_threads.max(1))
+        .worker_threads(usize::from(args.worker_threads))
         .max_blocking_threads(4)
         .enable_all()
         .thread_name("coffer-keyd")

@@ -4,6 +4,7 @@
 mod attest;
 mod cli;
 mod cmd;
+mod duration;
 mod keyd;
 mod logging;
 

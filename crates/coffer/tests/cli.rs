@@ -140,3 +140,97 @@ fn standalone_mode_refuses_tdx_and_points_at_service_mode() {
     assert!(!root.path().join("k.sock").exists());
     assert!(!root.path().join("state/keystore").exists());
 }
+
+/// Each value was once accepted: zero intervals panicked in the timer (exit 134, socket left
+/// behind), `--rotate-every 0s` rotated on every check, zero connections or threads served
+/// nothing. Each is now a usage error naming the allowed range, before anything is created.
+#[test]
+fn zero_and_out_of_range_flag_values_are_refused_at_parse_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let socket = dir.path().join("k.sock");
+    for (flags, expected) in [
+        (&["--reload-interval", "0s"][..], "at least 100ms"),
+        (&["--rotate-every", "0s"], "at least 1s"),
+        (&["--rotate-every", "abc"], "use e.g. 2s, 500ms, 1h30m"),
+        (&["--drain-timeout", "soon"], "use e.g. 2s, 500ms, 1h30m"),
+        (&["--max-connections", "0"], "1..=65536"),
+    ] {
+        let out = serve_to_exit(&state, &socket, flags);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {err}");
+        assert!(err.contains(expected), "{flags:?}: {err}");
+        assert!(!socket.exists(), "{flags:?} left {}", socket.display());
+        assert!(!state.exists(), "{flags:?} created {}", state.display());
+    }
+    let data = dir.path().join("keyd");
+    for (flags, expected) in [
+        (&["--reload-interval", "0s"][..], "at least 100ms"),
+        (&["--worker-threads", "0"], "1..=256"),
+        (&["--max-connections", "0"], "1..=65536"),
+        (&["--cert-renewal", "0s"], "at least 1m and less than 24h"),
+    ] {
+        let mut args = vec!["keyd", "serve", "--platform", "sim", "--data-dir"];
+        args.push(data.to_str().unwrap());
+        args.extend([
+            "--listen",
+            "127.0.0.1:0",
+            "--policy",
+            "p.yaml",
+            "--config",
+            "c.yaml",
+        ]);
+        args.extend(flags);
+        let out = coffer(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {err}");
+        assert!(err.contains(expected), "{flags:?}: {err}");
+        assert!(!data.exists(), "{flags:?} created {}", data.display());
+    }
+}
+
+#[test]
+fn rotate_every_must_outlast_the_reload_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("k.sock");
+    let flags = ["--rotate-every", "1s", "--reload-interval", "1s"];
+    let out = serve_to_exit(&dir.path().join("state"), &socket, &flags);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("not longer than --reload-interval"), "{err}");
+    assert!(!socket.exists());
+}
+
+#[test]
+fn help_states_the_duration_syntax_and_minimums() {
+    let kms = String::from_utf8_lossy(&coffer(&["kms", "serve", "--help"]).stdout).into_owned();
+    let keyd = String::from_utf8_lossy(&coffer(&["keyd", "serve", "--help"]).stdout).into_owned();
+    for (help, flag, minimum) in [
+        (&kms, "--reload-interval", "at least 100ms"),
+        (&kms, "--rotate-every", "at least 1s"),
+        (&kms, "--max-connections", "1 to 65536"),
+        (&keyd, "--reload-interval", "at least 100ms"),
+        (&keyd, "--cert-renewal", "at least 1m"),
+        (&keyd, "--worker-threads", "1 to 256"),
+    ] {
+        // The flag's paragraph runs from its name to the next flag.
+        let start = help.find(&format!("{flag} <")).expect(flag);
+        let end = help[start + 2..]
+            .find("\n  -")
+            .map_or(help.len(), |i| start + 2 + i);
+        let paragraph = help[start..end]
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(paragraph.contains(minimum), "{flag}: {paragraph}");
+        assert!(paragraph.contains("duration such as") || !minimum.starts_with("at least"));
+    }
+}
+
+/// Cargo metadata must not send users to a repository that does not exist.
+#[test]
+fn manifest_names_no_invented_repository() {
+    let manifest =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.toml")).unwrap();
+    assert!(!manifest.contains("coffer-kms/coffer"), "{manifest}");
+}
