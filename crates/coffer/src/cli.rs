@@ -32,9 +32,10 @@ pub struct Cli {
 #[derive(Args, Debug, Clone)]
 pub struct LogArgs {
     /// Log level or filter (error, warn, info, debug, trace, or a tracing filter such as
-    /// `info,coffer=debug`). RUST_LOG overrides it. Logs go to stderr and never contain keys or
-    /// plaintext, at any level.
-    #[arg(long, global = true, default_value = "info", env = "COFFER_LOG_LEVEL")]
+    /// `info,coffer=debug`); anything else is refused. RUST_LOG overrides it. Logs go to stderr
+    /// and never contain keys or plaintext, at any level.
+    #[arg(long, global = true, default_value = "info", env = "COFFER_LOG_LEVEL",
+          value_parser = crate::logging::check_filter)]
     pub log_level: String,
     /// Log format: human-readable text or one JSON object per line.
     #[arg(

@@ -14,7 +14,11 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    logging::init(&cli.log);
+    if let Err(e) = logging::init(&cli.log) {
+        // A usage error, like a bad flag value: nothing has started.
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     match cmd::run(cli.command) {
         Ok(code) => code,
         Err(e) => {

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{coffer, serve_to_exit};
+use common::{coffer, serve_to_exit, Plugin};
 
 #[test]
 fn every_command_has_help() {
@@ -233,4 +233,86 @@ fn manifest_names_no_invented_repository() {
     let manifest =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.toml")).unwrap();
     assert!(!manifest.contains("coffer-kms/coffer"), "{manifest}");
+}
+
+/// `EnvFilter` reads `verbose` as a target name: the plugin served with no audit lines at all.
+#[test]
+fn an_invalid_log_filter_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("k.sock");
+    let state = dir.path().join("state");
+    let run = |env: (&str, &str), flags: &[&str]| {
+        let out = std::process::Command::new(common::coffer_bin())
+            .env(env.0, env.1)
+            .args(flags)
+            .args(["kms", "serve", "--platform", "sim", "--state-dir"])
+            .arg(&state)
+            .arg("--socket")
+            .arg(&socket)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for (env, flags) in [
+        (("RUST_LOG", ""), &["--log-level", "verbose"][..]),
+        (("RUST_LOG", ""), &["--log-level", "warn,coffer=loud"]),
+        (("COFFER_LOG_LEVEL", "verbose"), &[]),
+        (("RUST_LOG", "verbose"), &[]),
+    ] {
+        let (code, err) = run(env, flags);
+        assert_eq!(code, Some(2), "{env:?} {flags:?}: {err}");
+        assert!(
+            err.contains("is not a level") && err.contains("info,coffer=debug"),
+            "{env:?} {flags:?}: {err}"
+        );
+        assert!(
+            !socket.exists() && !state.exists(),
+            "{env:?} {flags:?} started"
+        );
+    }
+}
+
+/// The documented way to quiet everything but the audit trail keeps the audit lines.
+#[tokio::test]
+async fn a_valid_filter_keeps_the_audit_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("kms.sock");
+    let log = dir.path().join("plugin.log");
+    let child = std::process::Command::new(common::coffer_bin())
+        .env_remove("RUST_LOG")
+        .args(["--log-level", "warn,coffer::audit=info", "kms", "serve"])
+        .args(["--platform", "sim", "--state-dir"])
+        .arg(dir.path().join("state"))
+        .arg("--socket")
+        .arg(&socket)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut plugin = Plugin {
+        dir,
+        child: Some(child),
+        socket,
+        log,
+    };
+    plugin.wait_ready().await;
+    common::encrypt(&mut plugin.v2().await, b"audited").await;
+    assert_eq!(plugin.terminate(), Some(0));
+    let text = plugin.log_text();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("coffer::audit") && l.contains("encrypt")),
+        "{text}"
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.contains(" INFO ") && !l.contains("coffer::audit")),
+        "info lines of other targets: {text}"
+    );
 }
