@@ -364,8 +364,12 @@ fn endpoint(args: EndpointArgs) -> Result<ExitCode, Error> {
     let name = rustls::pki_types::ServerName::try_from("coffer.invalid")?.to_owned();
     let mut tls = rustls::ClientConnection::new(Arc::new(config), name)?;
     while tls.is_handshaking() {
-        tls.complete_io(&mut socket)
-            .map_err(|e| format!("attested TLS handshake with {addr} failed: {e}"))?;
+        tls.complete_io(&mut socket).map_err(|e| {
+            format!(
+                "attested TLS handshake with {addr} failed: {}",
+                coffer_ratls::describe_io_error(&e)
+            )
+        })?;
     }
     let peer = verifier
         .peer(tls.peer_certificates())

@@ -74,8 +74,28 @@ pub struct KeydStoreArgs {
 }
 
 impl KeydStoreArgs {
+    /// Opens the platform for this data directory. With [`Access::ExistingOnly`], an
+    /// uninitialised directory is named as such (with the command that initialises it) before
+    /// the platform's own state is looked for, whose error would name kms's `--state-dir`.
     fn platform(&self, access: Access) -> Result<Arc<dyn Platform>, Error> {
-        Ok(open_platform(self.platform, &self.data_dir, access)?)
+        if access == Access::ExistingOnly && !self.data_dir.join(coffer_keyd::ROOT_FILE).exists() {
+            return Err(coffer_keyd::KeydError::NotInitialised {
+                data_dir: self.data_dir.clone(),
+            }
+            .into());
+        }
+        open_platform(self.platform, &self.data_dir, access).map_err(|e| match e {
+            coffer_platform::PlatformError::InvalidFile { ref path, .. } if !path.exists() => {
+                format!(
+                    "{} does not exist: check --data-dir (the platform keeps its state in \
+                     keyd's data directory, beside {})",
+                    path.display(),
+                    coffer_keyd::ROOT_FILE
+                )
+                .into()
+            }
+            e => e.into(),
+        })
     }
 }
 
@@ -546,6 +566,22 @@ fn serve(args: KeydServeArgs) -> Result<ExitCode, Error> {
     }
     let policy = Arc::new(Policy::load(&args.policy)?);
     let config = KeydConfig::load(&args.config)?;
+    // Before `--init` writes anything: a grant nobody can hold is a configuration mistake.
+    if let Some((keyring, op, role)) = config.undefined_roles(&policy).first() {
+        let defined: Vec<&str> = policy.roles().collect();
+        return Err(format!(
+            "--config {}: keyring {keyring:?} grants {op} to role {role:?}, which --policy {} \
+             does not define (its roles: {}); fix the role name or add the role to the policy",
+            args.config.display(),
+            args.policy.display(),
+            if defined.is_empty() {
+                "none".to_string()
+            } else {
+                defined.join(", ")
+            }
+        )
+        .into());
+    }
     if args.init {
         init_on_first_start(&args, &config)?;
     }
@@ -562,7 +598,6 @@ fn serve(args: KeydServeArgs) -> Result<ExitCode, Error> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .map_err(|e| format!("listening on {}: {e}", args.listen))?;
-        let addr = listener.local_addr()?;
         let metrics_listener = match args.metrics_addr {
             Some(m) => Some(
                 coffer_telemetry::bind(
@@ -596,10 +631,11 @@ fn serve(args: KeydServeArgs) -> Result<ExitCode, Error> {
         options.drain_timeout = args.drain_timeout;
         options.reload_interval = args.reload_interval;
         options.cert_renewal = args.cert_renewal;
-        let serving = coffer_keyd::serve(options, shutdown);
-        tracing::info!(%addr, "coffer keyd serving (mutual attested TLS)");
-        eprintln!("coffer keyd listening on {addr}");
-        serving.await?;
+        options.on_ready = Some(Box::new(|addr| {
+            tracing::info!(%addr, "coffer keyd serving (mutual attested TLS)");
+            eprintln!("coffer keyd listening on {addr}");
+        }));
+        coffer_keyd::serve(options, shutdown).await?;
         Ok::<_, Error>(())
     })?;
     Ok(ExitCode::SUCCESS)

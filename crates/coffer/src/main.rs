@@ -22,13 +22,27 @@ fn main() -> ExitCode {
     match cmd::run(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
-            let mut source = e.source();
-            while let Some(s) = source {
-                eprintln!("  caused by: {s}");
-                source = s.source();
-            }
+            eprint!("{}", report(e.as_ref()));
             ExitCode::from(1)
         }
     }
+}
+
+/// The error and its chain of causes, one line each. Many errors already quote their source
+/// in their own message (`audit log: {0}`, `#[error(transparent)]`); a cause whose text was
+/// already printed is left out rather than said twice.
+fn report(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut printed = error.to_string();
+    let mut out = format!("error: {printed}\n");
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !printed.contains(&text) {
+            out.push_str(&format!("  caused by: {text}\n"));
+            printed.push('\n');
+            printed.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
 }

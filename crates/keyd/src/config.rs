@@ -30,6 +30,15 @@ pub enum Operation {
 }
 
 impl Operation {
+    /// Every operation, in configuration order.
+    pub const ALL: [Operation; 5] = [
+        Operation::Wrap,
+        Operation::Unwrap,
+        Operation::Status,
+        Operation::Rotate,
+        Operation::List,
+    ];
+
     /// The configuration key for this operation.
     pub fn name(self) -> &'static str {
         match self {
@@ -134,13 +143,7 @@ impl KeydConfig {
         let config: KeydConfig = serde_yaml_ng::from_str(text).map_err(|e| err(e.to_string()))?;
         for (name, access) in &config.keyrings {
             validate_keyring_name(name).map_err(|e| err(e.to_string()))?;
-            for op in [
-                Operation::Wrap,
-                Operation::Unwrap,
-                Operation::Status,
-                Operation::Rotate,
-                Operation::List,
-            ] {
+            for op in Operation::ALL {
                 if access.roles(op).iter().any(|r| r.is_empty()) {
                     return Err(err(format!(
                         "keyring {name:?}: {op} lists an empty role name"
@@ -149,6 +152,26 @@ impl KeydConfig {
             }
         }
         Ok(config)
+    }
+
+    /// Every grant of a role that `policy` does not define, as (keyring, operation, role).
+    /// Such a grant can never be used (no caller is ever given that role), so it is almost
+    /// always a typo that silently locks the intended callers out.
+    pub fn undefined_roles(
+        &self,
+        policy: &coffer_attest::policy::Policy,
+    ) -> Vec<(&str, Operation, &str)> {
+        let mut undefined = Vec::new();
+        for (name, access) in &self.keyrings {
+            for op in Operation::ALL {
+                for role in access.roles(op) {
+                    if !policy.roles().any(|defined| defined == role) {
+                        undefined.push((name.as_str(), op, role.as_str()));
+                    }
+                }
+            }
+        }
+        undefined
     }
 
     /// The access rules of keyring `name`, if it is configured.

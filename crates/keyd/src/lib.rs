@@ -34,5 +34,5 @@ pub use pool::{
 pub use root::{
     open_shares, root_info, KeydRoot, RecoveryInfo, RecoveryRequest, RootInfo, ROOT_FILE,
 };
-pub use server::{serve, KeydServeOptions};
+pub use server::{serve, KeydServeOptions, ReadyHook};
 pub use service::{KeydConnectInfo, MAX_BATCH_ITEMS, MAX_CIPHERTEXT_LEN, MAX_PLAINTEXT_LEN};
