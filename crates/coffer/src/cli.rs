@@ -141,9 +141,10 @@ pub enum KmsCommand {
 pub struct ServeArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// The unix socket kube-apiserver connects to (its EncryptionConfiguration `endpoint`).
-    /// Default: /var/run/kmsplugin/socket.sock (with --dev: ./.coffer-dev/kms.sock).
-    #[arg(long, env = "COFFER_SOCKET")]
+    /// The unix socket kube-apiserver connects to (its EncryptionConfiguration `endpoint`), as
+    /// a path without `unix://`. Default: /var/run/kmsplugin/socket.sock (with --dev:
+    /// ./.coffer-dev/kms.sock).
+    #[arg(long, env = "COFFER_SOCKET", value_parser = parse_socket_path)]
     pub socket: Option<PathBuf>,
     /// Socket file mode (octal). 600 lets only the socket's owner connect.
     #[arg(long, default_value = "600", value_parser = parse_mode)]
@@ -198,8 +199,9 @@ pub struct ServeArgs {
     /// Print the EncryptionConfiguration for this socket on stdout once serving (implied by --dev).
     #[arg(long)]
     pub print_encryption_config: bool,
-    /// Provider name in the printed EncryptionConfiguration (it becomes part of every etcd value).
-    #[arg(long, default_value = "coffer")]
+    /// Provider name in the printed EncryptionConfiguration (it becomes part of every etcd value;
+    /// letters, digits, '.', '_' and '-').
+    #[arg(long, default_value = "coffer", value_parser = parse_provider_name)]
     pub provider_name: String,
     #[command(flatten)]
     pub keyd: KeydArgs,
@@ -283,12 +285,12 @@ impl KeydSourceArgs {
 
 #[derive(Args, Debug)]
 pub struct EncryptionConfigArgs {
-    /// The plugin's socket.
-    #[arg(long, default_value = "/var/run/kmsplugin/socket.sock")]
+    /// The plugin's socket, as a path without `unix://` (the configuration adds it).
+    #[arg(long, default_value = DEFAULT_SOCKET, value_parser = parse_socket_path)]
     pub socket: PathBuf,
-    /// Provider name (part of every stored value: `k8s:enc:kms:v2:<name>:`). Never reuse a name
-    /// for a different key service.
-    #[arg(long, default_value = "coffer")]
+    /// Provider name (part of every stored value: `k8s:enc:kms:v2:<name>:`; letters, digits,
+    /// '.', '_' and '-'). Never reuse a name for a different key service.
+    #[arg(long, default_value = "coffer", value_parser = parse_provider_name)]
     pub provider_name: String,
     /// KMS API version: v2 (recommended) or v1 (deprecated).
     #[arg(long, default_value = "v2", value_parser = ["v2", "v1"])]
@@ -405,6 +407,63 @@ pub const MIN_ROTATE_EVERY: Duration = Duration::from_secs(1);
 /// `--max-connections`: at least one connection, or nothing could ever be served.
 pub fn connection_count() -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65536)
+}
+
+/// Longest provider name accepted (it is repeated in every etcd value).
+const MAX_PROVIDER_NAME_LEN: usize = 64;
+
+/// A KMS provider name kube-apiserver accepts and the printed YAML needs no quoting for.
+/// kube-apiserver refuses an empty name and, for KMS v2, any `:` (the name sits between `:`s
+/// in the stored value's prefix); this also keeps out what would change the YAML's meaning.
+fn parse_provider_name(s: &str) -> Result<String, String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if s.is_empty() || s.len() > MAX_PROVIDER_NAME_LEN {
+        return Err(format!(
+            "a provider name has 1 to {MAX_PROVIDER_NAME_LEN} characters (e.g. coffer)"
+        ));
+    }
+    if s.contains(':') {
+        return Err(format!(
+            "{s:?} contains ':', which kube-apiserver refuses in a KMS v2 provider name (the \
+             name sits between ':'s in every stored value's prefix); use e.g. coffer"
+        ));
+    }
+    if !s.chars().all(allowed) || !s.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(format!(
+            "{s:?} is not a provider name: use letters, digits, '.', '_' and '-', starting \
+             with a letter or digit (e.g. coffer)"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// A socket path that survives kube-apiserver reading `unix://<path>` as a URL.
+fn parse_socket_path(s: &str) -> Result<PathBuf, String> {
+    if let Some(path) = s.strip_prefix("unix://") {
+        return Err(format!(
+            "--socket takes the socket's path; `unix://` is added in the EncryptionConfiguration \
+             (use --socket {path})"
+        ));
+    }
+    if s.contains("://") {
+        return Err(format!(
+            "{s:?}: kube-apiserver talks to KMS plugins only over unix sockets; give the \
+             socket's path (e.g. {DEFAULT_SOCKET})"
+        ));
+    }
+    if s.is_empty() {
+        return Err(format!("the socket path is empty (e.g. {DEFAULT_SOCKET})"));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|&c| matches!(c, '?' | '#' | '%') || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "{s:?} contains {c:?}: kube-apiserver reads the endpoint as a URL, where it would \
+             change the path; choose a socket path without '?', '#', '%' or spaces"
+        ));
+    }
+    Ok(PathBuf::from(s))
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {

@@ -329,6 +329,23 @@ fn keys(cmd: KeysCommand) -> Result<ExitCode, Error> {
             );
         }
         KeysCommand::Retire(args) => {
+            let keystore = open_keystore(&args.store, Access::ExistingOnly)?;
+            // Say what cannot work before asking for a confirmation it would not need.
+            match keystore.info()?.keys.iter().find(|k| k.id == args.key_id) {
+                Some(k) if k.state == KeyState::Primary => {
+                    return Err(coffer_keystore::KeystoreError::RetirePrimary {
+                        key_id: k.id.clone(),
+                    }
+                    .into())
+                }
+                Some(_) => {}
+                None => {
+                    return Err(coffer_keystore::KeystoreError::UnknownKey {
+                        key_id: args.key_id,
+                    }
+                    .into())
+                }
+            }
             if !args.confirm {
                 eprintln!(
                     "refusing to retire {} without --confirm.\n\
@@ -340,7 +357,7 @@ fn keys(cmd: KeysCommand) -> Result<ExitCode, Error> {
                 );
                 return Ok(ExitCode::from(2));
             }
-            let retired = open_keystore(&args.store, Access::ExistingOnly)?.retire(&args.key_id)?;
+            let retired = keystore.retire(&args.key_id)?;
             println!(
                 "retired KEK {}; data encrypted under it can no longer be decrypted",
                 retired.id

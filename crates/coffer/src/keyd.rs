@@ -350,13 +350,38 @@ fn read_small(path: &Path) -> Result<String, Error> {
     Ok(std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?)
 }
 
-fn operator_key(text: &str) -> Result<OperatorPublicKey, Error> {
-    let text = if Path::new(text).is_file() {
-        read_small(Path::new(text))?
+/// `--recovery-key KEY|FILE`: an operator's public key, given inline or in a file.
+fn operator_key(arg: &str) -> Result<OperatorPublicKey, Error> {
+    let (text, origin) = if Path::new(arg).is_file() {
+        (zeroize::Zeroizing::new(read_small(Path::new(arg))?), arg)
+    } else if arg.starts_with("coffer-recovery-") {
+        (zeroize::Zeroizing::new(arg.to_string()), "the key given")
     } else {
-        text.to_string()
+        return Err(format!(
+            "--recovery-key {arg:?} is neither a file nor an operator public key \
+             (`{}…`, from `coffer keyd recovery-key generate`)",
+            coffer_recovery::PUBLIC_KEY_PREFIX
+        )
+        .into());
     };
-    Ok(text.trim().parse::<OperatorPublicKey>()?)
+    if text
+        .trim_start()
+        .starts_with(coffer_recovery::SECRET_KEY_PREFIX)
+    {
+        // Never echo it: this key opens the operator's shares.
+        return Err(format!(
+            "--recovery-key {origin}: this is an operator SECRET key (`{}…`), but --recovery-key \
+             takes the operator's PUBLIC key (`{}…`), which `coffer keyd recovery-key generate` \
+             printed. Keep the secret key offline; it is only for `coffer keyd recover \
+             --operator-key`",
+            coffer_recovery::SECRET_KEY_PREFIX,
+            coffer_recovery::PUBLIC_KEY_PREFIX
+        )
+        .into());
+    }
+    text.trim()
+        .parse::<OperatorPublicKey>()
+        .map_err(|e| format!("--recovery-key {origin}: {e}").into())
 }
 
 fn init(args: InitArgs) -> Result<ExitCode, Error> {
@@ -465,6 +490,20 @@ fn recover(args: RecoverArgs) -> Result<ExitCode, Error> {
         .iter()
         .map(|p| {
             let text = zeroize::Zeroizing::new(read_small(p)?);
+            if text
+                .trim_start()
+                .starts_with(coffer_recovery::PUBLIC_KEY_PREFIX)
+            {
+                return Err(format!(
+                    "--operator-key {}: this is an operator PUBLIC key (`{}…`), but \
+                     --operator-key takes the operator's SECRET key file (`{}…`) that \
+                     `coffer keyd recovery-key generate --out` wrote",
+                    p.display(),
+                    coffer_recovery::PUBLIC_KEY_PREFIX,
+                    coffer_recovery::SECRET_KEY_PREFIX
+                )
+                .into());
+            }
             text.trim()
                 .parse::<OperatorSecretKey>()
                 .map_err(|e| format!("{}: {e}", p.display()).into())
