@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::process::{Command, Output};
+
 use common::{coffer, serve_to_exit, Plugin};
 
 #[test]
@@ -141,6 +143,18 @@ fn standalone_mode_refuses_tdx_and_points_at_service_mode() {
     assert!(!root.path().join("state/keystore").exists());
 }
 
+/// `coffer kms serve` on the simulation platform, expected to refuse to start.
+fn serve_refused(state: &std::path::Path, socket: &std::path::Path, extra: &[&str]) -> Output {
+    common::run::output_within(
+        Command::new(common::coffer_bin())
+            .args(["kms", "serve", "--platform", "sim", "--state-dir"])
+            .arg(state)
+            .arg("--socket")
+            .arg(socket)
+            .args(extra),
+    )
+}
+
 /// Each value was once accepted: zero intervals panicked in the timer (exit 134, socket left
 /// behind), `--rotate-every 0s` rotated on every check, zero connections or threads served
 /// nothing. Each is now a usage error naming the allowed range, before anything is created.
@@ -156,7 +170,7 @@ fn zero_and_out_of_range_flag_values_are_refused_at_parse_time() {
         (&["--drain-timeout", "soon"], "use e.g. 2s, 500ms, 1h30m"),
         (&["--max-connections", "0"], "1..=65536"),
     ] {
-        let out = serve_to_exit(&state, &socket, flags);
+        let out = serve_refused(&state, &socket, flags);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{flags:?}: {err}");
         assert!(err.contains(expected), "{flags:?}: {err}");
@@ -181,7 +195,7 @@ fn zero_and_out_of_range_flag_values_are_refused_at_parse_time() {
             "c.yaml",
         ]);
         args.extend(flags);
-        let out = coffer(&args);
+        let out = common::run::output_within(Command::new(common::coffer_bin()).args(&args));
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{flags:?}: {err}");
         assert!(err.contains(expected), "{flags:?}: {err}");
@@ -194,7 +208,7 @@ fn rotate_every_must_outlast_the_reload_interval() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("k.sock");
     let flags = ["--rotate-every", "1s", "--reload-interval", "1s"];
-    let out = serve_to_exit(&dir.path().join("state"), &socket, &flags);
+    let out = serve_refused(&dir.path().join("state"), &socket, &flags);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("not longer than --reload-interval"), "{err}");
@@ -242,16 +256,15 @@ fn an_invalid_log_filter_is_refused_at_start() {
     let socket = dir.path().join("k.sock");
     let state = dir.path().join("state");
     let run = |env: (&str, &str), flags: &[&str]| {
-        let out = std::process::Command::new(common::coffer_bin())
-            .env(env.0, env.1)
-            .args(flags)
-            .args(["kms", "serve", "--platform", "sim", "--state-dir"])
-            .arg(&state)
-            .arg("--socket")
-            .arg(&socket)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
+        let out = common::run::output_within(
+            Command::new(common::coffer_bin())
+                .env(env.0, env.1)
+                .args(flags)
+                .args(["kms", "serve", "--platform", "sim", "--state-dir"])
+                .arg(&state)
+                .arg("--socket")
+                .arg(&socket),
+        );
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stderr).into_owned(),

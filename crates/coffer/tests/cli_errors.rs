@@ -13,25 +13,24 @@ fn stderr(out: &std::process::Output) -> String {
 
 /// `coffer keyd serve` on the simulation platform with `extra` flags, to completion.
 fn keyd_serve(data: &Path, policy: &Path, config: &Path, extra: &[&str]) -> std::process::Output {
-    std::process::Command::new(common::coffer_bin())
-        .args([
-            "keyd",
-            "serve",
-            "--platform",
-            "sim",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--policy")
-        .arg(policy)
-        .arg("--config")
-        .arg(config)
-        .args(extra)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap()
+    common::run::output_within(
+        std::process::Command::new(common::coffer_bin())
+            .args([
+                "keyd",
+                "serve",
+                "--platform",
+                "sim",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
+            .arg(data)
+            .arg("--policy")
+            .arg(policy)
+            .arg("--config")
+            .arg(config)
+            .args(extra),
+    )
 }
 
 /// A policy granting `role` to the sim platform whose state is `caller`.
@@ -315,10 +314,12 @@ fn encryption_config_validates_socket_and_provider_name() {
         assert!(err.contains(expected), "{flags:?}: {err}");
     }
     let dir = tempfile::tempdir().unwrap();
-    let out = common::serve_to_exit(
-        &dir.path().join("state"),
-        Path::new("unix:///tmp/k.sock"),
-        &[],
+    let out = common::run::output_within(
+        std::process::Command::new(common::coffer_bin())
+            .current_dir(dir.path())
+            .args(["kms", "serve", "--platform", "sim", "--state-dir"])
+            .arg(dir.path().join("state"))
+            .args(["--socket", "unix:///tmp/k.sock"]),
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(!dir.path().join("state").exists());
