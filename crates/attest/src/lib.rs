@@ -12,6 +12,7 @@
 
 pub mod claims;
 pub mod policy;
+pub mod yaml;
 
 #[cfg(feature = "dcap")]
 pub mod dcap;

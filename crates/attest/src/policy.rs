@@ -48,7 +48,7 @@
 //! and column: `policy.yaml: roles[0].sgx.mr_enclave[1]: expected 64 hex characters, got 63 at line
 //! 7 column 9`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -85,13 +85,13 @@ impl PolicyError {
         }
     }
 
-    fn from_yaml(e: serde_yaml_ng::Error) -> Self {
+    fn from_yaml(e: serde_yaml_ng::Error, text: &str) -> Self {
         let location = e.location();
         PolicyError {
             file: None,
-            message: e.to_string(),
-            line: location.as_ref().map(|l| l.line()),
-            column: location.as_ref().map(|l| l.column()),
+            message: crate::yaml::error_text(&e, text),
+            line: Some(location.as_ref().map_or(1, |l| l.line())),
+            column: Some(location.as_ref().map_or(1, |l| l.column())),
         }
     }
 
@@ -175,7 +175,8 @@ pub struct Policy {
 impl Policy {
     /// Parses and validates a policy.
     pub fn from_yaml(text: &str) -> Result<Policy, PolicyError> {
-        let file: PolicyFile = serde_yaml_ng::from_str(text).map_err(PolicyError::from_yaml)?;
+        let file: PolicyFile =
+            serde_yaml_ng::from_str(text).map_err(|e| PolicyError::from_yaml(e, text))?;
         Ok(Policy {
             allow_simulation: file.allow_simulation,
             allow_debug: file.allow_debug,
@@ -256,15 +257,104 @@ impl Policy {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PolicyFileRaw {
-    version: u32,
+    #[allow(dead_code)] // checked while parsing, for the position
+    version: Version,
     #[serde(default)]
     allow_simulation: bool,
     #[serde(default)]
     allow_debug: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty_statuses")]
     accepted_tcb_statuses: Option<Vec<TcbStatus>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_roles")]
     roles: Vec<RoleRule>,
+}
+
+/// The policy format version; checked inside the visitor so the error carries its position.
+struct Version;
+
+impl<'de> Deserialize<'de> for Version {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Version;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "the policy version, {POLICY_VERSION}")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Version, E> {
+                if v == u64::from(POLICY_VERSION) {
+                    return Ok(Version);
+                }
+                Err(E::custom(format!(
+                    "unsupported policy version {v} (this build understands version {POLICY_VERSION})"
+                )))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Version, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom(format!("unsupported policy version {v}")))
+                    .and_then(|v| self.visit_u64(v))
+            }
+        }
+        d.deserialize_u64(V)
+    }
+}
+
+/// A TCB status list that is left out or names at least one status; checked while the list is
+/// read, so the error carries its position.
+fn non_empty_statuses<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<TcbStatus>>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Vec<TcbStatus>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list of TCB statuses")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut list = Vec::new();
+            while let Some(status) = seq.next_element()? {
+                list.push(status);
+            }
+            if list.is_empty() {
+                return Err(serde::de::Error::custom(
+                    "must not be empty (leave it out for the default: [UpToDate] globally, the \
+                     global list in a role)",
+                ));
+            }
+            Ok(list)
+        }
+    }
+    d.deserialize_seq(V).map(Some)
+}
+
+/// The roles, refusing a repeated name while the list is read, so that the error carries the
+/// list's position.
+fn unique_roles<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RoleRule>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Vec<RoleRule>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list of roles")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut roles: Vec<RoleRule> = Vec::new();
+            while let Some(role) = seq.next_element::<RoleRule>()? {
+                if let Some(first) = roles.iter().position(|r| r.name == role.name) {
+                    return Err(serde::de::Error::custom(format!(
+                        "duplicate role name {:?} at roles[{}] (already defined by roles[{first}])",
+                        role.name,
+                        roles.len()
+                    )));
+                }
+                roles.push(role);
+            }
+            Ok(roles)
+        }
+    }
+    d.deserialize_seq(V)
 }
 
 #[derive(Deserialize)]
@@ -280,26 +370,6 @@ impl TryFrom<PolicyFileRaw> for PolicyFile {
     type Error = String;
 
     fn try_from(raw: PolicyFileRaw) -> Result<Self, String> {
-        if raw.version != POLICY_VERSION {
-            return Err(format!(
-                "version: unsupported policy version {} (this build understands version {POLICY_VERSION})",
-                raw.version
-            ));
-        }
-        if let Some(list) = &raw.accepted_tcb_statuses {
-            if list.is_empty() {
-                return Err("accepted_tcb_statuses: must not be empty (leave it out for the default [UpToDate])".into());
-            }
-        }
-        let mut seen: HashMap<&str, usize> = HashMap::new();
-        for (i, role) in raw.roles.iter().enumerate() {
-            if let Some(first) = seen.insert(role.name.as_str(), i) {
-                return Err(format!(
-                    "roles[{i}].name: duplicate role name {:?} (already defined by roles[{first}])",
-                    role.name
-                ));
-            }
-        }
         Ok(PolicyFile {
             allow_simulation: raw.allow_simulation,
             allow_debug: raw.allow_debug,
@@ -352,7 +422,7 @@ struct RoleRuleRaw {
     snp: Option<SnpRule>,
     #[serde(default)]
     sim: Option<SimRule>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty_statuses")]
     accepted_tcb_statuses: Option<Vec<TcbStatus>>,
 }
 
@@ -376,11 +446,6 @@ impl TryFrom<RoleRuleRaw> for RoleRule {
                 "role {:?} has no TEE section: give at least one of sgx, tdx, snp, sim",
                 raw.name.0
             ));
-        }
-        if let Some(list) = &raw.accepted_tcb_statuses {
-            if list.is_empty() {
-                return Err(format!("role {:?}: accepted_tcb_statuses must not be empty (leave it out to use the global list)", raw.name.0));
-            }
         }
         Ok(RoleRule {
             name: raw.name.0,
@@ -1459,7 +1524,9 @@ mod tests {
             "version: 1\nroles:\n  - name: x\n    sgx: {{ mr_enclave: [\"{a}\"] }}\n  - name: y\n    sgx: {{ mr_enclave: [\"{a}\"] }}\n  - name: x\n    sim: {{}}\n"
         ));
         assert!(
-            e.contains("roles[2].name: duplicate role name \"x\" (already defined by roles[0])"),
+            e.contains(
+                "duplicate role name \"x\" at roles[2] (already defined by roles[0]) at line 3"
+            ),
             "{e}"
         );
     }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -51,9 +51,10 @@ pub struct EndpointArgs {
     /// State directory (the simulation platform keeps its key there).
     #[arg(long, default_value = "/var/lib/coffer", env = "COFFER_STATE_DIR")]
     pub state_dir: PathBuf,
-    /// Give up after this long.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    pub timeout: std::time::Duration,
+    /// Give up after this long (a duration such as 10s or 500ms; at least 1ms).
+    #[arg(long, default_value = "10s",
+          value_parser = crate::duration::at_least(Duration::from_millis(1)))]
+    pub timeout: Duration,
     #[command(flatten)]
     pub sources: SourceArgs,
 }
@@ -370,8 +371,12 @@ fn endpoint(args: EndpointArgs) -> Result<ExitCode, Error> {
     let name = rustls::pki_types::ServerName::try_from("coffer.invalid")?.to_owned();
     let mut tls = rustls::ClientConnection::new(Arc::new(config), name)?;
     while tls.is_handshaking() {
-        tls.complete_io(&mut socket)
-            .map_err(|e| format!("attested TLS handshake with {addr} failed: {e}"))?;
+        tls.complete_io(&mut socket).map_err(|e| {
+            format!(
+                "attested TLS handshake with {addr} failed: {}",
+                coffer_ratls::describe_io_error(&e)
+            )
+        })?;
     }
     let peer = verifier
         .peer(tls.peer_certificates())

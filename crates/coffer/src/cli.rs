@@ -32,9 +32,10 @@ pub struct Cli {
 #[derive(Args, Debug, Clone)]
 pub struct LogArgs {
     /// Log level or filter (error, warn, info, debug, trace, or a tracing filter such as
-    /// `info,coffer=debug`). RUST_LOG overrides it. Logs go to stderr and never contain keys or
-    /// plaintext, at any level.
-    #[arg(long, global = true, default_value = "info", env = "COFFER_LOG_LEVEL")]
+    /// `info,coffer=debug`); anything else is refused. RUST_LOG overrides it. Logs go to stderr
+    /// and never contain keys or plaintext, at any level.
+    #[arg(long, global = true, default_value = "info", env = "COFFER_LOG_LEVEL",
+          value_parser = crate::logging::check_filter)]
     pub log_level: String,
     /// Log format: human-readable text or one JSON object per line.
     #[arg(
@@ -140,9 +141,10 @@ pub enum KmsCommand {
 pub struct ServeArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// The unix socket kube-apiserver connects to (its EncryptionConfiguration `endpoint`).
-    /// Default: /var/run/kmsplugin/socket.sock (with --dev: ./.coffer-dev/kms.sock).
-    #[arg(long, env = "COFFER_SOCKET")]
+    /// The unix socket kube-apiserver connects to (its EncryptionConfiguration `endpoint`), as
+    /// a path without `unix://`. Default: /var/run/kmsplugin/socket.sock (with --dev:
+    /// ./.coffer-dev/kms.sock).
+    #[arg(long, env = "COFFER_SOCKET", value_parser = parse_socket_path)]
     pub socket: Option<PathBuf>,
     /// Socket file mode (octal). 600 lets only the socket's owner connect.
     #[arg(long, default_value = "600", value_parser = parse_mode)]
@@ -173,30 +175,33 @@ pub struct ServeArgs {
     /// Allow --metrics-addr to be a non-loopback address.
     #[arg(long)]
     pub metrics_allow_remote: bool,
-    /// Rotate the primary KEK automatically when it is older than this (e.g. 720h). Standalone
-    /// mode only.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    /// Rotate the primary KEK automatically when it is older than this (a duration such as
+    /// 720h or 30d; at least 1s, and longer than --reload-interval, which is when the age is
+    /// checked). Standalone mode only.
+    #[arg(long, value_parser = crate::duration::at_least(MIN_ROTATE_EVERY))]
     pub rotate_every: Option<Duration>,
-    /// How often to check the keystore for changes made by `coffer keys` [default: 2s].
-    /// Standalone mode only.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    /// How often to check the keystore for changes made by `coffer keys` (a duration such as
+    /// 2s or 500ms; at least 100ms) [default: 2s]. Standalone mode only.
+    #[arg(long, value_parser = crate::duration::at_least(MIN_RELOAD_INTERVAL))]
     pub reload_interval: Option<Duration>,
-    /// How long SIGTERM waits for in-flight calls before closing connections.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    /// How long SIGTERM waits for in-flight calls before closing connections (a duration such
+    /// as 10s or 1m30s; 0s closes them at once).
+    #[arg(long, default_value = "10s", value_parser = crate::duration::at_least(Duration::ZERO))]
     pub drain_timeout: Duration,
     /// Threads serving gRPC calls. kube-apiserver sends every call over one HTTP/2 connection,
     /// which one thread serves best: measured here, 1 thread gives 1.6x the throughput of 2 and
     /// a third of the p99 latency (see BENCHMARKS.md). Raise it only for many client connections.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub worker_threads: u16,
-    /// Most simultaneous client connections.
-    #[arg(long, default_value_t = 64)]
+    /// Most simultaneous client connections (1 to 65536).
+    #[arg(long, default_value_t = 64, value_parser = connection_count())]
     pub max_connections: usize,
     /// Print the EncryptionConfiguration for this socket on stdout once serving (implied by --dev).
     #[arg(long)]
     pub print_encryption_config: bool,
-    /// Provider name in the printed EncryptionConfiguration (it becomes part of every etcd value).
-    #[arg(long, default_value = "coffer")]
+    /// Provider name in the printed EncryptionConfiguration (it becomes part of every etcd value;
+    /// letters, digits, '.', '_' and '-').
+    #[arg(long, default_value = "coffer", value_parser = parse_provider_name)]
     pub provider_name: String,
     #[command(flatten)]
     pub keyd: KeydArgs,
@@ -217,9 +222,15 @@ pub struct KeydArgs {
     /// The plugin refuses to talk to a keyd it does not grant a role.
     #[arg(long, value_name = "FILE", requires = "keyd")]
     pub keyd_policy: Option<PathBuf>,
-    /// Deadline of every forwarded call, covering connect, attested handshake and RPC. Must be
-    /// below 3s, the API server's per-call timeout, so the plugin always answers first.
-    #[arg(long, default_value = "2s", value_parser = parse_keyd_timeout)]
+    /// Deadline of every forwarded call, covering connect, attested handshake and RPC (a
+    /// duration such as 2s or 1500ms; at least 1ms). Must be below 3s, the API server's
+    /// per-call timeout, so the plugin always answers first.
+    #[arg(long, default_value = "2s", value_parser = crate::duration::between(
+        Duration::from_millis(1),
+        coffer_kms::remote::API_SERVER_TIMEOUT,
+        "not below the API server's per-call timeout: the plugin must answer first, with a \
+         clear error, when keyd is slow or unreachable",
+    ))]
     pub keyd_timeout: Duration,
     /// HTTP/2 connections to keyd, used round-robin (each carries many concurrent calls).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
@@ -279,12 +290,12 @@ impl KeydSourceArgs {
 
 #[derive(Args, Debug)]
 pub struct EncryptionConfigArgs {
-    /// The plugin's socket.
-    #[arg(long, default_value = "/var/run/kmsplugin/socket.sock")]
+    /// The plugin's socket, as a path without `unix://` (the configuration adds it).
+    #[arg(long, default_value = DEFAULT_SOCKET, value_parser = parse_socket_path)]
     pub socket: PathBuf,
-    /// Provider name (part of every stored value: `k8s:enc:kms:v2:<name>:`). Never reuse a name
-    /// for a different key service.
-    #[arg(long, default_value = "coffer")]
+    /// Provider name (part of every stored value: `k8s:enc:kms:v2:<name>:`; letters, digits,
+    /// '.', '_' and '-'). Never reuse a name for a different key service.
+    #[arg(long, default_value = "coffer", value_parser = parse_provider_name)]
     pub provider_name: String,
     /// KMS API version: v2 (recommended) or v1 (deprecated).
     #[arg(long, default_value = "v2", value_parser = ["v2", "v1"])]
@@ -390,19 +401,74 @@ pub struct KeydHandshakeArgs {
     pub sources: KeydSourceArgs,
 }
 
-fn parse_keyd_timeout(s: &str) -> Result<Duration, String> {
-    let timeout =
-        humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 2s or 1500ms)"))?;
-    if timeout.is_zero() {
-        return Err("must be more than zero (use e.g. 2s)".into());
-    }
-    if timeout >= coffer_kms::remote::API_SERVER_TIMEOUT {
+/// Shortest `--reload-interval` (kms and keyd): a keystore check is a file stat, but a zero
+/// interval is refused by the timer and a tiny one only burns CPU.
+pub const MIN_RELOAD_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Shortest `--rotate-every`: every rotation adds a KEK for good, so anything shorter only fills
+/// the keystore.
+pub const MIN_ROTATE_EVERY: Duration = Duration::from_secs(1);
+
+/// `--max-connections`: at least one connection, or nothing could ever be served.
+pub fn connection_count() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65536)
+}
+
+/// Longest provider name accepted (it is repeated in every etcd value).
+const MAX_PROVIDER_NAME_LEN: usize = 64;
+
+/// A KMS provider name kube-apiserver accepts and the printed YAML needs no quoting for.
+/// kube-apiserver refuses an empty name and, for KMS v2, any `:` (the name sits between `:`s
+/// in the stored value's prefix); this also keeps out what would change the YAML's meaning.
+fn parse_provider_name(s: &str) -> Result<String, String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if s.is_empty() || s.len() > MAX_PROVIDER_NAME_LEN {
         return Err(format!(
-            "{s} is not below the API server's per-call timeout of 3s: the plugin must answer \
-             first, with a clear error, when keyd is slow or unreachable (use e.g. 2s)"
+            "a provider name has 1 to {MAX_PROVIDER_NAME_LEN} characters (e.g. coffer)"
         ));
     }
-    Ok(timeout)
+    if s.contains(':') {
+        return Err(format!(
+            "{s:?} contains ':', which kube-apiserver refuses in a KMS v2 provider name (the \
+             name sits between ':'s in every stored value's prefix); use e.g. coffer"
+        ));
+    }
+    if !s.chars().all(allowed) || !s.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(format!(
+            "{s:?} is not a provider name: use letters, digits, '.', '_' and '-', starting \
+             with a letter or digit (e.g. coffer)"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// A socket path that survives kube-apiserver reading `unix://<path>` as a URL.
+fn parse_socket_path(s: &str) -> Result<PathBuf, String> {
+    if let Some(path) = s.strip_prefix("unix://") {
+        return Err(format!(
+            "--socket takes the socket's path; `unix://` is added in the EncryptionConfiguration \
+             (use --socket {path})"
+        ));
+    }
+    if s.contains("://") {
+        return Err(format!(
+            "{s:?}: kube-apiserver talks to KMS plugins only over unix sockets; give the \
+             socket's path (e.g. {DEFAULT_SOCKET})"
+        ));
+    }
+    if s.is_empty() {
+        return Err(format!("the socket path is empty (e.g. {DEFAULT_SOCKET})"));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|&c| matches!(c, '?' | '#' | '%') || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "{s:?} contains {c:?}: kube-apiserver reads the endpoint as a URL, where it would \
+             change the path; choose a socket path without '?', '#', '%' or spaces"
+        ));
+    }
+    Ok(PathBuf::from(s))
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {

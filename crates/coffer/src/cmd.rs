@@ -150,8 +150,21 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
         (None, true) => Path::new(DEV_DIR).join("kms.sock"),
         (None, false) => PathBuf::from(DEFAULT_SOCKET),
     };
-    let keys = key_source(&args)?;
     let mut options = ServeOptions::new(socket.clone());
+    if let Some(interval) = args.reload_interval {
+        options.reload_interval = interval;
+    }
+    if let Some(every) = args.rotate_every.filter(|&e| e <= options.reload_interval) {
+        // The age is checked once per reload; at or below that, every check would rotate.
+        return Err(format!(
+            "--rotate-every {} is not longer than --reload-interval {}, so every keystore check \
+             would rotate: use a longer --rotate-every (e.g. 720h)",
+            humantime::format_duration(every),
+            humantime::format_duration(options.reload_interval)
+        )
+        .into());
+    }
+    let keys = key_source(&args)?;
     options.socket = SocketOptions {
         path: socket.clone(),
         mode: args.socket_mode,
@@ -168,9 +181,6 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
     options.metrics_addr = args.metrics_addr;
     options.metrics_allow_remote = args.metrics_allow_remote;
     options.rotate_every = args.rotate_every;
-    if let Some(interval) = args.reload_interval {
-        options.reload_interval = interval;
-    }
     options.drain_timeout = args.drain_timeout;
 
     let print_config = args.print_encryption_config || args.store.dev;
@@ -319,6 +329,23 @@ fn keys(cmd: KeysCommand) -> Result<ExitCode, Error> {
             );
         }
         KeysCommand::Retire(args) => {
+            let keystore = open_keystore(&args.store, Access::ExistingOnly)?;
+            // Say what cannot work before asking for a confirmation it would not need.
+            match keystore.info()?.keys.iter().find(|k| k.id == args.key_id) {
+                Some(k) if k.state == KeyState::Primary => {
+                    return Err(coffer_keystore::KeystoreError::RetirePrimary {
+                        key_id: k.id.clone(),
+                    }
+                    .into())
+                }
+                Some(_) => {}
+                None => {
+                    return Err(coffer_keystore::KeystoreError::UnknownKey {
+                        key_id: args.key_id,
+                    }
+                    .into())
+                }
+            }
             if !args.confirm {
                 eprintln!(
                     "refusing to retire {} without --confirm.\n\
@@ -330,7 +357,7 @@ fn keys(cmd: KeysCommand) -> Result<ExitCode, Error> {
                 );
                 return Ok(ExitCode::from(2));
             }
-            let retired = open_keystore(&args.store, Access::ExistingOnly)?.retire(&args.key_id)?;
+            let retired = keystore.retire(&args.key_id)?;
             println!(
                 "retired KEK {}; data encrypted under it can no longer be decrypted",
                 retired.id

@@ -74,8 +74,28 @@ pub struct KeydStoreArgs {
 }
 
 impl KeydStoreArgs {
+    /// Opens the platform for this data directory. With [`Access::ExistingOnly`], an
+    /// uninitialised directory is named as such (with the command that initialises it) before
+    /// the platform's own state is looked for, whose error would name kms's `--state-dir`.
     fn platform(&self, access: Access) -> Result<Arc<dyn Platform>, Error> {
-        Ok(open_platform(self.platform, &self.data_dir, access)?)
+        if access == Access::ExistingOnly && !self.data_dir.join(coffer_keyd::ROOT_FILE).exists() {
+            return Err(coffer_keyd::KeydError::NotInitialised {
+                data_dir: self.data_dir.clone(),
+            }
+            .into());
+        }
+        open_platform(self.platform, &self.data_dir, access).map_err(|e| match e {
+            coffer_platform::PlatformError::InvalidFile { ref path, .. } if !path.exists() => {
+                format!(
+                    "{} does not exist: check --data-dir (the platform keeps its state in \
+                     keyd's data directory, beside {})",
+                    path.display(),
+                    coffer_keyd::ROOT_FILE
+                )
+                .into()
+            }
+            e => e.into(),
+        })
     }
 }
 
@@ -157,7 +177,10 @@ pub struct KeydServeArgs {
     /// Write successful unwraps as one record per caller, keyring and key id per interval, with
     /// a count, instead of one record each (a duration such as 10s or 1m, from 1s to 1h).
     /// Refusals, errors and other operations stay one record each. Default: off.
-    #[arg(long, value_parser = parse_aggregate_interval)]
+    #[arg(long, value_parser = crate::duration::within(
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+    ))]
     pub audit_aggregate_interval: Option<Duration>,
     /// Serve Prometheus /metrics and /healthz on this address (e.g. 127.0.0.1:9465).
     #[arg(long)]
@@ -165,11 +188,13 @@ pub struct KeydServeArgs {
     /// Allow --metrics-addr to be a non-loopback address.
     #[arg(long)]
     pub metrics_allow_remote: bool,
-    /// Connections open at once; more are closed right after accept.
-    #[arg(long, default_value_t = KeydLimits::default().max_connections)]
+    /// Connections open at once (1 to 65536); more are closed right after accept.
+    #[arg(long, default_value_t = KeydLimits::default().max_connections,
+          value_parser = crate::cli::connection_count())]
     pub max_connections: usize,
-    /// Largest gRPC message accepted or sent, in bytes.
-    #[arg(long, default_value_t = KeydLimits::default().max_message_len)]
+    /// Largest gRPC message accepted or sent, in bytes (1024 to 16777216).
+    #[arg(long, default_value_t = KeydLimits::default().max_message_len,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=16 << 20))]
     pub max_message_bytes: usize,
     /// Sustained calls per second per caller (role and measurement); 0 disables the limit.
     #[arg(long, default_value_t = KeydLimits::default().rate_per_second)]
@@ -177,19 +202,27 @@ pub struct KeydServeArgs {
     /// Calls a caller may burst above --rate-limit.
     #[arg(long, default_value_t = KeydLimits::default().rate_burst)]
     pub rate_burst: u32,
-    /// How long in-flight calls may finish after SIGTERM.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    /// How long in-flight calls may finish after SIGTERM (a duration such as 10s or 1m30s; 0s
+    /// closes them at once).
+    #[arg(long, default_value = "10s", value_parser = crate::duration::at_least(Duration::ZERO))]
     pub drain_timeout: Duration,
-    /// How often keyring files are checked for rotations made with `coffer keyd rotate`.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    /// How often keyring files are checked for rotations made with `coffer keyd rotate` (a
+    /// duration such as 2s or 500ms; at least 100ms).
+    #[arg(long, default_value = "2s",
+          value_parser = crate::duration::at_least(crate::cli::MIN_RELOAD_INTERVAL))]
     pub reload_interval: Duration,
-    /// How often keyd makes a new attested TLS certificate (fresh evidence, new key). Its
-    /// certificates are valid for 24 h; callers refuse an expired one.
-    #[arg(long, default_value = "12h", value_parser = humantime::parse_duration)]
+    /// How often keyd makes a new attested TLS certificate (fresh evidence, new key), as a
+    /// duration such as 12h; at least 1m and less than 24h, the certificates' validity (callers
+    /// refuse an expired one).
+    #[arg(long, default_value = "12h", value_parser = crate::duration::between(
+        Duration::from_secs(60),
+        coffer_ratls::DEFAULT_VALIDITY,
+        "not below the certificates' validity",
+    ))]
     pub cert_renewal: Duration,
-    /// Worker threads of the async runtime.
-    #[arg(long, default_value_t = 2)]
-    pub worker_threads: usize,
+    /// Worker threads of the async runtime (1 to 256).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub worker_threads: u16,
     /// On first start, initialise the data directory (as `coffer keyd init`, with the
     /// --recovery-* flags) and create every keyring --config names that does not exist yet.
     /// For TEEs whose command line is fixed at signing time (Gramine, Occlum) and for
@@ -339,17 +372,6 @@ pub fn run(command: KeydCommand) -> Result<ExitCode, Error> {
     }
 }
 
-/// `--audit-aggregate-interval`: a humantime duration from 1 s to 1 h.
-fn parse_aggregate_interval(text: &str) -> Result<Duration, String> {
-    let range = "between 1s and 1h";
-    let every = humantime::parse_duration(text)
-        .map_err(|e| format!("{e}: write a duration such as 10s or 1m ({range})"))?;
-    if every < Duration::from_secs(1) || every > Duration::from_secs(3600) {
-        return Err(format!("{text} is out of range: use a duration {range}"));
-    }
-    Ok(every)
-}
-
 fn read_small(path: &Path) -> Result<String, Error> {
     let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if meta.len() > MAX_SMALL_FILE {
@@ -363,13 +385,38 @@ fn read_small(path: &Path) -> Result<String, Error> {
     Ok(std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?)
 }
 
-fn operator_key(text: &str) -> Result<OperatorPublicKey, Error> {
-    let text = if Path::new(text).is_file() {
-        read_small(Path::new(text))?
+/// `--recovery-key KEY|FILE`: an operator's public key, given inline or in a file.
+fn operator_key(arg: &str) -> Result<OperatorPublicKey, Error> {
+    let (text, origin) = if Path::new(arg).is_file() {
+        (zeroize::Zeroizing::new(read_small(Path::new(arg))?), arg)
+    } else if arg.starts_with("coffer-recovery-") {
+        (zeroize::Zeroizing::new(arg.to_string()), "the key given")
     } else {
-        text.to_string()
+        return Err(format!(
+            "--recovery-key {arg:?} is neither a file nor an operator public key \
+             (`{}…`, from `coffer keyd recovery-key generate`)",
+            coffer_recovery::PUBLIC_KEY_PREFIX
+        )
+        .into());
     };
-    Ok(text.trim().parse::<OperatorPublicKey>()?)
+    if text
+        .trim_start()
+        .starts_with(coffer_recovery::SECRET_KEY_PREFIX)
+    {
+        // Never echo it: this key opens the operator's shares.
+        return Err(format!(
+            "--recovery-key {origin}: this is an operator SECRET key (`{}…`), but --recovery-key \
+             takes the operator's PUBLIC key (`{}…`), which `coffer keyd recovery-key generate` \
+             printed. Keep the secret key offline; it is only for `coffer keyd recover \
+             --operator-key`",
+            coffer_recovery::SECRET_KEY_PREFIX,
+            coffer_recovery::PUBLIC_KEY_PREFIX
+        )
+        .into());
+    }
+    text.trim()
+        .parse::<OperatorPublicKey>()
+        .map_err(|e| format!("--recovery-key {origin}: {e}").into())
 }
 
 fn init(args: InitArgs) -> Result<ExitCode, Error> {
@@ -478,6 +525,20 @@ fn recover(args: RecoverArgs) -> Result<ExitCode, Error> {
         .iter()
         .map(|p| {
             let text = zeroize::Zeroizing::new(read_small(p)?);
+            if text
+                .trim_start()
+                .starts_with(coffer_recovery::PUBLIC_KEY_PREFIX)
+            {
+                return Err(format!(
+                    "--operator-key {}: this is an operator PUBLIC key (`{}…`), but \
+                     --operator-key takes the operator's SECRET key file (`{}…`) that \
+                     `coffer keyd recovery-key generate --out` wrote",
+                    p.display(),
+                    coffer_recovery::PUBLIC_KEY_PREFIX,
+                    coffer_recovery::SECRET_KEY_PREFIX
+                )
+                .into());
+            }
             text.trim()
                 .parse::<OperatorSecretKey>()
                 .map_err(|e| format!("{}: {e}", p.display()).into())
@@ -579,25 +640,29 @@ fn serve(args: KeydServeArgs) -> Result<ExitCode, Error> {
     }
     let policy = Arc::new(Policy::load(&args.policy)?);
     let config = KeydConfig::load(&args.config)?;
+    // Before `--init` writes anything: a grant nobody can hold is a configuration mistake.
+    if let Some((keyring, op, role)) = config.undefined_roles(&policy).first() {
+        let defined: Vec<&str> = policy.roles().collect();
+        return Err(format!(
+            "--config {}: keyring {keyring:?} grants {op} to role {role:?}, which --policy {} \
+             does not define (its roles: {}); fix the role name or add the role to the policy",
+            args.config.display(),
+            args.policy.display(),
+            if defined.is_empty() {
+                "none".to_string()
+            } else {
+                defined.join(", ")
+            }
+        )
+        .into());
+    }
     if args.init {
         init_on_first_start(&args, &config)?;
     }
     let platform = args.store.platform(Access::ExistingOnly)?;
     let verify_options = args.sources.options(SystemTime::now())?;
-    if args.cert_renewal.is_zero() || args.cert_renewal >= coffer_ratls::DEFAULT_VALIDITY {
-        return Err(format!(
-            "--cert-renewal must be more than zero and less than the certificate validity ({} h)",
-            coffer_ratls::DEFAULT_VALIDITY.as_secs() / 3600
-        )
-        .into());
-    }
-    if args.max_connections == 0 || args.max_message_bytes < 1024 {
-        return Err(
-            "--max-connections must be at least 1 and --max-message-bytes at least 1024".into(),
-        );
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.worker_threads.max(1))
+        .worker_threads(usize::from(args.worker_threads))
         .max_blocking_threads(4)
         .enable_all()
         .thread_name("coffer-keyd")
@@ -607,7 +672,6 @@ fn serve(args: KeydServeArgs) -> Result<ExitCode, Error> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .map_err(|e| format!("listening on {}: {e}", args.listen))?;
-        let addr = listener.local_addr()?;
         let metrics_listener = match args.metrics_addr {
             Some(m) => Some(
                 coffer_telemetry::bind(
@@ -646,10 +710,11 @@ fn serve(args: KeydServeArgs) -> Result<ExitCode, Error> {
         options.drain_timeout = args.drain_timeout;
         options.reload_interval = args.reload_interval;
         options.cert_renewal = args.cert_renewal;
-        let serving = coffer_keyd::serve(options, shutdown);
-        tracing::info!(%addr, "coffer keyd serving (mutual attested TLS)");
-        eprintln!("coffer keyd listening on {addr}");
-        serving.await?;
+        options.on_ready = Some(Box::new(|addr| {
+            tracing::info!(%addr, "coffer keyd serving (mutual attested TLS)");
+            eprintln!("coffer keyd listening on {addr}");
+        }));
+        coffer_keyd::serve(options, shutdown).await?;
         Ok::<_, Error>(())
     })?;
     Ok(ExitCode::SUCCESS)

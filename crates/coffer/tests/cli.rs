@@ -2,7 +2,9 @@
 
 mod common;
 
-use common::{coffer, serve_to_exit};
+use std::process::{Command, Output};
+
+use common::{coffer, serve_to_exit, Plugin};
 
 #[test]
 fn every_command_has_help() {
@@ -139,4 +141,191 @@ fn standalone_mode_refuses_tdx_and_points_at_service_mode() {
     );
     assert!(!root.path().join("k.sock").exists());
     assert!(!root.path().join("state/keystore").exists());
+}
+
+/// `coffer kms serve` on the simulation platform, expected to refuse to start.
+fn serve_refused(state: &std::path::Path, socket: &std::path::Path, extra: &[&str]) -> Output {
+    common::run::output_within(
+        Command::new(common::coffer_bin())
+            .args(["kms", "serve", "--platform", "sim", "--state-dir"])
+            .arg(state)
+            .arg("--socket")
+            .arg(socket)
+            .args(extra),
+    )
+}
+
+/// Each value was once accepted: zero intervals panicked in the timer (exit 134, socket left
+/// behind), `--rotate-every 0s` rotated on every check, zero connections or threads served
+/// nothing. Each is now a usage error naming the allowed range, before anything is created.
+#[test]
+fn zero_and_out_of_range_flag_values_are_refused_at_parse_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let socket = dir.path().join("k.sock");
+    for (flags, expected) in [
+        (&["--reload-interval", "0s"][..], "at least 100ms"),
+        (&["--rotate-every", "0s"], "at least 1s"),
+        (&["--rotate-every", "abc"], "use e.g. 2s, 500ms, 1h30m"),
+        (&["--drain-timeout", "soon"], "use e.g. 2s, 500ms, 1h30m"),
+        (&["--max-connections", "0"], "1..=65536"),
+    ] {
+        let out = serve_refused(&state, &socket, flags);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {err}");
+        assert!(err.contains(expected), "{flags:?}: {err}");
+        assert!(!socket.exists(), "{flags:?} left {}", socket.display());
+        assert!(!state.exists(), "{flags:?} created {}", state.display());
+    }
+    let data = dir.path().join("keyd");
+    for (flags, expected) in [
+        (&["--reload-interval", "0s"][..], "at least 100ms"),
+        (&["--worker-threads", "0"], "1..=256"),
+        (&["--max-connections", "0"], "1..=65536"),
+        (&["--cert-renewal", "0s"], "at least 1m and less than 24h"),
+    ] {
+        let mut args = vec!["keyd", "serve", "--platform", "sim", "--data-dir"];
+        args.push(data.to_str().unwrap());
+        args.extend([
+            "--listen",
+            "127.0.0.1:0",
+            "--policy",
+            "p.yaml",
+            "--config",
+            "c.yaml",
+        ]);
+        args.extend(flags);
+        let out = common::run::output_within(Command::new(common::coffer_bin()).args(&args));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {err}");
+        assert!(err.contains(expected), "{flags:?}: {err}");
+        assert!(!data.exists(), "{flags:?} created {}", data.display());
+    }
+}
+
+#[test]
+fn rotate_every_must_outlast_the_reload_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("k.sock");
+    let flags = ["--rotate-every", "1s", "--reload-interval", "1s"];
+    let out = serve_refused(&dir.path().join("state"), &socket, &flags);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("not longer than --reload-interval"), "{err}");
+    assert!(!socket.exists());
+}
+
+#[test]
+fn help_states_the_duration_syntax_and_minimums() {
+    let kms = String::from_utf8_lossy(&coffer(&["kms", "serve", "--help"]).stdout).into_owned();
+    let keyd = String::from_utf8_lossy(&coffer(&["keyd", "serve", "--help"]).stdout).into_owned();
+    for (help, flag, minimum) in [
+        (&kms, "--reload-interval", "at least 100ms"),
+        (&kms, "--rotate-every", "at least 1s"),
+        (&kms, "--max-connections", "1 to 65536"),
+        (&keyd, "--reload-interval", "at least 100ms"),
+        (&keyd, "--cert-renewal", "at least 1m"),
+        (&keyd, "--worker-threads", "1 to 256"),
+    ] {
+        // The flag's paragraph runs from its name to the next flag.
+        let start = help.find(&format!("{flag} <")).expect(flag);
+        let end = help[start + 2..]
+            .find("\n  -")
+            .map_or(help.len(), |i| start + 2 + i);
+        let paragraph = help[start..end]
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(paragraph.contains(minimum), "{flag}: {paragraph}");
+        assert!(paragraph.contains("duration such as") || !minimum.starts_with("at least"));
+    }
+}
+
+/// Cargo metadata must not send users to a repository that does not exist.
+#[test]
+fn manifest_names_no_invented_repository() {
+    let manifest =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.toml")).unwrap();
+    assert!(!manifest.contains("coffer-kms/coffer"), "{manifest}");
+}
+
+/// `EnvFilter` reads `verbose` as a target name: the plugin served with no audit lines at all.
+#[test]
+fn an_invalid_log_filter_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("k.sock");
+    let state = dir.path().join("state");
+    let run = |env: (&str, &str), flags: &[&str]| {
+        let out = common::run::output_within(
+            Command::new(common::coffer_bin())
+                .env(env.0, env.1)
+                .args(flags)
+                .args(["kms", "serve", "--platform", "sim", "--state-dir"])
+                .arg(&state)
+                .arg("--socket")
+                .arg(&socket),
+        );
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for (env, flags) in [
+        (("RUST_LOG", ""), &["--log-level", "verbose"][..]),
+        (("RUST_LOG", ""), &["--log-level", "warn,coffer=loud"]),
+        (("COFFER_LOG_LEVEL", "verbose"), &[]),
+        (("RUST_LOG", "verbose"), &[]),
+    ] {
+        let (code, err) = run(env, flags);
+        assert_eq!(code, Some(2), "{env:?} {flags:?}: {err}");
+        assert!(
+            err.contains("is not a level") && err.contains("info,coffer=debug"),
+            "{env:?} {flags:?}: {err}"
+        );
+        assert!(
+            !socket.exists() && !state.exists(),
+            "{env:?} {flags:?} started"
+        );
+    }
+}
+
+/// The documented way to quiet everything but the audit trail keeps the audit lines.
+#[tokio::test]
+async fn a_valid_filter_keeps_the_audit_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("kms.sock");
+    let log = dir.path().join("plugin.log");
+    let child = std::process::Command::new(common::coffer_bin())
+        .env_remove("RUST_LOG")
+        .args(["--log-level", "warn,coffer::audit=info", "kms", "serve"])
+        .args(["--platform", "sim", "--state-dir"])
+        .arg(dir.path().join("state"))
+        .arg("--socket")
+        .arg(&socket)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut plugin = Plugin {
+        dir,
+        child: Some(child),
+        socket,
+        log,
+    };
+    plugin.wait_ready().await;
+    common::encrypt(&mut plugin.v2().await, b"audited").await;
+    assert_eq!(plugin.terminate(), Some(0));
+    let text = plugin.log_text();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("coffer::audit") && l.contains("encrypt")),
+        "{text}"
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.contains(" INFO ") && !l.contains("coffer::audit")),
+        "info lines of other targets: {text}"
+    );
 }

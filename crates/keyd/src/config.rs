@@ -30,6 +30,15 @@ pub enum Operation {
 }
 
 impl Operation {
+    /// Every operation, in configuration order.
+    pub const ALL: [Operation; 5] = [
+        Operation::Wrap,
+        Operation::Unwrap,
+        Operation::Status,
+        Operation::Rotate,
+        Operation::List,
+    ];
+
     /// The configuration key for this operation.
     pub fn name(self) -> &'static str {
         match self {
@@ -53,19 +62,19 @@ impl fmt::Display for Operation {
 #[serde(deny_unknown_fields)]
 pub struct KeyringAccess {
     /// Roles allowed to call `Wrap`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "role_list")]
     pub wrap: Vec<String>,
     /// Roles allowed to call `Unwrap`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "role_list")]
     pub unwrap: Vec<String>,
     /// Roles allowed to call `Status`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "role_list")]
     pub status: Vec<String>,
     /// Roles allowed to call `Rotate`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "role_list")]
     pub rotate: Vec<String>,
     /// Roles allowed to call `ListKeys`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "role_list")]
     pub list: Vec<String>,
 }
 
@@ -100,7 +109,61 @@ impl KeyringAccess {
 #[serde(deny_unknown_fields)]
 pub struct KeydConfig {
     /// Keyrings by name, with who may use them.
+    #[serde(deserialize_with = "keyring_map")]
     pub keyrings: BTreeMap<String, KeyringAccess>,
+}
+
+// Names are checked inside the visitors, while the parser still knows their line and column.
+
+/// A role list whose names are not empty.
+fn role_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct Role(String);
+    impl<'de> Deserialize<'de> for Role {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl serde::de::Visitor<'_> for V {
+                type Value = Role;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a role name from the policy")
+                }
+                fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Role, E> {
+                    if s.is_empty() {
+                        return Err(E::custom("empty role name"));
+                    }
+                    Ok(Role(s.to_string()))
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
+    let roles = Vec::<Role>::deserialize(d)?;
+    Ok(roles.into_iter().map(|r| r.0).collect())
+}
+
+/// The keyrings, each name a valid keyring name.
+fn keyring_map<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, KeyringAccess>, D::Error> {
+    #[derive(PartialEq, Eq, PartialOrd, Ord)]
+    struct Name(String);
+    impl<'de> Deserialize<'de> for Name {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl serde::de::Visitor<'_> for V {
+                type Value = Name;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a keyring name")
+                }
+                fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Name, E> {
+                    validate_keyring_name(s).map_err(E::custom)?;
+                    Ok(Name(s.to_string()))
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
+    let map = BTreeMap::<Name, KeyringAccess>::deserialize(d)?;
+    Ok(map.into_iter().map(|(k, v)| (k.0, v)).collect())
 }
 
 impl KeydConfig {
@@ -131,24 +194,27 @@ impl KeydConfig {
             path: path.map(Path::to_path_buf),
             message,
         };
-        let config: KeydConfig = serde_yaml_ng::from_str(text).map_err(|e| err(e.to_string()))?;
-        for (name, access) in &config.keyrings {
-            validate_keyring_name(name).map_err(|e| err(e.to_string()))?;
-            for op in [
-                Operation::Wrap,
-                Operation::Unwrap,
-                Operation::Status,
-                Operation::Rotate,
-                Operation::List,
-            ] {
-                if access.roles(op).iter().any(|r| r.is_empty()) {
-                    return Err(err(format!(
-                        "keyring {name:?}: {op} lists an empty role name"
-                    )));
+        serde_yaml_ng::from_str(text).map_err(|e| err(coffer_attest::yaml::error_text(&e, text)))
+    }
+
+    /// Every grant of a role that `policy` does not define, as (keyring, operation, role).
+    /// Such a grant can never be used (no caller is ever given that role), so it is almost
+    /// always a typo that silently locks the intended callers out.
+    pub fn undefined_roles(
+        &self,
+        policy: &coffer_attest::policy::Policy,
+    ) -> Vec<(&str, Operation, &str)> {
+        let mut undefined = Vec::new();
+        for (name, access) in &self.keyrings {
+            for op in Operation::ALL {
+                for role in access.roles(op) {
+                    if !policy.roles().any(|defined| defined == role) {
+                        undefined.push((name.as_str(), op, role.as_str()));
+                    }
                 }
             }
         }
-        Ok(config)
+        undefined
     }
 
     /// The access rules of keyring `name`, if it is configured.

@@ -121,7 +121,7 @@ pub enum KeydError {
     Recovery(#[source] coffer_recovery::RecoveryError),
 
     /// The audit log could not be opened or written.
-    #[error("audit log: {0}")]
+    #[error(transparent)]
     Audit(#[from] coffer_audit::AuditError),
 
     /// The RPC reached keyd and failed; the status says why.

@@ -34,5 +34,7 @@ pub use pool::{
 pub use root::{
     open_shares, root_info, KeydRoot, RecoveryInfo, RecoveryRequest, RootInfo, ROOT_FILE,
 };
-pub use server::{serve, AuditSettings, KeydServeOptions, DEFAULT_AUDIT_SEGMENT_BYTES};
+pub use server::{
+    serve, AuditSettings, KeydServeOptions, ReadyHook, DEFAULT_AUDIT_SEGMENT_BYTES,
+};
 pub use service::{KeydConnectInfo, MAX_BATCH_ITEMS, MAX_CIPHERTEXT_LEN, MAX_PLAINTEXT_LEN};

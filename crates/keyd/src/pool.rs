@@ -350,12 +350,10 @@ impl Failure {
             },
             Some(rustls::Error::InvalidCertificate(why)) => Failure {
                 kind: FailureKind::Untrusted,
-                detail: match why {
-                    rustls::CertificateError::Other(reason) => {
-                        format!("its attested certificate was refused: {reason}")
-                    }
-                    other => format!("its attested certificate was refused: {other:?}"),
-                },
+                detail: format!(
+                    "its attested certificate was refused: {}",
+                    coffer_ratls::describe_certificate_error(why)
+                ),
             },
             // rustls' text for this points at its manual; say what happened instead.
             _ if e.kind() == io::ErrorKind::UnexpectedEof => {

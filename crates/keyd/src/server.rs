@@ -95,7 +95,13 @@ pub struct KeydServeOptions {
     /// How often keyd makes a new attested TLS certificate (its certificates are valid for a
     /// day; renew well within that).
     pub cert_renewal: Duration,
+    /// Called with the listening address once the root, keyrings and audit log are loaded and
+    /// connections are being accepted: the moment to say "listening".
+    pub on_ready: Option<ReadyHook>,
 }
+
+/// See [`KeydServeOptions::on_ready`].
+pub type ReadyHook = Box<dyn FnOnce(std::net::SocketAddr) + Send>;
 
 impl KeydServeOptions {
     /// Options with default limits, audit log, no metrics endpoint, 2 s reload, 10 s drain and
@@ -122,6 +128,7 @@ impl KeydServeOptions {
             reload_interval: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(10),
             cert_renewal: crate::identity::DEFAULT_RENEWAL,
+            on_ready: None,
         }
     }
 }
@@ -198,7 +205,11 @@ pub async fn serve(
         reload_interval,
         drain_timeout,
         cert_renewal,
+        on_ready,
     } = options;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| KeydError::io("listener address", e))?;
     let audit_path = audit_log.unwrap_or_else(|| data_dir.join("audit.log"));
     let (keyrings, audit, instance_id) = {
         let platform = platform.clone();
@@ -270,7 +281,10 @@ pub async fn serve(
             }),
         ))
     });
-    tracing::info!(instance = %instance_id, keyrings = keyrings.len(), audit_log = %audit.path().display(), "keyd ready");
+    tracing::info!(instance = %instance_id, keyrings = keyrings.len(), audit_log = %audit.path().display(), %addr, "keyd ready");
+    if let Some(ready) = on_ready {
+        ready(addr);
+    }
 
     let aggregate = audit_settings
         .aggregate_interval

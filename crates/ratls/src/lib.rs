@@ -18,9 +18,11 @@
 #![deny(missing_docs)]
 
 mod cbor;
+mod describe;
 pub mod extension;
 mod offline;
 
+pub use describe::{describe_certificate_error, describe_io_error, describe_tls_error};
 pub use offline::OfflineVerifier;
 
 use std::collections::HashMap;
