@@ -189,9 +189,19 @@ pub struct ServeArgs {
     /// a third of the p99 latency (see BENCHMARKS.md). Raise it only for many client connections.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub worker_threads: u16,
-    /// Most simultaneous client connections.
+    /// Most simultaneous client connections. A quarter of them (at least one) is reserved
+    /// for allowed callers: connections of refused callers never take those.
     #[arg(long, default_value_t = 64)]
     pub max_connections: usize,
+    /// A connection must send the HTTP/2 preface and its first request within this time of
+    /// connecting, or it is closed (a refused caller's connection is closed at this time, or
+    /// right after its first call is answered). A duration such as 5s or 1500ms; 1s to 60s.
+    #[arg(long, default_value = "5s", value_parser = parse_handshake_timeout)]
+    pub handshake_timeout: Duration,
+    /// A connection without a call for this long is closed. kube-apiserver calls Status every
+    /// minute on its connection, so this must stay above that: at least 90s (e.g. 5m, 1h).
+    #[arg(long, default_value = "5m", value_parser = parse_idle_timeout)]
+    pub idle_timeout: Duration,
     /// Print the EncryptionConfiguration for this socket on stdout once serving (implied by --dev).
     #[arg(long)]
     pub print_encryption_config: bool,
@@ -395,6 +405,39 @@ fn parse_keyd_timeout(s: &str) -> Result<Duration, String> {
         return Err(format!(
             "{s} is not below the API server's per-call timeout of 3s: the plugin must answer \
              first, with a clear error, when keyd is slow or unreachable (use e.g. 2s)"
+        ));
+    }
+    Ok(timeout)
+}
+
+/// The `--handshake-timeout` range: long enough for a loaded API server, short enough that
+/// silent connections give their slots back quickly.
+const HANDSHAKE_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(60);
+
+/// The shortest `--idle-timeout`: above kube-apiserver's one-minute Status poll, so the API
+/// server's own connection is never closed as idle.
+const MIN_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A duration, or an error that shows what one looks like.
+fn parse_duration_like(s: &str, example: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. {example})"))
+}
+
+fn parse_handshake_timeout(s: &str) -> Result<Duration, String> {
+    let timeout = parse_duration_like(s, "5s or 1500ms")?;
+    if !HANDSHAKE_TIMEOUT_RANGE.contains(&timeout) {
+        return Err(format!("{s} is outside 1s to 60s (use e.g. 5s)"));
+    }
+    Ok(timeout)
+}
+
+fn parse_idle_timeout(s: &str) -> Result<Duration, String> {
+    let timeout = parse_duration_like(s, "5m or 1h")?;
+    if timeout < MIN_IDLE_TIMEOUT {
+        return Err(format!(
+            "{s} is below 90s: kube-apiserver calls Status once a minute on an otherwise idle \
+             connection, which must not be closed in between (use e.g. 5m)"
         ));
     }
     Ok(timeout)

@@ -11,6 +11,7 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::backend::Backend;
 use crate::metrics::{Method, Metrics};
+use crate::listener::ConnInfo;
 use crate::peer::Verdict;
 
 /// Longest request `uid` accepted (the API server sends a UUID).
@@ -82,7 +83,7 @@ impl KmsState {
     }
 
     fn authorize<T>(&self, method: Method, request: &Request<T>) -> Result<Verdict, Status> {
-        let Some(verdict) = request.extensions().get::<Arc<Verdict>>() else {
+        let Some(verdict) = request.extensions().get::<ConnInfo>().map(|c| &c.verdict) else {
             return Err(Status::internal("connection has no caller credentials"));
         };
         if let Some(reason) = &verdict.refusal {
