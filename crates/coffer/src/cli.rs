@@ -424,10 +424,10 @@ fn parse_duration_like(s: &str, example: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. {example})"))
 }
 
-fn parse_handshake_timeout(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_handshake_timeout(s: &str) -> Result<Duration, String> {
     let timeout = parse_duration_like(s, "5s or 1500ms")?;
     if !HANDSHAKE_TIMEOUT_RANGE.contains(&timeout) {
-        return Err(format!("{s} is outside 1s to 60s (use e.g. 5s)"));
+        return Err(format!("{s} is outside 1s to 60s (use e.g. 10s)"));
     }
     Ok(timeout)
 }

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use coffer_keyd::KeydClient;
 use coffer_proto::v2;
 use common::*;
 use tonic::Code;
@@ -38,7 +39,8 @@ async fn status_within_api_server_deadline(socket: &Path) -> Result<v2::StatusRe
 
 /// Waits (generously: this is not a speed test) until the plugin closes `conn`.
 fn closed_by_peer(conn: &mut UnixStream) -> bool {
-    conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let mut buf = [0u8; 64];
     loop {
         match conn.read(&mut buf) {
@@ -188,4 +190,72 @@ fn still_open(conn: &UnixStream) -> bool {
             Err(e) => return e.kind() == std::io::ErrorKind::WouldBlock,
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyd_closes_silent_peers_and_keeps_room_for_attested_callers() {
+    use common::keyd::{client_options, create_keyd_data, free_addr, sim_signer, KeydProcess};
+    use tokio::io::AsyncReadExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("keyd");
+    create_keyd_data(&data, &["cluster-a"]);
+    let caller = dir.path().join("a");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "version: 1\nallow_simulation: true\nroles:\n  - name: kms-plugin:a\n    sim: {{ signer: [\"{}\"] }}\n",
+            sim_signer(&caller)
+        ),
+    )
+    .unwrap();
+    let config = dir.path().join("keyd.yaml");
+    std::fs::write(
+        &config,
+        "keyrings:\n  cluster-a:\n    status: [\"kms-plugin:a\"]\n",
+    )
+    .unwrap();
+    let keyd = KeydProcess::start(
+        &data,
+        free_addr(),
+        &policy,
+        &config,
+        &["--max-connections", "8", "--handshake-timeout", "1s"],
+    );
+
+    // Peers on another address connect and never speak, more of them than keyd has slots.
+    let mut silent = Vec::new();
+    for _ in 0..40 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        if let Ok(conn) = socket.connect(keyd.addr).await {
+            silent.push(conn);
+        }
+    }
+
+    // An attested caller still connects and is answered.
+    let mut client = KeydClient::connect(keyd.addr, client_options(&caller, &keyd.signer()))
+        .await
+        .unwrap_or_else(|e| panic!("attested caller locked out: {e}\n{}", keyd.log_text()));
+    client
+        .status("cluster-a")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    // Every silent peer is closed: at once when over its budget, else at --handshake-timeout.
+    for conn in &mut silent {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(30), conn.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "a silent peer was not closed: {read:?}\n{}",
+            keyd.log_text()
+        );
+    }
+    assert!(
+        keyd.log_text().contains("TLS handshake timed out"),
+        "{}",
+        keyd.log_text()
+    );
 }

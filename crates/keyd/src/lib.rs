@@ -18,6 +18,7 @@ mod pool;
 mod root;
 mod server;
 mod service;
+mod slots;
 
 /// Generated gRPC types and stubs of `coffer.keyd.v1.KeyService` (from `coffer-proto`).
 pub use coffer_proto::keyd as pb;
@@ -34,5 +35,5 @@ pub use pool::{
 pub use root::{
     open_shares, root_info, KeydRoot, RecoveryInfo, RecoveryRequest, RootInfo, ROOT_FILE,
 };
-pub use server::{serve, KeydServeOptions};
+pub use server::{serve, KeydServeOptions, DEFAULT_HANDSHAKE_TIMEOUT};
 pub use service::{KeydConnectInfo, MAX_BATCH_ITEMS, MAX_CIPHERTEXT_LEN, MAX_PLAINTEXT_LEN};

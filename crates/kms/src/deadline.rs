@@ -123,7 +123,10 @@ impl Activity {
         }
         let last_end = self.opened + Duration::from_millis(self.last_end_ms.load(Ordering::SeqCst));
         if self.refused {
-            Some(((last_end + REFUSED_LINGER).min(first_call_by), Expiry::Refused))
+            Some((
+                (last_end + REFUSED_LINGER).min(first_call_by),
+                Expiry::Refused,
+            ))
         } else {
             Some((last_end + timeouts.idle, Expiry::Idle))
         }
@@ -270,7 +273,10 @@ mod tests {
         drop(call);
         let (at, why) = a.deadline(&T).unwrap();
         assert_eq!(why, Expiry::Idle);
-        assert!(at >= a.opened + T.idle, "idle deadline counts from the call's end");
+        assert!(
+            at >= a.opened + T.idle,
+            "idle deadline counts from the call's end"
+        );
     }
 
     #[test]

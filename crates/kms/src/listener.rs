@@ -416,7 +416,10 @@ impl AsyncRead for KmsConn {
         if let Poll::Ready(why) = self.deadline.poll_expired(cx) {
             self.expired = true;
             tracing::debug!(peer = %self.info.verdict.peer, reason = %why, "closing connection");
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why.to_string())));
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                why.to_string(),
+            )));
         }
         Pin::new(&mut self.io).poll_read(cx, buf)
     }

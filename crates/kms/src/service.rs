@@ -10,8 +10,8 @@ use coffer_proto::{v1beta1, v2};
 use tonic::{Code, Request, Response, Status};
 
 use crate::backend::Backend;
-use crate::metrics::{Method, Metrics};
 use crate::listener::ConnInfo;
+use crate::metrics::{Method, Metrics};
 use crate::peer::Verdict;
 
 /// Longest request `uid` accepted (the API server sends a UUID).
