@@ -271,6 +271,9 @@ pub async fn serve(
         .max_concurrent_streams(Some(limits.max_concurrent_streams))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(coffer_proto::framing::RequestFramingLayer::new(
+            limits.max_message_len,
+        ))
         .add_service(service)
         .serve_with_incoming_shutdown(ReceiverStream::new(rx), async move {
             let _ = drain_rx.await;

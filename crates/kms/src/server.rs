@@ -226,6 +226,9 @@ pub async fn serve(
     let server = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(1024))
         .layer(crate::deadline::CallLayer)
+        .layer(coffer_proto::framing::RequestFramingLayer::new(
+            MAX_MESSAGE_LEN,
+        ))
         .add_service(v2)
         .add_service(v1)
         .serve_with_incoming_shutdown(ReceiverStream::new(incoming), graceful);
