@@ -53,21 +53,24 @@ impl LockedKey {
     pub fn generate() -> Result<Arc<Self>, RatlsError> {
         let gen = |what: &str| RatlsError::Generate(format!("{what} the P-256 key failed"));
         let rng = SystemRandom::new();
-        let document = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
-            .map_err(|_| gen("generating"))?;
-        let der = document.as_ref();
-        if der.len() > MAX_PKCS8_LEN {
-            return Err(gen("storing"));
-        }
-        let pkcs8 = Locked::new_with(|| {
-            let mut stored = Pkcs8 {
-                bytes: [0; MAX_PKCS8_LEN],
-                len: der.len(),
-            };
-            stored.bytes[..der.len()].copy_from_slice(der);
-            stored
-        });
-        drop(document);
+        // ring's generation buffer is not wiped when it goes out of scope (ring offers no
+        // way to); it lives only for this block.
+        let pkcs8 = {
+            let document = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
+                .map_err(|_| gen("generating"))?;
+            let der = document.as_ref();
+            if der.len() > MAX_PKCS8_LEN {
+                return Err(gen("storing"));
+            }
+            Locked::new_with(|| {
+                let mut stored = Pkcs8 {
+                    bytes: [0; MAX_PKCS8_LEN],
+                    len: der.len(),
+                };
+                stored.bytes[..der.len()].copy_from_slice(der);
+                stored
+            })
+        };
         let pair = EcdsaKeyPair::from_pkcs8(
             &ECDSA_P256_SHA256_ASN1_SIGNING,
             &pkcs8.bytes[..pkcs8.len],
