@@ -253,9 +253,10 @@ async fn keyd_closes_silent_peers_and_keeps_room_for_attested_callers() {
             keyd.log_text()
         );
     }
-    assert!(
-        keyd.log_text().contains("TLS handshake timed out"),
-        "{}",
-        keyd.log_text()
-    );
+    // keyd logs the timeout right after closing the connection.
+    let logged = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        keyd.log_text().contains("TLS handshake timed out")
+    });
+    assert!(logged, "{}", keyd.log_text());
 }
