@@ -193,9 +193,19 @@ pub struct ServeArgs {
     /// a third of the p99 latency (see BENCHMARKS.md). Raise it only for many client connections.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub worker_threads: u16,
-    /// Most simultaneous client connections (1 to 65536).
+    /// Most simultaneous client connections (1 to 65536). A quarter of them (at least one) is
+    /// reserved for allowed callers: connections of refused callers never take those.
     #[arg(long, default_value_t = 64, value_parser = connection_count())]
     pub max_connections: usize,
+    /// A connection must send the HTTP/2 preface and its first request within this time of
+    /// connecting, or it is closed (a refused caller's connection is closed at this time, or
+    /// right after its first call is answered). A duration such as 5s or 1500ms; 1s to 60s.
+    #[arg(long, default_value = "5s", value_parser = handshake_timeout())]
+    pub handshake_timeout: Duration,
+    /// A connection without a call for this long is closed. kube-apiserver calls Status every
+    /// minute on its connection, so this must stay above that: at least 90s (e.g. 5m, 1h).
+    #[arg(long, default_value = "5m", value_parser = crate::duration::at_least(MIN_IDLE_TIMEOUT))]
+    pub idle_timeout: Duration,
     /// Print the EncryptionConfiguration for this socket on stdout once serving (implied by --dev).
     #[arg(long)]
     pub print_encryption_config: bool,
@@ -470,6 +480,16 @@ fn parse_socket_path(s: &str) -> Result<PathBuf, String> {
     }
     Ok(PathBuf::from(s))
 }
+
+/// The `--handshake-timeout` parser (kms and keyd): long enough for a loaded API server, short
+/// enough that silent connections give their slots back quickly.
+pub(crate) fn handshake_timeout() -> impl Fn(&str) -> Result<Duration, String> + Clone {
+    crate::duration::within(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+/// The shortest `--idle-timeout`: above kube-apiserver's one-minute Status poll, so the API
+/// server's own connection is never closed as idle.
+const MIN_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 fn parse_mode(s: &str) -> Result<u32, String> {
     let mode = u32::from_str_radix(s.trim_start_matches("0o"), 8)

@@ -171,6 +171,10 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
         owner: args.socket_owner,
         group: args.socket_group,
         max_connections: args.max_connections,
+        timeouts: coffer_kms::deadline::ConnTimeouts {
+            handshake: args.handshake_timeout,
+            idle: args.idle_timeout,
+        },
     };
     if !args.allow_uids.is_empty() || !args.allow_gids.is_empty() {
         options.callers.uids = args.allow_uids.clone();

@@ -188,10 +188,17 @@ pub struct KeydServeArgs {
     /// Allow --metrics-addr to be a non-loopback address.
     #[arg(long)]
     pub metrics_allow_remote: bool,
-    /// Connections open at once (1 to 65536); more are closed right after accept.
+    /// Connections open at once (1 to 65536); more are closed right after accept. Connections
+    /// that have not attested yet (or whose attestation was refused) may hold at most three
+    /// quarters of them, and one address at most 16 of those.
     #[arg(long, default_value_t = KeydLimits::default().max_connections,
           value_parser = crate::cli::connection_count())]
     pub max_connections: usize,
+    /// A client must complete the TLS handshake within this time of connecting, or it is
+    /// closed; a client whose attestation is refused keeps its connection this long (its calls
+    /// are answered PERMISSION_DENIED with the reason). A duration such as 10s; 1s to 60s.
+    #[arg(long, default_value = "10s", value_parser = crate::cli::handshake_timeout())]
+    pub handshake_timeout: Duration,
     /// Largest gRPC message accepted or sent, in bytes (1024 to 16777216).
     #[arg(long, default_value_t = KeydLimits::default().max_message_len,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=16 << 20))]
@@ -710,6 +717,7 @@ fn serve(args: KeydServeArgs) -> Result<ExitCode, Error> {
         options.drain_timeout = args.drain_timeout;
         options.reload_interval = args.reload_interval;
         options.cert_renewal = args.cert_renewal;
+        options.handshake_timeout = args.handshake_timeout;
         options.on_ready = Some(Box::new(|addr| {
             tracing::info!(%addr, "coffer keyd serving (mutual attested TLS)");
             eprintln!("coffer keyd listening on {addr}");

@@ -18,6 +18,7 @@ mod pool;
 mod root;
 mod server;
 mod service;
+mod slots;
 
 /// Generated gRPC types and stubs of `coffer.keyd.v1.KeyService` (from `coffer-proto`).
 pub use coffer_proto::keyd as pb;
@@ -36,5 +37,6 @@ pub use root::{
 };
 pub use server::{
     serve, AuditSettings, KeydServeOptions, ReadyHook, DEFAULT_AUDIT_SEGMENT_BYTES,
+    DEFAULT_HANDSHAKE_TIMEOUT,
 };
 pub use service::{KeydConnectInfo, MAX_BATCH_ITEMS, MAX_CIPHERTEXT_LEN, MAX_PLAINTEXT_LEN};

@@ -18,7 +18,7 @@ use coffer_ratls::{AttestedVerifier, OfflineVerifier};
 use rustls::pki_types::UnixTime;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Sleep;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
@@ -31,10 +31,11 @@ use crate::metrics::{ConnectionResult, KeydMetrics};
 use crate::pb::key_service_server::KeyServiceServer;
 use crate::root::KeydRoot;
 use crate::service::{KeydConnectInfo, KeydService};
+use crate::slots::{ConnectionSlots, Slot};
 use crate::KeydError;
 
-/// How long a client may take to complete the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take, by default, to complete the TLS handshake.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections that completed the handshake and wait for the gRPC server.
 const ACCEPT_QUEUE: usize = 64;
 /// The audit log is made durable at least this often (and on shutdown).
@@ -98,6 +99,9 @@ pub struct KeydServeOptions {
     /// Called with the listening address once the root, keyrings and audit log are loaded and
     /// connections are being accepted: the moment to say "listening".
     pub on_ready: Option<ReadyHook>,
+    /// How long a client may take to complete the TLS handshake; also how long a client whose
+    /// attestation was refused keeps its connection (its calls get PERMISSION_DENIED).
+    pub handshake_timeout: Duration,
 }
 
 /// See [`KeydServeOptions::on_ready`].
@@ -129,6 +133,7 @@ impl KeydServeOptions {
             drain_timeout: Duration::from_secs(10),
             cert_renewal: crate::identity::DEFAULT_RENEWAL,
             on_ready: None,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }
 }
@@ -149,7 +154,9 @@ struct KeydConn {
     io: TlsStream<TcpStream>,
     info: KeydConnectInfo,
     /// Holds one of the `max_connections` slots until the connection closes.
-    _slot: OwnedSemaphorePermit,
+    _slot: Slot,
+    /// When a refused client's connection is closed.
+    refused_until: Option<Pin<Box<Sleep>>>,
     metrics: KeydMetrics,
 }
 
@@ -173,6 +180,15 @@ impl AsyncRead for KeydConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        // Failing the read makes the HTTP/2 server drop the connection and its slot.
+        if let Some(until) = self.refused_until.as_mut() {
+            if until.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "closing the connection of a client whose attestation was refused",
+                )));
+            }
+        }
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
@@ -206,6 +222,7 @@ pub async fn serve(
         drain_timeout,
         cert_renewal,
         on_ready,
+        handshake_timeout,
     } = options;
     let addr = listener
         .local_addr()
@@ -258,7 +275,8 @@ pub async fn serve(
         audit: audit.clone(),
         metrics: metrics.clone(),
         rates: Arc::new(RateLimiter::new(limits.rate_per_second, limits.rate_burst)),
-        slots: Arc::new(Semaphore::new(limits.max_connections)),
+        slots: ConnectionSlots::new(limits.max_connections),
+        handshake_timeout,
     };
     let accept_task = tokio::spawn(accept.run(listener, tx));
     let reload_task = tokio::spawn(reload_loop(
@@ -311,6 +329,9 @@ pub async fn serve(
         .max_concurrent_streams(Some(limits.max_concurrent_streams))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(coffer_proto::framing::RequestFramingLayer::new(
+            limits.max_message_len,
+        ))
         .add_service(service)
         .serve_with_incoming_shutdown(ReceiverStream::new(rx), async move {
             let _ = drain_rx.await;
@@ -359,7 +380,8 @@ struct Acceptor {
     audit: SharedAuditLog,
     metrics: KeydMetrics,
     rates: Arc<RateLimiter>,
-    slots: Arc<Semaphore>,
+    slots: ConnectionSlots,
+    handshake_timeout: Duration,
 }
 
 impl Acceptor {
@@ -378,7 +400,7 @@ impl Acceptor {
                     continue;
                 }
             };
-            let Ok(slot) = this.slots.clone().try_acquire_owned() else {
+            let Some(slot) = this.slots.take(remote.ip()) else {
                 this.metrics.connection(ConnectionResult::OverLimit);
                 tracing::warn!(peer = %remote, "connection limit reached; closing the new connection");
                 drop(tcp);
@@ -399,22 +421,24 @@ impl Acceptor {
         &self,
         tcp: TcpStream,
         remote: std::net::SocketAddr,
-        slot: OwnedSemaphorePermit,
+        mut slot: Slot,
     ) -> Option<KeydConn> {
         let _ = tcp.set_nodelay(true);
-        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                self.metrics.connection(ConnectionResult::HandshakeFailed);
-                tracing::warn!(peer = %remote, error = %e, "TLS handshake failed");
-                return None;
-            }
-            Err(_) => {
-                self.metrics.connection(ConnectionResult::HandshakeFailed);
-                tracing::warn!(peer = %remote, "TLS handshake timed out");
-                return None;
-            }
-        };
+        let accepted = tokio::time::Instant::now();
+        let tls =
+            match tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    self.metrics.connection(ConnectionResult::HandshakeFailed);
+                    tracing::warn!(peer = %remote, error = %e, "TLS handshake failed");
+                    return None;
+                }
+                Err(_) => {
+                    self.metrics.connection(ConnectionResult::HandshakeFailed);
+                    tracing::warn!(peer = %remote, "TLS handshake timed out");
+                    return None;
+                }
+            };
         let peer_addr = remote.to_string();
         let certificate = tls
             .get_ref()
@@ -439,6 +463,7 @@ impl Acceptor {
                 }
             }
         };
+        let attested = verdict.is_ok();
         let (peer, caller, bucket_key) = match verdict {
             Ok(identity) => {
                 let caller = coffer_audit::Caller::new(
@@ -492,6 +517,16 @@ impl Acceptor {
             }
         };
         self.metrics.open_connections().inc();
+        // A refused client keeps its unverified slot, and only for a while: long enough to
+        // learn why from its calls, not long enough to crowd out attested clients.
+        let refused_until = if attested {
+            slot.verified();
+            None
+        } else {
+            Some(Box::pin(tokio::time::sleep_until(
+                accepted + self.handshake_timeout,
+            )))
+        };
         Some(KeydConn {
             io: tls,
             info: KeydConnectInfo {
@@ -501,6 +536,7 @@ impl Acceptor {
                 bucket: self.rates.bucket(&bucket_key),
             },
             _slot: slot,
+            refused_until,
             metrics: self.metrics.clone(),
         })
     }

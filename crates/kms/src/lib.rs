@@ -8,7 +8,8 @@
 //! * [`service`] — the gRPC handlers and their input checks.
 //! * [`backend`] — where the keys are: the local keyring or keyd.
 //! * [`remote`] — service mode: forwarding to keyd, Status caching, probing.
-//! * [`listener`] — the socket: single instance, stale cleanup, permissions.
+//! * [`listener`] — the socket: single instance, stale cleanup, permissions, connection slots.
+//! * [`deadline`] — closes connections that make no calls.
 //! * [`peer`] — caller checks with kernel credentials.
 //! * [`authority`] — accepts the socket-path `:authority` older API servers send.
 //! * [`metrics`] — Prometheus metrics and `/healthz`.
@@ -17,6 +18,7 @@
 
 pub mod authority;
 pub mod backend;
+pub mod deadline;
 pub mod listener;
 pub mod metrics;
 pub mod peer;

@@ -16,6 +16,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::authority::AuthorityRewrite;
+use crate::deadline::{Activity, ConnTimeouts, Deadline};
 use crate::peer::{CallerPolicy, Peer, Verdict};
 
 /// Longest socket path accepted: `sun_path` holds 108 bytes including the terminating NUL.
@@ -32,8 +33,17 @@ pub struct SocketOptions {
     pub owner: Option<u32>,
     /// Group gid to set on the socket (needs privilege or group membership).
     pub group: Option<u32>,
-    /// Most simultaneous connections (the API server uses one or a few).
+    /// Most simultaneous connections (the API server uses one or a few). A share of them,
+    /// [`reserved_for_allowed`], only allowed callers can take.
     pub max_connections: usize,
+    /// How long a connection may go without calls before it is closed.
+    pub timeouts: ConnTimeouts,
+}
+
+/// Connection slots only allowed callers can take: a quarter of `max_connections`, at least
+/// one. Refused callers share the rest, so they can never lock the API server out.
+pub fn reserved_for_allowed(max_connections: usize) -> usize {
+    (max_connections / 4).max(1)
 }
 
 /// Why the socket could not be set up.
@@ -177,11 +187,13 @@ impl BoundSocket {
     }
 
     /// Starts accepting: every connection is credential-checked and wrapped, then handed to
-    /// the returned channel. At most `max_connections` are open at once.
+    /// the returned channel. At most `max_connections` are open at once, and refused callers
+    /// hold at most all but [`reserved_for_allowed`] of them; a connection over its limit is
+    /// closed at once.
     pub fn accept_loop(
         &mut self,
         policy: Arc<CallerPolicy>,
-        max_connections: usize,
+        options: &SocketOptions,
         rewrites: Arc<std::sync::atomic::AtomicU64>,
     ) -> (
         mpsc::Receiver<io::Result<KmsConn>>,
@@ -189,16 +201,27 @@ impl BoundSocket {
     ) {
         let (tx, rx) = mpsc::channel(16);
         let listener = self.listener.take();
-        let limit = Arc::new(Semaphore::new(max_connections.max(1)));
+        let max = options.max_connections.max(1);
+        let slots = Slots {
+            all: Arc::new(Semaphore::new(max)),
+            refused: Arc::new(Semaphore::new(max - reserved_for_allowed(max))),
+        };
+        let timeouts = options.timeouts;
         let task = tokio::spawn(async move {
             let Some(listener) = listener else { return };
             loop {
-                let Ok(permit) = limit.clone().acquire_owned().await else {
-                    return;
-                };
                 match listener.accept().await {
                     Ok((stream, _)) => {
-                        let conn = KmsConn::new(stream, &policy, permit, rewrites.clone());
+                        let verdict = verdict_of(&stream, &policy);
+                        let Some(slot) = slots.take(verdict.is_allowed()) else {
+                            tracing::warn!(
+                                peer = %verdict.peer,
+                                allowed = verdict.is_allowed(),
+                                "connection limit reached (--max-connections); closing the new connection"
+                            );
+                            continue;
+                        };
+                        let conn = KmsConn::new(stream, verdict, slot, timeouts, rewrites.clone());
                         if tx.send(Ok(conn)).await.is_err() {
                             return;
                         }
@@ -269,37 +292,82 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// One accepted connection: the `:authority`-normalising stream plus the caller verdict that
-/// every request on it carries.
+/// The connection slots: every connection takes one of `all`; a refused caller's connection
+/// also takes one of `refused`, which has fewer, so allowed callers always find a slot that
+/// refused callers cannot take.
+struct Slots {
+    all: Arc<Semaphore>,
+    refused: Arc<Semaphore>,
+}
+
+/// The slot permits one connection holds until it closes.
+struct Slot {
+    _all: OwnedSemaphorePermit,
+    _refused: Option<OwnedSemaphorePermit>,
+}
+
+impl Slots {
+    fn take(&self, allowed: bool) -> Option<Slot> {
+        let refused = if allowed {
+            None
+        } else {
+            Some(self.refused.clone().try_acquire_owned().ok()?)
+        };
+        Some(Slot {
+            _all: self.all.clone().try_acquire_owned().ok()?,
+            _refused: refused,
+        })
+    }
+}
+
+/// The caller check for a freshly accepted connection.
+fn verdict_of(stream: &UnixStream, policy: &CallerPolicy) -> Verdict {
+    match stream.peer_cred() {
+        Ok(cred) => policy.check(Peer {
+            uid: cred.uid(),
+            gid: cred.gid(),
+            pid: cred.pid(),
+        }),
+        Err(e) => Verdict {
+            peer: Peer {
+                uid: u32::MAX,
+                gid: u32::MAX,
+                pid: None,
+            },
+            refusal: Some(format!("the caller's credentials could not be read: {e}").into()),
+            executable: None,
+        },
+    }
+}
+
+/// What every request on a connection carries: the caller verdict, and the connection's call
+/// record that keeps it open.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// Whether the caller may call, and who it is.
+    pub verdict: Arc<Verdict>,
+    /// The connection's calls (see [`crate::deadline`]).
+    pub activity: Arc<Activity>,
+}
+
+/// One accepted connection: the `:authority`-normalising stream, the caller verdict every
+/// request on it carries, and the deadline that closes it when unused.
 pub struct KmsConn {
     io: AuthorityRewrite<UnixStream>,
-    verdict: Arc<Verdict>,
-    _permit: OwnedSemaphorePermit,
+    info: ConnInfo,
+    deadline: Deadline,
+    expired: bool,
+    _slot: Slot,
 }
 
 impl KmsConn {
     fn new(
         stream: UnixStream,
-        policy: &CallerPolicy,
-        permit: OwnedSemaphorePermit,
+        verdict: Verdict,
+        slot: Slot,
+        timeouts: ConnTimeouts,
         rewrites: Arc<std::sync::atomic::AtomicU64>,
     ) -> Self {
-        let verdict = match stream.peer_cred() {
-            Ok(cred) => policy.check(Peer {
-                uid: cred.uid(),
-                gid: cred.gid(),
-                pid: cred.pid(),
-            }),
-            Err(e) => Verdict {
-                peer: Peer {
-                    uid: u32::MAX,
-                    gid: u32::MAX,
-                    pid: None,
-                },
-                refusal: Some(format!("the caller's credentials could not be read: {e}").into()),
-                executable: None,
-            },
-        };
         if let Some(reason) = &verdict.refusal {
             tracing::warn!(
                 target: "coffer::audit",
@@ -308,24 +376,30 @@ impl KmsConn {
                 gid = verdict.peer.gid,
                 pid = verdict.peer.pid.unwrap_or(0),
                 reason = %reason,
-                "connection from a caller that is not allowed; its calls get PERMISSION_DENIED"
+                "connection from a caller that is not allowed; its first call gets PERMISSION_DENIED, then it is closed"
             );
         } else {
             tracing::debug!(peer = %verdict.peer, "accepted connection");
         }
+        let activity = Activity::new(!verdict.is_allowed());
         KmsConn {
             io: AuthorityRewrite::with_counter(stream, rewrites),
-            verdict: Arc::new(verdict),
-            _permit: permit,
+            deadline: Deadline::new(activity.clone(), timeouts),
+            info: ConnInfo {
+                verdict: Arc::new(verdict),
+                activity,
+            },
+            expired: false,
+            _slot: slot,
         }
     }
 }
 
 impl tonic::transport::server::Connected for KmsConn {
-    type ConnectInfo = Arc<Verdict>;
+    type ConnectInfo = ConnInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.verdict.clone()
+        self.info.clone()
     }
 }
 
@@ -335,6 +409,18 @@ impl AsyncRead for KmsConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        // Failing the read makes the HTTP/2 server drop the connection, freeing its slot.
+        if self.expired {
+            return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+        }
+        if let Poll::Ready(why) = self.deadline.poll_expired(cx) {
+            self.expired = true;
+            tracing::debug!(peer = %self.info.verdict.peer, reason = %why, "closing connection");
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                why.to_string(),
+            )));
+        }
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }

@@ -65,6 +65,7 @@ impl ServeOptions {
                 owner: None,
                 group: None,
                 max_connections: 64,
+                timeouts: crate::deadline::ConnTimeouts::default(),
             },
             callers: CallerPolicy::default_for_this_process(),
             status_version: StatusVersion::V2,
@@ -161,7 +162,7 @@ pub async fn serve(
     let rewrites = Arc::new(AtomicU64::new(0));
     let (incoming, accept_task) = socket.accept_loop(
         Arc::new(options.callers.clone()),
-        options.socket.max_connections,
+        &options.socket,
         rewrites.clone(),
     );
     let background = tokio::spawn(background_tasks(
@@ -224,6 +225,10 @@ pub async fn serve(
     };
     let server = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(1024))
+        .layer(crate::deadline::CallLayer)
+        .layer(coffer_proto::framing::RequestFramingLayer::new(
+            MAX_MESSAGE_LEN,
+        ))
         .add_service(v2)
         .add_service(v1)
         .serve_with_incoming_shutdown(ReceiverStream::new(incoming), graceful);

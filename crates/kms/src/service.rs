@@ -10,6 +10,7 @@ use coffer_proto::{v1beta1, v2};
 use tonic::{Code, Request, Response, Status};
 
 use crate::backend::Backend;
+use crate::listener::ConnInfo;
 use crate::metrics::{Method, Metrics};
 use crate::peer::Verdict;
 
@@ -82,7 +83,7 @@ impl KmsState {
     }
 
     fn authorize<T>(&self, method: Method, request: &Request<T>) -> Result<Verdict, Status> {
-        let Some(verdict) = request.extensions().get::<Arc<Verdict>>() else {
+        let Some(verdict) = request.extensions().get::<ConnInfo>().map(|c| &c.verdict) else {
             return Err(Status::internal("connection has no caller credentials"));
         };
         if let Some(reason) = &verdict.refusal {

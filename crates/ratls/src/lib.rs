@@ -20,9 +20,11 @@
 mod cbor;
 mod describe;
 pub mod extension;
+mod key;
 mod offline;
 
 pub use describe::{describe_certificate_error, describe_io_error, describe_tls_error};
+pub use key::{LockedKey, LockedSigningKey};
 pub use offline::OfflineVerifier;
 
 use std::collections::HashMap;
@@ -35,12 +37,11 @@ use coffer_attest::Claims;
 use coffer_platform::{Evidence, Platform, PlatformError};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use sha2::{Digest, Sha256, Sha512};
-use zeroize::Zeroizing;
 
 pub use extension::{decode_extension, encode_extension, DecodedExtension, EVIDENCE_OID};
 
@@ -135,7 +136,7 @@ pub fn report_data_for_spki(spki_der: &[u8]) -> [u8; 64] {
 /// A freshly generated attested certificate and its private key.
 pub struct AttestedIdentity {
     cert: CertificateDer<'static>,
-    key_pkcs8: Zeroizing<Vec<u8>>,
+    key: Arc<LockedKey>,
     certified: Arc<CertifiedKey>,
     evidence: Evidence,
 }
@@ -163,7 +164,12 @@ impl AttestedIdentity {
     /// A copy of the PKCS#8 private key. The copy is the caller's to protect; prefer
     /// [`certified_key`](Self::certified_key), which never exposes the key bytes.
     pub fn private_key_der(&self) -> PrivateKeyDer<'static> {
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_pkcs8.to_vec()))
+        self.key.pkcs8_copy()
+    }
+
+    /// The private key, on locked memory (see [`LockedKey`]).
+    pub fn key(&self) -> &LockedKey {
+        &self.key
     }
 
     /// The certificate and signing key, ready for a rustls certificate resolver.
@@ -192,8 +198,8 @@ pub fn attested_certificate_with_validity(
     use rcgen::PublicKeyData;
     let gen = |e: rcgen::Error| RatlsError::Generate(e.to_string());
 
-    let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(gen)?;
-    let spki = key_pair.subject_public_key_info();
+    let key = LockedKey::generate()?;
+    let spki = key.subject_public_key_info();
     let report_data = report_data_for_spki(&spki);
     let evidence = platform.evidence(&report_data)?;
     let ext_value = encode_extension(&evidence, &report_data);
@@ -214,19 +220,16 @@ pub fn attested_certificate_with_validity(
     let mut ext = rcgen::CustomExtension::from_oid_content(EVIDENCE_OID, ext_value);
     ext.set_criticality(false);
     params.custom_extensions.push(ext);
-    let cert = params.self_signed(&key_pair).map_err(gen)?;
+    let cert = params.self_signed(key.as_ref()).map_err(gen)?;
 
-    let key_pkcs8 = Zeroizing::new(key_pair.serialize_der());
-    drop(key_pair);
-    // Borrowed, so that no unzeroized copy of the key bytes is left behind by us.
-    let signing_key = rustls::crypto::ring::sign::any_ecdsa_type(&PrivateKeyDer::Pkcs8(
-        PrivatePkcs8KeyDer::from(key_pkcs8.as_slice()),
-    ))?;
     let cert_der = cert.der().clone();
-    let certified = Arc::new(CertifiedKey::new(vec![cert_der.clone()], signing_key));
+    let certified = Arc::new(CertifiedKey::new(
+        vec![cert_der.clone()],
+        Arc::new(LockedSigningKey(key.clone())),
+    ));
     Ok(AttestedIdentity {
         cert: cert_der,
-        key_pkcs8,
+        key,
         certified,
         evidence,
     })

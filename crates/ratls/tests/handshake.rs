@@ -370,3 +370,40 @@ async fn real_sim_platform_mutual_handshake() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn the_private_key_lives_on_locked_memory_and_is_never_printed() {
+    let id = attested_certificate(&TestSimPlatform::new()).unwrap();
+    // rustls signs with the locked key itself, not with a heap copy of it.
+    let signer = format!("{:?}", id.certified_key().key);
+    assert!(signer.starts_with("LockedSigningKey("), "{signer}");
+    assert!(
+        id.key().is_locked() || coffer_platform::secret::lock_failures() > 0,
+        "the key is on locked pages unless mlock was refused (which is counted)"
+    );
+    let der = match id.private_key_der() {
+        rustls::pki_types::PrivateKeyDer::Pkcs8(der) => der.secret_pkcs8_der().to_vec(),
+        other => panic!("{other:?}"),
+    };
+    let hex_der = hex::encode(&der);
+    for shown in [signer, format!("{id:?}"), format!("{:?}", id.key())] {
+        assert!(
+            shown.contains("redacted") || !shown.contains("Locked"),
+            "{shown}"
+        );
+        assert!(!shown.contains(&hex_der[..32]), "{shown}");
+        assert!(!shown.contains(&format!("{:?}", &der[..16])), "{shown}");
+    }
+    // The certificate's public key is the locked key's.
+    let (_, cert) = x509_parser::parse_x509_certificate(id.certificate()).unwrap();
+    let pair = ring::signature::EcdsaKeyPair::from_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+        &der,
+        &ring::rand::SystemRandom::new(),
+    )
+    .unwrap();
+    assert_eq!(
+        cert.public_key().subject_public_key.data.as_ref(),
+        ring::signature::KeyPair::public_key(&pair).as_ref()
+    );
+}

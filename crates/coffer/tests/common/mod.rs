@@ -13,6 +13,7 @@ use tonic::transport::{Channel, Endpoint};
 
 pub mod keyd;
 pub mod run;
+pub mod raw_grpc;
 
 pub type V2Client = v2::key_management_service_client::KeyManagementServiceClient<Channel>;
 pub type V1Client = v1beta1::key_management_service_client::KeyManagementServiceClient<Channel>;
