@@ -113,7 +113,6 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 fn assert_gone(dir: &Path, gone: &BTreeMap<String, String>) {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD;
-    assert!(temps_under(dir).is_empty(), "{:?}", temps_under(dir));
     for (path, bytes) in files_under(dir) {
         let body = keystore_body(&bytes);
         for (id, sealed) in gone {
@@ -152,6 +151,7 @@ fn assert_gone(dir: &Path, gone: &BTreeMap<String, String>) {
             );
         }
     }
+    assert!(temps_under(dir).is_empty(), "{:?}", temps_under(dir));
 }
 
 fn keys_args(verb: &str, state: &Path, extra: &[&str]) -> Vec<String> {

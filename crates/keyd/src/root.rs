@@ -483,6 +483,25 @@ mod tests {
     }
 
     #[test]
+    fn stale_root_and_keyring_temporaries_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(data.join("keyrings/ring")).unwrap();
+        let root_tmp = data.join(".keyd-root.json.tmp-0123456789abcdef");
+        let ring_tmp = data.join("keyrings/ring/.keystore.tmp-0123456789abcdef");
+        std::fs::write(&root_tmp, b"sealed root").unwrap();
+        std::fs::write(&ring_tmp, b"sealed keys").unwrap();
+        remove_stale_temps(&data).unwrap();
+        assert!(!root_tmp.exists() && !ring_tmp.exists());
+
+        std::fs::write(&root_tmp, b"sealed root").unwrap();
+        let platform = sim(&data);
+        KeydRoot::init(&data, platform.as_ref(), None).unwrap();
+        assert!(!root_tmp.exists(), "init leaves a stale root temporary");
+        remove_stale_temps(&dir.path().join("missing")).unwrap();
+    }
+
+    #[test]
     fn init_open_and_recover_on_a_new_identity() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");

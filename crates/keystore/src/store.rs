@@ -532,6 +532,27 @@ mod tests {
     }
 
     #[test]
+    fn writers_and_start_remove_stale_temporaries_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = store(dir.path());
+        ks.init().unwrap();
+        let stale = dir.path().join(".keystore.tmp-00112233445566ff");
+        let foreign = dir.path().join(".keystore.tmp-not-ours");
+        fs::copy(ks.path(), &stale).unwrap();
+        fs::write(&foreign, b"x").unwrap();
+        ks.rotate().unwrap();
+        assert!(!stale.exists());
+        assert!(foreign.exists());
+
+        fs::copy(ks.path(), &stale).unwrap();
+        ks.load_or_init().unwrap();
+        assert!(!stale.exists(), "start leaves a stale temporary");
+        assert!(foreign.exists());
+        remove_stale_temps(&dir.path().join("missing")).unwrap();
+        assert!(!dir.path().join("missing").exists());
+    }
+
+    #[test]
     fn stamp_changes_on_rotation() {
         let dir = tempfile::tempdir().unwrap();
         let ks = store(dir.path());
