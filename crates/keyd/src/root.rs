@@ -30,7 +30,7 @@ use crate::KeydError;
 /// The root file's name inside the data directory.
 pub const ROOT_FILE: &str = "keyd-root.json";
 /// The lock file that serialises writers of the root file.
-pub const ROOT_LOCK_FILE: &str = "keyd-root.lock";
+const ROOT_LOCK_FILE: &str = "keyd-root.lock";
 /// The root file format this build writes and reads.
 const ROOT_FORMAT: u32 = 1;
 /// The platform sealing-key purpose that protects the root.

@@ -67,7 +67,12 @@ pub fn remove_stale_temps(path: &Path) -> io::Result<Vec<PathBuf>> {
         let Some(suffix) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
             continue;
         };
-        if suffix.len() != 16 || !suffix.bytes().all(|b| b.is_ascii_hexdigit()) {
+        // `hex8` writes lowercase only; anything else is not ours.
+        if suffix.len() != 16
+            || !suffix
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
             continue;
         }
         match fs::remove_file(entry.path()) {
@@ -178,6 +183,7 @@ mod tests {
             ".keystore.tmp-0123",
             ".keystore.tmp-0123456789abcdefg",
             ".keystore.tmp-0123456789abcdeg",
+            ".keystore.tmp-0123456789ABCDEF",
             ".other.tmp-0123456789abcdef",
             "keystore.tmp-0123456789abcdef",
             "keystore.lock",
