@@ -344,6 +344,9 @@ fn keys(cmd: KeysCommand) -> Result<ExitCode, Error> {
 const MAX_ETCD_INPUT: u64 = coffer_envelope::MAX_VALUE_SIZE as u64;
 
 fn etcd_decrypt(args: EtcdDecryptArgs) -> Result<ExitCode, Error> {
+    // A mistyped --state-dir is reported before any input is read or judged.
+    let keystore = open_keystore(&args.store, Access::ExistingOnly)?;
+    let info = keystore.info()?;
     let input = read_etcd_input(args.input.as_deref())?;
     let (value, etcd_key) = match args.input_format {
         InputFormat::Raw => {
@@ -356,11 +359,8 @@ fn etcd_decrypt(args: EtcdDecryptArgs) -> Result<ExitCode, Error> {
         InputFormat::EtcdctlJson => from_etcdctl_json(&input, args.etcd_key.as_deref())?,
     };
     let value = without_etcdctl_newline(&value);
-    // Parsed first so that a value that is not what kube-apiserver writes is reported as such,
-    // before the keystore is even opened.
     let parsed = coffer_envelope::parse_etcd_value(value)?;
-    let keystore = open_keystore(&args.store, Access::ExistingOnly)?;
-    check_key_held(&keystore.info()?, &parsed.object.key_id)?;
+    check_key_held(&info, &parsed.object.key_id)?;
     let keyring = keystore.load()?;
     let unwrap = |key_id: &str, source: &[u8], _: &std::collections::HashMap<String, Vec<u8>>| {
         keyring

@@ -335,6 +335,15 @@ async fn a_value_that_really_ends_in_a_newline_byte_is_kept_whole() {
 fn a_directory_or_empty_input_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
+    let init = coffer(&[
+        "keys",
+        "init",
+        "--platform",
+        "sim",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    assert!(init.status.success(), "{}", stderr_of(&init));
     let run = |input: Option<&std::path::Path>| {
         let mut cmd = Command::new(coffer_bin());
         cmd.args(["etcd", "decrypt", "--platform", "sim"])
