@@ -375,17 +375,10 @@ fn keys(cmd: KeysCommand) -> Result<ExitCode, Error> {
 const MAX_ETCD_INPUT: u64 = coffer_envelope::MAX_VALUE_SIZE as u64;
 
 fn etcd_decrypt(args: EtcdDecryptArgs) -> Result<ExitCode, Error> {
-    let mut input = Vec::new();
-    match &args.input {
-        Some(path) => std::fs::File::open(path)
-            .map_err(|e| format!("reading {}: {e}", path.display()))?
-            .take(MAX_ETCD_INPUT + 1)
-            .read_to_end(&mut input)?,
-        None => std::io::stdin()
-            .lock()
-            .take(MAX_ETCD_INPUT + 1)
-            .read_to_end(&mut input)?,
-    };
+    // A mistyped --state-dir is reported before any input is read or judged.
+    let keystore = open_keystore(&args.store, Access::ExistingOnly)?;
+    let info = keystore.info()?;
+    let input = read_etcd_input(args.input.as_deref())?;
     let (value, etcd_key) = match args.input_format {
         InputFormat::Raw => {
             let key = args
@@ -396,22 +389,26 @@ fn etcd_decrypt(args: EtcdDecryptArgs) -> Result<ExitCode, Error> {
         }
         InputFormat::EtcdctlJson => from_etcdctl_json(&input, args.etcd_key.as_deref())?,
     };
-    let keystore = open_keystore(&args.store, Access::ExistingOnly)?;
+    let value = without_etcdctl_newline(&value);
+    let parsed = coffer_envelope::parse_etcd_value(value)?;
+    check_key_held(&info, &parsed.object.key_id)?;
     let keyring = keystore.load()?;
     let unwrap = |key_id: &str, source: &[u8], _: &std::collections::HashMap<String, Vec<u8>>| {
         keyring
             .decrypt(Some(key_id), source)
             .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })
     };
-    let decrypted = match coffer_envelope::decrypt_etcd_value(&value, &etcd_key, unwrap) {
-        // `etcdctl get --print-value-only` adds a newline; the value is authenticated, so
-        // retrying without it cannot accept anything that was not stored.
-        Err(first) if value.last() == Some(&b'\n') => {
-            coffer_envelope::decrypt_etcd_value(&value[..value.len() - 1], &etcd_key, unwrap)
-                .map_err(|_| first)?
-        }
-        other => other?,
-    };
+    let decrypted =
+        coffer_envelope::decrypt_etcd_value(value, &etcd_key, unwrap).map_err(|e| match e {
+            coffer_envelope::EnvelopeError::Authentication { .. } => format!(
+                "AES-GCM authentication failed for etcd key {etcd_key:?}: wrong --etcd-key? It \
+                 must be exact, e.g. /registry/secrets/NS/NAME (with the API server's \
+                 --etcd-prefix), because kube-apiserver authenticates the key with the value. \
+                 If the key is right, the value was modified after it was written"
+            )
+            .into(),
+            other => Error::from(other),
+        })?;
     let plaintext = Zeroizing::new(decrypted.plaintext);
     eprintln!(
         "decrypted {} bytes (provider {}, KEK {}, {:?})",
@@ -430,6 +427,104 @@ fn etcd_decrypt(args: EtcdDecryptArgs) -> Result<ExitCode, Error> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads `etcd decrypt`'s input from `path` or stdin; a directory or nothing at all is refused
+/// with what to pass instead.
+fn read_etcd_input(path: Option<&Path>) -> Result<Vec<u8>, Error> {
+    const HOW: &str = "e.g. `etcdctl get KEY --print-value-only > value.bin`";
+    let mut input = Vec::new();
+    match path {
+        Some(path) => {
+            if path.is_dir() {
+                return Err(format!(
+                    "--input {} is a directory; pass the file that holds the value ({HOW})",
+                    path.display()
+                )
+                .into());
+            }
+            let failed = |e: std::io::Error| format!("reading --input {}: {e}", path.display());
+            std::fs::File::open(path)
+                .map_err(failed)?
+                .take(MAX_ETCD_INPUT + 1)
+                .read_to_end(&mut input)
+                .map_err(failed)?;
+            if input.is_empty() {
+                return Err(format!(
+                    "--input {} is empty; it must hold the value read from etcd ({HOW})",
+                    path.display()
+                )
+                .into());
+            }
+        }
+        None => {
+            std::io::stdin()
+                .lock()
+                .take(MAX_ETCD_INPUT + 1)
+                .read_to_end(&mut input)
+                .map_err(|e| format!("reading the value from stdin: {e}"))?;
+            if input.is_empty() {
+                return Err(
+                    "stdin is empty: pipe the value read from etcd into this command \
+                            (e.g. `etcdctl get KEY --print-value-only | coffer etcd decrypt ...`) \
+                            or pass --input FILE"
+                        .into(),
+                );
+            }
+        }
+    }
+    Ok(input)
+}
+
+/// `etcdctl get KEY --print-value-only` prints the value followed by one newline; this returns
+/// the value without it.
+///
+/// A stored value may itself end in 0x0a (the last byte of `encryptedDEKSource` or of an
+/// annotation can be anything), so the newline is dropped only when the input as given does not
+/// parse and the input without its last byte does. That can never drop a byte of a real value:
+/// a valid `EncryptedObject` followed by 0x0a never parses, because 0x0a starts a new
+/// length-delimited field 1 whose length is missing.
+fn without_etcdctl_newline(input: &[u8]) -> &[u8] {
+    match input.strip_suffix(b"\n") {
+        Some(value)
+            if coffer_envelope::parse_etcd_value(input).is_err()
+                && coffer_envelope::parse_etcd_value(value).is_ok() =>
+        {
+            value
+        }
+        _ => input,
+    }
+}
+
+/// Refuses a value whose KEK the keystore does not hold, naming the KEK and what it holds.
+fn check_key_held(info: &coffer_keystore::KeystoreInfo, key_id: &str) -> Result<(), Error> {
+    if info.keys.iter().any(|k| k.id == key_id) {
+        return Ok(());
+    }
+    let held = info
+        .keys
+        .iter()
+        .map(|k| match k.state {
+            KeyState::Primary => format!("{} (primary)", k.id),
+            KeyState::Active => k.id.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let keystore = info.path.display();
+    Err(match info.retired.iter().find(|r| r.id == key_id) {
+        Some(retired) => format!(
+            "the value was encrypted under KEK {key_id}, which keystore {keystore} retired at {}: \
+             its key material is gone, so only a backup of the state directory from before that \
+             can decrypt it (this keystore holds {held})",
+            retired.retired
+        ),
+        None => format!(
+            "the value was encrypted under KEK {key_id:?}, which keystore {keystore} does not \
+             hold (it holds {held}); pass the --state-dir and --platform of the plugin that wrote \
+             it, or a backup of its state directory from when it held that KEK"
+        ),
+    }
+    .into())
 }
 
 fn from_etcdctl_json(input: &[u8], etcd_key: Option<&str>) -> Result<(Vec<u8>, String), Error> {

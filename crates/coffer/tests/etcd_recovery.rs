@@ -239,3 +239,144 @@ async fn wrong_key_tampering_and_foreign_values_are_refused() {
     let out = etcd_decrypt(&plugin, &value[..value.len() / 2], key, &[]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// Exactly what `etcdctl get KEY --print-value-only` prints: the value's bytes and a newline.
+fn etcdctl_print_value_only(value: &[u8]) -> Vec<u8> {
+    [value, b"\n"].concat()
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn etcdctl_output_with_its_newline_reports_the_real_cause() {
+    let plugin = Plugin::start(&[]).await;
+    let mut client = plugin.v2().await;
+    let key = "/registry/secrets/default/db";
+    let object = b"k8s\0object".to_vec();
+    let value = apiserver_write_seed(&mut client, key, &object).await;
+    let printed = etcdctl_print_value_only(&value);
+
+    let out = etcd_decrypt(&plugin, &printed, key, &[]);
+    assert_eq!(out.stdout, object, "{}", stderr_of(&out));
+
+    // A wrong etcd key is an authentication failure for that key, not a corrupt protobuf.
+    let out = etcd_decrypt(&plugin, &printed, "/registry/secrets/default/other", &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("wrong --etcd-key")
+            && err.contains("/registry/secrets/default/other")
+            && !err.contains("protobuf"),
+        "{err}"
+    );
+
+    // A value wrapped by another plugin's KEK names that KEK and what this keystore holds.
+    let other = Plugin::start(&[]).await;
+    let mut other_client = other.v2().await;
+    let foreign = apiserver_write_seed(&mut other_client, key, &object).await;
+    let foreign_kek = status(&mut other_client).await.key_id;
+    let ours = status(&mut client).await.key_id;
+    let out = etcd_decrypt(&plugin, &etcdctl_print_value_only(&foreign), key, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains(&foreign_kek)
+            && err.contains("does not hold")
+            && err.contains(&format!("{ours} (primary)"))
+            && !err.contains("protobuf"),
+        "{err}"
+    );
+
+    // A retired KEK is named as retired.
+    assert!(plugin.keys(&["rotate"]).status.success());
+    let retire = plugin.keys(&["retire", &ours, "--confirm"]);
+    assert!(retire.status.success(), "{}", stderr_of(&retire));
+    let out = etcd_decrypt(&plugin, &printed, key, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains(&ours) && err.contains("retired at") && !err.contains("protobuf"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_value_that_really_ends_in_a_newline_byte_is_kept_whole() {
+    let plugin = Plugin::start(&[]).await;
+    let mut client = plugin.v2().await;
+    let key = "/registry/secrets/default/db";
+    let object = b"k8s\0object".to_vec();
+    let dek: [u8; 32] = rand::random();
+    let wrapped = encrypt(&mut client, &dek).await;
+    // With AES_GCM_KEY (0, not serialised) the annotations come last, so this value's last
+    // byte is the annotation's trailing 0x0a.
+    let obj = StoredObject {
+        encrypted_data: seal(&dek, key, &object),
+        key_id: wrapped.key_id,
+        encrypted_dek_source: wrapped.ciphertext,
+        annotations: [("note.example.com".to_string(), b"ends in\n".to_vec())].into(),
+        source_type: 0,
+    };
+    let value = [
+        b"k8s:enc:kms:v2:coffer:".as_slice(),
+        &prost::Message::encode_to_vec(&obj),
+    ]
+    .concat();
+    assert_eq!(value.last(), Some(&b'\n'));
+    for input in [value.clone(), etcdctl_print_value_only(&value)] {
+        let out = etcd_decrypt(&plugin, &input, key, &[]);
+        assert_eq!(out.stdout, object, "{}", stderr_of(&out));
+    }
+}
+
+#[test]
+fn a_directory_or_empty_input_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let init = coffer(&[
+        "keys",
+        "init",
+        "--platform",
+        "sim",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    assert!(init.status.success(), "{}", stderr_of(&init));
+    let run = |input: Option<&std::path::Path>| {
+        let mut cmd = Command::new(coffer_bin());
+        cmd.args(["etcd", "decrypt", "--platform", "sim"])
+            .args(["--etcd-key", "/registry/secrets/default/db"])
+            .arg("--state-dir")
+            .arg(&state)
+            .stdin(std::process::Stdio::null());
+        if let Some(input) = input {
+            cmd.arg("--input").arg(input);
+        }
+        cmd.output().unwrap()
+    };
+
+    let out = run(Some(dir.path()));
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains(&format!("--input {} is a directory", dir.path().display())),
+        "{err}"
+    );
+
+    let empty = dir.path().join("db.value");
+    fs::write(&empty, b"").unwrap();
+    let out = run(Some(&empty));
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains(&format!("--input {} is empty", empty.display())),
+        "{err}"
+    );
+
+    let out = run(None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert!(err.contains("stdin is empty"), "{err}");
+}

@@ -29,6 +29,8 @@ use crate::KeydError;
 
 /// The root file's name inside the data directory.
 pub const ROOT_FILE: &str = "keyd-root.json";
+/// The lock file that serialises writers of the root file.
+const ROOT_LOCK_FILE: &str = "keyd-root.lock";
 /// The root file format this build writes and reads.
 const ROOT_FORMAT: u32 = 1;
 /// The platform sealing-key purpose that protects the root.
@@ -114,6 +116,55 @@ fn root_check(root: &[u8; 32], instance_id: &str) -> String {
     mac.update(b"coffer-keyd root check v1\0");
     mac.update(instance_id.as_bytes());
     hex::encode(mac.finalize().into_bytes())
+}
+
+/// Takes the root file's writer lock, released when the returned file is dropped, and removes
+/// the temporaries killed writers left: each holds a sealed root.
+fn lock_root(data_dir: &Path) -> Result<std::fs::File, KeydError> {
+    let lock_path = data_dir.join(ROOT_LOCK_FILE);
+    let lock = durable::lock_exclusive(&lock_path)
+        .map_err(|e| KeydError::io(format!("locking {}", lock_path.display()), e))?;
+    let removed = durable::remove_stale_temps(&root_path(data_dir)).map_err(|e| {
+        root_error(
+            data_dir,
+            format!("cannot remove stale temporary files: {e}"),
+        )
+    })?;
+    for tmp in &removed {
+        tracing::warn!(path = %tmp.display(), "removed a temporary root file left by a writer that was killed");
+    }
+    Ok(lock)
+}
+
+/// Removes the temporary files killed writers left in `data_dir`: root file temporaries, under
+/// the root's lock, and keystore temporaries in every keyring directory, under that keyring's
+/// lock. Writers do this too; keyd calls it at start so leftovers do not wait for a write.
+pub fn remove_stale_temps(data_dir: &Path) -> Result<(), KeydError> {
+    if !data_dir.exists() {
+        return Ok(());
+    }
+    drop(lock_root(data_dir)?);
+    let keyrings = data_dir.join("keyrings");
+    let entries = match std::fs::read_dir(&keyrings) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(KeydError::io(format!("listing {}", keyrings.display()), e)),
+    };
+    for entry in entries {
+        let entry =
+            entry.map_err(|e| KeydError::io(format!("listing {}", keyrings.display()), e))?;
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            coffer_keystore::store::remove_stale_temps(&entry.path()).map_err(|source| {
+                KeydError::Keystore {
+                    name,
+                    dir: entry.path(),
+                    source,
+                }
+            })?;
+        }
+    }
+    Ok(())
 }
 
 fn root_error(data_dir: &Path, message: impl Into<String>) -> KeydError {
@@ -208,6 +259,7 @@ impl KeydRoot {
             ));
         }
         coffer_platform::sim::create_private_dir(data_dir).map_err(KeydError::Platform)?;
+        let _lock = lock_root(data_dir)?;
         let mut root = Zeroizing::new([0u8; 32]);
         coffer_platform::fill_random(&mut root[..]).map_err(KeydError::Platform)?;
         let mut id = [0u8; 8];
@@ -293,6 +345,7 @@ impl KeydRoot {
         platform: &dyn Platform,
         shares: &[PlainShare],
     ) -> Result<KeydRoot, KeydError> {
+        let _lock = lock_root(data_dir)?;
         let mut file = read_root_file(data_dir)?;
         if Self::open(data_dir, platform).is_ok() {
             return Err(root_error(
@@ -427,6 +480,25 @@ mod tests {
 
     fn sim(dir: &Path) -> Arc<dyn Platform> {
         Arc::new(SimPlatform::open_or_create(dir).unwrap())
+    }
+
+    #[test]
+    fn stale_root_and_keyring_temporaries_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(data.join("keyrings/ring")).unwrap();
+        let root_tmp = data.join(".keyd-root.json.tmp-0123456789abcdef");
+        let ring_tmp = data.join("keyrings/ring/.keystore.tmp-0123456789abcdef");
+        std::fs::write(&root_tmp, b"sealed root").unwrap();
+        std::fs::write(&ring_tmp, b"sealed keys").unwrap();
+        remove_stale_temps(&data).unwrap();
+        assert!(!root_tmp.exists() && !ring_tmp.exists());
+
+        std::fs::write(&root_tmp, b"sealed root").unwrap();
+        let platform = sim(&data);
+        KeydRoot::init(&data, platform.as_ref(), None).unwrap();
+        assert!(!root_tmp.exists(), "init leaves a stale root temporary");
+        remove_stale_temps(&dir.path().join("missing")).unwrap();
     }
 
     #[test]

@@ -231,6 +231,10 @@ pub async fn serve(
     let (keyrings, audit, instance_id) = {
         let platform = platform.clone();
         tokio::task::spawn_blocking(move || {
+            // Best effort, like the plugin's: leftovers only wait for the next write.
+            if let Err(e) = crate::root::remove_stale_temps(&data_dir) {
+                tracing::warn!(error = %e, "could not check the data directory for temporary files left by killed writers");
+            }
             let root = KeydRoot::open(&data_dir, platform.as_ref())?;
             let keyrings = load_keyrings(&data_dir, &root, &platform, &config)?;
             let log = AuditLog::open(

@@ -1,9 +1,9 @@
 //! The keystore directory: the sealed keystore file plus a lock file, so a CLI (`coffer keys
 //! rotate`) and a running daemon never corrupt each other's updates.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -151,20 +151,15 @@ impl Keystore {
         Ok(self.platform.sealing_key(MAC_PURPOSE)?)
     }
 
-    /// Takes the writer lock; released when the returned file is dropped.
+    /// Takes the writer lock; see [`lock_dir`].
     fn lock(&self) -> Result<File, KeystoreError> {
-        coffer_platform::sim::create_private_dir(&self.dir)?;
-        let lock_path = self.dir.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(|e| KeystoreError::io("opening lock file", &lock_path, e))?;
-        file.lock()
-            .map_err(|e| KeystoreError::io("locking", &lock_path, e))?;
-        Ok(file)
+        lock_dir(&self.dir)
+    }
+
+    /// Removes the temporary files that killed writers left in the keystore directory; see
+    /// [`remove_stale_temps`].
+    pub fn remove_stale_temps(&self) -> Result<(), KeystoreError> {
+        remove_stale_temps(&self.dir)
     }
 
     fn read_contents(&self) -> Result<Contents, KeystoreError> {
@@ -301,6 +296,11 @@ impl Keystore {
 
     /// Loads the keystore, creating it first if there is none. Returns whether it was created.
     pub fn load_or_init(&self) -> Result<(Keyring, bool), KeystoreError> {
+        // Best effort: a read-only state directory still serves; its leftovers go once it is
+        // writable and a writer runs.
+        if let Err(e) = self.remove_stale_temps() {
+            tracing::warn!(error = %e, "could not check the keystore directory for temporary files left by killed writers");
+        }
         match self.load() {
             Err(KeystoreError::NotInitialized { .. }) => match self.init() {
                 Ok(_) => Ok((self.load()?, true)),
@@ -364,6 +364,33 @@ impl Keystore {
             state: KeyState::Active,
         })
     }
+}
+
+/// Takes the writer lock of the keystore directory `dir`, released when the returned file is
+/// dropped, and removes what killed writers left there: their temporaries are whole keystores,
+/// retired KEKs included.
+fn lock_dir(dir: &Path) -> Result<File, KeystoreError> {
+    coffer_platform::sim::create_private_dir(dir)?;
+    let lock_path = dir.join(LOCK_FILE);
+    let file = durable::lock_exclusive(&lock_path)
+        .map_err(|e| KeystoreError::io("locking", &lock_path, e))?;
+    let path = dir.join(KEYSTORE_FILE);
+    let removed = durable::remove_stale_temps(&path)
+        .map_err(|e| KeystoreError::io("removing stale temporary files of", &path, e))?;
+    for tmp in &removed {
+        tracing::warn!(path = %tmp.display(), "removed a temporary keystore left by a writer that was killed");
+    }
+    Ok(file)
+}
+
+/// Removes the temporary files that killed writers left in the keystore directory `dir`, under
+/// its writer lock so a live writer's is never touched. Every write does this too; call it at
+/// start so leftovers do not wait for the next rotation. A missing `dir` is left missing.
+pub fn remove_stale_temps(dir: &Path) -> Result<(), KeystoreError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    lock_dir(dir).map(drop)
 }
 
 fn read_bounded(path: &Path) -> io::Result<Vec<u8>> {
@@ -502,6 +529,27 @@ mod tests {
         assert_eq!(info.keys.len(), 21);
         assert_eq!(info.generation, 21);
         assert_eq!(ks.load().unwrap().len(), 21);
+    }
+
+    #[test]
+    fn writers_and_start_remove_stale_temporaries_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = store(dir.path());
+        ks.init().unwrap();
+        let stale = dir.path().join(".keystore.tmp-00112233445566ff");
+        let foreign = dir.path().join(".keystore.tmp-not-ours");
+        fs::copy(ks.path(), &stale).unwrap();
+        fs::write(&foreign, b"x").unwrap();
+        ks.rotate().unwrap();
+        assert!(!stale.exists());
+        assert!(foreign.exists());
+
+        fs::copy(ks.path(), &stale).unwrap();
+        ks.load_or_init().unwrap();
+        assert!(!stale.exists(), "start leaves a stale temporary");
+        assert!(foreign.exists());
+        remove_stale_temps(&dir.path().join("missing")).unwrap();
+        assert!(!dir.path().join("missing").exists());
     }
 
     #[test]
