@@ -12,8 +12,8 @@ use coffer_proto::{v1beta1, v2};
 use tonic::transport::{Channel, Endpoint};
 
 pub mod keyd;
-pub mod run;
 pub mod raw_grpc;
+pub mod run;
 
 pub type V2Client = v2::key_management_service_client::KeyManagementServiceClient<Channel>;
 pub type V1Client = v1beta1::key_management_service_client::KeyManagementServiceClient<Channel>;
