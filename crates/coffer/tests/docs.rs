@@ -1020,9 +1020,10 @@ fn walkthrough_script(
     );
     let mut servers = 0;
     for (n, line) in lines {
+        // `/tmp/` first: the binary's own path may lie under /tmp (a clone there).
         let mut line = line
-            .replace("./target/release/coffer", bin)
             .replace("/tmp/", &format!("{dir}/"))
+            .replace("./target/release/coffer", bin)
             .replace("127.0.0.1:7443", &format!("127.0.0.1:{port}"))
             .replace("--duration 10s", "--duration 1s")
             .replace(
