@@ -194,22 +194,14 @@ fn still_open(conn: &UnixStream) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyd_closes_silent_peers_and_keeps_room_for_attested_callers() {
-    use common::keyd::{client_options, create_keyd_data, free_addr, sim_signer, KeydProcess};
+    use common::keyd::{client_options, create_keyd_data, free_addr, sim_role_policy, KeydProcess};
     use tokio::io::AsyncReadExt;
 
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("keyd");
     create_keyd_data(&data, &["cluster-a"]);
     let caller = dir.path().join("a");
-    let policy = dir.path().join("policy.yaml");
-    std::fs::write(
-        &policy,
-        format!(
-            "version: 1\nallow_simulation: true\nroles:\n  - name: kms-plugin:a\n    sim: {{ signer: [\"{}\"] }}\n",
-            sim_signer(&caller)
-        ),
-    )
-    .unwrap();
+    let policy = sim_role_policy(dir.path(), "kms-plugin:a", &caller);
     let config = dir.path().join("keyd.yaml");
     std::fs::write(
         &config,

@@ -5,7 +5,9 @@ mod common;
 
 use coffer_keyd::KeydClient;
 use common::coffer;
-use common::keyd::{client_options, create_keyd_data, free_addr, sim_signer, KeydProcess};
+use common::keyd::{
+    client_options, create_keyd_data, free_addr, sim_role_policy, sim_signer, KeydProcess,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyd_process_serves_only_what_each_caller_is_granted() {
@@ -278,15 +280,7 @@ async fn keyd_enforces_rate_connection_and_size_limits() {
     let data = dir.path().join("keyd");
     create_keyd_data(&data, &["cluster-a"]);
     let (a, other) = (dir.path().join("a"), dir.path().join("other"));
-    let policy = dir.path().join("policy.yaml");
-    std::fs::write(
-        &policy,
-        format!(
-            "version: 1\nallow_simulation: true\nroles:\n  - name: kms-plugin:a\n    sim: {{ signer: [\"{}\"] }}\n",
-            sim_signer(&a)
-        ),
-    )
-    .unwrap();
+    let policy = sim_role_policy(dir.path(), "kms-plugin:a", &a);
     let config = dir.path().join("keyd.yaml");
     std::fs::write(
         &config,

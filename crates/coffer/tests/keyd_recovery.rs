@@ -9,7 +9,7 @@ use std::path::Path;
 use coffer_keyd::KeydClient;
 use coffer_platform::sim::SimPlatform;
 use common::coffer;
-use common::keyd::{client_options, free_addr, keyd_cli, sim_signer, KeydProcess};
+use common::keyd::{client_options, free_addr, keyd_cli, sim_role_policy, KeydProcess};
 
 fn run(args: &[&str]) -> (bool, String, String) {
     let out = coffer(args);
@@ -100,15 +100,7 @@ async fn moved_data_dir_opens_with_k_shares_but_not_k_minus_1() {
 
     // Serve, and wrap a secret under the original identity.
     let caller = dir.path().join("caller");
-    let policy = dir.path().join("policy.yaml");
-    std::fs::write(
-        &policy,
-        format!(
-            "version: 1\nallow_simulation: true\nroles:\n  - name: kms-plugin:a\n    sim: {{ signer: [\"{}\"] }}\n",
-            sim_signer(&caller)
-        ),
-    )
-    .unwrap();
+    let policy = sim_role_policy(dir.path(), "kms-plugin:a", &caller);
     let config = dir.path().join("keyd.yaml");
     std::fs::write(
         &config,

@@ -24,6 +24,21 @@ pub fn sim_signer(state: &Path) -> String {
     )
 }
 
+/// Writes `<dir>/policy.yaml`, a policy that allows simulation and gives `role` to the sim
+/// platform whose state is `caller`; returns its path.
+pub fn sim_role_policy(dir: &Path, role: &str, caller: &Path) -> PathBuf {
+    let policy = dir.join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "version: 1\nallow_simulation: true\nroles:\n  - name: {role}\n    sim: {{ signer: [\"{}\"] }}\n",
+            sim_signer(caller)
+        ),
+    )
+    .unwrap();
+    policy
+}
+
 /// A free loopback TCP address.
 pub fn free_addr() -> SocketAddr {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
