@@ -131,10 +131,11 @@ pub struct SourceArgs {
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
-    /// Evidence file: JSON from `coffer attest evidence`, or a raw quote/report (then --tee).
+    /// Evidence file: JSON from `coffer attest evidence`, or a raw quote/report (then --tee)
+    /// as bytes or as hex text (a 0x prefix, spaces and line breaks are allowed).
     #[arg(long)]
     pub evidence: PathBuf,
-    /// Evidence type of a raw file: sgx, tdx, snp or sim. Hex text is accepted too.
+    /// Evidence type of a raw or hex file: sgx, tdx, snp or sim.
     #[arg(long)]
     pub tee: Option<String>,
     #[command(flatten)]
@@ -230,7 +231,8 @@ pub fn read_evidence(path: &Path, tee: Option<&str>) -> Result<Evidence, Error> 
         )
         .into());
     }
-    if let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+    // Only an object is our JSON form: hex text of digits alone also parses as a JSON number.
+    if let Ok(doc @ serde_json::Value::Object(_)) = serde_json::from_slice(&bytes) {
         let field = |name: &str| -> Result<Vec<u8>, Error> {
             let text = doc.get(name).and_then(|v| v.as_str()).unwrap_or("");
             Ok(B64
@@ -256,17 +258,47 @@ pub fn read_evidence(path: &Path, tee: Option<&str>) -> Result<Evidence, Error> 
     let tee_name = tee.ok_or("raw evidence needs --tee sgx|tdx|snp|sim")?;
     let tee = TeeType::from_name(tee_name)
         .ok_or_else(|| format!("unknown --tee {tee_name:?} (sgx, tdx, snp, sim)"))?;
-    // Hex text (as some tools and fixtures store reports) or raw bytes.
-    let text: String = String::from_utf8_lossy(&bytes).split_whitespace().collect();
-    let report = match hex::decode(&text) {
-        Ok(decoded) if !text.is_empty() => decoded,
-        _ => bytes,
+    let report = match hex_text(&bytes) {
+        Some(Ok(decoded)) => decoded,
+        Some(Err(e)) => {
+            return Err(format!(
+                "{}: the evidence is text but not hex ({e}); give the raw quote/report bytes, \
+                 their hex (0x prefix and line breaks allowed), or the JSON of `coffer attest \
+                 evidence`",
+                path.display()
+            )
+            .into())
+        }
+        None => bytes,
     };
     Ok(Evidence {
         tee,
         report,
         certificates: Vec::new(),
     })
+}
+
+/// Decodes evidence stored as hex text, as tools and fixtures store quotes and reports: any
+/// whitespace (line breaks included) and a `0x`/`0X` prefix on each whitespace-separated part.
+/// `None` when `bytes` is not text: raw quotes and reports always hold control bytes (their
+/// little-endian version fields), so they are never mistaken for hex.
+fn hex_text(bytes: &[u8]) -> Option<Result<Vec<u8>, hex::FromHexError>> {
+    if bytes.is_empty()
+        || !bytes
+            .iter()
+            .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace())
+    {
+        return None;
+    }
+    let digits: String = String::from_utf8_lossy(bytes)
+        .split_whitespace()
+        .map(|part| {
+            part.strip_prefix("0x")
+                .or_else(|| part.strip_prefix("0X"))
+                .unwrap_or(part)
+        })
+        .collect();
+    Some(hex::decode(digits))
 }
 
 /// A single VCEK given on the command line.

@@ -88,6 +88,69 @@ fn verifies_real_sgx_tdx_and_snp_evidence() {
 }
 
 #[test]
+fn hex_evidence_with_0x_prefix_and_line_breaks_is_read_as_hex() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("quote.hex");
+    let verify_tdx = || {
+        coffer(&[
+            "attest",
+            "verify",
+            "--tee",
+            "tdx",
+            "--evidence",
+            file.to_str().unwrap(),
+            "--collateral-dir",
+            &fx("tdx"),
+            "--collateral-file",
+            "tdx_quote_collateral.json",
+            "--now",
+            "2025-06-19T12:00:00Z",
+        ])
+    };
+    let hex = hex::encode(std::fs::read(fx("tdx/tdx_quote")).unwrap());
+    let lines: Vec<&str> = hex
+        .as_bytes()
+        .chunks(64)
+        .map(|line| std::str::from_utf8(line).unwrap())
+        .collect();
+    for (form, body) in [
+        (
+            "0x prefix, line breaks",
+            format!("0x{}\n", lines.join("\n")),
+        ),
+        ("0X prefix, CRLF", format!("0X{}\r\n", lines.join("\r\n"))),
+        ("upper case, spaces", format!("  {}  ", hex.to_uppercase())),
+        ("0x on every line", format!("0x{}\n", lines.join("\n0x"))),
+    ] {
+        std::fs::write(&file, body).unwrap();
+        let out = verify_tdx();
+        assert!(out.status.success(), "{form}: {}", text(&out.stderr));
+        let claims: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(claims["tcb_status"], "UpToDate", "{form}");
+    }
+
+    // Text that is not hex is refused as such, not handed to the verifier as bytes.
+    std::fs::write(&file, "0x04000200zz\n").unwrap();
+    let out = verify_tdx();
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("is text but not hex") && stderr.contains("0x prefix"),
+        "{stderr}"
+    );
+    // Hex of digits alone is hex, not a JSON number.
+    std::fs::write(&file, "1234\n").unwrap();
+    let out = verify_tdx();
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("tdx evidence is malformed") && !stderr.contains("JSON"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn outdated_and_tampered_evidence_is_refused_with_the_reason() {
     coffer_test_fixtures::skip_without_attestation_fixtures!();
     let out = coffer(&[

@@ -21,6 +21,7 @@
 
 #![deny(missing_docs)]
 
+pub mod dcap_quote;
 pub mod detect;
 pub mod durable;
 mod error;

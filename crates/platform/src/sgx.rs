@@ -37,15 +37,16 @@ impl SealPolicy {
     }
 }
 
-/// Length of the SGX quote header (v3 and v4).
-pub(crate) const QUOTE_HEADER_LEN: usize = 48;
+/// Length of the SGX quote header.
+pub(crate) const QUOTE_HEADER_LEN: usize = crate::dcap_quote::HEADER_LEN;
 /// Length of the SGX report body that follows the header.
 pub(crate) const REPORT_BODY_LEN: usize = 384;
 /// Offset of `report_data` inside the report body.
 pub(crate) const REPORT_DATA_OFFSET: usize = 320;
 
-/// Checks that `quote` is an SGX DCAP quote (v3, or v4 with TEE type SGX) whose report data is
-/// `report_data`.
+/// Checks that `quote` is an SGX DCAP quote of a version Coffer verifies
+/// ([`crate::dcap_quote::SGX_QUOTE_VERSIONS`]: v3, what Gramine and Occlum produce) whose report
+/// data is `report_data`. Evidence the verifier would refuse is refused here already.
 pub(crate) fn check_quote(
     backend: &'static str,
     quote: &[u8],
@@ -60,16 +61,14 @@ pub(crate) fn check_quote(
             quote.len()
         )));
     }
-    let version = u16::from_le_bytes([quote[0], quote[1]]);
-    let tee_type = u32::from_le_bytes([quote[4], quote[5], quote[6], quote[7]]);
-    match (version, tee_type) {
-        (3, _) | (4, 0) => {}
-        _ => {
-            return Err(bad(format!(
-                "the quote has version {version} and TEE type {tee_type:#x}; expected an SGX \
-                 DCAP quote (version 3)"
-            )))
-        }
+    use crate::dcap_quote::{version_and_tee_type, SGX_QUOTE_VERSIONS, TEE_TYPE_SGX};
+    let (version, tee_type) = version_and_tee_type(quote).unwrap_or_default();
+    if tee_type != TEE_TYPE_SGX || !SGX_QUOTE_VERSIONS.contains(&version) {
+        return Err(bad(format!(
+            "the quote has version {version} and TEE type {tee_type:#x}; expected an SGX DCAP \
+             quote of version 3 (TEE type 0), which Intel's quoting enclave produces and \
+             Coffer's verifier accepts: check the DCAP quote library and quote provider"
+        )));
     }
     let at = QUOTE_HEADER_LEN + REPORT_DATA_OFFSET;
     if quote[at..at + 64] != report_data[..] {
@@ -108,6 +107,19 @@ mod tests {
         v5[0] = 5;
         let err = check_quote("t", &v5, &rd).unwrap_err().to_string();
         assert!(err.contains("version 5"), "{err}");
+        // The verifier (dcap-qvl) refuses SGX quotes v4, so the platform does not produce them.
+        let mut v4 = q.clone();
+        v4[0] = 4;
+        let err = check_quote("t", &v4, &rd).unwrap_err().to_string();
+        assert!(
+            err.contains("version 4 and TEE type 0x0") && err.contains("version 3"),
+            "{err}"
+        );
+        // A v3 header with a TDX TEE type is not an SGX quote either.
+        let mut tdx = q.clone();
+        tdx[4] = 0x81;
+        let err = check_quote("t", &tdx, &rd).unwrap_err().to_string();
+        assert!(err.contains("TEE type 0x81"), "{err}");
         assert_eq!(
             SealPolicy::from_name("mrsigner"),
             Some(SealPolicy::MrSigner)

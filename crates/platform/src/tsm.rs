@@ -95,14 +95,28 @@ impl TsmProvider {
             TsmProvider::Snp => "snp",
         }
     }
-    /// Minimum outblob length and where the report data sits in it.
-    fn layout(self) -> (usize, usize) {
+    /// Minimum outblob length.
+    fn min_len(self) -> usize {
         match self {
-            // TDX quote v4: 48-byte header, TD report body with REPORTDATA at body offset 520,
-            // then a 4-byte signature length.
-            TsmProvider::Tdx => (48 + 584 + 4, 48 + 520),
-            // SNP ATTESTATION_REPORT: 1184 bytes, REPORT_DATA at 0x50.
-            TsmProvider::Snp => (1184, 0x50),
+            // The shortest TDX quote: v4, a TDX 1.0 TD report and the signature length.
+            TsmProvider::Tdx => {
+                crate::dcap_quote::HEADER_LEN + crate::dcap_quote::TD_REPORT10_LEN + 4
+            }
+            // SNP ATTESTATION_REPORT: 1184 bytes.
+            TsmProvider::Snp => 1184,
+        }
+    }
+
+    /// Where the report data sits in `outblob` (at least [`Self::min_len`] bytes long).
+    fn report_data_offset(self, outblob: &[u8]) -> Result<usize, String> {
+        match self {
+            // v4 or v5 (Intel's quote generator emits v5 for TDX 1.5): the offset depends on
+            // the version and the v5 body type.
+            TsmProvider::Tdx => {
+                crate::dcap_quote::tdx_report_data_offset(outblob).map_err(|e| e.to_string())
+            }
+            // SNP ATTESTATION_REPORT: REPORT_DATA at 0x50.
+            TsmProvider::Snp => Ok(0x50),
         }
     }
 }
@@ -269,7 +283,7 @@ impl TsmReporter {
         if generation != writes {
             return Ok(Attempt::Raced { generation, writes });
         }
-        let (min_len, rd_at) = self.provider.layout();
+        let min_len = self.provider.min_len();
         if outblob.len() < min_len {
             return Err(self.err(format!(
                 "{} returned {} bytes, shorter than a {} ({min_len} bytes); the quote/report \
@@ -282,6 +296,12 @@ impl TsmReporter {
                 }
             )));
         }
+        let rd_at = self.provider.report_data_offset(&outblob).map_err(|e| {
+            self.err(format!(
+                "{} did not return a quote Coffer can verify: {e}",
+                outblob_path.display()
+            ))
+        })?;
         if outblob[rd_at..rd_at + 64] != report_data[..] {
             return Err(self.err(format!(
                 "the evidence in {} does not carry the report data written to inblob",
@@ -422,6 +442,8 @@ pub(crate) mod fake {
         /// Extra generation bumps (foreign writers) for the next N requests.
         pub races: Mutex<usize>,
         pub outblob_len: Mutex<Option<usize>>,
+        /// The TDX quote's version and (v5) body type; v4 by default.
+        pub tdx_quote: Mutex<(u16, u16)>,
         pub auxblob: Mutex<Vec<u8>>,
         pub deny_mkdir: bool,
         pub removed: Mutex<Vec<PathBuf>>,
@@ -435,6 +457,7 @@ pub(crate) mod fake {
                 reports: Mutex::default(),
                 races: Mutex::new(0),
                 outblob_len: Mutex::new(None),
+                tdx_quote: Mutex::new((4, 0)),
                 auxblob: Mutex::new(Vec::new()),
                 deny_mkdir: false,
                 removed: Mutex::default(),
@@ -527,15 +550,17 @@ pub(crate) mod fake {
                 "provider" => Ok(format!("{provider}\n").into_bytes()),
                 "generation" => Ok(format!("{}\n", report.generation).into_bytes()),
                 "outblob" => {
-                    let (len, at) = if provider == "sev_guest" {
-                        (1184, 0x50)
-                    } else {
-                        (48 + 584 + 4 + 1000, 48 + 520)
-                    };
-                    let mut out = vec![0u8; len];
                     let mut rd = report.inblob.clone();
                     rd.resize(64, 0);
-                    out[at..at + 64].copy_from_slice(&rd);
+                    let rd: [u8; 64] = rd.try_into().unwrap();
+                    let mut out = if provider == "sev_guest" {
+                        let mut out = vec![0u8; 1184];
+                        out[0x50..0x90].copy_from_slice(&rd);
+                        out
+                    } else {
+                        let (version, body_type) = *self.tdx_quote.lock().unwrap();
+                        crate::dcap_quote::fake_tdx_quote(version, body_type, &rd)
+                    };
                     if let Some(short) = *self.outblob_len.lock().unwrap() {
                         out.truncate(short);
                     }
@@ -574,6 +599,47 @@ mod tests {
             .unwrap()
             .to_string_lossy()
             .starts_with("coffer-"));
+    }
+
+    #[test]
+    fn tdx_accepts_its_own_v5_quotes() {
+        // Intel's quote generator emits v5 quotes (TDX 1.5): a body type and size precede the
+        // TD report, so the report data sits 6 bytes further than in v4.
+        let fs = FakeTsm::new(&root(), "tdx_guest");
+        let p = TdxPlatform::with_fs(&root(), fs.clone()).unwrap();
+        let rd = [0x42u8; 64];
+        for (body_type, len) in [(2u16, 584usize), (3, 648), (4, 885)] {
+            *fs.tdx_quote.lock().unwrap() = (5, body_type);
+            let ev = p.evidence(&rd).unwrap();
+            assert_eq!(ev.report[0], 5);
+            assert_eq!(&ev.report[574..638], &rd[..], "body type {body_type}");
+            assert_eq!(ev.report.len(), 54 + len + 4 + 100);
+        }
+        assert_eq!(fs.live_reports(), 0);
+    }
+
+    #[test]
+    fn tdx_refuses_quotes_it_cannot_read_the_report_data_of() {
+        let fs = FakeTsm::new(&root(), "tdx_guest");
+        let p = TdxPlatform::with_fs(&root(), fs.clone()).unwrap();
+        for (quote, expected) in [
+            ((5, 1), "body has type 1"),
+            ((6, 0), "version 6"),
+            ((3, 0), "version 3"),
+        ] {
+            *fs.tdx_quote.lock().unwrap() = quote;
+            let err = p.evidence(&[1u8; 64]).unwrap_err().to_string();
+            assert!(
+                err.contains("did not return a quote Coffer can verify") && err.contains(expected),
+                "{err}"
+            );
+        }
+        // A v5 quote cut inside its TDX 1.5 body.
+        *fs.tdx_quote.lock().unwrap() = (5, 3);
+        *fs.outblob_len.lock().unwrap() = Some(700);
+        let err = p.evidence(&[1u8; 64]).unwrap_err().to_string();
+        assert!(err.contains("700 bytes long"), "{err}");
+        assert_eq!(fs.live_reports(), 0);
     }
 
     #[test]
@@ -771,8 +837,8 @@ mod tests {
                         }
                         let inblob = fs::read(d.join("inblob")).unwrap_or_default();
                         if inblob.len() == 64 && done.insert(d.clone()) {
-                            let mut out = vec![0u8; 48 + 584 + 4];
-                            out[568..632].copy_from_slice(&inblob);
+                            let rd: [u8; 64] = inblob.as_slice().try_into().unwrap();
+                            let out = crate::dcap_quote::fake_tdx_quote(4, 0, &rd);
                             put("generation", b"1\n");
                             put("outblob", &out);
                         }

@@ -1,4 +1,4 @@
-//! DCAP quote verification shared by SGX (quote v3) and TDX (quote v4), with `dcap-qvl`.
+//! DCAP quote verification shared by SGX (quote v3) and TDX (quotes v4 and v5), with `dcap-qvl`.
 //!
 //! The `ring` backend of dcap-qvl is used: it is about four times faster than the RustCrypto
 //! one, and ring is already in the dependency tree (rustls for PCCS/KDS fetches).
@@ -7,7 +7,7 @@ pub mod collateral;
 
 use crate::error::{parse_rfc3339, unix_secs};
 use crate::{VerifyError, VerifyOptions};
-use coffer_platform::TeeType;
+use coffer_platform::{dcap_quote, TeeType};
 use dcap_qvl::verify::VerifiedReport;
 use dcap_qvl::QuoteCollateralV3;
 
@@ -33,11 +33,12 @@ fn check_header(tee: TeeType, quote: &[u8]) -> Result<(), VerifyError> {
             "quote shorter than its 48-byte header",
         ));
     }
-    let version = u16::from_le_bytes([quote[0], quote[1]]);
-    let tee_type = u32::from_le_bytes([quote[4], quote[5], quote[6], quote[7]]);
-    let (want_type, versions): (u32, &[u16]) = match tee {
-        TeeType::Sgx => (0x0000_0000, &[3]),
-        _ => (0x0000_0081, &[4, 5]),
+    // The same versions the generating side accepts from its own TEE (coffer_platform's
+    // `dcap_quote`), so that Coffer never produces evidence it then refuses.
+    let (version, tee_type) = dcap_quote::version_and_tee_type(quote).unwrap_or_default();
+    let (want_type, versions) = match tee {
+        TeeType::Sgx => (dcap_quote::TEE_TYPE_SGX, dcap_quote::SGX_QUOTE_VERSIONS),
+        _ => (dcap_quote::TEE_TYPE_TDX, dcap_quote::TDX_QUOTE_VERSIONS),
     };
     if tee_type != want_type {
         return Err(VerifyError::malformed(
@@ -50,6 +51,37 @@ fn check_header(tee: TeeType, quote: &[u8]) -> Result<(), VerifyError> {
             tee,
             format!("quote version {version} (expected {versions:?})"),
         ));
+    }
+    if version >= 4 {
+        check_certification_data_type(tee, quote)?;
+    }
+    Ok(())
+}
+
+/// Quote v4/v5 certification data type 6: QE report certification data (QE report, its
+/// signature, QE authentication data, and the inner certification data with the PCK chain).
+/// Intel's `sgx_quote_4.h` and `sgx_quote_5.h` define no other outer type.
+const QE_REPORT_CERTIFICATION_DATA: u16 = 6;
+
+/// Refuses a v4/v5 quote whose outer certification data is not of type 6. dcap-qvl 0.7.1
+/// decodes the outer body as QE report certification data whatever its type says
+/// (`AuthDataV4::decode` in `src/quote.rs`), and no signature covers that type field, so
+/// without this check a quote labelled otherwise would verify.
+fn check_certification_data_type(tee: TeeType, quote: &[u8]) -> Result<(), VerifyError> {
+    let parsed = dcap_qvl::quote::Quote::parse(quote)
+        .map_err(|e| VerifyError::malformed(tee, format!("cannot decode quote: {e:#}")))?;
+    if let dcap_qvl::quote::AuthData::V4(auth) = &parsed.auth_data {
+        let outer = auth.certification_data.cert_type;
+        if outer != QE_REPORT_CERTIFICATION_DATA {
+            return Err(VerifyError::malformed(
+                tee,
+                format!(
+                    "the quote's certification data has type {outer}; a quote v4/v5 must carry \
+                     type {QE_REPORT_CERTIFICATION_DATA} (QE report certification data): it \
+                     was not produced by Intel's quoting enclave or was altered"
+                ),
+            ));
+        }
     }
     Ok(())
 }
