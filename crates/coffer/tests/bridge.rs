@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use coffer_proto::{v1beta1, v2};
 use common::keyd::{free_addr, sim_signer};
 use common::raw_grpc::raw_grpc_call;
+use common::run::output_within;
 use common::{channel, coffer_bin, decrypt, encrypt, v2_client, V1Client, V2Client};
 use prost::Message;
 use tonic::Code;
@@ -312,15 +313,14 @@ fn kms_serve_refuses_a_unix_socket_where_peer_credentials_are_not_real() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("kms.sock");
     for libos in ["sgx-occlum", "sgx-gramine"] {
-        let out = Command::new(coffer_bin())
-            .args(["kms", "serve", "--platform", "sim", "--state-dir"])
-            .arg(dir.path().join("state"))
-            .arg("--socket")
-            .arg(&socket)
-            .env("COFFER_SIM_POSE_AS_LIBOS", libos)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+        let out = output_within(
+            Command::new(coffer_bin())
+                .args(["kms", "serve", "--platform", "sim", "--state-dir"])
+                .arg(dir.path().join("state"))
+                .arg("--socket")
+                .arg(&socket)
+                .env("COFFER_SIM_POSE_AS_LIBOS", libos),
+        );
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{stderr}");
         assert!(stderr.contains(libos), "{stderr}");
@@ -335,13 +335,12 @@ fn kms_serve_refuses_a_unix_socket_where_peer_credentials_are_not_real() {
 #[test]
 fn listen_tcp_refuses_a_non_loopback_address() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(coffer_bin())
-        .args(["kms", "serve", "--platform", "sim", "--state-dir"])
-        .arg(dir.path().join("state"))
-        .args(["--listen-tcp", "0.0.0.0:1"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = output_within(
+        Command::new(coffer_bin())
+            .args(["kms", "serve", "--platform", "sim", "--state-dir"])
+            .arg(dir.path().join("state"))
+            .args(["--listen-tcp", "0.0.0.0:1"]),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
