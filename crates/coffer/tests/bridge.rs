@@ -348,3 +348,30 @@ fn listen_tcp_refuses_a_non_loopback_address() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn insecure_override_serves_the_unix_socket_anyway() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("kms.sock");
+    let log = dir.path().join("plugin.log");
+    let child = Command::new(coffer_bin())
+        .args(["kms", "serve", "--platform", "sim", "--state-dir"])
+        .arg(dir.path().join("state"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--insecure-unreal-peer-credentials")
+        .env("COFFER_SIM_POSE_AS_LIBOS", "sgx-occlum")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let plugin = Proc { child, log };
+    let mut v2c = client(&socket, &plugin).await;
+    wait_ok(&mut v2c, &[&plugin]).await;
+    assert!(
+        plugin.log_text().contains("admits every caller"),
+        "the override is said loudly: {}",
+        plugin.log_text()
+    );
+}
