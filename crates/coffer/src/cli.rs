@@ -131,8 +131,24 @@ pub enum KmsCommand {
     /// refuses this plugin. Every call ends within --keyd-timeout (below the API server's 3 s);
     /// connections come back by themselves with backoff when keyd does. Rotate in keyd.
     ///
+    /// Inside an SGX LibOS (Gramine, Occlum) the host cannot reach a unix socket in the enclave
+    /// and peer credentials are not real there, so a unix socket is refused: serve with
+    /// --listen-tcp 127.0.0.1:PORT and run `coffer kms bridge` on the host.
+    ///
     /// SIGTERM drains in-flight calls and removes the socket.
     Serve(Box<ServeArgs>),
+    /// Host side of a plugin inside an SGX enclave: owns kube-apiserver's unix socket.
+    ///
+    /// Gramine and Occlum cannot share a unix socket between the enclave and the host, so the
+    /// plugin runs `kms serve --listen-tcp 127.0.0.1:PORT` inside the enclave and this command
+    /// runs beside it on the host (a sidecar in the same pod). It checks every caller with the
+    /// host kernel's peer credentials (--allow-uid, --allow-gid, --allow-exe, as `kms serve`),
+    /// then forwards each KMS v2 / v1beta1 call to the enclave over TLS, verifying that the
+    /// enclave's attested certificate satisfies --enclave-policy: a substituted enclave gets no
+    /// call, and Status then reports UNAVAILABLE with the reason. Every call ends within
+    /// --enclave-timeout (below the API server's 3 s); when the enclave restarts, the next call
+    /// reconnects. It holds no key. See docs/tee-platforms.md for the threat model.
+    Bridge(Box<BridgeArgs>),
     /// Print the EncryptionConfiguration that points kube-apiserver at a plugin socket.
     EncryptionConfig(EncryptionConfigArgs),
 }
@@ -141,6 +157,43 @@ pub enum KmsCommand {
 pub struct ServeArgs {
     #[command(flatten)]
     pub store: StoreArgs,
+    #[command(flatten)]
+    pub front: FrontArgs,
+    /// Rotate the primary KEK automatically when it is older than this (a duration such as
+    /// 720h or 30d; at least 1s, and longer than --reload-interval, which is when the age is
+    /// checked). Standalone mode only.
+    #[arg(long, value_parser = crate::duration::at_least(MIN_ROTATE_EVERY))]
+    pub rotate_every: Option<Duration>,
+    /// How often to check the keystore for changes made by `coffer keys` (a duration such as
+    /// 2s or 500ms; at least 100ms) [default: 2s]. Standalone mode only.
+    #[arg(long, value_parser = crate::duration::at_least(MIN_RELOAD_INTERVAL))]
+    pub reload_interval: Option<Duration>,
+    /// Inside an SGX enclave (Gramine, Occlum): serve KMS on this TCP address over attested TLS
+    /// (the certificate carries this enclave's evidence) instead of on a unix socket, for
+    /// `coffer kms bridge` on the host, which owns kube-apiserver's socket and checks callers.
+    /// Loopback only (e.g. 127.0.0.1:7700) unless --listen-tcp-allow-remote.
+    #[arg(
+        long,
+        value_name = "ADDR:PORT",
+        conflicts_with = "insecure_unreal_peer_credentials"
+    )]
+    pub listen_tcp: Option<SocketAddr>,
+    /// Allow --listen-tcp on a non-loopback address (anyone who reaches it can call the plugin
+    /// without the bridge's caller check).
+    #[arg(long, requires = "listen_tcp")]
+    pub listen_tcp_allow_remote: bool,
+    /// INSECURE, for tests: serve the unix socket even where peer credentials are not real
+    /// (inside Occlum or Gramine), so that the caller check admits every caller.
+    #[arg(long)]
+    pub insecure_unreal_peer_credentials: bool,
+    #[command(flatten)]
+    pub keyd: KeydArgs,
+}
+
+/// The side kube-apiserver sees, shared by `kms serve` and `kms bridge`: the unix socket, the
+/// caller check, connection limits, Status, metrics and shutdown.
+#[derive(Args, Debug)]
+pub struct FrontArgs {
     /// The unix socket kube-apiserver connects to (its EncryptionConfiguration `endpoint`), as
     /// a path without `unix://`. Default: /var/run/kmsplugin/socket.sock (with --dev:
     /// ./.coffer-dev/kms.sock).
@@ -175,15 +228,6 @@ pub struct ServeArgs {
     /// Allow --metrics-addr to be a non-loopback address.
     #[arg(long)]
     pub metrics_allow_remote: bool,
-    /// Rotate the primary KEK automatically when it is older than this (a duration such as
-    /// 720h or 30d; at least 1s, and longer than --reload-interval, which is when the age is
-    /// checked). Standalone mode only.
-    #[arg(long, value_parser = crate::duration::at_least(MIN_ROTATE_EVERY))]
-    pub rotate_every: Option<Duration>,
-    /// How often to check the keystore for changes made by `coffer keys` (a duration such as
-    /// 2s or 500ms; at least 100ms) [default: 2s]. Standalone mode only.
-    #[arg(long, value_parser = crate::duration::at_least(MIN_RELOAD_INTERVAL))]
-    pub reload_interval: Option<Duration>,
     /// How long SIGTERM waits for in-flight calls before closing connections (a duration such
     /// as 10s or 1m30s; 0s closes them at once).
     #[arg(long, default_value = "10s", value_parser = crate::duration::at_least(Duration::ZERO))]
@@ -213,8 +257,74 @@ pub struct ServeArgs {
     /// letters, digits, '.', '_' and '-').
     #[arg(long, default_value = "coffer", value_parser = parse_provider_name)]
     pub provider_name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct BridgeArgs {
     #[command(flatten)]
-    pub keyd: KeydArgs,
+    pub front: FrontArgs,
+    /// The enclave plugin's --listen-tcp address (e.g. 127.0.0.1:7700).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub enclave: SocketAddr,
+    /// Attestation policy the enclave's evidence must satisfy (YAML; see `coffer attest policy
+    /// check`): pin its MRENCLAVE or MRSIGNER there. Any role it grants will do.
+    #[arg(long, value_name = "FILE")]
+    pub enclave_policy: PathBuf,
+    /// Deadline of every forwarded call, covering connect, attested handshake and RPC (a
+    /// duration such as 2s or 1500ms; at least 1ms). Must be below 3s, the API server's
+    /// per-call timeout, so the bridge always answers first.
+    #[arg(long, default_value = "2s", value_parser = crate::duration::between(
+        Duration::from_millis(1),
+        coffer_kms::remote::API_SERVER_TIMEOUT,
+        "not below the API server's per-call timeout: the bridge must answer first, with a \
+         clear error, when the enclave is slow or down",
+    ))]
+    pub enclave_timeout: Duration,
+    #[command(flatten)]
+    pub sources: EnclaveSourceArgs,
+}
+
+/// Where the DCAP collateral that verifies the enclave's SGX quote comes from: the flags of
+/// `coffer attest verify`, prefixed with `enclave-`.
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Collateral for the enclave's evidence")]
+pub struct EnclaveSourceArgs {
+    /// Directory of DCAP collateral JSON files for the enclave's quote (air-gapped sites).
+    #[arg(long)]
+    pub enclave_collateral_dir: Option<PathBuf>,
+    /// Use exactly this collateral file name inside --enclave-collateral-dir.
+    #[arg(long, requires = "enclave_collateral_dir")]
+    pub enclave_collateral_file: Option<String>,
+    /// PCCS or Intel PCS base URL to fetch DCAP collateral from (cached in --enclave-cache-dir).
+    #[arg(
+        long,
+        requires = "enclave_cache_dir",
+        conflicts_with = "enclave_collateral_dir"
+    )]
+    pub enclave_pccs_url: Option<String>,
+    /// Cache directory for fetched collateral.
+    #[arg(long)]
+    pub enclave_cache_dir: Option<PathBuf>,
+    /// PEM file of CA certificates to trust for --enclave-pccs-url, besides Mozilla's roots and
+    /// the system trust store.
+    #[arg(long, value_name = "FILE")]
+    pub enclave_ca_file: Option<PathBuf>,
+}
+
+impl EnclaveSourceArgs {
+    /// The same sources as `coffer attest verify` flags (SGX needs no VCEK).
+    pub fn sources(&self) -> crate::attest::SourceArgs {
+        crate::attest::SourceArgs {
+            collateral_dir: self.enclave_collateral_dir.clone(),
+            collateral_file: self.enclave_collateral_file.clone(),
+            pccs_url: self.enclave_pccs_url.clone(),
+            cache_dir: self.enclave_cache_dir.clone(),
+            vcek: None,
+            vcek_dir: None,
+            kds_url: None,
+            ca_file: self.enclave_ca_file.clone(),
+        }
+    }
 }
 
 /// Service mode: where keyd is and how the plugin trusts it.

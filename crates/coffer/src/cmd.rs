@@ -21,6 +21,7 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 pub fn run(command: Command) -> Result<ExitCode, Error> {
     match command {
         Command::Kms(KmsCommand::Serve(args)) => serve(*args),
+        Command::Kms(KmsCommand::Bridge(args)) => bridge(*args),
         Command::Kms(KmsCommand::EncryptionConfig(args)) => {
             print!(
                 "{}",
@@ -91,14 +92,14 @@ fn open_keystore(store: &StoreArgs, access: Access) -> Result<Keystore, Error> {
     Ok(Keystore::new(state_dir, platform))
 }
 
-/// Where `kms serve` gets its keys: the local keystore, or keyd with `--keyd`.
-fn key_source(args: &ServeArgs) -> Result<KeySource, Error> {
+/// Where `kms serve` gets its keys (the local keystore, or keyd with `--keyd`), and the
+/// platform it runs on.
+fn key_source(args: &ServeArgs) -> Result<(KeySource, std::sync::Arc<dyn Platform>), Error> {
     let keyd = &args.keyd;
     let Some(addr) = keyd.keyd.clone() else {
-        return Ok(KeySource::Keystore(open_keystore(
-            &args.store,
-            Access::CreateIfMissing,
-        )?));
+        let (platform, state_dir) = open_store_platform(&args.store, Access::CreateIfMissing)?;
+        let keystore = Keystore::new(state_dir, platform.clone());
+        return Ok((KeySource::Keystore(keystore), platform));
     };
     if args.rotate_every.is_some() {
         return Err(
@@ -127,7 +128,7 @@ fn key_source(args: &ServeArgs) -> Result<KeySource, Error> {
         addr,
         keyring: keyring.clone(),
         client: coffer_keyd::KeydClientOptions {
-            platform,
+            platform: platform.clone(),
             policy: std::sync::Arc::new(policy),
             verify_options: keyd
                 .sources
@@ -138,19 +139,37 @@ fn key_source(args: &ServeArgs) -> Result<KeySource, Error> {
         timeout: keyd.keyd_timeout,
     };
     remote.validate()?;
-    Ok(KeySource::Keyd(remote))
+    Ok((KeySource::Keyd(remote), platform))
+}
+
+/// Makes the sim platform pose as an SGX LibOS (`sgx-occlum` or `sgx-gramine`) for the peer
+/// credential check, so tests can see `kms serve` refuse a unix socket there. It can only make
+/// the plugin stricter.
+pub const SIM_POSE_AS_LIBOS_ENV: &str = "COFFER_SIM_POSE_AS_LIBOS";
+
+/// The platform kind that decides whether peer credentials are real.
+fn credential_platform(platform: &dyn Platform) -> coffer_platform::PlatformKind {
+    use coffer_platform::PlatformKind;
+    if platform.kind() != PlatformKind::Sim {
+        return platform.kind();
+    }
+    match std::env::var(SIM_POSE_AS_LIBOS_ENV).as_deref() {
+        Ok("sgx-occlum") => PlatformKind::SgxOcclum,
+        Ok("sgx-gramine") => PlatformKind::SgxGramine,
+        _ => PlatformKind::Sim,
+    }
 }
 
 fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
     if let Err(e) = coffer_platform::process::harden() {
         tracing::warn!(error = %e, "could not disable core dumps");
     }
-    let socket = match (&args.socket, args.store.dev) {
+    let socket = match (&args.front.socket, args.store.dev) {
         (Some(path), _) => path.clone(),
         (None, true) => Path::new(DEV_DIR).join("kms.sock"),
         (None, false) => PathBuf::from(DEFAULT_SOCKET),
     };
-    let mut options = ServeOptions::new(socket.clone());
+    let mut options = front_options(&args.front, socket.clone());
     if let Some(interval) = args.reload_interval {
         options.reload_interval = interval;
     }
@@ -164,31 +183,87 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
         )
         .into());
     }
-    let keys = key_source(&args)?;
+    let (keys, platform) = key_source(&args)?;
+    options.rotate_every = args.rotate_every;
+    options.platform_kind = credential_platform(platform.as_ref());
+    options.insecure_unreal_peer_credentials = args.insecure_unreal_peer_credentials;
+    options.tcp = args.listen_tcp.map(|addr| coffer_kms::tcp::TcpOptions {
+        addr,
+        allow_remote: args.listen_tcp_allow_remote,
+        platform,
+    });
+    // With --listen-tcp there is no socket for the API server: the bridge's configuration is
+    // the one to print.
+    let print = (args.front.print_encryption_config || args.store.dev) && options.tcp.is_none();
+    run_front(&args.front, keys, options, print, socket)
+}
+
+fn bridge(args: BridgeArgs) -> Result<ExitCode, Error> {
+    if let Err(e) = coffer_platform::process::harden() {
+        tracing::warn!(error = %e, "could not disable core dumps");
+    }
+    let socket = args
+        .front
+        .socket
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+    let options = front_options(&args.front, socket.clone());
+    let policy = Policy::load(&args.enclave_policy)
+        .map_err(|e| format!("--enclave-policy {}: {e}", args.enclave_policy.display()))?;
+    let enclave = coffer_kms::EnclaveOptions {
+        addr: args.enclave,
+        policy: std::sync::Arc::new(policy),
+        verify_options: args
+            .sources
+            .sources()
+            .options(std::time::SystemTime::now())?,
+        timeout: args.enclave_timeout,
+    };
+    let print = args.front.print_encryption_config;
+    run_front(
+        &args.front,
+        KeySource::Enclave(enclave),
+        options,
+        print,
+        socket,
+    )
+}
+
+/// The options of the side kube-apiserver sees, as `kms serve` and `kms bridge` share them.
+fn front_options(front: &FrontArgs, socket: PathBuf) -> ServeOptions {
+    let mut options = ServeOptions::new(socket.clone());
     options.socket = SocketOptions {
-        path: socket.clone(),
-        mode: args.socket_mode,
-        owner: args.socket_owner,
-        group: args.socket_group,
-        max_connections: args.max_connections,
+        path: socket,
+        mode: front.socket_mode,
+        owner: front.socket_owner,
+        group: front.socket_group,
+        max_connections: front.max_connections,
         timeouts: coffer_kms::deadline::ConnTimeouts {
-            handshake: args.handshake_timeout,
-            idle: args.idle_timeout,
+            handshake: front.handshake_timeout,
+            idle: front.idle_timeout,
         },
     };
-    if !args.allow_uids.is_empty() || !args.allow_gids.is_empty() {
-        options.callers.uids = args.allow_uids.clone();
-        options.callers.gids = args.allow_gids.clone();
+    if !front.allow_uids.is_empty() || !front.allow_gids.is_empty() {
+        options.callers.uids = front.allow_uids.clone();
+        options.callers.gids = front.allow_gids.clone();
     }
-    options.callers.executables = args.allow_exes.clone();
-    options.status_version = args.status_version;
-    options.metrics_addr = args.metrics_addr;
-    options.metrics_allow_remote = args.metrics_allow_remote;
-    options.rotate_every = args.rotate_every;
-    options.drain_timeout = args.drain_timeout;
+    options.callers.executables = front.allow_exes.clone();
+    options.status_version = front.status_version;
+    options.metrics_addr = front.metrics_addr;
+    options.metrics_allow_remote = front.metrics_allow_remote;
+    options.drain_timeout = front.drain_timeout;
+    options
+}
 
-    let print_config = args.print_encryption_config || args.store.dev;
-    let provider = args.provider_name.clone();
+/// Runs the plugin server (`kms serve` or `kms bridge`) until SIGTERM.
+fn run_front(
+    front: &FrontArgs,
+    keys: KeySource,
+    options: ServeOptions,
+    print_config: bool,
+    socket: PathBuf,
+) -> Result<ExitCode, Error> {
+    let provider = front.provider_name.clone();
     let endpoint = absolute(&socket);
     let on_ready: coffer_kms::server::ReadyHook = Box::new(move |key_id: &str| {
         if print_config {
@@ -203,7 +278,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
     });
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(usize::from(args.worker_threads))
+        .worker_threads(usize::from(front.worker_threads))
         // Keystore loads and rotations are the only blocking work; a small pool keeps the
         // thread count within an SGX enclave's fixed TCS budget (see deploy/gramine).
         .max_blocking_threads(4)

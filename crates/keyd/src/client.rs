@@ -48,10 +48,7 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// `first`, then the text of `source` and each of its causes, joined with ": " (repeated
 /// texts are dropped).
-pub(crate) fn error_chain(
-    first: String,
-    source: Option<&(dyn std::error::Error + 'static)>,
-) -> String {
+pub fn error_chain(first: String, source: Option<&(dyn std::error::Error + 'static)>) -> String {
     let mut parts: Vec<String> = vec![first];
     let mut next = source;
     while let Some(err) = next {

@@ -1,4 +1,5 @@
-//! keyd's own attested TLS certificate, renewed before it expires.
+//! keyd's own attested TLS certificate, renewed before it expires (also what `coffer kms serve
+//! --listen-tcp` presents to the host-side bridge).
 //!
 //! The certificate carries fresh evidence and is valid for a limited time (a day by default),
 //! so a keyd that runs longer must make a new one: callers refuse an expired certificate.
@@ -21,14 +22,14 @@ const RETRY: Duration = Duration::from_secs(60);
 /// The certificate keyd presents; [`ServerIdentity::renew`] swaps in a new one for the next
 /// handshakes, while established connections keep theirs.
 #[derive(Debug)]
-pub(crate) struct ServerIdentity {
+pub struct ServerIdentity {
     platform: Arc<dyn Platform>,
     current: ArcSwap<CertifiedKey>,
 }
 
 impl ServerIdentity {
     /// Makes the first certificate.
-    pub(crate) fn new(platform: Arc<dyn Platform>) -> Result<Self, KeydError> {
+    pub fn new(platform: Arc<dyn Platform>) -> Result<Self, KeydError> {
         let identity = coffer_ratls::attested_certificate(platform.as_ref())?;
         Ok(ServerIdentity {
             platform,
@@ -37,14 +38,14 @@ impl ServerIdentity {
     }
 
     /// Makes a new certificate (new key, fresh evidence) and serves it from now on.
-    pub(crate) fn renew(&self) -> Result<(), KeydError> {
+    pub fn renew(&self) -> Result<(), KeydError> {
         let identity = coffer_ratls::attested_certificate(self.platform.as_ref())?;
         self.current.store(identity.certified_key());
         Ok(())
     }
 
     /// Renews every `every` until the task is dropped; a failure is logged and retried.
-    pub(crate) async fn renew_forever(self: Arc<Self>, every: Duration) {
+    pub async fn renew_forever(self: Arc<Self>, every: Duration) {
         let mut wait = every;
         loop {
             tokio::time::sleep(wait).await;

@@ -23,9 +23,10 @@ mod slots;
 /// Generated gRPC types and stubs of `coffer.keyd.v1.KeyService` (from `coffer-proto`).
 pub use coffer_proto::keyd as pb;
 
-pub use client::{KeydClient, KeydClientOptions};
+pub use client::{error_chain, KeydClient, KeydClientOptions};
 pub use config::{validate_keyring_name, KeydConfig, KeyringAccess, Operation};
 pub use error::KeydError;
+pub use identity::{ServerIdentity, DEFAULT_RENEWAL};
 pub use keyrings::{create_keyring, keyring_dir, keyring_store};
 pub use limits::KeydLimits;
 pub use metrics::KeydMetrics;

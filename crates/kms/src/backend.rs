@@ -3,6 +3,8 @@
 //! * [`LocalKeys`] (standalone mode): the plugin's own keyring, loaded from the sealed keystore,
 //!   hot-reloaded and rotated by the server's background task.
 //! * [`RemoteKeys`] (service mode): keyd holds the keys and every call is forwarded to it.
+//! * [`EnclaveKeys`] (`coffer kms bridge`): the plugin inside an SGX enclave holds them, and
+//!   every call is forwarded to it.
 //!
 //! An enum rather than a trait object: the standalone path stays a direct, synchronous call.
 
@@ -16,6 +18,7 @@ use coffer_keystore::{DecryptError, Keyring};
 use tonic::Status;
 use zeroize::Zeroizing;
 
+use crate::enclave::EnclaveKeys;
 use crate::metrics::Metrics;
 use crate::remote::RemoteKeys;
 
@@ -28,6 +31,8 @@ pub enum Backend {
     Local(LocalKeys),
     /// Service mode: keyd's keyring, over attested TLS.
     Remote(Box<RemoteKeys>),
+    /// Bridge: the enclave plugin's keys, over attested TLS.
+    Enclave(Box<EnclaveKeys>),
 }
 
 impl Backend {
@@ -36,6 +41,7 @@ impl Backend {
         match self {
             Backend::Local(local) => local.encrypt(plaintext),
             Backend::Remote(remote) => remote.encrypt(plaintext).await,
+            Backend::Enclave(enclave) => enclave.encrypt(plaintext).await,
         }
     }
 
@@ -48,6 +54,7 @@ impl Backend {
         match self {
             Backend::Local(local) => local.decrypt(key_id, ciphertext),
             Backend::Remote(remote) => remote.decrypt(key_id, ciphertext).await,
+            Backend::Enclave(enclave) => enclave.decrypt(key_id, ciphertext).await,
         }
     }
 
@@ -57,6 +64,7 @@ impl Backend {
         match self {
             Backend::Local(local) => local.status(),
             Backend::Remote(remote) => remote.status().await,
+            Backend::Enclave(enclave) => enclave.status().await,
         }
     }
 
@@ -65,6 +73,7 @@ impl Backend {
         match self {
             Backend::Local(local) => local.check_health(),
             Backend::Remote(remote) => remote.health(),
+            Backend::Enclave(enclave) => enclave.health(),
         }
     }
 
@@ -72,14 +81,14 @@ impl Backend {
     pub fn local(&self) -> Option<&LocalKeys> {
         match self {
             Backend::Local(local) => Some(local),
-            Backend::Remote(_) => None,
+            Backend::Remote(_) | Backend::Enclave(_) => None,
         }
     }
 
     /// The keyd connection, in service mode.
     pub fn remote(&self) -> Option<&RemoteKeys> {
         match self {
-            Backend::Local(_) => None,
+            Backend::Local(_) | Backend::Enclave(_) => None,
             Backend::Remote(remote) => Some(remote),
         }
     }

@@ -8,6 +8,8 @@
 //! * [`service`] — the gRPC handlers and their input checks.
 //! * [`backend`] — where the keys are: the local keyring or keyd.
 //! * [`remote`] — service mode: forwarding to keyd, Status caching, probing.
+//! * [`enclave`] — `coffer kms bridge`: forwarding to the plugin inside an SGX enclave.
+//! * [`tcp`] — `kms serve --listen-tcp`: serving the bridge over attested TLS.
 //! * [`listener`] — the socket: single instance, stale cleanup, permissions, connection slots.
 //! * [`deadline`] — closes connections that make no calls.
 //! * [`peer`] — caller checks with kernel credentials.
@@ -19,13 +21,16 @@
 pub mod authority;
 pub mod backend;
 pub mod deadline;
+pub mod enclave;
 pub mod listener;
 pub mod metrics;
 pub mod peer;
 pub mod remote;
 pub mod server;
 pub mod service;
+pub mod tcp;
 
+pub use enclave::EnclaveOptions;
 pub use remote::RemoteOptions;
 pub use server::{serve, KeySource, ServeError, ServeOptions};
 pub use service::StatusVersion;

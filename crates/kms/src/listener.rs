@@ -201,11 +201,7 @@ impl BoundSocket {
     ) {
         let (tx, rx) = mpsc::channel(16);
         let listener = self.listener.take();
-        let max = options.max_connections.max(1);
-        let slots = Slots {
-            all: Arc::new(Semaphore::new(max)),
-            refused: Arc::new(Semaphore::new(max - reserved_for_allowed(max))),
-        };
+        let slots = Slots::new(options.max_connections);
         let timeouts = options.timeouts;
         let task = tokio::spawn(async move {
             let Some(listener) = listener else { return };
@@ -221,7 +217,13 @@ impl BoundSocket {
                             );
                             continue;
                         };
-                        let conn = KmsConn::new(stream, verdict, slot, timeouts, rewrites.clone());
+                        let conn = KmsConn::new(
+                            Box::new(stream),
+                            verdict,
+                            slot,
+                            timeouts,
+                            rewrites.clone(),
+                        );
                         if tx.send(Ok(conn)).await.is_err() {
                             return;
                         }
@@ -295,19 +297,28 @@ fn hex(bytes: &[u8]) -> String {
 /// The connection slots: every connection takes one of `all`; a refused caller's connection
 /// also takes one of `refused`, which has fewer, so allowed callers always find a slot that
 /// refused callers cannot take.
-struct Slots {
+pub(crate) struct Slots {
     all: Arc<Semaphore>,
     refused: Arc<Semaphore>,
 }
 
 /// The slot permits one connection holds until it closes.
-struct Slot {
+pub(crate) struct Slot {
     _all: OwnedSemaphorePermit,
     _refused: Option<OwnedSemaphorePermit>,
 }
 
 impl Slots {
-    fn take(&self, allowed: bool) -> Option<Slot> {
+    /// Slots for at most `max` connections (at least one).
+    pub(crate) fn new(max: usize) -> Self {
+        let max = max.max(1);
+        Slots {
+            all: Arc::new(Semaphore::new(max)),
+            refused: Arc::new(Semaphore::new(max - reserved_for_allowed(max))),
+        }
+    }
+
+    pub(crate) fn take(&self, allowed: bool) -> Option<Slot> {
         let refused = if allowed {
             None
         } else {
@@ -350,10 +361,15 @@ pub struct ConnInfo {
     pub activity: Arc<Activity>,
 }
 
+/// The byte stream under a connection: the unix socket, or TLS over TCP (`--listen-tcp`).
+pub(crate) trait ConnIo: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> ConnIo for T {}
+
 /// One accepted connection: the `:authority`-normalising stream, the caller verdict every
 /// request on it carries, and the deadline that closes it when unused.
 pub struct KmsConn {
-    io: AuthorityRewrite<UnixStream>,
+    io: AuthorityRewrite<Box<dyn ConnIo>>,
     info: ConnInfo,
     deadline: Deadline,
     expired: bool,
@@ -361,8 +377,8 @@ pub struct KmsConn {
 }
 
 impl KmsConn {
-    fn new(
-        stream: UnixStream,
+    pub(crate) fn new(
+        stream: Box<dyn ConnIo>,
         verdict: Verdict,
         slot: Slot,
         timeouts: ConnTimeouts,

@@ -2,6 +2,11 @@
 //!
 //! The kernel reports each connection's uid, gid and pid (SO_PEERCRED); they cannot be forged
 //! by the caller. Optionally the caller's executable is pinned via `/proc/<pid>/exe`.
+//!
+//! That holds only where the kernel answers. Inside an SGX LibOS the "kernel" is the LibOS, and
+//! the credentials it reports are not the host caller's: [`credentials_are_real`] decides whether
+//! a caller check can mean anything here, and `kms serve` refuses a unix socket where it cannot
+//! (the host-side `coffer kms bridge` checks callers instead).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -98,6 +103,99 @@ fn same_file(allowed: &Path, actual: &Path) -> bool {
             .unwrap_or(false)
 }
 
+/// Why peer credentials on this platform do not identify the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UnrealCredentials {
+    /// An SGX LibOS emulates unix sockets inside the enclave: the credentials it reports were
+    /// never checked by the host kernel.
+    ///
+    /// Occlum (v0.31, occlum/occlum `src/libos/src/net/syscalls.rs`, `do_getsockopt`) answers
+    /// `getsockopt` on a unix socket with `warn!("getsockopt for unix socket is unimplemented")`
+    /// and success, writing nothing: the caller's zeroed ucred reads as uid 0 / pid 0, so every
+    /// caller would pass a check that allows root. Gramine (gramineproject/gramine
+    /// `libos/src/net/unix.c`, v1.8) emulates unix sockets with PAL pipes named by SHA-256 of the
+    /// path, with no file on the host, so a host process cannot connect at all; its
+    /// `getsockopt` answers `ENOPROTOOPT` for every option, SO_PEERCRED included.
+    #[error("peer credentials are emulated by the {libos} LibOS inside the enclave, so they do not identify the host caller")]
+    LibOs {
+        /// The LibOS (`sgx-occlum`, `sgx-gramine`).
+        libos: &'static str,
+    },
+    /// A connection to ourselves reported credentials that are not ours.
+    #[error("peer credentials are not real on this system: a connection to this very process reported {reported} (expected uid={} pid={})", .expected_uid, .expected_pid)]
+    Probe {
+        /// What `SO_PEERCRED` said about our own connection.
+        reported: Peer,
+        /// Our uid.
+        expected_uid: u32,
+        /// Our pid.
+        expected_pid: i32,
+    },
+    /// A connection to ourselves reported no credentials at all.
+    #[error("peer credentials cannot be read on this system ({0})")]
+    Unreadable(String),
+}
+
+/// Decides whether a caller check can be trusted, from the platform and from `probe`: the
+/// credentials `SO_PEERCRED` reported for a connection this process made to itself (where the
+/// kernel is real, they are this process's uid and pid; an all-zero answer is Occlum's).
+pub fn credentials_are_real(
+    platform: coffer_platform::PlatformKind,
+    probe: Result<Peer, String>,
+    own_uid: u32,
+    own_pid: i32,
+) -> Result<(), UnrealCredentials> {
+    use coffer_platform::PlatformKind;
+    match platform {
+        PlatformKind::SgxOcclum => {
+            return Err(UnrealCredentials::LibOs {
+                libos: "sgx-occlum",
+            })
+        }
+        PlatformKind::SgxGramine => {
+            return Err(UnrealCredentials::LibOs {
+                libos: "sgx-gramine",
+            })
+        }
+        // TDX and SNP guests run their own kernel, whose answer the probe checks.
+        _ => {}
+    }
+    let reported = probe.map_err(UnrealCredentials::Unreadable)?;
+    if reported.uid != own_uid || reported.pid != Some(own_pid) {
+        return Err(UnrealCredentials::Probe {
+            reported,
+            expected_uid: own_uid,
+            expected_pid: own_pid,
+        });
+    }
+    Ok(())
+}
+
+/// What `SO_PEERCRED` reports for a connection this process makes to itself (a socket pair).
+/// Must be called inside a tokio runtime.
+pub fn probe_own_credentials() -> Result<Peer, String> {
+    let (a, _b) = tokio::net::UnixStream::pair().map_err(|e| e.to_string())?;
+    let cred = a.peer_cred().map_err(|e| e.to_string())?;
+    Ok(Peer {
+        uid: cred.uid(),
+        gid: cred.gid(),
+        pid: cred.pid(),
+    })
+}
+
+/// [`credentials_are_real`] for this process on `platform`.
+pub fn check_this_process(
+    platform: coffer_platform::PlatformKind,
+) -> Result<(), UnrealCredentials> {
+    credentials_are_real(
+        platform,
+        probe_own_credentials(),
+        rustix_uid(),
+        std::process::id() as i32,
+    )
+}
+
 /// A connection's kernel credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer {
@@ -147,6 +245,21 @@ impl Verdict {
         }
     }
 
+    /// For a connection whose caller is checked elsewhere: `--listen-tcp` inside an enclave, whose
+    /// only client is the host-side bridge, which checks kube-apiserver's credentials on its own
+    /// unix socket (inside the enclave, nothing could check them).
+    pub(crate) fn checked_by_bridge() -> Self {
+        Verdict {
+            peer: Peer {
+                uid: u32::MAX,
+                gid: u32::MAX,
+                pid: None,
+            },
+            refusal: None,
+            executable: None,
+        }
+    }
+
     /// True if the caller may use the plugin.
     pub fn is_allowed(&self) -> bool {
         self.refusal.is_none()
@@ -181,6 +294,43 @@ mod tests {
             reason.contains("uid 7") && reason.contains("--allow-uid"),
             "{reason}"
         );
+    }
+
+    #[test]
+    fn occlum_style_zeroed_credentials_are_not_real() {
+        use coffer_platform::PlatformKind;
+        let own_pid = std::process::id() as i32;
+        // Occlum v0.31: success, nothing written, so a zeroed ucred.
+        let zeroed = Peer {
+            uid: 0,
+            gid: 0,
+            pid: Some(0),
+        };
+        let e = credentials_are_real(PlatformKind::Sim, Ok(zeroed), 1000, own_pid).unwrap_err();
+        assert!(matches!(e, UnrealCredentials::Probe { .. }), "{e}");
+        assert!(e.to_string().contains("not real"), "{e}");
+        // Even root, whose uid is 0, is told apart by the pid.
+        assert!(credentials_are_real(PlatformKind::Sim, Ok(zeroed), 0, own_pid).is_err());
+        // The LibOS platforms are refused whatever the probe says.
+        let honest = Peer {
+            uid: 1000,
+            gid: 1000,
+            pid: Some(own_pid),
+        };
+        for kind in [PlatformKind::SgxOcclum, PlatformKind::SgxGramine] {
+            let e = credentials_are_real(kind, Ok(honest), 1000, own_pid).unwrap_err();
+            assert!(matches!(e, UnrealCredentials::LibOs { .. }), "{e}");
+        }
+        assert!(credentials_are_real(PlatformKind::Sim, Ok(honest), 1000, own_pid).is_ok());
+        assert!(
+            credentials_are_real(PlatformKind::Snp, Err("EOPNOTSUPP".into()), 1000, own_pid)
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn this_kernel_reports_real_credentials() {
+        check_this_process(coffer_platform::PlatformKind::Sim).unwrap();
     }
 
     #[test]

@@ -13,11 +13,13 @@ use coffer_proto::{v1beta1, v2};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::backend::{Backend, LocalKeys};
+use crate::enclave::{EnclaveError, EnclaveKeys, EnclaveOptions};
 use crate::listener::{BoundSocket, SocketError, SocketOptions};
 use crate::metrics::Metrics;
-use crate::peer::CallerPolicy;
+use crate::peer::{CallerPolicy, UnrealCredentials};
 use crate::remote::{RemoteError, RemoteKeys, RemoteOptions};
 use crate::service::{KmsState, StatusVersion, V1Service, V2Service};
+use crate::tcp::{TcpError, TcpListening, TcpOptions};
 
 /// Largest gRPC message the plugin decodes or encodes. Requests are at most a 1 KiB
 /// ciphertext plus 32 KiB of annotations; anything bigger is refused before it is parsed.
@@ -30,6 +32,9 @@ pub enum KeySource {
     Keystore(Keystore),
     /// Service mode: KEKs stay in keyd; every call is forwarded to it.
     Keyd(RemoteOptions),
+    /// Bridge (`coffer kms bridge`): KEKs stay in the plugin inside an SGX enclave; every call
+    /// is forwarded to it.
+    Enclave(EnclaveOptions),
 }
 
 /// Everything `serve` needs besides the keys.
@@ -53,6 +58,15 @@ pub struct ServeOptions {
     pub drain_timeout: Duration,
     /// How often to write the aggregated "decrypt ok" audit line.
     pub decrypt_audit_interval: Duration,
+    /// Serve on TCP over attested TLS for the host-side bridge instead of on the unix socket
+    /// (`--listen-tcp`, inside an SGX LibOS).
+    pub tcp: Option<TcpOptions>,
+    /// The platform this process runs on: on an SGX LibOS, peer credentials are not the host's,
+    /// so no unix socket is served (see [`crate::peer::credentials_are_real`]).
+    pub platform_kind: coffer_platform::PlatformKind,
+    /// Serve the unix socket even where peer credentials are not real (tests of a LibOS only:
+    /// every caller then passes the caller check).
+    pub insecure_unreal_peer_credentials: bool,
 }
 
 impl ServeOptions {
@@ -75,6 +89,9 @@ impl ServeOptions {
             reload_interval: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(10),
             decrypt_audit_interval: Duration::from_secs(60),
+            tcp: None,
+            platform_kind: coffer_platform::PlatformKind::Sim,
+            insecure_unreal_peer_credentials: false,
         }
     }
 }
@@ -92,6 +109,15 @@ pub enum ServeError {
     /// The socket could not be set up.
     #[error(transparent)]
     Socket(#[from] SocketError),
+    /// A caller check cannot work here: peer credentials are not real.
+    #[error("{0}, so a caller check on a unix socket here would let every caller in. Inside an SGX LibOS, serve with --listen-tcp 127.0.0.1:PORT and run `coffer kms bridge` on the host: it owns the socket and checks callers with the host kernel's credentials (see docs/tee-platforms.md)")]
+    UnrealPeerCredentials(UnrealCredentials),
+    /// The TCP listener (`--listen-tcp`) could not be set up.
+    #[error(transparent)]
+    Tcp(#[from] TcpError),
+    /// The bridge's connection to the enclave could not be set up.
+    #[error(transparent)]
+    Enclave(#[from] EnclaveError),
     /// The metrics listener could not be set up.
     #[error("metrics endpoint: {0}")]
     Metrics(std::io::Error),
@@ -133,10 +159,22 @@ pub async fn serve(
             let remote = RemoteKeys::new(remote, metrics.clone()).await?;
             (Backend::Remote(Box::new(remote)), metrics, None)
         }
+        KeySource::Enclave(enclave) => {
+            let metrics = Metrics::new();
+            let enclave = EnclaveKeys::new(enclave)?;
+            (Backend::Enclave(Box::new(enclave)), metrics, None)
+        }
     };
     let state = KmsState::new(backend, metrics.clone(), options.status_version);
 
-    let mut socket = BoundSocket::bind(&options.socket)?;
+    // Bound before the metrics listener, so a second instance stops here.
+    let listening = match &options.tcp {
+        Some(tcp) => Listening::Tcp(TcpListening::bind(tcp).await?),
+        None => {
+            check_peer_credentials(&options)?;
+            Listening::Unix(BoundSocket::bind(&options.socket)?)
+        }
+    };
     let metrics_task = match options.metrics_addr {
         Some(addr) => {
             let listener = coffer_telemetry::bind(
@@ -160,11 +198,25 @@ pub async fn serve(
     };
 
     let rewrites = Arc::new(AtomicU64::new(0));
-    let (incoming, accept_task) = socket.accept_loop(
-        Arc::new(options.callers.clone()),
-        &options.socket,
-        rewrites.clone(),
-    );
+    let (socket, endpoint, (incoming, accept_task)) = match listening {
+        Listening::Unix(mut socket) => {
+            let endpoint = format!("unix://{}", socket.path().display());
+            let accepting = socket.accept_loop(
+                Arc::new(options.callers.clone()),
+                &options.socket,
+                rewrites.clone(),
+            );
+            (Some(socket), endpoint, accepting)
+        }
+        Listening::Tcp(tcp) => {
+            let endpoint = match tcp.local_addr() {
+                Ok(addr) => format!("tcp://{addr} (attested TLS, for coffer kms bridge)"),
+                Err(_) => "tcp (attested TLS, for coffer kms bridge)".to_string(),
+            };
+            let accepting = tcp.accept_loop(&options.socket, rewrites.clone());
+            (None, endpoint, accepting)
+        }
+    };
     let background = tokio::spawn(background_tasks(
         keystore,
         state.clone(),
@@ -198,16 +250,17 @@ pub async fn serve(
             "unknown for now".to_string()
         }
     };
-    let mode = match state.backend().remote() {
-        Some(remote) => format!(
+    let mode = match state.backend() {
+        Backend::Remote(remote) => format!(
             "service mode: keyd {} keyring {}",
             remote.addr(),
             remote.keyring()
         ),
-        None => "standalone".to_string(),
+        Backend::Enclave(enclave) => format!("bridge to the enclave plugin at {}", enclave.addr()),
+        Backend::Local(_) => "standalone".to_string(),
     };
     tracing::info!(
-        socket = %socket.path().display(),
+        socket = %endpoint,
         key_id = %primary,
         status_version = options.status_version.as_str(),
         mode = %mode,
@@ -240,7 +293,9 @@ pub async fn serve(
         _ = &mut shutdown => {
             tracing::info!("shutting down: socket removed, no new connections; draining in-flight calls");
             accept_task.abort();
-            socket.unlink();
+            if let Some(socket) = &socket {
+                socket.unlink();
+            }
             let _ = drain_tx.send(());
             match tokio::time::timeout(options.drain_timeout, &mut server).await {
                 Ok(r) => r.map_err(ServeError::from),
@@ -263,6 +318,24 @@ pub async fn serve(
     drop(socket);
     tracing::info!("coffer kms stopped");
     result
+}
+
+/// Where the plugin accepts connections.
+enum Listening {
+    Unix(BoundSocket),
+    Tcp(TcpListening),
+}
+
+/// Refuses a unix socket where the caller check could not be real (see [`crate::peer`]).
+fn check_peer_credentials(options: &ServeOptions) -> Result<(), ServeError> {
+    match crate::peer::check_this_process(options.platform_kind) {
+        Ok(()) => Ok(()),
+        Err(why) if options.insecure_unreal_peer_credentials => {
+            tracing::warn!(reason = %why, "--insecure-unreal-peer-credentials: serving a unix socket whose caller check admits every caller");
+            Ok(())
+        }
+        Err(why) => Err(ServeError::UnrealPeerCredentials(why)),
+    }
 }
 
 fn flush_decrypt_audit(state: &KmsState) {

@@ -691,6 +691,32 @@ pub fn server_config(
     )
 }
 
+/// A TLS 1.3-only server configuration presenting the certificates `certificates` resolves and
+/// asking clients for none: for a server whose clients run outside any TEE (the host-side
+/// `coffer kms bridge`), so have no evidence to present.
+pub fn server_config_without_client_auth(
+    certificates: Arc<dyn rustls::server::ResolvesServerCert>,
+) -> Result<rustls::ServerConfig, RatlsError> {
+    let config = rustls::ServerConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(certificates);
+    Ok(config)
+}
+
+/// A TLS 1.3-only client configuration that requires an attested server and presents no
+/// certificate: for clients outside any TEE (the host-side `coffer kms bridge`).
+pub fn client_config_without_identity(
+    verifier: Arc<AttestedVerifier>,
+) -> Result<rustls::ClientConfig, RatlsError> {
+    let config = rustls::ClientConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AttestedServerVerifier::new(verifier)))
+        .with_no_client_auth();
+    Ok(config)
+}
+
 /// A TLS 1.3-only client configuration presenting `identity` and requiring an attested server.
 pub fn client_config(
     identity: &AttestedIdentity,
