@@ -175,7 +175,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         value_name = "ADDR:PORT",
-        conflicts_with = "insecure_unreal_peer_credentials"
+        conflicts_with_all = ["insecure_unreal_peer_credentials", "socket"]
     )]
     pub listen_tcp: Option<SocketAddr>,
     /// Allow --listen-tcp on a non-loopback address (anyone who reaches it can call the plugin

@@ -349,6 +349,25 @@ fn listen_tcp_refuses_a_non_loopback_address() {
     );
 }
 
+#[test]
+fn listen_tcp_refuses_a_socket_it_would_not_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = output_within(
+        Command::new(coffer_bin())
+            .args(["kms", "serve", "--platform", "sim", "--state-dir"])
+            .arg(dir.path().join("state"))
+            .args(["--listen-tcp", "127.0.0.1:1", "--socket"])
+            .arg(dir.path().join("kms.sock")),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--listen-tcp") && stderr.contains("--socket"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("kms.sock").exists());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn insecure_override_serves_the_unix_socket_anyway() {
     let dir = tempfile::tempdir().unwrap();
