@@ -120,7 +120,26 @@ pub enum Measurements {
         vmpl: u32,
         /// The reported TCB version (raw u64).
         reported_tcb: u64,
+        /// The reported TCB split into its security patch levels (the layout depends on the
+        /// CPU generation, which the report names from version 3 on).
+        #[serde(default)]
+        reported_tcb_spl: SnpTcb,
     },
+}
+
+/// An SEV-SNP TCB version split into its security patch levels (SPLs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnpTcb {
+    /// Bootloader SPL.
+    pub bootloader: u8,
+    /// PSP OS (TEE) SPL.
+    pub tee: u8,
+    /// SNP firmware SPL.
+    pub snp: u8,
+    /// Microcode SPL.
+    pub microcode: u8,
+    /// FMC SPL (Turin only).
+    pub fmc: Option<u8>,
 }
 
 mod tee_name {

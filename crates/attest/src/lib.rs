@@ -30,7 +30,7 @@ pub mod snp;
 #[cfg(feature = "tdx")]
 pub mod tdx;
 
-pub use claims::{Claims, Measurements};
+pub use claims::{Claims, Measurements, SnpTcb};
 #[cfg(feature = "dcap")]
 pub use dcap::collateral::{CollateralDir, CollateralSource, NoCollateral, PccsCollateral};
 pub use error::VerifyError;

@@ -23,6 +23,8 @@
 //!       measurement: ["<96 hex>"]
 //!       host_data: ["<64 hex>"]
 //!       min_guest_svn: 1
+//!       vmpl: [0]                  # default [0]; e.g. [0, 2] for a guest under an SVSM
+//!       min_reported_tcb: { bootloader: 3, tee: 0, snp: 8, microcode: 115 }
 //!       policy_must_not_have: [debug, migrate_ma]
 //!     accepted_tcb_statuses: [UpToDate]   # optional per-role override
 //!   - name: workload:payments
@@ -42,7 +44,9 @@
 //! * Evaluation: first the global refusals (simulation, debug), then the roles in file order; the
 //!   first role whose section for the evidence's TEE type matches wins, including its TCB status
 //!   check (the role's `accepted_tcb_statuses`, else the global one). `NotApplicable` (SNP, sim)
-//!   passes the TCB status check; for SNP, pin `min_guest_svn` and the launch measurement instead.
+//!   passes the TCB status check; for SNP, pin `min_guest_svn`, `min_reported_tcb` and the launch
+//!   measurement instead. An SNP section accepts reports requested at VMPL 0 only unless its
+//!   `vmpl` lists others.
 //!
 //! Validation errors name the file, the field path and, where the YAML parser knows it, the line
 //! and column: `policy.yaml: roles[0].sgx.mr_enclave[1]: expected 64 hex characters, got 63 at line
@@ -55,7 +59,7 @@ use std::path::{Path, PathBuf};
 use coffer_platform::TeeType;
 use serde::{Deserialize, Deserializer};
 
-use crate::claims::{Claims, Measurements};
+use crate::claims::{Claims, Measurements, SnpTcb};
 
 /// The only policy file format version this build understands.
 pub const POLICY_VERSION: u32 = 1;
@@ -779,7 +783,8 @@ struct SnpRule {
     measurement: Option<OneOf<48>>,
     host_data: Option<OneOf<32>>,
     min_guest_svn: Option<u32>,
-    vmpl: Option<u32>,
+    vmpl: Option<Vec<u32>>,
+    min_reported_tcb: Option<MinReportedTcb>,
     policy_must_have: Vec<SnpPolicyFlag>,
     policy_must_not_have: Vec<SnpPolicyFlag>,
 }
@@ -794,7 +799,9 @@ struct SnpRuleRaw {
     #[serde(default)]
     min_guest_svn: Option<u32>,
     #[serde(default)]
-    vmpl: Option<u32>,
+    vmpl: Option<Vmpls>,
+    #[serde(default)]
+    min_reported_tcb: Option<MinReportedTcb>,
     #[serde(default)]
     policy_must_have: Vec<SnpPolicyFlag>,
     #[serde(default)]
@@ -807,9 +814,9 @@ impl TryFrom<SnpRuleRaw> for SnpRule {
         if r.measurement.is_none() && r.host_data.is_none() {
             return Err("snp: must pin measurement or host_data (a rule with neither would accept any guest)".into());
         }
-        if let Some(vmpl) = r.vmpl {
-            if vmpl > 3 {
-                return Err(format!("snp.vmpl: {vmpl} out of range (0 to 3)"));
+        if let Some(Vmpls(list)) = &r.vmpl {
+            if let Some(bad) = list.iter().find(|&&v| v > 3) {
+                return Err(format!("snp.vmpl: {bad} out of range (0 to 3)"));
             }
         }
         if let Some(both) = r
@@ -826,10 +833,99 @@ impl TryFrom<SnpRuleRaw> for SnpRule {
             measurement: r.measurement,
             host_data: r.host_data,
             min_guest_svn: r.min_guest_svn,
-            vmpl: r.vmpl,
+            vmpl: r.vmpl.map(|v| v.0),
+            min_reported_tcb: r.min_reported_tcb,
             policy_must_have: r.policy_must_have,
             policy_must_not_have: r.policy_must_not_have,
         })
+    }
+}
+
+/// The VMPLs a rule accepts: one number or a non-empty list.
+struct Vmpls(Vec<u32>);
+
+impl<'de> Deserialize<'de> for Vmpls {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vmpls;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a VMPL (0 to 3) or a list of VMPLs")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Vmpls, E> {
+                u32::try_from(v)
+                    .map(|v| Vmpls(vec![v]))
+                    .map_err(|_| E::custom(format!("{v} out of range (0 to 3)")))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Vmpls, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom(format!("{v} out of range (0 to 3)")))
+                    .and_then(|v| self.visit_u64(v))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Vmpls, A::Error> {
+                let mut list = Vec::new();
+                while let Some(v) = seq.next_element::<u32>()? {
+                    list.push(v);
+                }
+                if list.is_empty() {
+                    return Err(serde::de::Error::custom(
+                        "must not be empty (leave it out to accept VMPL 0 only)",
+                    ));
+                }
+                Ok(Vmpls(list))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The lowest reported TCB an SNP rule accepts, per security patch level; a level left out is
+/// not checked.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MinReportedTcb {
+    #[serde(default)]
+    bootloader: Option<u8>,
+    #[serde(default)]
+    tee: Option<u8>,
+    #[serde(default)]
+    snp: Option<u8>,
+    #[serde(default)]
+    microcode: Option<u8>,
+    #[serde(default)]
+    fmc: Option<u8>,
+}
+
+impl MinReportedTcb {
+    /// The first level below its minimum, as a refusal.
+    fn check(&self, have: &SnpTcb) -> Result<(), String> {
+        let levels = [
+            ("bootloader", self.bootloader, Some(have.bootloader)),
+            ("tee", self.tee, Some(have.tee)),
+            ("snp", self.snp, Some(have.snp)),
+            ("microcode", self.microcode, Some(have.microcode)),
+            ("fmc", self.fmc, have.fmc),
+        ];
+        for (name, min, have) in levels {
+            match (min, have) {
+                (Some(min), Some(have)) if have < min => {
+                    return Err(format!(
+                        "snp reported TCB {name} SPL {have} is below min_reported_tcb.{name} {min}"
+                    ))
+                }
+                (Some(min), None) => {
+                    return Err(format!(
+                        "snp reported TCB has no {name} SPL (only Turin and later have one), but \
+                         min_reported_tcb.{name} is {min}"
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 }
 
@@ -987,6 +1083,7 @@ impl SnpRule {
             policy,
             guest_svn,
             vmpl,
+            reported_tcb_spl,
             ..
         } = &claims.measurements
         else {
@@ -1001,10 +1098,24 @@ impl SnpRule {
                 ));
             }
         }
-        if let Some(want) = self.vmpl {
-            if *vmpl != want {
-                return Err(format!("snp vmpl {vmpl} is not accepted (want {want})"));
+        match &self.vmpl {
+            Some(accepted) if !accepted.contains(vmpl) => {
+                return Err(format!(
+                    "snp vmpl {vmpl} is not accepted (accepted: {accepted:?} from snp.vmpl)"
+                ));
             }
+            // A report requested at VMPL 1-3 was asked for by software less privileged than
+            // the guest's VMPL 0 (under an SVSM, the guest OS itself).
+            None if *vmpl != 0 => {
+                return Err(format!(
+                    "snp vmpl {vmpl} is not accepted (only VMPL 0 by default; list the VMPLs to \
+                     accept in snp.vmpl, e.g. vmpl: [0, {vmpl}] for a guest under an SVSM)"
+                ));
+            }
+            _ => {}
+        }
+        if let Some(min) = &self.min_reported_tcb {
+            min.check(reported_tcb_spl)?;
         }
         for flag in &self.policy_must_have {
             if policy & flag.bit() == 0 {
@@ -1103,6 +1214,13 @@ mod tests {
                 guest_svn: 2,
                 vmpl: 0,
                 reported_tcb: 0,
+                reported_tcb_spl: SnpTcb {
+                    bootloader: 3,
+                    tee: 0,
+                    snp: 8,
+                    microcode: 115,
+                    fmc: None,
+                },
             },
         }
     }
@@ -1371,6 +1489,85 @@ mod tests {
             *measurement = Hex(vec![1; 48]);
         }
         assert!(denial(&p, &c).contains("snp measurement 0101"));
+    }
+
+    #[test]
+    fn snp_vmpl_is_checked_by_default() {
+        let m = h(0x5e, 48);
+        let with_vmpl = |vmpl: u32| {
+            let mut c = snp_claims(0x30000);
+            if let Measurements::Snp { vmpl: v, .. } = &mut c.measurements {
+                *v = vmpl;
+            }
+            c
+        };
+        let p = Policy::from_yaml(&format!(
+            "version: 1\nroles:\n  - name: guest\n    snp: {{ measurement: [\"{m}\"] }}\n"
+        ))
+        .unwrap();
+        assert!(p.evaluate(&with_vmpl(0)).is_ok());
+        let d = denial(&p, &with_vmpl(2));
+        assert!(
+            d.contains("snp vmpl 2 is not accepted (only VMPL 0 by default")
+                && d.contains("vmpl: [0, 2]"),
+            "{d}"
+        );
+        let p = Policy::from_yaml(&format!(
+            "version: 1\nroles:\n  - name: guest\n    snp: {{ measurement: [\"{m}\"], vmpl: [0, 2] }}\n"
+        ))
+        .unwrap();
+        assert!(p.evaluate(&with_vmpl(2)).is_ok());
+        assert!(p.evaluate(&with_vmpl(0)).is_ok());
+        let d = denial(&p, &with_vmpl(1));
+        assert!(
+            d.contains("snp vmpl 1 is not accepted (accepted: [0, 2]"),
+            "{d}"
+        );
+        let e = err(&format!(
+            "version: 1\nroles:\n  - name: x\n    snp: {{ measurement: [\"{m}\"], vmpl: [] }}\n"
+        ));
+        assert!(e.contains("vmpl: must not be empty"), "{e}");
+        let e = err(&format!(
+            "version: 1\nroles:\n  - name: x\n    snp: {{ measurement: [\"{m}\"], vmpl: [1, 5] }}\n"
+        ));
+        assert!(e.contains("vmpl: 5 out of range"), "{e}");
+    }
+
+    #[test]
+    fn snp_min_reported_tcb() {
+        let m = h(0x5e, 48);
+        let policy = |min: &str| {
+            Policy::from_yaml(&format!(
+                "version: 1\nroles:\n  - name: guest\n    snp:\n      measurement: [\"{m}\"]\n      min_reported_tcb: {min}\n"
+            ))
+        };
+        // The claims' reported TCB: bootloader 3, tee 0, snp 8, microcode 115.
+        let c = snp_claims(0x30000);
+        let p = policy("{ bootloader: 3, tee: 0, snp: 8, microcode: 115 }").unwrap();
+        assert!(p.evaluate(&c).is_ok());
+        for (min, refusal) in [
+            (
+                "{ bootloader: 4 }",
+                "bootloader SPL 3 is below min_reported_tcb.bootloader 4",
+            ),
+            ("{ tee: 1 }", "tee SPL 0 is below min_reported_tcb.tee 1"),
+            (
+                "{ snp: 9, microcode: 100 }",
+                "snp SPL 8 is below min_reported_tcb.snp 9",
+            ),
+            (
+                "{ microcode: 200 }",
+                "microcode SPL 115 is below min_reported_tcb.microcode 200",
+            ),
+            ("{ fmc: 1 }", "no fmc SPL (only Turin"),
+        ] {
+            let d = denial(&policy(min).unwrap(), &c);
+            assert!(d.contains(refusal), "{min}: {d}");
+        }
+        let e = policy("{ bootloadr: 1 }").unwrap_err().to_string();
+        assert!(e.contains("unknown field `bootloadr`"), "{e}");
+        let e = policy("{ snp: 256 }").unwrap_err().to_string();
+        assert!(e.contains("min_reported_tcb.snp"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Real vendor evidence from the shared fixtures: the genuine files verify, every tampered copy
 //! is refused with a reason naming what failed.
 
-use coffer_attest::snp::{build_cert_table, CertEntry, VCEK_GUID};
+use coffer_attest::policy::Policy;
+use coffer_attest::snp::{build_cert_table, CertEntry, VCEK_GUID, VLEK_GUID};
 use coffer_attest::{
     verify, CaFileError, CollateralDir, Evidence, Fetcher, KdsVcek, Measurements, PccsCollateral,
     TeeType, VcekDir, VerifyError, VerifyOptions,
@@ -708,12 +709,238 @@ fn snp_tampered() {
 fn snp_vcek_of_another_chip_is_refused() {
     coffer_test_fixtures::skip_without_attestation_fixtures!();
     let (report, _) = snp_milan();
-    // A genuine VCEK, chaining to AMD's root, but not the key that signed this report.
+    // A genuine VCEK, chaining to AMD's root, but issued for another chip: refused by its
+    // hwID before the signature is even tried.
     let (_, trustee_vcek) = snp_trustee();
-    if trustee_vcek != snp_milan().1 {
-        let e = verify(&snp_evidence(&report, &trustee_vcek), &snp_options()).unwrap_err();
-        assert!(matches!(e, VerifyError::Signature { .. }), "{e}");
-    }
+    let e = verify(&snp_evidence(&report, &trustee_vcek), &snp_options()).unwrap_err();
+    assert!(
+        matches!(e, VerifyError::CertificateChain { .. })
+            && e.to_string()
+                .contains("the VCEK (from the evidence) was issued for another chip"),
+        "{e}"
+    );
+}
+
+const VLEK_NOW: &str = "2025-06-19T12:00:00Z";
+
+fn snp_vlek() -> (Vec<u8>, Vec<u8>) {
+    (
+        read("snp/trustee-vlek-report.bin"),
+        read("snp/trustee-vlek.der"),
+    )
+}
+
+fn snp_table(guid: [u8; 16], der: &[u8]) -> Vec<u8> {
+    build_cert_table(&[CertEntry {
+        guid,
+        data: der.to_vec(),
+    }])
+}
+
+#[test]
+fn snp_vlek_report_verifies_through_the_asvk() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
+    let (report, vlek) = snp_vlek();
+    assert_eq!((report[0x48] >> 2) & 7, 1, "the fixture is VLEK-signed");
+    let evidence = Evidence {
+        tee: TeeType::Snp,
+        report: report.clone(),
+        certificates: snp_table(VLEK_GUID, &vlek),
+    };
+    let options = VerifyOptions::new(at(VLEK_NOW));
+    let claims = verify(&evidence, &options).unwrap_or_else(|e| panic!("{e}"));
+    let Measurements::Snp {
+        vmpl,
+        reported_tcb_spl,
+        ..
+    } = &claims.measurements
+    else {
+        panic!("{claims:?}")
+    };
+    assert_eq!(*vmpl, 1);
+    assert_eq!(
+        (
+            reported_tcb_spl.bootloader,
+            reported_tcb_spl.snp,
+            reported_tcb_spl.microcode
+        ),
+        (4, 24, 0xd9)
+    );
+
+    // The policy checks the VMPL by default: this report was requested at VMPL 1.
+    let measurement = hex::encode(&report[0x90..0xC0]);
+    let policy = |extra: &str| {
+        Policy::from_yaml(&format!(
+            "version: 1\nroles:\n  - name: aws\n    snp: {{ measurement: [\"{measurement}\"]{extra} }}\n"
+        ))
+        .unwrap()
+    };
+    let denial = policy("").evaluate(&claims).unwrap_err().to_string();
+    assert!(denial.contains("snp vmpl 1 is not accepted"), "{denial}");
+    policy(", vmpl: [1]").evaluate(&claims).unwrap();
+    let denial = policy(", vmpl: 1, min_reported_tcb: { snp: 25 }")
+        .evaluate(&claims)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        denial.contains("snp SPL 24 is below min_reported_tcb.snp 25"),
+        "{denial}"
+    );
+
+    // Tampering is caught by the VLEK's signature.
+    let mut bad = evidence.clone();
+    flip(&mut bad.report, 0x90);
+    let e = verify(&bad, &options).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            VerifyError::Signature {
+                what: "attestation report (VLEK)",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn snp_vlek_and_vcek_are_not_interchangeable() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
+    let (vlek_report, vlek) = snp_vlek();
+    let (vcek_report, vcek) = snp_trustee();
+    let options = VerifyOptions::new(at(VLEK_NOW));
+    let refusal = |report: &[u8], certificates: Vec<u8>| {
+        let evidence = Evidence {
+            tee: TeeType::Snp,
+            report: report.to_vec(),
+            certificates,
+        };
+        let e = verify(&evidence, &options).unwrap_err();
+        assert!(matches!(e, VerifyError::CertificateChain { .. }), "{e}");
+        e.to_string()
+    };
+    let e = refusal(&vlek_report, snp_table(VCEK_GUID, &vcek));
+    assert!(
+        e.contains("signed by a VLEK (signing_key 1)") && e.contains("carries only a VCEK"),
+        "{e}"
+    );
+    let e = refusal(&vlek_report, snp_table(VLEK_GUID, &vcek));
+    assert!(
+        e.contains("signed by a VLEK") && e.contains("is a VCEK (subject CN SEV-VCEK)"),
+        "{e}"
+    );
+    let e = refusal(&vcek_report, snp_table(VLEK_GUID, &vlek));
+    assert!(
+        e.contains("signed by a VCEK (signing_key 0)") && e.contains("carries only a VLEK"),
+        "{e}"
+    );
+    let e = refusal(&vcek_report, snp_table(VCEK_GUID, &vlek));
+    assert!(
+        e.contains("signed by a VCEK") && e.contains("is a VLEK (subject CN SEV-VLEK)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn snp_certificates_are_checked_against_the_verification_time() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
+    let (report, vcek) = snp_milan();
+    let evidence = snp_evidence(&report, &vcek);
+    // The VCEK is valid 2023-04-03T19:23:43Z – 2030-04-03T19:23:43Z.
+    let e = verify(&evidence, &VerifyOptions::new(at("2031-01-01T00:00:00Z"))).unwrap_err();
+    assert!(matches!(e, VerifyError::Expired { .. }), "{e}");
+    assert!(
+        e.to_string().contains(
+            "the AMD VCEK certificate from the evidence (valid from 2023-04-03T19:23:43Z to \
+             2030-04-03T19:23:43Z) expired: verification time 2031-01-01T00:00:00Z"
+        ),
+        "{e}"
+    );
+    let e = verify(&evidence, &VerifyOptions::new(at("2023-01-01T00:00:00Z"))).unwrap_err();
+    assert!(
+        matches!(e, VerifyError::NotYetValid { .. })
+            && e.to_string().contains("AMD VCEK certificate"),
+        "{e}"
+    );
+    // The built-in ARK-Milan ends 2045-10-22.
+    let e = verify(&evidence, &VerifyOptions::new(at("2046-01-01T00:00:00Z"))).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("the built-in AMD Milan ARK certificate"),
+        "{e}"
+    );
+    // The VLEK (valid until 2025-12-10T22:14:21Z), months later.
+    let (vlek_report, vlek) = snp_vlek();
+    let evidence = Evidence {
+        tee: TeeType::Snp,
+        report: vlek_report,
+        certificates: snp_table(VLEK_GUID, &vlek),
+    };
+    let e = verify(&evidence, &VerifyOptions::new(at("2026-03-01T00:00:00Z"))).unwrap_err();
+    assert!(
+        matches!(e, VerifyError::Expired { .. })
+            && e.to_string().contains("AMD VLEK certificate")
+            && e.to_string().contains("to 2025-12-10T22:14:21Z"),
+        "{e}"
+    );
+}
+
+#[test]
+fn snp_vcek_for_another_tcb_is_refused() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
+    let (mut report, vcek) = snp_milan();
+    report[0x187] += 1; // reported microcode SPL 115 -> 116
+    let e = verify(&snp_evidence(&report, &vcek), &snp_options()).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("was issued for another TCB than the report's reported TCB: microcode SPL 115 (report: 116)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn snp_stale_vcek_from_the_evidence_falls_back_to_kds() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
+    let (report, vcek) = snp_milan();
+    let (_, other_chip) = snp_trustee();
+    let served = vcek.clone();
+    let hwid = hex::encode(&report[0x1A0..0x1E0]);
+    let Server { base, count, .. } = serve(16, None, move |path| {
+        path.starts_with(&format!("/vcek/v1/Milan/{hwid}?"))
+            .then(|| (Vec::new(), served.clone()))
+    });
+    let cache = tempfile::tempdir().unwrap();
+    let mut options = snp_options();
+    options.vcek = Arc::new(KdsVcek::new(base, cache.path()));
+    // The host hands out a VCEK that is not this report's: the verifier fetches the right one.
+    verify(&snp_evidence(&report, &other_chip), &options).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    // A fresh VCEK in the evidence is used as is.
+    verify(&snp_evidence(&report, &vcek), &options).unwrap();
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+
+    // A stale VCEK in the cache (here: another chip's under this report's name) is fetched
+    // again and replaced.
+    let name = format!(
+        "vcek-{}-{}.der",
+        hex::encode(&report[0x1A0..0x1E0]),
+        hex::encode(&report[0x180..0x188])
+    );
+    std::fs::write(cache.path().join(&name), &other_chip).unwrap();
+    let mut evidence = snp_evidence(&report, &vcek);
+    evidence.certificates.clear();
+    verify(&evidence, &options).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+    assert_eq!(std::fs::read(cache.path().join(&name)).unwrap(), vcek);
+    verify(&evidence, &options).unwrap();
+    assert_eq!(count.load(Ordering::SeqCst), 2, "the fresh copy is cached");
+
+    // An expired VCEK in the evidence, and the cache has no other: the expiry is the reason.
+    let empty = tempfile::tempdir().unwrap();
+    let mut options = VerifyOptions::new(at("2031-01-01T00:00:00Z"));
+    options.vcek = Arc::new(VcekDir::new(empty.path()));
+    let e = verify(&snp_evidence(&report, &vcek), &options).unwrap_err();
+    assert!(matches!(e, VerifyError::Expired { .. }), "{e}");
 }
 
 #[test]

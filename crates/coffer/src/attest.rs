@@ -113,15 +113,17 @@ pub struct SourceArgs {
     /// Cache directory for fetched collateral and VCEKs.
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
-    /// SEV-SNP: the VCEK certificate (DER) for this report.
+    /// SEV-SNP: the VCEK (or VLEK) certificate (DER) for this report, used when the evidence
+    /// carries none or a stale one; when this one is stale too (expired, or for another TCB or
+    /// chip), --vcek-dir or --kds-url is asked.
     #[arg(long)]
     pub vcek: Option<PathBuf>,
     /// SEV-SNP: directory of cached VCEKs.
-    #[arg(long, conflicts_with = "vcek")]
+    #[arg(long)]
     pub vcek_dir: Option<PathBuf>,
     /// SEV-SNP: fetch VCEKs from AMD KDS at this URL (e.g. https://kdsintf.amd.com), cached in
     /// --cache-dir so the same VCEK is never fetched twice.
-    #[arg(long, conflicts_with_all = ["vcek", "vcek_dir"], requires = "cache_dir")]
+    #[arg(long, conflicts_with = "vcek_dir", requires = "cache_dir")]
     pub kds_url: Option<String>,
     /// PEM file of CA certificates to trust for --pccs-url and --kds-url, besides Mozilla's
     /// roots and the system trust store (e.g. a PCCS's self-signed certificate).
@@ -301,13 +303,19 @@ fn hex_text(bytes: &[u8]) -> Option<Result<Vec<u8>, hex::FromHexError>> {
     Some(hex::decode(digits))
 }
 
-/// A single VCEK given on the command line.
-#[derive(Debug)]
-struct FixedVcek(Vec<u8>);
+/// A single VCEK given on the command line, and where to look when it is stale.
+struct FixedVcek {
+    der: Vec<u8>,
+    then: Arc<dyn VcekSource>,
+}
 
 impl VcekSource for FixedVcek {
     fn vcek(&self, _request: &VcekRequest) -> Result<Vec<u8>, VerifyError> {
-        Ok(self.0.clone())
+        Ok(self.der.clone())
+    }
+
+    fn fallback(&self) -> Option<&dyn VcekSource> {
+        Some(self.then.as_ref())
     }
 }
 
@@ -364,15 +372,19 @@ impl SourceArgs {
             ),
             (None, None) => Arc::new(NoCollateral),
         };
-        options.vcek = match (&args.vcek, &args.vcek_dir, &args.kds_url) {
-            (Some(file), _, _) => Arc::new(FixedVcek(
-                std::fs::read(file).map_err(|e| format!("reading {}: {e}", file.display()))?,
-            )) as Arc<dyn VcekSource>,
-            (None, Some(dir), _) => Arc::new(VcekDir::new(dir)),
-            (None, None, Some(url)) => Arc::new(
+        let store = match (&args.vcek_dir, &args.kds_url) {
+            (Some(dir), _) => Arc::new(VcekDir::new(dir)) as Arc<dyn VcekSource>,
+            (None, Some(url)) => Arc::new(
                 KdsVcek::new(url, args.cache_dir.clone().unwrap_or_default()).with_fetcher(fetcher),
             ),
-            (None, None, None) => Arc::new(NoVcek),
+            (None, None) => Arc::new(NoVcek),
+        };
+        options.vcek = match &args.vcek {
+            Some(file) => Arc::new(FixedVcek {
+                der: std::fs::read(file).map_err(|e| format!("reading {}: {e}", file.display()))?,
+                then: store,
+            }),
+            None => store,
         };
         Ok(options)
     }

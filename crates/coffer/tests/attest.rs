@@ -88,6 +88,49 @@ fn verifies_real_sgx_tdx_and_snp_evidence() {
 }
 
 #[test]
+fn a_stale_vcek_on_the_command_line_falls_back_to_the_vcek_dir() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
+    // --vcek names a genuine VCEK of another chip (as a host with a stale certificate would
+    // hand out): refused with the reason alone, accepted once --vcek-dir holds the right one.
+    let report = hex::decode(
+        std::fs::read_to_string(fx("snp/report_milan.hex"))
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    fn args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec!["attest", "verify", "--tee", "snp", "--evidence"];
+        args.extend_from_slice(extra);
+        args
+    }
+    let evidence = fx("snp/report_milan.hex");
+    let stale = fx("snp/trustee-vcek.der");
+    let out = coffer(&args(&[&evidence, "--vcek", &stale]));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("was issued for another chip"),
+        "{}",
+        text(&out.stderr)
+    );
+    let name = format!(
+        "vcek-{}-{}.der",
+        hex::encode(&report[0x1A0..0x1E0]),
+        hex::encode(&report[0x180..0x188])
+    );
+    std::fs::copy(fx("snp/vcek_milan.der"), dir.path().join(name)).unwrap();
+    let vcek_dir = dir.path().to_str().unwrap().to_string();
+    let out = coffer(&args(&[
+        &evidence,
+        "--vcek",
+        &stale,
+        "--vcek-dir",
+        &vcek_dir,
+    ]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
 fn hex_evidence_with_0x_prefix_and_line_breaks_is_read_as_hex() {
     coffer_test_fixtures::skip_without_attestation_fixtures!();
     let dir = tempfile::tempdir().unwrap();

@@ -2,8 +2,9 @@
 //! (`/sys/kernel/config/tsm/report`), Linux ≥ 6.7.
 //!
 //! Per request: `mkdir report/coffer-<random>`; check `provider` (`tdx_guest` / `sev_guest`);
-//! for SNP optionally write `privlevel`; write the 64 bytes of report data to `inblob`; read
-//! `outblob` (the TDX quote / SNP report) and, for SNP, `auxblob` (the certificate table);
+//! for SNP write `privlevel` when the guest does not run at VMPL 0 (read from
+//! `privlevel_floor`) or a VMPL was asked for; write the 64 bytes of report data to `inblob`;
+//! read `outblob` (the TDX quote / SNP report) and, for SNP, `auxblob` (the certificate table);
 //! read `generation` and check it equals the number of writes made — otherwise another
 //! process wrote to the same report directory meanwhile and the outblob may not be ours, so
 //! the request is retried in a fresh directory. The directory is always removed afterwards.
@@ -24,6 +25,8 @@ use crate::{fill_random, Evidence, Platform, PlatformError, PlatformKind, Sealin
 pub const REPORT_DIR: &str = "sys/kernel/config/tsm/report";
 /// How many times a request is retried when another writer races us.
 pub const MAX_ATTEMPTS: usize = 3;
+/// Highest privilege level configfs-tsm accepts (`TSM_PRIVLEVEL_MAX`).
+const PRIVLEVEL_MAX: u8 = 3;
 /// Upper bound on `outblob` and `auxblob`.
 const MAX_BLOB_LEN: u64 = 1 << 20;
 const SNP_SALT: &[u8] = b"coffer snp sealing v1";
@@ -161,10 +164,77 @@ impl TsmReporter {
         })
     }
 
-    /// SNP only: the VMPL (0–3) the report is requested for, written to `privlevel`.
+    /// SNP only: the VMPL (0–3) the report is requested for, written to `privlevel`. Without
+    /// one, reports are requested at the guest's own VMPL (`privlevel_floor`).
     pub fn with_privlevel(mut self, privlevel: Option<u8>) -> Self {
         self.privlevel = privlevel;
         self
+    }
+
+    /// The lowest privilege level this guest may request reports at, from a probe report
+    /// directory: the guest's VMPL for SNP (0 unless it runs under an SVSM), `None` when the
+    /// provider has no privilege levels.
+    pub fn privlevel_floor(&self) -> Result<Option<u8>, PlatformError> {
+        let mut suffix = [0u8; 8];
+        fill_random(&mut suffix)?;
+        let name: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+        let dir = self.report_dir.join(format!("coffer-probe-{name}"));
+        self.fs
+            .mkdir(&dir)
+            .map_err(|e| self.io_err("creating report directory", &dir, e))?;
+        let floor = self.read_floor(&dir);
+        if let Err(e) = self.fs.rmdir(&dir) {
+            tracing::warn!(
+                "{}: could not remove configfs-tsm report directory {}: {e}",
+                self.provider.backend(),
+                dir.display()
+            );
+        }
+        floor
+    }
+
+    /// `privlevel_floor` of the report directory `dir` (Linux
+    /// Documentation/ABI/testing/configfs-tsm: "the minimum permissible value that can be
+    /// written to @privlevel"; sev-guest sets it to the VMPL whose VMPCK the guest uses).
+    fn read_floor(&self, dir: &Path) -> Result<Option<u8>, PlatformError> {
+        let path = dir.join("privlevel_floor");
+        let text = match self.fs.read(&path, 64) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.io_err("reading", &path, e)),
+        };
+        String::from_utf8_lossy(&text)
+            .trim()
+            .parse::<u8>()
+            .ok()
+            .filter(|floor| *floor <= PRIVLEVEL_MAX)
+            .map(Some)
+            .ok_or_else(|| {
+                self.err(format!(
+                    "{} does not hold a privilege level (0 to {PRIVLEVEL_MAX})",
+                    path.display()
+                ))
+            })
+    }
+
+    /// The privilege level to write to `privlevel` in `dir`, if any: the one asked for (which
+    /// must not be below the floor), else the floor when it is above 0.
+    fn privlevel_for(&self, dir: &Path) -> Result<Option<u8>, PlatformError> {
+        if self.provider != TsmProvider::Snp {
+            return Ok(None);
+        }
+        let floor = self.read_floor(dir)?;
+        match (self.privlevel, floor) {
+            (Some(level), Some(floor)) if level < floor => Err(self.err(format!(
+                "a report at VMPL {level} was asked for, but this guest runs at VMPL {floor} \
+                 ({}); request VMPL {floor} or higher (leave the VMPL unset to use the \
+                 guest's own)",
+                dir.join("privlevel_floor").display()
+            ))),
+            (Some(level), _) => Ok(Some(level)),
+            (None, Some(floor)) if floor > 0 => Ok(Some(floor)),
+            (None, _) => Ok(None),
+        }
     }
 
     fn err(&self, problem: String) -> PlatformError {
@@ -239,7 +309,7 @@ impl TsmReporter {
             )));
         }
         let mut writes = 0u64;
-        if let (TsmProvider::Snp, Some(level)) = (self.provider, self.privlevel) {
+        if let Some(level) = self.privlevel_for(dir)? {
             let path = dir.join("privlevel");
             self.fs
                 .write(&path, level.to_string().as_bytes())
@@ -360,12 +430,13 @@ impl Platform for TdxPlatform {
 pub struct SnpPlatform {
     root: PathBuf,
     reporter: TsmReporter,
-    vmpl: u32,
+    /// The VMPL asked for, else the guest's own (read once from `privlevel_floor`).
+    vmpl: std::sync::OnceLock<u8>,
 }
 
 impl SnpPlatform {
-    /// Opens configfs-tsm under `root` (`/` in production). Sealing keys and reports are for
-    /// VMPL 0.
+    /// Opens configfs-tsm under `root` (`/` in production). Reports and derived keys are for
+    /// the guest's own VMPL: 0 normally, higher under an SVSM (read from `privlevel_floor`).
     pub fn new(root: &Path) -> Result<Self, PlatformError> {
         Self::with_fs(root, Arc::new(RealTsmFs))
     }
@@ -375,16 +446,28 @@ impl SnpPlatform {
         Ok(SnpPlatform {
             root: root.to_path_buf(),
             reporter: TsmReporter::new(root, TsmProvider::Snp, fs)?,
-            vmpl: 0,
+            vmpl: std::sync::OnceLock::new(),
         })
     }
 
     /// Requests reports and derived keys for `vmpl` (0–3; must be ≥ the guest's own VMPL,
-    /// e.g. under an SVSM). Reports then write `privlevel`.
+    /// e.g. under an SVSM) instead of the guest's own.
     pub fn with_vmpl(mut self, vmpl: u8) -> Self {
-        self.vmpl = u32::from(vmpl);
+        self.vmpl = std::sync::OnceLock::from(vmpl);
         self.reporter = self.reporter.with_privlevel(Some(vmpl));
         self
+    }
+
+    /// The VMPL derived keys are requested at: the one asked for, else the guest's own.
+    /// The firmware refuses a key request for a VMPL below the guest's own (AMD SEV-SNP ABI
+    /// spec 56860, MSG_KEY_REQ), and the kernel passes the `vmpl` field of
+    /// `struct snp_derived_key_req` (Linux include/uapi/linux/sev-guest.h) through unchanged.
+    pub fn vmpl(&self) -> Result<u8, PlatformError> {
+        if let Some(vmpl) = self.vmpl.get() {
+            return Ok(*vmpl);
+        }
+        let floor = self.reporter.privlevel_floor()?.unwrap_or(0);
+        Ok(*self.vmpl.get_or_init(|| floor))
     }
 }
 
@@ -394,7 +477,7 @@ impl Platform for SnpPlatform {
     }
 
     fn sealing_key(&self, purpose: &str) -> Result<SealingKey, PlatformError> {
-        let raw = crate::sevguest::derived_key(&self.root, self.vmpl)?;
+        let raw = crate::sevguest::derived_key(&self.root, u32::from(self.vmpl()?))?;
         derive_sealing_key(SNP_SALT, &raw[..], purpose)
     }
 
@@ -445,6 +528,8 @@ pub(crate) mod fake {
         /// The TDX quote's version and (v5) body type; v4 by default.
         pub tdx_quote: Mutex<(u16, u16)>,
         pub auxblob: Mutex<Vec<u8>>,
+        /// `privlevel_floor` (SNP): the guest's VMPL; `None` hides the attribute.
+        pub privlevel_floor: Mutex<Option<u8>>,
         pub deny_mkdir: bool,
         pub removed: Mutex<Vec<PathBuf>>,
     }
@@ -459,6 +544,7 @@ pub(crate) mod fake {
                 outblob_len: Mutex::new(None),
                 tdx_quote: Mutex::new((4, 0)),
                 auxblob: Mutex::new(Vec::new()),
+                privlevel_floor: Mutex::new(None),
                 deny_mkdir: false,
                 removed: Mutex::default(),
             })
@@ -523,10 +609,11 @@ pub(crate) mod fake {
                         .ok()
                         .and_then(|s| s.trim().parse().ok())
                         .filter(|l| *l <= 3)
+                        .filter(|l| Some(*l) >= *self.privlevel_floor.lock().unwrap())
                         .ok_or_else(|| errno(rustix::io::Errno::INVAL))?;
                     report.privlevel = level;
                 }
-                "provider" | "outblob" | "auxblob" | "generation" => {
+                "provider" | "outblob" | "auxblob" | "generation" | "privlevel_floor" => {
                     return Err(errno(rustix::io::Errno::ACCESS))
                 }
                 _ => return Err(errno(rustix::io::Errno::NOENT)),
@@ -549,13 +636,24 @@ pub(crate) mod fake {
             match attr.as_str() {
                 "provider" => Ok(format!("{provider}\n").into_bytes()),
                 "generation" => Ok(format!("{}\n", report.generation).into_bytes()),
+                "privlevel_floor" => match *self.privlevel_floor.lock().unwrap() {
+                    Some(floor) => Ok(format!("{floor}\n").into_bytes()),
+                    None => Err(errno(rustix::io::Errno::NOENT)),
+                },
                 "outblob" => {
+                    // The firmware refuses a report below the guest's own VMPL.
+                    let floor = self.privlevel_floor.lock().unwrap().unwrap_or(0);
+                    if provider == "sev_guest" && report.privlevel < floor {
+                        return Err(errno(rustix::io::Errno::INVAL));
+                    }
                     let mut rd = report.inblob.clone();
                     rd.resize(64, 0);
                     let rd: [u8; 64] = rd.try_into().unwrap();
                     let mut out = if provider == "sev_guest" {
                         let mut out = vec![0u8; 1184];
                         out[0x50..0x90].copy_from_slice(&rd);
+                        // ATTESTATION_REPORT.VMPL at 0x30.
+                        out[0x30] = report.privlevel;
                         out
                     } else {
                         let (version, body_type) = *self.tdx_quote.lock().unwrap();
@@ -674,6 +772,75 @@ mod tests {
         // Empty auxblob is fine.
         fs.auxblob.lock().unwrap().clear();
         assert!(p.evidence(&rd).unwrap().certificates.is_empty());
+        assert_eq!(fs.live_reports(), 0);
+    }
+
+    #[test]
+    fn snp_under_an_svsm_reports_at_the_privlevel_floor() {
+        // A guest at VMPL 2 under an SVSM: the kernel's privlevel_floor is 2 and the
+        // firmware refuses reports below it.
+        let fs = FakeTsm::new(&root(), "sev_guest");
+        *fs.privlevel_floor.lock().unwrap() = Some(2);
+        let p = SnpPlatform::with_fs(&root(), fs.clone()).unwrap();
+        let rd = [5u8; 64];
+        let ev = p.evidence(&rd).unwrap();
+        assert_eq!(ev.report[0x30], 2, "report requested at the guest's VMPL");
+        assert_eq!(&ev.report[0x50..0x90], &rd[..]);
+        // Asking for a higher VMPL is fine; a lower one is refused clearly.
+        let p3 = SnpPlatform::with_fs(&root(), fs.clone())
+            .unwrap()
+            .with_vmpl(3);
+        assert_eq!(p3.evidence(&rd).unwrap().report[0x30], 3);
+        let p1 = SnpPlatform::with_fs(&root(), fs.clone())
+            .unwrap()
+            .with_vmpl(1);
+        let err = p1.evidence(&rd).unwrap_err().to_string();
+        assert!(
+            err.contains("VMPL 1 was asked for, but this guest runs at VMPL 2")
+                && err.contains("privlevel_floor"),
+            "{err}"
+        );
+        assert_eq!(fs.live_reports(), 0);
+
+        // A garbled floor is an error, not VMPL 0.
+        let mut inner = Arc::try_unwrap(FakeTsm::new(&root(), "sev_guest")).unwrap();
+        inner.privlevel_floor = std::sync::Mutex::new(Some(9));
+        let p = SnpPlatform::with_fs(&root(), Arc::new(inner)).unwrap();
+        let err = p.evidence(&rd).unwrap_err().to_string();
+        assert!(err.contains("does not hold a privilege level"), "{err}");
+    }
+
+    #[test]
+    fn snp_derived_keys_are_requested_at_the_guests_vmpl() {
+        let fs = FakeTsm::new(&root(), "sev_guest");
+        assert_eq!(
+            SnpPlatform::with_fs(&root(), fs.clone())
+                .unwrap()
+                .vmpl()
+                .unwrap(),
+            0
+        );
+        *fs.privlevel_floor.lock().unwrap() = Some(0);
+        assert_eq!(
+            SnpPlatform::with_fs(&root(), fs.clone())
+                .unwrap()
+                .vmpl()
+                .unwrap(),
+            0
+        );
+        *fs.privlevel_floor.lock().unwrap() = Some(2);
+        let p = SnpPlatform::with_fs(&root(), fs.clone()).unwrap();
+        assert_eq!(p.vmpl().unwrap(), 2);
+        assert_eq!(p.vmpl().unwrap(), 2);
+        assert_eq!(
+            crate::sevguest::derived_key_request(u32::from(p.vmpl().unwrap())).vmpl,
+            2
+        );
+        let p = SnpPlatform::with_fs(&root(), fs.clone())
+            .unwrap()
+            .with_vmpl(3);
+        assert_eq!(p.vmpl().unwrap(), 3);
+        // The probe directory is gone again.
         assert_eq!(fs.live_reports(), 0);
     }
 

@@ -23,6 +23,8 @@ pub(crate) fn claims(report: &Report<'_>) -> Claims {
             guest_svn: report.u32(0x04),
             vmpl: report.u32(0x30),
             reported_tcb: report.u64(0x180),
+            // Milan and Genoa, which a version 2 report cannot tell apart, share a layout.
+            reported_tcb_spl: report.vcek_request().tcb(report.products()[0]),
         },
     }
 }

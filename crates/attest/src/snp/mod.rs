@@ -1,9 +1,13 @@
 //! AMD SEV-SNP attestation reports.
 //!
-//! The VCEK (from the evidence's certificate table, else the [`VcekSource`]) must chain to the
-//! `sev` crate's built-in AMD ASK and ARK (Milan, Genoa, Turin); the report signature is then
-//! checked with the VCEK over the raw report bytes `0x000..0x2A0` (not over a re-encoding).
+//! The report names its signing key: the chip's VCEK, or a VLEK a cloud provider loaded (AWS).
+//! The key's certificate (from the evidence's certificate table; for a stale or missing one,
+//! from the [`VcekSource`](vcek::VcekSource)) must chain to AMD's root — VCEK → ASK → ARK,
+//! VLEK → ASVK → ARK (Milan, Genoa, Turin) — with every certificate valid at the verification
+//! time and issued for the report's reported TCB (module `certs`); the report signature is then
+//! checked over the raw report bytes `0x000..0x2A0` (not over a re-encoding).
 
+mod certs;
 mod certtable;
 mod claims;
 pub mod vcek;
@@ -14,10 +18,10 @@ pub use certtable::{
 };
 
 use crate::{Claims, VerifyError, VerifyOptions};
+use certs::KeyKind;
 use coffer_platform::TeeType;
-use sev::certs::snp::{builtin, Certificate, Verifiable};
-use std::sync::OnceLock;
-use vcek::{SnpProduct, VcekRequest, VcekSource};
+use sev::certs::snp::Certificate;
+use vcek::{SnpProduct, VcekRequest};
 
 /// Length of an SNP attestation report.
 pub const REPORT_LEN: usize = 0x4A0;
@@ -120,69 +124,18 @@ impl<'a> Report<'a> {
     }
 }
 
-/// The built-in ASK of `product`, checked once against the built-in ARK (which is
-/// self-signed).
-fn builtin_ask(product: SnpProduct) -> Result<&'static Certificate, String> {
-    static CHAINS: [OnceLock<Result<Certificate, String>>; 3] =
-        [OnceLock::new(), OnceLock::new(), OnceLock::new()];
-    let (index, ark, ask) = match product {
-        SnpProduct::Milan => (0, builtin::milan::ark(), builtin::milan::ask()),
-        SnpProduct::Genoa => (1, builtin::genoa::ark(), builtin::genoa::ask()),
-        SnpProduct::Turin => (2, builtin::turin::ark(), builtin::turin::ask()),
-    };
-    CHAINS[index]
-        .get_or_init(|| {
-            let ark = ark.map_err(|e| format!("built-in {} ARK: {e}", product.name()))?;
-            let ask = ask.map_err(|e| format!("built-in {} ASK: {e}", product.name()))?;
-            (&ark, &ark)
-                .verify()
-                .map_err(|e| format!("built-in {} ARK is not self-signed: {e}", product.name()))?;
-            (&ark, &ask).verify().map_err(|e| {
-                format!(
-                    "built-in {} ASK is not signed by the ARK: {e}",
-                    product.name()
-                )
-            })?;
-            Ok(ask)
-        })
-        .as_ref()
-        .map_err(Clone::clone)
-}
-
-/// Checks that `vcek` chains to a built-in ASK of one of `products`.
-fn verify_vcek_chain(
-    vcek: &Certificate,
-    products: &[SnpProduct],
-    origin: &str,
-) -> Result<SnpProduct, VerifyError> {
-    let mut failures = Vec::new();
-    for &product in products {
-        match builtin_ask(product) {
-            Ok(ask) => match (ask, vcek).verify() {
-                Ok(()) => return Ok(product),
-                Err(e) => failures.push(format!(
-                    "not signed by the AMD {} ASK ({e})",
-                    product.name()
-                )),
-            },
-            Err(e) => failures.push(e),
-        }
-    }
-    Err(VerifyError::CertificateChain {
-        tee: TEE,
-        reason: format!(
-            "the VCEK ({origin}) does not chain to AMD's root: {}",
-            failures.join("; ")
-        ),
-    })
-}
-
-/// Finds the VCEK: in the evidence's certificate table, else from `source`.
-fn find_vcek(
+/// Finds the endorsement key that signed the report and checks it: first the one in the
+/// evidence's certificate table; when that one is stale (expired, or issued for another TCB or
+/// chip — hosts keep serving the VCEK of the TCB they booted with), the one from the VCEK
+/// source, then from that source's fallbacks (cache directory, KDS).
+fn endorsement(
     report: &Report<'_>,
+    kind: KeyKind,
     certificates: &[u8],
-    source: &dyn VcekSource,
-) -> Result<(Vec<u8>, &'static str), VerifyError> {
+    options: &VerifyOptions,
+) -> Result<certs::Endorsement, VerifyError> {
+    let request = report.vcek_request();
+    let mut stale = None;
     if !certificates.is_empty() {
         if certificates.len() > MAX_CERT_TABLE {
             return Err(VerifyError::malformed(
@@ -198,11 +151,68 @@ fn find_vcek(
                 tee: TEE,
                 reason: format!("the evidence's certificate table: {reason}"),
             })?;
-        if let Some(entry) = entries.into_iter().find(|e| e.guid == VCEK_GUID) {
-            return Ok((entry.data, "from the evidence"));
+        let guid = |kind| match kind {
+            KeyKind::Vcek => VCEK_GUID,
+            KeyKind::Vlek => VLEK_GUID,
+        };
+        if let Some(entry) = entries.iter().find(|e| e.guid == guid(kind)) {
+            match certs::check(
+                &entry.data,
+                "from the evidence",
+                kind,
+                &request,
+                options.now,
+            ) {
+                Ok(found) => return Ok(found),
+                Err(certs::Unusable::Refused(e)) => return Err(e),
+                Err(certs::Unusable::Stale(e)) => stale = Some(e),
+            }
+        } else if entries.iter().any(|e| e.guid == guid(kind.other())) {
+            return Err(VerifyError::CertificateChain {
+                tee: TEE,
+                reason: format!(
+                    "the report is signed by a {key} (signing_key {}), but the evidence's \
+                     certificate table carries only a {other}: a {key}-signed report cannot be \
+                     verified with a {other}",
+                    kind.signing_key(),
+                    key = kind.name(),
+                    other = kind.other().name(),
+                ),
+            });
         }
     }
-    Ok((source.vcek(&report.vcek_request())?, "from the VCEK source"))
+    let mut source: &dyn vcek::VcekSource = options.vcek.as_ref();
+    loop {
+        let der = match source.vcek(&request) {
+            Ok(der) => der,
+            // Nothing to replace the stale certificate with: its own problem is the reason.
+            Err(e @ VerifyError::VcekUnavailable { .. }) => {
+                return Err(match (stale, kind) {
+                    (Some(stale), _) => stale,
+                    (None, KeyKind::Vlek) => VerifyError::VcekUnavailable {
+                        reason: format!(
+                            "the report is VLEK-signed and the evidence carries no VLEK: the \
+                             cloud's host supplies it in the certificate table (configfs-tsm \
+                             auxblob), AMD KDS does not serve VLEKs by chip ({e})"
+                        ),
+                    },
+                    (None, KeyKind::Vcek) => e,
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        match certs::check(&der, "from the VCEK source", kind, &request, options.now) {
+            Ok(found) => return Ok(found),
+            Err(certs::Unusable::Stale(e)) => match source.fallback() {
+                Some(next) => {
+                    source = next;
+                    stale = Some(e);
+                }
+                None => return Err(e),
+            },
+            Err(certs::Unusable::Refused(e)) => return Err(e),
+        }
+    }
 }
 
 /// Verifies an SNP attestation report; `certificates` is the evidence's certificate table
@@ -213,35 +223,29 @@ pub fn verify(
     options: &VerifyOptions,
 ) -> Result<Claims, VerifyError> {
     let report = Report::parse(report)?;
-    if report.signing_key() != 0 {
-        return Err(VerifyError::malformed(
-            TEE,
-            format!(
-                "the report is signed by key type {} (only VCEK-signed reports are supported)",
-                report.signing_key()
-            ),
-        ));
-    }
-    let (der, origin) = find_vcek(&report, certificates, options.vcek.as_ref())?;
-    let vcek = Certificate::from_der(&der).map_err(|e| VerifyError::CertificateChain {
-        tee: TEE,
-        reason: format!("the VCEK ({origin}) is not a valid certificate: {e}"),
-    })?;
-    verify_vcek_chain(&vcek, &report.products(), origin)?;
-    verify_signature(&report, &vcek)?;
+    let kind = KeyKind::from_signing_key(report.signing_key())?;
+    let key = endorsement(&report, kind, certificates, options)?;
+    verify_signature(&report, &key.cert, kind)?;
     Ok(claims::claims(&report))
 }
 
-fn verify_signature(report: &Report<'_>, vcek: &Certificate) -> Result<(), VerifyError> {
+fn verify_signature(
+    report: &Report<'_>,
+    cert: &Certificate,
+    kind: KeyKind,
+) -> Result<(), VerifyError> {
     use p384::ecdsa::signature::Verifier;
     let bad = || VerifyError::Signature {
         tee: TEE,
-        what: "attestation report (VCEK)",
+        what: match kind {
+            KeyKind::Vcek => "attestation report (VCEK)",
+            KeyKind::Vlek => "attestation report (VLEK)",
+        },
     };
-    let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(vcek.public_key_sec1()).map_err(|_| {
+    let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(cert.public_key_sec1()).map_err(|_| {
         VerifyError::CertificateChain {
             tee: TEE,
-            reason: "the VCEK's public key is not a P-384 key".to_string(),
+            reason: format!("the {}'s public key is not a P-384 key", kind.name()),
         }
     })?;
     let mut rs = [0u8; 96];

@@ -35,19 +35,7 @@ impl SnpProduct {
 }
 
 /// The reported TCB, split into its security patch levels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TcbParts {
-    /// Bootloader SPL.
-    pub bootloader: u8,
-    /// PSP OS (TEE) SPL.
-    pub tee: u8,
-    /// SNP firmware SPL.
-    pub snp: u8,
-    /// Microcode SPL.
-    pub microcode: u8,
-    /// FMC SPL (Turin only).
-    pub fmc: Option<u8>,
-}
+pub type TcbParts = crate::claims::SnpTcb;
 
 /// What identifies a VCEK: the chip and the TCB it was derived for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,10 +102,16 @@ impl VcekRequest {
     }
 }
 
-/// Supplies the VCEK (DER) for a report whose evidence carried none.
+/// Supplies the VCEK (DER) for a report whose evidence carried none, or a stale one.
 pub trait VcekSource: Send + Sync {
     /// The VCEK for `request`, DER-encoded. It is verified against AMD's ARK/ASK afterwards.
     fn vcek(&self, request: &VcekRequest) -> Result<Vec<u8>, VerifyError>;
+
+    /// Where to look next when this source's VCEK turns out stale (expired, or for another
+    /// TCB or chip), e.g. after an operator-supplied VCEK, the cache and KDS. None by default.
+    fn fallback(&self) -> Option<&dyn VcekSource> {
+        None
+    }
 }
 
 /// No VCEK source: only VCEKs carried in the evidence are used.
@@ -176,27 +170,37 @@ impl VcekSource for VcekDir {
     }
 }
 
-/// VCEKs from AMD KDS, cached in a directory (a [`VcekDir`]); a cached VCEK is never fetched
-/// again.
+/// VCEKs from AMD KDS, cached in a directory (a [`VcekDir`]); a cached VCEK is fetched again
+/// only when it turned out stale (e.g. expired).
 #[derive(Clone, Debug)]
 pub struct KdsVcek {
     base_url: String,
     cache: VcekDir,
     fetcher: Fetcher,
+    /// The same service without the cache, as this one's fallback; `None` in that copy.
+    refetch: Option<Box<KdsVcek>>,
 }
 
 impl KdsVcek {
     /// Fetches from `base_url` (normally [`AMD_KDS_URL`]), caching in `cache_dir`.
     pub fn new(base_url: impl Into<String>, cache_dir: impl Into<PathBuf>) -> Self {
-        KdsVcek {
+        let uncached = KdsVcek {
             base_url: base_url.into().trim_end_matches('/').to_string(),
             cache: VcekDir::new(cache_dir),
             fetcher: Fetcher::new(),
+            refetch: None,
+        };
+        KdsVcek {
+            refetch: Some(Box::new(uncached.clone())),
+            ..uncached
         }
     }
 
     /// Fetches with `fetcher` (which decides the trusted CAs) instead of the default one.
     pub fn with_fetcher(mut self, fetcher: Fetcher) -> Self {
+        if let Some(refetch) = &mut self.refetch {
+            refetch.fetcher = fetcher.clone();
+        }
         self.fetcher = fetcher;
         self
     }
@@ -204,8 +208,10 @@ impl KdsVcek {
 
 impl VcekSource for KdsVcek {
     fn vcek(&self, request: &VcekRequest) -> Result<Vec<u8>, VerifyError> {
-        if let Some(der) = read_vcek(&self.cache.dir.join(request.file_name()))? {
-            return Ok(der);
+        if self.refetch.is_some() {
+            if let Some(der) = read_vcek(&self.cache.dir.join(request.file_name()))? {
+                return Ok(der);
+            }
         }
         if request.chip_id == [0u8; 64] {
             return Err(VerifyError::VcekUnavailable {
@@ -233,5 +239,10 @@ impl VcekSource for KdsVcek {
         Err(VerifyError::VcekUnavailable {
             reason: format!("KDS: {}", failures.join("; ")),
         })
+    }
+
+    /// A stale cached VCEK is fetched again (once), replacing the cached copy.
+    fn fallback(&self) -> Option<&dyn VcekSource> {
+        self.refetch.as_deref().map(|k| k as &dyn VcekSource)
     }
 }
