@@ -424,8 +424,10 @@ pub struct EncryptionConfigArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum KeysCommand {
-    /// Create a keystore with its first KEK (`kms serve` does this on first start).
-    Init(StoreArgs),
+    /// Create a keystore with its first KEK (`kms serve` does this on first start). With
+    /// --recovery-key, its KEKs are sealed under a keystore root secret whose k-of-n recovery
+    /// shares go to operators, so that `coffer keys recover` can reopen it after a TCB update.
+    Init(KeysInitArgs),
     /// List KEKs: id, creation time, and which is primary.
     List(ListArgs),
     /// Create a new primary KEK. Running plugins pick it up within seconds; older KEKs keep
@@ -434,6 +436,31 @@ pub enum KeysCommand {
     /// Delete a non-primary KEK for good. Data encrypted under it becomes unreadable: first
     /// rewrite all Secrets (see docs/operations.md, "Retiring a key").
     Retire(RetireArgs),
+    /// Reopen a keystore that no longer opens on this platform (after a TCB update — microcode,
+    /// TCB recovery, an ISVSVN bump — or a move to another machine): rebuild its root secret
+    /// from k recovery shares and reseal it to this platform. Needs `keys init --recovery-key`.
+    Recover(KeysRecoverArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct KeysInitArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub recovery: crate::keyd::RecoveryArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct KeysRecoverArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// A sealed share file from `coffer keys init --recovery-key`; repeat (at least k).
+    #[arg(long = "share", value_name = "FILE", required = true)]
+    pub shares: Vec<PathBuf>,
+    /// An operator's secret key file (`coffer-recovery-sk:…`); repeat. Each share is opened
+    /// with the key it was sealed to.
+    #[arg(long = "operator-key", value_name = "FILE", required = true)]
+    pub operator_keys: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]

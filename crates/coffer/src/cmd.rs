@@ -74,7 +74,7 @@ pub fn run(command: Command) -> Result<ExitCode, Error> {
     }
 }
 
-fn open_store_platform(
+pub(crate) fn open_store_platform(
     store: &StoreArgs,
     access: Access,
 ) -> Result<(std::sync::Arc<dyn Platform>, PathBuf), Error> {
@@ -89,6 +89,7 @@ fn open_store_platform(
 
 fn open_keystore(store: &StoreArgs, access: Access) -> Result<Keystore, Error> {
     let (platform, state_dir) = open_store_platform(store, access)?;
+    let platform = crate::keys_root::keystore_platform(&state_dir, platform)?;
     Ok(Keystore::new(state_dir, platform))
 }
 
@@ -347,16 +348,11 @@ resources:
 
 fn keys(cmd: KeysCommand) -> Result<ExitCode, Error> {
     match cmd {
-        KeysCommand::Init(store) => {
-            let info = open_keystore(&store, Access::CreateIfMissing)?.init()?;
-            let primary = info.primary().map(|k| k.id.as_str()).unwrap_or("");
-            println!(
-                "created keystore {} with primary KEK {primary}",
-                info.path.display()
-            );
-        }
+        KeysCommand::Init(args) => return crate::keys_root::init(args),
+        KeysCommand::Recover(args) => return crate::keys_root::recover(args),
         KeysCommand::List(args) => {
             let info = open_keystore(&args.store, Access::ExistingOnly)?.info()?;
+            let recovery = crate::keys_root::recovery_info(&args.store.resolved().1)?;
             if args.json {
                 let keys: Vec<_> = info
                     .keys
@@ -376,6 +372,9 @@ fn keys(cmd: KeysCommand) -> Result<ExitCode, Error> {
                 let doc = serde_json::json!({
                     "keystore": info.path, "keystore_id": info.keystore_id, "platform": info.platform,
                     "generation": info.generation, "keys": keys, "retired": retired,
+                    "recovery": recovery.map(|r| serde_json::json!({
+                        "threshold": r.threshold, "total": r.total,
+                    })),
                 });
                 println!("{}", serde_json::to_string_pretty(&doc)?);
             } else {
@@ -386,6 +385,15 @@ fn keys(cmd: KeysCommand) -> Result<ExitCode, Error> {
                     info.platform,
                     info.generation
                 );
+                match recovery {
+                    Some(r) => println!(
+                        "recovery: {} of {} operator shares reopen it after a TCB update (`coffer keys recover`)",
+                        r.threshold, r.total
+                    ),
+                    None => println!(
+                        "recovery: none; it opens only on the platform identity that sealed it"
+                    ),
+                }
                 println!("{:<30} {:<22} STATE", "KEY ID", "CREATED");
                 for k in info.keys.iter().rev() {
                     let state = match k.state {

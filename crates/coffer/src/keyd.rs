@@ -107,7 +107,8 @@ pub struct InitArgs {
     pub recovery: RecoveryArgs,
 }
 
-/// Who gets recovery shares of keyd's root, and how many restore it.
+/// Who gets recovery shares of a root secret (keyd's, or a standalone keystore's), and how many
+/// restore it.
 #[derive(Args, Debug, Clone)]
 pub struct RecoveryArgs {
     /// An operator's recovery public key (`coffer-recovery-pk:…`, from `coffer keyd
@@ -433,37 +434,7 @@ fn init(args: InitArgs) -> Result<ExitCode, Error> {
 
 /// `coffer keyd init`: the root, and the recovery shares when operators are named.
 fn initialise(store: &KeydStoreArgs, recovery: &RecoveryArgs) -> Result<(), Error> {
-    let request = if recovery.recovery_keys.is_empty() {
-        None
-    } else {
-        let operators = recovery
-            .recovery_keys
-            .iter()
-            .map(|k| operator_key(k))
-            .collect::<Result<Vec<_>, _>>()?;
-        let majority = u8::try_from(operators.len() / 2 + 1).unwrap_or(u8::MAX);
-        Some(RecoveryRequest {
-            threshold: recovery.recovery_threshold.unwrap_or(majority),
-            operators,
-        })
-    };
-    if let Some(request) = &request {
-        // Checked before anything is written, so a bad split leaves no half-initialised state.
-        coffer_recovery::split(
-            &zeroize::Zeroizing::new([0u8; 32]),
-            "check",
-            request.threshold,
-            &request.operators,
-        )?;
-        let dir = &recovery.recovery_shares_dir;
-        if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
-            return Err(format!(
-                "--recovery-shares-dir {} is not empty; choose an empty or new directory",
-                dir.display()
-            )
-            .into());
-        }
-    }
+    let request = recovery_request(recovery)?;
     let platform = store.platform(Access::CreateIfMissing)?;
     let (root, shares) = KeydRoot::init(&store.data_dir, platform.as_ref(), request.as_ref())?;
     println!(
@@ -472,29 +443,74 @@ fn initialise(store: &KeydStoreArgs, recovery: &RecoveryArgs) -> Result<(), Erro
         store.data_dir.display(),
         platform.kind().name()
     );
-    if let Some(request) = &request {
-        let dir = &recovery.recovery_shares_dir;
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        for share in &shares {
-            let fingerprint: String = share.operator_fingerprint.chars().take(16).collect();
-            let path = dir.join(format!("share-{}-{fingerprint}.json", share.index));
-            coffer_platform::durable::write_new_atomic(&path, share.to_json().as_bytes(), 0o600)
-                .map_err(|e| format!("writing {}: {e}", path.display()))?;
-            println!(
-                "  share {} of {} -> {}",
-                share.index,
-                share.total,
-                path.display()
-            );
-        }
-        println!(
-            "recovery: any {} of these {} shares (with their operators' secret keys) restore this keyd on a new platform; hand each file to its operator and delete it here",
-            request.threshold,
-            shares.len()
-        );
-    } else {
-        println!("no recovery shares were requested: this data directory opens only on this platform identity");
+    match &request {
+        Some(request) => write_shares(recovery, request, &shares, "this keyd")?,
+        None => println!("no recovery shares were requested: this data directory opens only on this platform identity"),
     }
+    Ok(())
+}
+
+/// The recovery split `--recovery-key` and `--recovery-threshold` ask for (`None` without
+/// operators), checked with the shares directory before anything is written, so a bad split
+/// leaves no half-initialised state.
+pub(crate) fn recovery_request(recovery: &RecoveryArgs) -> Result<Option<RecoveryRequest>, Error> {
+    if recovery.recovery_keys.is_empty() {
+        return Ok(None);
+    }
+    let operators = recovery
+        .recovery_keys
+        .iter()
+        .map(|k| operator_key(k))
+        .collect::<Result<Vec<_>, _>>()?;
+    let majority = u8::try_from(operators.len() / 2 + 1).unwrap_or(u8::MAX);
+    let request = RecoveryRequest {
+        threshold: recovery.recovery_threshold.unwrap_or(majority),
+        operators,
+    };
+    coffer_recovery::split(
+        &zeroize::Zeroizing::new([0u8; 32]),
+        "check",
+        request.threshold,
+        &request.operators,
+    )?;
+    let dir = &recovery.recovery_shares_dir;
+    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+        return Err(format!(
+            "--recovery-shares-dir {} is not empty; choose an empty or new directory",
+            dir.display()
+        )
+        .into());
+    }
+    Ok(Some(request))
+}
+
+/// Writes the sealed shares into `--recovery-shares-dir` (never replacing a file) and tells the
+/// operator how many restore `what`.
+pub(crate) fn write_shares(
+    recovery: &RecoveryArgs,
+    request: &RecoveryRequest,
+    shares: &[SealedShare],
+    what: &str,
+) -> Result<(), Error> {
+    let dir = &recovery.recovery_shares_dir;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for share in shares {
+        let fingerprint: String = share.operator_fingerprint.chars().take(16).collect();
+        let path = dir.join(format!("share-{}-{fingerprint}.json", share.index));
+        coffer_platform::durable::write_new_atomic(&path, share.to_json().as_bytes(), 0o600)
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        println!(
+            "  share {} of {} -> {}",
+            share.index,
+            share.total,
+            path.display()
+        );
+    }
+    println!(
+        "recovery: any {} of these {} shares (with their operators' secret keys) restore {what} on a new platform; hand each file to its operator and delete it here",
+        request.threshold,
+        shares.len()
+    );
     Ok(())
 }
 
@@ -519,16 +535,34 @@ fn init_on_first_start(args: &KeydServeArgs, config: &KeydConfig) -> Result<(), 
 
 fn recover(args: RecoverArgs) -> Result<ExitCode, Error> {
     let info = coffer_keyd::root_info(&args.store.data_dir)?;
-    let shares = args
-        .shares
+    let shares = read_shares(&args.shares)?;
+    let keys = read_operator_keys(&args.operator_keys)?;
+    let opened = coffer_keyd::open_shares(&info.instance_id, &shares, &keys)?;
+    let platform = args.store.platform(Access::CreateIfMissing)?;
+    let root = KeydRoot::recover(&args.store.data_dir, platform.as_ref(), &opened)?;
+    println!(
+        "recovered keyd {} in {}: its root is now sealed to this {} platform",
+        root.instance_id(),
+        args.store.data_dir.display(),
+        platform.kind().name()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads the sealed share files given with `--share`.
+pub(crate) fn read_shares(paths: &[PathBuf]) -> Result<Vec<SealedShare>, Error> {
+    paths
         .iter()
         .map(|p| {
             SealedShare::from_json(&read_small(p)?)
                 .map_err(|e| format!("{}: {e}", p.display()).into())
         })
-        .collect::<Result<Vec<_>, Error>>()?;
-    let keys = args
-        .operator_keys
+        .collect()
+}
+
+/// Reads the operator secret key files given with `--operator-key`.
+pub(crate) fn read_operator_keys(paths: &[PathBuf]) -> Result<Vec<OperatorSecretKey>, Error> {
+    paths
         .iter()
         .map(|p| {
             let text = zeroize::Zeroizing::new(read_small(p)?);
@@ -550,17 +584,7 @@ fn recover(args: RecoverArgs) -> Result<ExitCode, Error> {
                 .parse::<OperatorSecretKey>()
                 .map_err(|e| format!("{}: {e}", p.display()).into())
         })
-        .collect::<Result<Vec<_>, Error>>()?;
-    let opened = coffer_keyd::open_shares(&info.instance_id, &shares, &keys)?;
-    let platform = args.store.platform(Access::CreateIfMissing)?;
-    let root = KeydRoot::recover(&args.store.data_dir, platform.as_ref(), &opened)?;
-    println!(
-        "recovered keyd {} in {}: its root is now sealed to this {} platform",
-        root.instance_id(),
-        args.store.data_dir.display(),
-        platform.kind().name()
-    );
-    Ok(ExitCode::SUCCESS)
+        .collect()
 }
 
 #[derive(serde::Serialize)]

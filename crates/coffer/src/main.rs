@@ -6,6 +6,7 @@ mod cli;
 mod cmd;
 mod duration;
 mod keyd;
+mod keys_root;
 mod logging;
 
 use std::process::ExitCode;

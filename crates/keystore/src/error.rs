@@ -64,8 +64,10 @@ pub enum KeystoreError {
     /// The integrity check over the whole file failed.
     #[error(
         "keystore {path} failed its integrity check: it was modified, or it was sealed by a \
-         different TEE identity (another machine, platform or state directory); it was not \
-         modified; restore it from backup or run coffer on the platform that created it"
+         different TEE identity (another machine, platform or state directory; on SGX also a TCB \
+         update — new microcode, a TCB recovery — or an ISVSVN bump, which change the seal key); \
+         it was not modified; restore it from backup or run coffer on the platform that created \
+         it (see \"TCB updates\" in docs/operations.md)"
     )]
     Tampered {
         /// The file.
@@ -84,7 +86,8 @@ pub enum KeystoreError {
     /// A sealed KEK could not be unsealed.
     #[error(
         "KEK {key_id} in {path} could not be unsealed by this platform (sealed by another TEE \
-         identity, or damaged); the keystore was not modified"
+         identity — on SGX also the same enclave before a TCB update or ISVSVN bump — or \
+         damaged); the keystore was not modified"
     )]
     Unseal {
         /// The file.

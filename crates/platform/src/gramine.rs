@@ -5,7 +5,10 @@
 //!   `sgx.remote_attestation = "dcap"`; `/dev/attestation/attestation_type` says so).
 //! * Sealing: Gramine exposes the 128-bit SGX seal keys as `/dev/attestation/keys/_sgx_mrenclave`
 //!   and `/dev/attestation/keys/_sgx_mrsigner`; Coffer never uses them raw but derives a key
-//!   per purpose with HKDF-SHA256. See [`SealPolicy`] for which one survives upgrades.
+//!   per purpose with HKDF-SHA256. See [`SealPolicy`] for which one a rebuild can derive.
+//!   Both are EGETKEY results for the enclave's *current* CPUSVN and ISVSVN (Gramine v1.8
+//!   `pal/src/host/linux-sgx/enclave_framework.c`, `sgx_get_seal_key()`), so a TCB update or an
+//!   `isvsvn` bump changes them: data sealed with them directly does not survive one.
 //!
 //! The pseudo-files are process-global (report data written by one thread is what the next
 //! quote read by any thread uses), so evidence requests are serialised with a mutex.

@@ -7,14 +7,20 @@ use crate::PlatformError;
 /// * [`SealPolicy::MrEnclave`]: bound to the exact enclave measurement. Only this exact build
 ///   (same code, same manifest) can re-derive the key, so **an enclave upgrade loses access**
 ///   to everything sealed under it unless the data is migrated first.
-/// * [`SealPolicy::MrSigner`]: bound to the enclave signer (MRSIGNER) and product ID. Survives
-///   enclave upgrades signed by the same key, but every enclave that key signs can derive it,
-///   so the signing key must be guarded like the data itself.
+/// * [`SealPolicy::MrSigner`]: bound to the enclave signer (MRSIGNER) and product ID: a rebuild
+///   signed by the same key derives it too, but every enclave that key signs can, so the signing
+///   key must be guarded like the data itself.
+///
+/// Neither policy alone survives a TCB update: the key request also carries CPUSVN and ISVSVN,
+/// and Gramine fills in the running enclave's current values (so a microcode update, a TCB
+/// recovery or an `isvsvn` bump changes both keys), while the Occlum backend pins them to 0. A
+/// standalone keystore gets through such an update with `coffer keys init --recovery-key` and
+/// `coffer keys recover`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SealPolicy {
-    /// Bind to MRENCLAVE (this exact enclave; does not survive upgrades).
+    /// Bind to MRENCLAVE (this exact enclave; a new build cannot derive it).
     MrEnclave,
-    /// Bind to MRSIGNER (any enclave from the same signer and product; survives upgrades).
+    /// Bind to MRSIGNER (any enclave from the same signer and product).
     MrSigner,
 }
 

@@ -1,6 +1,5 @@
 //! The evidence extension: OID 2.23.133.5.4.9 (`tcg-dice-conceptual-message-wrapper`, TCG DICE
-//! tagged evidence), in the layout of the CCC "Interoperable RA-TLS" formats (also used by
-//! Gramine ≥ 1.8 and rats-tls):
+//! tagged evidence), in the layout of the CCC "Interoperable RA-TLS" formats:
 //!
 //! ```text
 //! extnValue     = tagged-evidence                     ; raw CBOR bytes; extension not critical
@@ -14,18 +13,30 @@
 //!
 //! Tags: [`TAG_INTEL_TEE_QUOTE`] (0x1a7501) for SGX and TDX DCAP quotes and [`TAG_SEV_SNP`]
 //! (0x1a7504) for SEV-SNP reports, as defined by the interoperable RA-TLS work (rats-tls'
-//! `OCBR_TAG_EVIDENCE_*`); Gramine's tag [`TAG_GRAMINE_TEE_QUOTE`] (60000) is accepted on input
-//! for Intel quotes. Simulation evidence has no standard tag; Coffer uses the private
+//! `OCBR_TAG_EVIDENCE_*`). Simulation evidence has no standard tag; Coffer uses the private
 //! [`TAG_COFFER_SIM`] (0x636f6673, ASCII "cofs").
 //!
-//! **Binding differs from the interoperable format**: there, the quote's report data is
-//! SHA-256(claims-buffer). In Coffer, **the evidence commits to SHA-512(SPKI)**: its 64 bytes of
-//! report data are exactly the SHA-512 digest of the certificate's DER SubjectPublicKeyInfo. The
-//! claims buffer is therefore *not* covered by the evidence: `pubkey-hash` is informational (and
-//! checked for consistency), `coffer-tee` only selects the verifier, and `coffer-certificates` is
-//! input that the SNP verifier checks against AMD's roots anyway.
+//! **What the evidence commits to** ([`Binding`]) depends on the tag:
+//!
+//! * Coffer's tags: **the evidence commits to SHA-512(SPKI)**: its 64 bytes of report data are
+//!   exactly the SHA-512 digest of the certificate's DER SubjectPublicKeyInfo. The claims buffer
+//!   is *not* covered by the evidence: `pubkey-hash` is informational (and checked for
+//!   consistency), `coffer-tee` only selects the verifier, and `coffer-certificates` is input
+//!   that the SNP verifier checks against AMD's roots anyway.
+//! * Gramine's tag [`TAG_GRAMINE_TEE_QUOTE`] (60000, Gramine ≥ 1.8 RA-TLS): the first 32 bytes
+//!   of the SGX quote's report data are SHA-256 of the claims buffer, and the buffer's
+//!   `pubkey-hash` claim (`[alg, hash]`, SHA-256, -384 or -512 of the SPKI) names the key
+//!   (Gramine v1.8 `tools/sgx/ra-tls/ra_tls_verify_common.c`,
+//!   `extract_standard_quote_and_verify_claims()` and
+//!   `cmp_crt_pk_against_cbor_claim_hash_entry()`). Coffer verifies exactly that, and requires
+//!   the `pubkey-hash` claim, without which such evidence names no key.
+//!
+//! Other formats are refused: rats-tls certificates (tag 0x1a7501 with their own claims binding)
+//! fail the SHA-512(SPKI) binding, and Gramine's legacy non-standard extension (OID
+//! 1.2.840.113741.1337.6, a raw quote) is not an evidence extension at all.
 
 use coffer_platform::{Evidence, TeeType};
+use sha2::{Digest, Sha256};
 
 use crate::cbor::{self, Item};
 use crate::RatlsError;
@@ -37,11 +48,17 @@ pub const EVIDENCE_OID: &[u64] = &[2, 23, 133, 5, 4, 9];
 pub const TAG_INTEL_TEE_QUOTE: u64 = 0x1a7501;
 /// CBOR tag for SEV-SNP attestation reports, interoperable RA-TLS / rats-tls.
 pub const TAG_SEV_SNP: u64 = 0x1a7504;
-/// CBOR tag Gramine ≥ 1.8 uses for SGX quotes; accepted on input.
+/// CBOR tag Gramine ≥ 1.8 uses for SGX quotes (`TCG_DICE_TAGGED_EVIDENCE_TEE_QUOTE_CBOR_TAG`
+/// in Gramine v1.8 `tools/sgx/ra-tls/ra_tls_common.h`); accepted on input with Gramine's
+/// [`Binding::ClaimsSha256`].
 pub const TAG_GRAMINE_TEE_QUOTE: u64 = 60000;
 /// Coffer's private CBOR tag for simulation evidence (ASCII "cofs").
 pub const TAG_COFFER_SIM: u64 = 0x636f_6673;
 
+/// IANA named-information hash algorithm id for SHA-256.
+pub const HASH_ALG_SHA256: u64 = 1;
+/// IANA named-information hash algorithm id for SHA-384.
+pub const HASH_ALG_SHA384: u64 = 7;
 /// IANA named-information hash algorithm id for SHA-512.
 pub const HASH_ALG_SHA512: u64 = 8;
 
@@ -61,6 +78,17 @@ pub fn tag_for(tee: TeeType) -> u64 {
     }
 }
 
+/// What a certificate's evidence commits to in its report data, by the format it was made in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Binding {
+    /// Coffer's format: all 64 bytes of report data are SHA-512 of the certificate's DER
+    /// SubjectPublicKeyInfo.
+    SpkiSha512,
+    /// Gramine's format (tag 60000): the first 32 bytes of report data are this value, SHA-256
+    /// of the claims buffer, whose `pubkey-hash` claim names the certificate's key.
+    ClaimsSha256([u8; 32]),
+}
+
 /// The content of the evidence extension after decoding.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DecodedExtension {
@@ -70,6 +98,8 @@ pub struct DecodedExtension {
     pub evidence: Evidence,
     /// The `pubkey-hash` claim: (IANA hash algorithm id, digest), if present.
     pub pubkey_hash: Option<(u64, Vec<u8>)>,
+    /// What the evidence's report data must commit to.
+    pub binding: Binding,
 }
 
 /// Encodes `evidence` for a certificate whose SubjectPublicKeyInfo hashes to `spki_sha512`.
@@ -158,15 +188,21 @@ pub fn decode_extension(value: &[u8]) -> Result<DecodedExtension, RatlsError> {
         };
         let mut seen = Vec::new();
         for (k, v) in pairs {
-            let (Item::Text(name), Item::Bytes(value)) = (k, v) else {
-                return Err(bad(
-                    "claims buffer entries must map text names to byte strings",
-                ));
+            let Item::Text(name) = k else {
+                return Err(bad("claims buffer keys must be text strings"));
             };
             if seen.contains(&name) {
                 return Err(bad(format!("claim {name:?} appears twice")));
             }
             seen.push(name);
+            // Claims Coffer does not use may hold any value (Gramine ignores them too).
+            let value = match (name, v) {
+                (CLAIM_PUBKEY_HASH | CLAIM_TEE | CLAIM_CERTIFICATES, Item::Bytes(value)) => value,
+                (CLAIM_PUBKEY_HASH | CLAIM_TEE | CLAIM_CERTIFICATES, _) => {
+                    return Err(bad(format!("claim {name:?} is not a byte string")))
+                }
+                _ => continue,
+            };
             match name {
                 CLAIM_PUBKEY_HASH => {
                     let entry =
@@ -187,11 +223,23 @@ pub fn decode_extension(value: &[u8]) -> Result<DecodedExtension, RatlsError> {
                     tee_claim = Some(name);
                 }
                 CLAIM_CERTIFICATES => certificates = value.to_vec(),
-                _ => {} // other claims (e.g. "nonce") are ignored
+                _ => {} // skipped above
             }
         }
     }
 
+    let binding = match (tag, claims_buffer) {
+        (TAG_GRAMINE_TEE_QUOTE, Some(buf)) if !buf.is_empty() => {
+            Binding::ClaimsSha256(Sha256::digest(buf).into())
+        }
+        (TAG_GRAMINE_TEE_QUOTE, _) => {
+            return Err(bad(
+                "Gramine tagged evidence (tag 60000) must carry a claims buffer: its quote \
+                 commits to SHA-256 of that buffer",
+            ))
+        }
+        _ => Binding::SpkiSha512,
+    };
     let tee = match tag {
         TAG_INTEL_TEE_QUOTE | TAG_GRAMINE_TEE_QUOTE => {
             let from_header = intel_quote_tee(report)
@@ -232,6 +280,7 @@ pub fn decode_extension(value: &[u8]) -> Result<DecodedExtension, RatlsError> {
             certificates,
         },
         pubkey_hash,
+        binding,
     })
 }
 

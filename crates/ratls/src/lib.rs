@@ -6,6 +6,11 @@
 //! SHA-512 digest of the certificate's DER SubjectPublicKeyInfo, so the evidence cannot be
 //! replayed with another key, and the TLS handshake signature proves the peer holds that key.
 //!
+//! Peers: Coffer verifies Coffer certificates and Gramine ≥ 1.8 RA-TLS certificates (SGX quote
+//! under tag 60000, bound through SHA-256 of its claims buffer; see [`extension::Binding`]).
+//! Gramine's verifier does not accept Coffer's certificates, and rats-tls certificates are
+//! refused, as are Gramine's legacy ones (OID 1.2.840.113741.1337.6).
+//!
 //! * [`attested_certificate`] makes such a certificate (P-256 key, 24 h validity).
 //! * [`AttestedServerVerifier`] / [`AttestedClientVerifier`] are rustls verifiers that parse the
 //!   peer's certificate, check its validity period, extract and verify the evidence with a
@@ -17,6 +22,7 @@
 
 #![deny(missing_docs)]
 
+mod binding;
 mod cbor;
 mod describe;
 pub mod extension;
@@ -420,14 +426,8 @@ impl AttestedVerifier {
         }
 
         let decoded = extension_of(&cert)?;
-        let spki_hash = report_data_for_spki(cert.public_key().raw);
-        if let Some((alg, hash)) = &decoded.pubkey_hash {
-            if *alg != extension::HASH_ALG_SHA512 || hash.as_slice() != spki_hash {
-                return Err(RatlsError::Binding(
-                    "the pubkey-hash claim does not match the certificate's public key".into(),
-                ));
-            }
-        }
+        let spki = cert.public_key().raw;
+        binding::check_pubkey_claim(&decoded, spki)?;
         let claims = self
             .evidence_verifier
             .verify(&decoded.evidence)
@@ -438,13 +438,7 @@ impl AttestedVerifier {
                 claims.tee, decoded.evidence.tee
             )));
         }
-        if claims.report_data.0.as_slice() != spki_hash {
-            return Err(RatlsError::Binding(format!(
-                "the evidence's report data {} is not SHA-512 of this certificate's public key ({}): the evidence belongs to another key",
-                hex::encode(&claims.report_data.0),
-                hex::encode(spki_hash)
-            )));
-        }
+        binding::check_report_data(&decoded, spki, &claims.report_data.0)?;
         Ok(Verified::Fresh(key, claims))
     }
 

@@ -325,6 +325,131 @@ fn real_sgx_quote_round_trips_and_is_refused_for_its_binding() {
     assert!(e.to_string().contains("belongs to another key"), "{e}");
 }
 
+/// CBOR head (RFC 8949 §3), shortest form: enough to write Gramine's extension by hand.
+fn cbor_head(out: &mut Vec<u8>, major: u8, value: u64) {
+    let m = major << 5;
+    match value {
+        0..=23 => out.push(m | value as u8),
+        24..=0xff => out.extend_from_slice(&[m | 24, value as u8]),
+        0x100..=0xffff => {
+            out.push(m | 25);
+            out.extend_from_slice(&(value as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(m | 26);
+            out.extend_from_slice(&(value as u32).to_be_bytes());
+        }
+    }
+}
+
+fn cbor_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    cbor_head(out, 2, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// A certificate built as Gramine v1.8's `ra_tls_create_key_and_crt_der()` builds one: a P-384
+/// key, subject `CN=RATLS,O=GramineDevelopers,C=US`, and a non-critical extension
+/// 2.23.133.5.4.9 holding `#6.60000([quote, claims])` with claims `{"pubkey-hash": bstr .cbor
+/// [1, SHA-256(SPKI)]}`. `spki_for_claim` is the key the claim names (normally the cert's own).
+fn gramine_certificate(quote: &[u8], spki_for_claim: Option<&[u8]>) -> (Vec<u8>, Vec<u8>) {
+    use rcgen::PublicKeyData;
+    use sha2::{Digest, Sha256};
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+    let spki = key.subject_public_key_info();
+    let mut entry = Vec::new();
+    cbor_head(&mut entry, 4, 2);
+    cbor_head(&mut entry, 0, 1);
+    cbor_bytes(&mut entry, &Sha256::digest(spki_for_claim.unwrap_or(&spki)));
+    let mut claims = Vec::new();
+    cbor_head(&mut claims, 5, 1);
+    cbor_head(&mut claims, 3, 11);
+    claims.extend_from_slice(b"pubkey-hash");
+    cbor_bytes(&mut claims, &entry);
+    let mut ext = Vec::new();
+    cbor_head(&mut ext, 6, extension::TAG_GRAMINE_TEE_QUOTE);
+    cbor_head(&mut ext, 4, 2);
+    cbor_bytes(&mut ext, quote);
+    cbor_bytes(&mut ext, &claims);
+
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "RATLS");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "GramineDevelopers");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CountryName, "US");
+    let mut custom = rcgen::CustomExtension::from_oid_content(extension::EVIDENCE_OID, ext);
+    custom.set_criticality(false);
+    params.custom_extensions.push(custom);
+    let cert = params.self_signed(&key).unwrap();
+    (cert.der().to_vec(), claims)
+}
+
+#[test]
+fn gramine_certificate_with_a_real_quote_is_verified_and_refused_for_its_claims() {
+    coffer_test_fixtures::skip_without_attestation_fixtures!();
+    let dir = fixtures().join("sgx");
+    let quote = std::fs::read(dir.join("sgx_quote")).expect("fixture sgx_quote");
+    let (cert, claims) = gramine_certificate(&quote, None);
+    let decoded = evidence_from_certificate(&cert).unwrap();
+    assert_eq!(decoded.tag, extension::TAG_GRAMINE_TEE_QUOTE);
+    assert_eq!(decoded.evidence.tee, TeeType::Sgx);
+    assert_eq!(decoded.evidence.report, quote);
+    let claims_hash: [u8; 32] = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&claims).into()
+    };
+    assert_eq!(
+        decoded.binding,
+        extension::Binding::ClaimsSha256(claims_hash)
+    );
+
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_750_334_400);
+    let real = RealVerifier {
+        now,
+        collateral_dir: dir.clone(),
+        file: "sgx_quote_collateral.json",
+    };
+    let claims = real
+        .verify(&decoded.evidence)
+        .expect("fixture quote verifies");
+    let policy = Arc::new(
+        coffer_attest::policy::Policy::from_yaml(&format!(
+            "version: 1\naccepted_tcb_statuses: [ConfigurationAndSWHardeningNeeded]\nroles:\n  - name: any\n    sgx: {{ mr_enclave: [\"{}\"] }}\n",
+            match &claims.measurements {
+                coffer_attest::Measurements::Sgx { mr_enclave, .. } => hex::encode(&mr_enclave.0),
+                _ => unreachable!(),
+            }
+        ))
+        .unwrap(),
+    );
+    // The genuine quote verifies with DCAP, but its report data is not SHA-256 of these claims:
+    // a quote lifted from one Gramine certificate does not vouch for another key.
+    let v = AttestedVerifier::new(Arc::new(real), policy.clone());
+    let e = v.verify_certificate(&cert, UnixTime::now()).unwrap_err();
+    assert!(matches!(e, RatlsError::Binding(_)), "{e}");
+    assert!(e.to_string().contains("belongs to other claims"), "{e}");
+
+    // A pubkey-hash naming another key is refused before the quote is even verified.
+    let (other, _) = gramine_certificate(&quote, Some(b"some other key"));
+    let never = RealVerifier {
+        now: SystemTime::UNIX_EPOCH,
+        collateral_dir: dir,
+        file: "sgx_quote_collateral.json",
+    };
+    let e = AttestedVerifier::new(Arc::new(never), policy)
+        .verify_certificate(&other, UnixTime::now())
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("pubkey-hash claim does not match the certificate's public key"),
+        "{e}"
+    );
+}
+
 #[tokio::test]
 async fn real_sim_platform_mutual_handshake() {
     let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
