@@ -99,7 +99,10 @@ fn key_source(args: &ServeArgs) -> Result<(KeySource, std::sync::Arc<dyn Platfor
     let keyd = &args.keyd;
     let Some(addr) = keyd.keyd.clone() else {
         let (platform, state_dir) = open_store_platform(&args.store, Access::CreateIfMissing)?;
-        let keystore = Keystore::new(state_dir, platform.clone());
+        // KEKs are sealed under the keystore's recovery root where it has one; evidence for
+        // --listen-tcp still comes from the platform itself.
+        let sealing = crate::keys_root::keystore_platform(&state_dir, platform.clone())?;
+        let keystore = Keystore::new(state_dir, sealing);
         return Ok((KeySource::Keystore(keystore), platform));
     };
     if args.rotate_every.is_some() {
