@@ -536,6 +536,25 @@ fn occlum_json_uses_occlum_0_31_keys_and_starts_the_plugin() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
+/// The bridge of deploy/static-pod-sgx.yaml forwards to where both LibOS configs listen, and
+/// the enclave container gets the SGX devices.
+#[test]
+fn sgx_static_pod_bridges_to_the_enclave_address() {
+    let pod = read("deploy/static-pod-sgx.yaml");
+    let enclave: Vec<&str> = pod
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- --enclave="))
+        .collect();
+    assert_eq!(enclave, [ENCLAVE_ADDR], "the bridge's --enclave");
+    for resource in ["sgx.intel.com/enclave: 1", "sgx.intel.com/provision: 1"] {
+        assert!(pod.contains(resource), "{resource}");
+    }
+    assert!(
+        !pod.contains("hostNetwork: true"),
+        "with hostNetwork any node process reaches the enclave's unauthenticated port"
+    );
+}
+
 #[test]
 fn the_checks_catch_each_mistake() {
     let flags = serve_flags();
