@@ -31,12 +31,14 @@ const ENCLAVE_ADDR: &str = "127.0.0.1:7700";
 // ---------------------------------------------------------------------------------------------
 
 /// Manifest keys of Gramine v1.8 (gramineproject/gramine, tag v1.8,
-/// Documentation/manifest-syntax.rst). Only the ones a Coffer manifest could use.
+/// Documentation/manifest-syntax.rst; `loader.entrypoint.uri` replaced `loader.entrypoint`
+/// before 1.8). Only keys a Coffer manifest could use, and none whose name changed across
+/// releases (e.g. `sgx.require_*` vs `sgx.cpu_features.*`): a new key here needs checking
+/// against that file first.
 const GRAMINE_KEYS: &[&str] = &[
     "libos.entrypoint",
     "libos.check_invalid_pointers",
     "loader.entrypoint.uri",
-    "loader.entrypoint.sha256",
     "loader.log_level",
     "loader.log_file",
     "loader.argv",
@@ -68,15 +70,8 @@ const GRAMINE_KEYS: &[&str] = &[
     "sgx.trusted_files",
     "sgx.allowed_files",
     "sgx.file_check_policy",
-    "sgx.cpu_features.avx",
-    "sgx.cpu_features.avx512",
-    "sgx.cpu_features.amx",
-    "sgx.cpu_features.mpx",
-    "sgx.cpu_features.pkru",
-    "sgx.enable_stats",
     "sgx.use_exinfo",
     "sgx.insecure__rpc_thread_num",
-    "sgx.preheat_enclave",
     "sgx.seal_key.flags_mask",
     "sgx.seal_key.xfrm_mask",
     "sgx.seal_key.misc_mask",
@@ -256,7 +251,8 @@ fn gramine_problems(rendered: &str) -> (Vec<String>, Vec<String>) {
 // ---------------------------------------------------------------------------------------------
 
 /// Every key path of Occlum.json that Occlum v0.31 reads: the serde structs
-/// `OcclumConfiguration` and friends of occlum/occlum v0.31.0 tools/gen_internal_conf/src/main.rs
+/// `OcclumConfiguration` and friends of occlum/occlum tools/gen_internal_conf/src/main.rs as of
+/// the v0.31 line (read at commit 012eb4edf942a27e20d1c44a4a81cd59385ceebb)
 /// (`resource_limits`, `process`, `metadata`, `feature`, `mount`), with `env.default` /
 /// `env.untrusted` as in its etc/template/Occlum.json. `[]` stands for any array element.
 const OCCLUM_KEYS: &[&str] = &[
