@@ -376,15 +376,17 @@ pub struct KeydSourceArgs {
     /// Cache directory for fetched collateral and VCEKs.
     #[arg(long, requires = "keyd")]
     pub keyd_cache_dir: Option<PathBuf>,
-    /// SEV-SNP keyd: the VCEK certificate (DER) for keyd's report.
+    /// SEV-SNP keyd: the VCEK (or VLEK) certificate (DER) for keyd's report, used when its
+    /// evidence carries none or a stale one; when this one is stale too, --keyd-vcek-dir or
+    /// --keyd-kds-url is asked.
     #[arg(long, requires = "keyd")]
     pub keyd_vcek: Option<PathBuf>,
     /// SEV-SNP keyd: directory of cached VCEKs.
-    #[arg(long, requires = "keyd", conflicts_with = "keyd_vcek")]
+    #[arg(long, requires = "keyd")]
     pub keyd_vcek_dir: Option<PathBuf>,
     /// SEV-SNP keyd: fetch VCEKs from AMD KDS at this URL (e.g. https://kdsintf.amd.com), cached
     /// in --keyd-cache-dir.
-    #[arg(long, requires_all = ["keyd", "keyd_cache_dir"], conflicts_with_all = ["keyd_vcek", "keyd_vcek_dir"])]
+    #[arg(long, requires_all = ["keyd", "keyd_cache_dir"], conflicts_with = "keyd_vcek_dir")]
     pub keyd_kds_url: Option<String>,
     /// PEM file of CA certificates to trust for --keyd-pccs-url and --keyd-kds-url, besides
     /// Mozilla's roots and the system trust store (e.g. a PCCS's self-signed certificate).

@@ -329,3 +329,38 @@ async fn a_valid_filter_keeps_the_audit_lines() {
         "info lines of other targets: {text}"
     );
 }
+
+/// A keyd VCEK given on the command line falls back to the VCEK directory or KDS when stale
+/// (as `attest verify --vcek` does), so the flags combine instead of conflicting.
+#[test]
+fn keyd_vcek_flags_combine_as_a_fallback_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (state, policy, vcek, cache) = (path("s"), path("none.yaml"), path("v.der"), path("c"));
+    let out = common::run::output_within(Command::new(common::coffer_bin()).args([
+        "kms",
+        "serve",
+        "--platform",
+        "sim",
+        "--state-dir",
+        &state,
+        "--socket",
+        &path("kms.sock"),
+        "--keyd",
+        "127.0.0.1:1",
+        "--keyd-keyring",
+        "cluster-a",
+        "--keyd-policy",
+        &policy,
+        "--keyd-vcek",
+        &vcek,
+        "--keyd-kds-url",
+        "https://kds.invalid",
+        "--keyd-cache-dir",
+        &cache,
+    ]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Parsed: the run stops later, at the missing policy file, not at a usage error.
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("none.yaml"), "{stderr}");
+}
