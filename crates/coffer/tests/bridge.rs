@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use coffer_proto::{v1beta1, v2};
+use coffer_proto::v2;
 use common::keyd::{free_addr, sim_signer};
 use common::raw_grpc::raw_grpc_call;
 use common::run::output_within;
-use common::{channel, coffer_bin, decrypt, encrypt, v2_client, V1Client, V2Client};
+use common::{channel, coffer_bin, decrypt, encrypt, v1_round_trip, v2_client, V1Client, V2Client};
 use prost::Message;
 use tonic::Code;
 
@@ -169,33 +169,8 @@ async fn bridge_serves_v2_and_v1beta1_from_the_enclave() {
     );
 
     let mut v1c = V1Client::new(channel(&socket).await.unwrap());
-    let version = v1c
-        .version(v1beta1::VersionRequest {
-            version: "v1beta1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let (version, _) = v1_round_trip(&mut v1c, b"a v1 DEK").await;
     assert_eq!(version.version, "v1beta1");
-    let cipher = v1c
-        .encrypt(v1beta1::EncryptRequest {
-            version: "v1beta1".into(),
-            plain: b"a v1 DEK".to_vec(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .cipher;
-    let plain = v1c
-        .decrypt(v1beta1::DecryptRequest {
-            version: "v1beta1".into(),
-            cipher,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .plain;
-    assert_eq!(plain, b"a v1 DEK");
 
     // kube-apiserver before 1.31 sends the socket path as :authority.
     let socket_for_raw = socket.clone();

@@ -10,9 +10,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use coffer_keyd::KeydClient;
-use coffer_proto::{v1beta1, v2};
+use coffer_proto::v2;
 use common::keyd::{client_options, create_keyd_data, free_addr, sim_signer, KeydProcess};
-use common::{decrypt, encrypt, serve_to_exit, status, uid, v2_client, Plugin, V2Client};
+use common::{
+    decrypt, encrypt, serve_to_exit, status, uid, v1_round_trip, v2_client, Plugin, V2Client,
+};
 use tonic::Code;
 
 const KEYRING: &str = "cluster-a";
@@ -256,33 +258,8 @@ async fn service_mode_round_trips_through_keyd_with_keyds_key_id() {
 
     // KMS v1 through keyd too.
     let mut v1 = plugin.v1().await;
-    let version = v1
-        .version(v1beta1::VersionRequest {
-            version: "v1beta1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let (version, _) = v1_round_trip(&mut v1, b"v1 secret").await;
     assert_eq!(version.runtime_name, "coffer");
-    let cipher = v1
-        .encrypt(v1beta1::EncryptRequest {
-            version: "v1beta1".into(),
-            plain: b"v1 secret".to_vec(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .cipher;
-    let plain = v1
-        .decrypt(v1beta1::DecryptRequest {
-            version: "v1beta1".into(),
-            cipher,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .plain;
-    assert_eq!(plain, b"v1 secret");
 
     // Metrics count the calls to keyd; /healthz follows keyd.
     let metrics = http_get(&metrics_addr, "/metrics");

@@ -50,35 +50,10 @@ async fn v2_status_encrypt_decrypt_round_trip() {
 async fn v1beta1_version_encrypt_decrypt() {
     let plugin = Plugin::start(&[]).await;
     let mut v1 = plugin.v1().await;
-    let version = v1
-        .version(v1beta1::VersionRequest {
-            version: "v1beta1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let dek: [u8; 32] = rand::random();
+    let (version, cipher) = v1_round_trip(&mut v1, &dek).await;
     assert_eq!(version.version, "v1beta1");
     assert_eq!(version.runtime_name, "coffer");
-    let dek: [u8; 32] = rand::random();
-    let cipher = v1
-        .encrypt(v1beta1::EncryptRequest {
-            version: "v1beta1".into(),
-            plain: dek.to_vec(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .cipher;
-    let plain = v1
-        .decrypt(v1beta1::DecryptRequest {
-            version: "v1beta1".into(),
-            cipher: cipher.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .plain;
-    assert_eq!(plain, dek);
     // v1 and v2 share keys: a v1 ciphertext decrypts through v2 with its key id.
     let mut v2c = plugin.v2().await;
     let key_id = status(&mut v2c).await.key_id;

@@ -231,6 +231,41 @@ pub async fn decrypt(
         .map(|r| r.into_inner().plaintext)
 }
 
+/// KMS v1beta1 as kube-apiserver used it: Version, then `plain` encrypted and decrypted back
+/// (asserted equal). Returns the Version answer and the ciphertext.
+pub async fn v1_round_trip(
+    client: &mut V1Client,
+    plain: &[u8],
+) -> (v1beta1::VersionResponse, Vec<u8>) {
+    let version = client
+        .version(v1beta1::VersionRequest {
+            version: "v1beta1".into(),
+        })
+        .await
+        .expect("v1beta1 version")
+        .into_inner();
+    let cipher = client
+        .encrypt(v1beta1::EncryptRequest {
+            version: "v1beta1".into(),
+            plain: plain.to_vec(),
+        })
+        .await
+        .expect("v1beta1 encrypt")
+        .into_inner()
+        .cipher;
+    let decrypted = client
+        .decrypt(v1beta1::DecryptRequest {
+            version: "v1beta1".into(),
+            cipher: cipher.clone(),
+        })
+        .await
+        .expect("v1beta1 decrypt")
+        .into_inner()
+        .plain;
+    assert_eq!(decrypted, plain, "v1beta1 round trip");
+    (version, cipher)
+}
+
 pub async fn status(client: &mut V2Client) -> v2::StatusResponse {
     client
         .status(v2::StatusRequest {})
