@@ -5,7 +5,7 @@ mod common;
 use std::path::Path;
 
 use common::coffer;
-use common::keyd::{create_keyd_data, free_addr, keyd_cli, sim_signer, KeydProcess};
+use common::keyd::{create_keyd_data, free_addr, keyd_cli, sim_role_policy, KeydProcess};
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -33,20 +33,6 @@ fn keyd_serve(data: &Path, policy: &Path, config: &Path, extra: &[&str]) -> std:
     )
 }
 
-/// A policy granting `role` to the sim platform whose state is `caller`.
-fn write_policy(dir: &Path, role: &str, caller: &Path) -> std::path::PathBuf {
-    let policy = dir.join("policy.yaml");
-    std::fs::write(
-        &policy,
-        format!(
-            "version: 1\nallow_simulation: true\nroles:\n  - name: {role}\n    sim: {{ signer: [\"{}\"] }}\n",
-            sim_signer(caller)
-        ),
-    )
-    .unwrap();
-    policy
-}
-
 fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
     let config = dir.join("keyd.yaml");
     std::fs::write(&config, text).unwrap();
@@ -56,7 +42,7 @@ fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
 #[test]
 fn keyd_names_its_own_flags_and_says_listening_only_once_loaded() {
     let dir = tempfile::tempdir().unwrap();
-    let policy = write_policy(dir.path(), "kms-plugin:a", &dir.path().join("a"));
+    let policy = sim_role_policy(dir.path(), "kms-plugin:a", &dir.path().join("a"));
     let config = write_config(
         dir.path(),
         "keyrings:\n  cluster-a:\n    wrap: [kms-plugin:a]\n",
@@ -110,7 +96,7 @@ fn no_cause_repeats_what_was_already_said() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("keyd");
     create_keyd_data(&data, &["cluster-a"]);
-    let policy = write_policy(dir.path(), "kms-plugin:a", &dir.path().join("a"));
+    let policy = sim_role_policy(dir.path(), "kms-plugin:a", &dir.path().join("a"));
     let config = write_config(
         dir.path(),
         "keyrings:\n  cluster-a:\n    wrap: [kms-plugin:a]\n",
@@ -138,7 +124,7 @@ fn no_cause_repeats_what_was_already_said() {
 #[test]
 fn keyd_refuses_a_grant_to_a_role_the_policy_does_not_define() {
     let dir = tempfile::tempdir().unwrap();
-    let policy = write_policy(dir.path(), "kms-plugin:a", &dir.path().join("a"));
+    let policy = sim_role_policy(dir.path(), "kms-plugin:a", &dir.path().join("a"));
     let config = write_config(
         dir.path(),
         "keyrings:\n  cluster-a:\n    wrap: [kms-plugin:a]\n    unwrap: [kms-plugin:typo]\n",
@@ -163,7 +149,7 @@ fn attest_endpoint_refusals_read_without_debug_wrappers() {
     let data = dir.path().join("keyd");
     create_keyd_data(&data, &["cluster-a"]);
     let caller = dir.path().join("caller");
-    let policy = write_policy(dir.path(), "kms-plugin:a", &caller);
+    let policy = sim_role_policy(dir.path(), "kms-plugin:a", &caller);
     let config = write_config(
         dir.path(),
         "keyrings:\n  cluster-a:\n    wrap: [kms-plugin:a]\n",
@@ -251,7 +237,7 @@ fn yaml_errors_always_carry_line_and_column() {
     }
     let data = dir.path().join("keyd");
     create_keyd_data(&data, &[]);
-    let policy = write_policy(dir.path(), "kms-plugin:a", &dir.path().join("a"));
+    let policy = sim_role_policy(dir.path(), "kms-plugin:a", &dir.path().join("a"));
     for text in [
         "",
         "keyrings:\n  Bad_Name: {}\n",

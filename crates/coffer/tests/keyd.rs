@@ -6,7 +6,8 @@ mod common;
 use coffer_keyd::KeydClient;
 use common::coffer;
 use common::keyd::{
-    client_options, create_keyd_data, free_addr, sim_role_policy, sim_signer, KeydProcess,
+    audit_verify, client_options, create_keyd_data, free_addr, sim_role_policy, sim_signer,
+    KeydProcess,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,25 +150,11 @@ async fn keyd_process_serves_only_what_each_caller_is_granted() {
         assert!(!audit.contains(&needle), "secret in the audit log");
         assert!(!text.contains(&needle), "secret in keyd's log");
     }
-    let out = coffer(&[
-        "keyd",
-        "audit",
-        "verify",
-        "--require-head",
-        "--platform",
-        "sim",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
+    let (ok, stdout, stderr) = audit_verify(&data);
+    assert!(ok, "{stderr}");
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains(&format!("{} records", records.len())),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+        stdout.contains(&format!("{} records", records.len())),
+        "{stdout}"
     );
 
     // Someone edits a record: verify names the line.

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use coffer_keyd::{ClientIdentity, KeydClient, KeydPool, PoolOptions};
-use common::coffer;
-use common::keyd::{client_options, create_keyd_data, free_addr, sim_signer, KeydProcess};
+use common::keyd::{
+    audit_verify, client_options, create_keyd_data, free_addr, sim_signer, KeydProcess,
+};
 
 /// Writes a policy granting `kms-plugin:a` to the sim platform in `a` and `kms-plugin:b` to
 /// the one in `b`, and a configuration letting only `kms-plugin:a` use `cluster-a`.
@@ -62,25 +63,6 @@ fn records(data: &Path) -> Vec<serde_json::Value> {
                 .collect::<Vec<serde_json::Value>>()
         })
         .collect()
-}
-
-/// `coffer keyd audit verify --require-head`: (success, stdout, stderr).
-fn audit_verify(data: &Path) -> (bool, String, String) {
-    let out = coffer(&[
-        "keyd",
-        "audit",
-        "verify",
-        "--require-head",
-        "--platform",
-        "sim",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

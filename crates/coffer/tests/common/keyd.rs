@@ -64,6 +64,26 @@ pub fn keyd_cli(data: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `coffer keyd audit verify --require-head` on `data` (sim platform): (success, stdout,
+/// stderr).
+pub fn audit_verify(data: &Path) -> (bool, String, String) {
+    let out = coffer(&[
+        "keyd",
+        "audit",
+        "verify",
+        "--require-head",
+        "--platform",
+        "sim",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Initialises keyd's data directory `data` (sim platform) and creates `keyrings` in it.
 pub fn create_keyd_data(data: &Path, keyrings: &[&str]) {
     keyd_cli(data, &["init"]);
