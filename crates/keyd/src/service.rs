@@ -448,4 +448,25 @@ impl KeyService for KeydService {
         };
         self.finish(&call, None, result)
     }
+
+    async fn get_key_bundle(
+        &self,
+        _request: Request<pb::GetKeyBundleRequest>,
+    ) -> Result<Response<pb::GetKeyBundleResponse>, Status> {
+        Err(Status::unimplemented("GetKeyBundle is not implemented yet"))
+    }
+
+    async fn reseal(
+        &self,
+        _request: Request<pb::ResealRequest>,
+    ) -> Result<Response<pb::ResealResponse>, Status> {
+        Err(Status::unimplemented("Reseal is not implemented yet"))
+    }
+
+    async fn unseal(
+        &self,
+        _request: Request<pb::UnsealRequest>,
+    ) -> Result<Response<pb::UnsealResponse>, Status> {
+        Err(Status::unimplemented("Unseal is not implemented yet"))
+    }
 }
