@@ -1,0 +1,140 @@
+//! Where the sealing key comes from: a pinned key bundle (offline) or keyd, verified each time;
+//! and where the collateral that verifies keyd's evidence comes from.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use clap::Args;
+use coffer_attest::policy::Policy;
+use coffer_attest::{
+    CollateralDir, CollateralSource, Fetcher, KdsVcek, NoCollateral, NoVcek, PccsCollateral,
+    VcekDir, VcekSource, VerifyOptions,
+};
+use coffer_sealed::bundle::KeyBundle;
+
+use super::keys;
+use crate::error::Error;
+
+/// Where the DCAP collateral and SEV-SNP VCEKs that verify keyd's evidence come from (the
+/// flags of `coffer attest verify`). Simulation evidence needs none of them.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SourceArgs {
+    /// Directory of DCAP collateral JSON files (air-gapped sites).
+    #[arg(long)]
+    pub collateral_dir: Option<PathBuf>,
+    /// PCCS or Intel PCS base URL to fetch DCAP collateral from (cached in --cache-dir).
+    #[arg(long, conflicts_with = "collateral_dir", requires = "cache_dir")]
+    pub pccs_url: Option<String>,
+    /// Cache directory for fetched collateral and VCEKs.
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// SEV-SNP: directory of cached VCEKs, used when the evidence carries none.
+    #[arg(long)]
+    pub vcek_dir: Option<PathBuf>,
+    /// SEV-SNP: fetch VCEKs from AMD KDS at this URL (e.g. https://kdsintf.amd.com), cached in
+    /// --cache-dir.
+    #[arg(long, conflicts_with = "vcek_dir", requires = "cache_dir")]
+    pub kds_url: Option<String>,
+    /// PEM file of CA certificates to trust for --pccs-url and --kds-url, besides Mozilla's
+    /// roots and the system trust store.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl SourceArgs {
+    /// Verification options at `now`. Simulation evidence is verified and left to the policy,
+    /// which refuses it unless it says `allow_simulation: true`.
+    pub fn options(&self, now: SystemTime) -> Result<VerifyOptions, Error> {
+        let fetcher = match &self.ca_file {
+            Some(path) => Fetcher::with_ca_file(path)
+                .map_err(|e| Error::usage(format!("--ca-file {}: {e}", path.display())))?,
+            None => Fetcher::new(),
+        };
+        let cache = self.cache_dir.clone().unwrap_or_default();
+        let mut options = VerifyOptions::new(now);
+        options.allow_simulation = true;
+        options.collateral = match (&self.collateral_dir, &self.pccs_url) {
+            (Some(dir), _) => Arc::new(CollateralDir::new(dir)) as Arc<dyn CollateralSource>,
+            (None, Some(url)) => {
+                Arc::new(PccsCollateral::new(url, cache.clone()).with_fetcher(fetcher.clone()))
+            }
+            (None, None) => Arc::new(NoCollateral),
+        };
+        options.vcek = match (&self.vcek_dir, &self.kds_url) {
+            (Some(dir), _) => Arc::new(VcekDir::new(dir)) as Arc<dyn VcekSource>,
+            (None, Some(url)) => Arc::new(KdsVcek::new(url, cache).with_fetcher(fetcher)),
+            (None, None) => Arc::new(NoVcek),
+        };
+        Ok(options)
+    }
+}
+
+/// keyd's address, the keyring, and how keyd's evidence is verified.
+#[derive(Args, Debug, Clone)]
+pub struct KeydArgs {
+    /// keyd's address, HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub keyd: Option<String>,
+    /// The keyring to seal to (with --key-bundle: must be the bundle's keyring).
+    #[arg(long)]
+    pub keyring: Option<String>,
+    /// The policy keyd's evidence must satisfy (measurement, TCB, debug; simulation is
+    /// refused unless the policy allows it).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    #[command(flatten)]
+    pub sources: SourceArgs,
+}
+
+impl KeydArgs {
+    /// The keyd address, keyring and policy, or a usage error naming the missing flag.
+    pub fn require(&self) -> Result<(&str, &str, Policy), Error> {
+        let addr = self
+            .keyd
+            .as_deref()
+            .ok_or_else(|| Error::usage("give keyd's address with --keyd HOST:PORT"))?;
+        let keyring = self
+            .keyring
+            .as_deref()
+            .ok_or_else(|| Error::usage("give the keyring with --keyring NAME"))?;
+        let path = self.policy.as_deref().ok_or_else(|| {
+            Error::usage(
+                "give the policy keyd's evidence must satisfy with --policy FILE \
+                 (see `coffer attest` for writing one)",
+            )
+        })?;
+        let policy = Policy::load(path).map_err(|e| Error::usage(e.to_string()))?;
+        Ok((addr, keyring, policy))
+    }
+}
+
+/// The sealing key: a pinned bundle (offline) or keyd (verified on every run).
+#[derive(Args, Debug, Clone)]
+pub struct KeySourceArgs {
+    /// A pinned key bundle from `fetch-key`: seal offline, without any network access.
+    #[arg(long, value_name = "FILE", conflicts_with = "keyd")]
+    pub key_bundle: Option<PathBuf>,
+    #[command(flatten)]
+    pub keyd: KeydArgs,
+}
+
+impl KeySourceArgs {
+    /// The bundle to seal to: the pinned one, checked (structure, commitment, expiry), or one
+    /// fetched from keyd and fully verified against the policy.
+    pub fn bundle(&self) -> Result<KeyBundle, Error> {
+        let bundle =
+            match &self.key_bundle {
+                Some(path) => keys::load_pinned(path, SystemTime::now())?,
+                None if self.keyd.keyd.is_some() => keys::fetch_verified(&self.keyd)?.0,
+                None => return Err(Error::usage(
+                    "no sealing key: give a pinned bundle with --key-bundle FILE (offline; see \
+                     `kubectl coffer fetch-key`) or --keyd HOST:PORT --keyring NAME --policy FILE",
+                )),
+            };
+        if let Some(keyring) = &self.keyd.keyring {
+            keys::check_keyring(&bundle, keyring)?;
+        }
+        Ok(bundle)
+    }
+}
