@@ -184,11 +184,7 @@ impl SecretDoc {
                 what: format!("apiVersion is {api_version:?}"),
             });
         }
-        let format = if json {
-            Format::Json
-        } else {
-            Format::Yaml
-        };
+        let format = if json { Format::Json } else { Format::Yaml };
         let secret = SecretDoc {
             doc,
             origin,
