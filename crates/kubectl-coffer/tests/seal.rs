@@ -343,7 +343,8 @@ fn inspect_reports_bindings_and_stale_keys() {
     );
 
     // After a rotation the value is on an older key: --check fails, for CI.
-    keyd.keys.push(coffer_sealed::SealingKeyPair::generate());
+    keyd.keys
+        .push(coffer_sealed::SealingKeyPair::generate().unwrap());
     let new_bundle = keyd.write_bundle(&dir.path().join("new.json"));
     let stale = kubectl(&[
         "coffer",
@@ -414,7 +415,7 @@ fn bad_bundles_are_refused() {
 
     // Unverifiable: a key swapped in after keyd attested the bundle.
     let mut forged = keyd.bundle();
-    let attacker = coffer_sealed::SealingKeyPair::generate();
+    let attacker = coffer_sealed::SealingKeyPair::generate().unwrap();
     forged.body.keys[0].public_key = base64::Engine::encode(
         &base64::engine::general_purpose::URL_SAFE_NO_PAD,
         attacker.public().bytes(),

@@ -29,7 +29,9 @@ impl SimKeyd {
         SimKeyd {
             state,
             keyring: keyring.to_string(),
-            keys: (0..keys).map(|_| SealingKeyPair::generate()).collect(),
+            keys: (0..keys)
+                .map(|_| SealingKeyPair::generate().unwrap())
+                .collect(),
         }
     }
 
