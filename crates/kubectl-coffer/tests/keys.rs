@@ -73,3 +73,192 @@ fn verify_key_checks_evidence_and_policy_offline() {
         "is for keyring \"apps\", not \"payments\"",
     );
 }
+
+fn primary_of(path: &std::path::Path) -> String {
+    let bundle =
+        coffer_sealed::bundle::KeyBundle::from_json(&std::fs::read(path).unwrap()).unwrap();
+    bundle.primary().unwrap().id().to_string()
+}
+
+#[test]
+fn fetch_key_pins_and_reseal_moves_values_to_the_new_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let keyd = common::sealing::KeydProcess::start(dir.path(), "apps");
+    let policy = keyd.policy.to_str().unwrap();
+    let pinned = dir.path().join("bundle.json");
+    let pin = pinned.to_str().unwrap();
+    let fetch = |out: &str, force: bool| {
+        let mut args = vec![
+            "coffer",
+            "fetch-key",
+            "--keyd",
+            &keyd.addr,
+            "--keyring",
+            "apps",
+            "--policy",
+            policy,
+            "-o",
+            out,
+        ];
+        if force {
+            args.push("--force");
+        }
+        kubectl(&args)
+    };
+    let out = fetch(pin, false);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("verified keyd: TEE sim") && stderr.contains("SIMULATION"),
+        "{stderr}"
+    );
+    let first = primary_of(&pinned);
+    assert!(text(&fetch(pin, false)).1.contains("unchanged"));
+
+    // Seal offline, and online (verified on the way).
+    let sealed = common::ok(&kubectl(&[
+        "coffer",
+        "seal",
+        "generic",
+        "db",
+        "-n",
+        "apps",
+        "--from-literal",
+        "pw=hunter2",
+        "--from-literal",
+        "user=app",
+        "--key-bundle",
+        pin,
+    ]));
+    let online = common::ok(&kubectl(&[
+        "coffer",
+        "seal",
+        "generic",
+        "db",
+        "-n",
+        "apps",
+        "--from-literal",
+        "pw=hunter2",
+        "--keyd",
+        &keyd.addr,
+        "--keyring",
+        "apps",
+        "--policy",
+        policy,
+    ]));
+    assert!(online.contains(&first));
+    let file = dir.path().join("db.yaml");
+    std::fs::write(&file, &sealed).unwrap();
+
+    // Rotate; keyd's bundle changes once it reloads.
+    keyd.rotate("apps");
+    let fresh = dir.path().join("fresh.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let _ = std::fs::remove_file(&fresh);
+        let out = fetch(fresh.to_str().unwrap(), false);
+        if out.status.success() && primary_of(&fresh) != first {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "keyd never served the new key"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let second = primary_of(&fresh);
+
+    // The pinned file is not replaced by a different bundle without --force.
+    let before = std::fs::read(&pinned).unwrap();
+    fails_with(&fetch(pin, false), "--force");
+    assert_eq!(std::fs::read(&pinned).unwrap(), before);
+
+    // inspect --check flags the old key; reseal moves every value; then --check passes.
+    let f = file.to_str().unwrap();
+    let stale = kubectl(&[
+        "coffer",
+        "inspect",
+        "-f",
+        f,
+        "--key-bundle",
+        fresh.to_str().unwrap(),
+        "--check",
+    ]);
+    assert_eq!(stale.status.code(), Some(1), "{}", text(&stale).0);
+    let out = kubectl(&[
+        "coffer",
+        "reseal",
+        "-f",
+        f,
+        "--in-place",
+        "--keyd",
+        &keyd.addr,
+        "--policy",
+        policy,
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.is_empty() && stderr.contains("re-sealed 2 value(s)"),
+        "{stderr}"
+    );
+    let resealed = std::fs::read_to_string(f).unwrap();
+    assert!(
+        resealed.contains(&second) && !resealed.contains(&first),
+        "{resealed}"
+    );
+    assert!(!resealed.contains("hunter2"));
+    common::ok(&kubectl(&[
+        "coffer",
+        "inspect",
+        "-f",
+        f,
+        "--key-bundle",
+        fresh.to_str().unwrap(),
+        "--check",
+    ]));
+    assert!(common::files_containing(dir.path(), b"hunter2").is_empty());
+}
+
+#[test]
+fn fetch_key_refuses_what_the_policy_refuses_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let keyd = common::sealing::KeydProcess::start(dir.path(), "apps");
+    let strict = dir.path().join("no-sim.yaml");
+    std::fs::write(
+        &strict,
+        std::fs::read_to_string(&keyd.policy)
+            .unwrap()
+            .replace("allow_simulation: true", "allow_simulation: false"),
+    )
+    .unwrap();
+    let out_file = dir.path().join("bundle.json");
+    let out = kubectl(&[
+        "coffer",
+        "fetch-key",
+        "--keyd",
+        &keyd.addr,
+        "--keyring",
+        "apps",
+        "--policy",
+        strict.to_str().unwrap(),
+        "-o",
+        out_file.to_str().unwrap(),
+    ]);
+    fails_with(&out, "simulation evidence refused");
+    assert!(!out_file.exists());
+    let out = kubectl(&[
+        "coffer",
+        "fetch-key",
+        "--keyd",
+        &keyd.addr,
+        "--keyring",
+        "nope",
+        "--policy",
+        keyd.policy.to_str().unwrap(),
+        "-o",
+        out_file.to_str().unwrap(),
+    ]);
+    fails_with(&out, "nope");
+    assert!(!out_file.exists());
+}

@@ -428,7 +428,7 @@ fn bad_bundles_are_refused() {
     // Not a bundle at all.
     let junk = dir.path().join("junk.json");
     std::fs::write(&junk, "{\"format\": 1}").unwrap();
-    run(seal(junk.to_str().unwrap()), "not a usable key bundle");
+    run(seal(junk.to_str().unwrap()), "junk.json: not a key bundle");
 
     // Foreign keyring: the bundle is for "apps", the user asked for "payments".
     let mut foreign = seal(&bundle);

@@ -109,24 +109,16 @@ fn verify_bundle(
 /// Reads and parses a bundle file (structure only).
 pub fn read_bundle(path: &Path) -> Result<KeyBundle, Error> {
     let bytes = fsio::read_limited(path, MAX_BUNDLE_LEN, "key bundle")?;
-    KeyBundle::from_json(&bytes).map_err(|e| {
-        Error::usage(format!(
-            "{} is not a usable key bundle: {e}; fetch one with `kubectl coffer fetch-key`",
-            path.display()
-        ))
-    })
+    KeyBundle::from_json(&bytes).map_err(|e| Error::usage(format!("{}: {e}", path.display())))
 }
 
 /// Reads a pinned bundle and checks what needs no network: structure, that keyd's evidence
 /// commits to it, and that it has not expired. Warns when its evidence is simulation.
 pub fn load_pinned(path: &Path, now: SystemTime) -> Result<KeyBundle, Error> {
     let bundle = read_bundle(path)?;
-    bundle.check_pinned(now).map_err(|e| {
-        Error::new(format!(
-            "{}: {e}; fetch and verify a fresh bundle with `kubectl coffer fetch-key`",
-            path.display()
-        ))
-    })?;
+    bundle
+        .check_pinned(now)
+        .map_err(|e| Error::new(format!("{}: {e}", path.display())))?;
     if bundle.evidence.tee == TeeType::Sim {
         sim_warning();
     }
@@ -135,14 +127,9 @@ pub fn load_pinned(path: &Path, now: SystemTime) -> Result<KeyBundle, Error> {
 
 /// Refuses a bundle of another keyring than `keyring`.
 pub fn check_keyring(bundle: &KeyBundle, keyring: &str) -> Result<(), Error> {
-    if bundle.body.keyring != keyring {
-        return Err(Error::usage(format!(
-            "the key bundle is for keyring {:?}, not {keyring:?}: fetch the bundle of keyring \
-             {keyring:?}",
-            bundle.body.keyring
-        )));
-    }
-    Ok(())
+    bundle
+        .check_keyring(keyring)
+        .map_err(|e| Error::usage(e.to_string()))
 }
 
 fn sim_warning() {
@@ -180,10 +167,11 @@ fn report(bundle: &KeyBundle, verified: &VerifiedBundle) {
         })
         .collect();
     eprintln!(
-        "keyring {:?} (keyd instance {}): sealing keys {}; bundle issued {}, expires {}",
+        "keyring {:?} (keyd instance {}): sealing keys {}; bundle fingerprint {}, issued {}, expires {}",
         body.keyring,
         body.instance,
         keys.join(", "),
+        bundle.fingerprint(),
         body.issued,
         body.expires
     );

@@ -106,3 +106,115 @@ fn base64_url(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
+
+/// A real `coffer keyd serve` (sim platform) with one keyring, killed on drop.
+pub struct KeydProcess {
+    child: std::process::Child,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    /// Its data directory (also its sim platform state).
+    pub data: PathBuf,
+    /// A policy that accepts this keyd's sim evidence as role `keyd`.
+    pub policy: PathBuf,
+}
+
+impl KeydProcess {
+    /// Initialises keyd under `dir` with keyring `keyring` and serves it.
+    pub fn start(dir: &Path, keyring: &str) -> KeydProcess {
+        let data = dir.join("keyd");
+        let data_arg = data.to_str().unwrap();
+        let sim = ["--platform", "sim", "--data-dir", data_arg];
+        let ok = |out: std::process::Output| {
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        };
+        ok(super::coffer(&[&["keyd", "init"][..], &sim].concat()));
+        ok(super::coffer(
+            &[&["keyd", "keyring", "create", keyring][..], &sim].concat(),
+        ));
+        let callers = dir.join("callers.yaml");
+        std::fs::write(&callers, "version: 1\nallow_simulation: true\nroles: []\n").unwrap();
+        let config = dir.join("keyd.yaml");
+        std::fs::write(&config, format!("keyrings:\n  {keyring}: {{}}\n")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.join("keyd.log")).unwrap();
+        let child = std::process::Command::new(super::coffer_bin())
+            .args([
+                "keyd",
+                "serve",
+                "--listen",
+                &addr,
+                "--reload-interval",
+                "200ms",
+            ])
+            .args(sim)
+            .args(["--policy", callers.to_str().unwrap()])
+            .args(["--config", config.to_str().unwrap()])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let signer = hex::encode(
+            SimPlatform::open_or_create(&data)
+                .unwrap()
+                .attestation_public_key()
+                .unwrap(),
+        );
+        let policy = dir.join("keyd-policy.yaml");
+        std::fs::write(
+            &policy,
+            format!("version: 1\nallow_simulation: true\nroles:\n  - name: keyd\n    sim: {{ signer: [\"{signer}\"] }}\n"),
+        )
+        .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "keyd did not start: {}",
+                std::fs::read_to_string(dir.join("keyd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        KeydProcess {
+            child,
+            addr,
+            data,
+            policy,
+        }
+    }
+
+    /// `coffer keyd sealing-key rotate` for `keyring` (the running keyd reloads it).
+    pub fn rotate(&self, keyring: &str) {
+        let out = super::coffer(&[
+            "keyd",
+            "sealing-key",
+            "rotate",
+            "--keyring",
+            keyring,
+            "--platform",
+            "sim",
+            "--data-dir",
+            self.data.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for KeydProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
