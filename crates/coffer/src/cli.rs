@@ -334,7 +334,7 @@ pub struct KeydArgs {
     /// Service mode: forward every call to `coffer keyd` at HOST:PORT instead of holding KEKs
     /// on this node (no keystore is created). Needs --keyd-keyring and --keyd-policy.
     #[arg(long, value_name = "HOST:PORT", requires_all = ["keyd_keyring", "keyd_policy"])]
-    pub keyd: Option<coffer_keyd::KeydAddr>,
+    pub keyd: Option<coffer_keyd_client::KeydAddr>,
     /// The keyring in keyd that holds this cluster's KEKs.
     #[arg(long, value_name = "NAME", requires = "keyd")]
     pub keyd_keyring: Option<String>,
