@@ -27,8 +27,8 @@ pub use coffer_proto::keyd as pb;
 
 pub use client::{error_chain, KeydClient, KeydClientOptions};
 pub use config::{validate_keyring_name, KeydConfig, KeyringAccess, Operation};
-pub use grants::{NamePattern, UnsealGrant};
 pub use error::KeydError;
+pub use grants::{NamePattern, UnsealGrant};
 pub use identity::{ServerIdentity, DEFAULT_RENEWAL};
 pub use keyrings::{create_keyring, keyring_dir, keyring_store, sealing_key_store, CreatedKeyring};
 pub use limits::KeydLimits;
