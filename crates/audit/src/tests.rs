@@ -609,7 +609,9 @@ fn field_names(s: &str, sep: char) -> Vec<String> {
 
 #[test]
 fn debug_and_display_contain_only_the_listed_fields() {
-    let record = entry(5).to_record(
+    let mut entry = entry(5);
+    entry.location = Some("payments/db/password".into());
+    let record = entry.to_record(
         5,
         "2026-01-01T00:00:00.000Z".into(),
         SHA256_GENESIS.into(),
@@ -626,6 +628,7 @@ fn debug_and_display_contain_only_the_listed_fields() {
         "peer",
         "keyring",
         "key_id",
+        "location",
         "result",
         "reason",
         "count",
@@ -654,6 +657,7 @@ fn debug_and_display_contain_only_the_listed_fields() {
         "\"peer\":",
         "\"keyring\":",
         "\"key_id\":",
+        "\"location\":",
         "\"result\":",
         "\"reason\":",
         "\"count\":",
@@ -662,7 +666,7 @@ fn debug_and_display_contain_only_the_listed_fields() {
     let positions: Vec<usize> = order.iter().map(|k| line.find(k).unwrap()).collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "{line}");
     let json: serde_json::Value = serde_json::from_str(&line).unwrap();
-    assert_eq!(json.as_object().unwrap().len(), 10);
+    assert_eq!(json.as_object().unwrap().len(), 11);
     assert_eq!(json["caller"].as_object().unwrap().len(), 4);
     // Keys are never printed.
     let key = ChainKey::new([0x42; 32]);

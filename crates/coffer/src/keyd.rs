@@ -650,11 +650,14 @@ fn sealing_key(command: SealingKeyCommand) -> Result<ExitCode, Error> {
                     let state = if k.primary { "primary" } else { "active" };
                     (k.id.as_str(), k.created.as_str(), state, None)
                 })
-                .chain(
-                    info.retired
-                        .iter()
-                        .map(|r| (r.id.as_str(), r.created.as_str(), "retired", Some(r.retired.as_str()))),
-                );
+                .chain(info.retired.iter().map(|r| {
+                    (
+                        r.id.as_str(),
+                        r.created.as_str(),
+                        "retired",
+                        Some(r.retired.as_str()),
+                    )
+                }));
             if json {
                 let keys: Vec<_> = rows
                     .map(|(id, created, state, retired)| {

@@ -80,9 +80,7 @@ impl Part {
     fn allowed(self, b: u8) -> bool {
         match self {
             Part::Namespace => b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-',
-            Part::Secret => {
-                b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
-            }
+            Part::Secret => b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.',
             Part::Key => b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'),
         }
     }
@@ -104,7 +102,10 @@ impl Part {
                 "pattern is longer than {MAX_PATTERN_LEN} characters"
             ));
         }
-        if let Some(c) = text.chars().find(|&c| !(c == '*' || (c.is_ascii() && self.allowed(c as u8)))) {
+        if let Some(c) = text
+            .chars()
+            .find(|&c| !(c == '*' || (c.is_ascii() && self.allowed(c as u8))))
+        {
             return Err(format!(
                 "pattern {:?} contains {c:?}: expected {}",
                 text.chars().take(80).collect::<String>(),
@@ -275,7 +276,10 @@ mod tests {
             KeydConfig::from_yaml(&text).unwrap_err().to_string()
         };
         let e = bad("{role: app, namespaces: [\"Pay\"]}");
-        assert!(e.contains("namespace pattern") && e.contains("line 4"), "{e}");
+        assert!(
+            e.contains("namespace pattern") && e.contains("line 4"),
+            "{e}"
+        );
         let e = bad("{role: app, namespaces: []}");
         assert!(e.contains("matches nothing"), "{e}");
         let e = bad("{role: app}");

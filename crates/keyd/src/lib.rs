@@ -24,8 +24,8 @@ mod slots;
 pub use coffer_proto::keyd as pb;
 
 pub use config::{validate_keyring_name, KeydConfig, KeyringAccess, Operation};
-pub use grants::{NamePattern, UnsealGrant};
 pub use error::KeydError;
+pub use grants::{NamePattern, UnsealGrant};
 pub use keyrings::{create_keyring, keyring_dir, keyring_store, sealing_key_store, CreatedKeyring};
 pub use limits::KeydLimits;
 pub use metrics::KeydMetrics;

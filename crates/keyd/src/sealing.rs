@@ -13,13 +13,13 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
 use base64::Engine as _;
 use coffer_keystore::store::FileStamp;
 use coffer_platform::{durable, Platform, PlatformError};
-use coffer_sealed::bundle::{BundleBody, BundleKey, BUNDLE_FORMAT};
+use coffer_sealed::bundle::{timestamp, BundleBody, BundleKey, BUNDLE_FORMAT};
 use coffer_sealed::SealingKeyPair;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -254,36 +254,23 @@ impl SealingKeys {
     pub fn bundle_body(
         &self,
         instance: &str,
-        issued: time::OffsetDateTime,
+        issued: SystemTime,
         validity: Duration,
     ) -> BundleBody {
-        let expires = issued + validity;
         BundleBody {
             format: BUNDLE_FORMAT,
             keyring: self.keyring.clone(),
             instance: instance.to_string(),
-            issued: rfc3339(issued),
-            expires: rfc3339(expires),
+            issued: timestamp(issued),
+            expires: timestamp(issued + validity),
             keys: self
                 .keys
                 .iter()
                 .enumerate()
-                .map(|(i, k)| BundleKey {
-                    id: k.pair.id().to_string(),
-                    public_key: B64URL.encode(k.pair.public().bytes()),
-                    created: k.created.clone(),
-                    primary: i == self.primary,
-                })
+                .map(|(i, k)| BundleKey::new(k.pair.public(), k.created.clone(), i == self.primary))
                 .collect(),
         }
     }
-}
-
-fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.replace_nanosecond(0)
-        .unwrap_or(t)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 /// The AAD of a sealed private key: names the keyring and the key, so neither can be swapped.
@@ -516,7 +503,7 @@ impl SealingKeyStore {
             keys: Vec::new(),
             retired: Vec::new(),
         });
-        let pair = SealingKeyPair::generate();
+        let pair = SealingKeyPair::generate()?;
         let sealed = self
             .platform
             .sealing_key(SEAL_PURPOSE)?
@@ -527,8 +514,7 @@ impl SealingKeyStore {
             created: now_rfc3339(),
             sealed_private: B64.encode(sealed),
         };
-        if file.keys.iter().any(|k| k.id == key.id) || file.retired.iter().any(|r| r.id == key.id)
-        {
+        if file.keys.iter().any(|k| k.id == key.id) || file.retired.iter().any(|r| r.id == key.id) {
             // 64 bits of a fresh random key's hash: only a broken random generator gets here.
             return Err(self.corrupt(format!("generated key id {} is already taken", key.id)));
         }
@@ -648,18 +634,27 @@ mod tests {
         let keys = s.load().unwrap();
         assert_eq!(keys.primary().id(), second.id);
         assert!(matches!(keys.find(&first.id), KeyLookup::Usable(_)));
-        assert!(matches!(keys.find("sk-0000000000000000"), KeyLookup::Unknown));
+        assert!(matches!(
+            keys.find("sk-0000000000000000"),
+            KeyLookup::Unknown
+        ));
         assert!(!format!("{keys:?}").contains(&hex::encode(keys.primary().private_bytes())));
         let json = std::fs::read_to_string(s.path()).unwrap();
         assert!(!json.contains(&B64.encode(keys.primary().private_bytes())));
         assert!(!json.contains(&B64URL.encode(keys.primary().private_bytes())));
 
         let err = s.retire(&second.id).unwrap_err();
-        assert!(matches!(err, SealingKeyError::RetirePrimary { .. }), "{err}");
+        assert!(
+            matches!(err, SealingKeyError::RetirePrimary { .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("rotate first"), "{err}");
         s.retire(&first.id).unwrap();
         let err = s.retire(&first.id).unwrap_err();
-        assert!(matches!(err, SealingKeyError::AlreadyRetired { .. }), "{err}");
+        assert!(
+            matches!(err, SealingKeyError::AlreadyRetired { .. }),
+            "{err}"
+        );
         let err = s.retire("sk-0000000000000000").unwrap_err();
         assert!(matches!(err, SealingKeyError::UnknownKey { .. }), "{err}");
         let keys = s.load().unwrap();
@@ -708,7 +703,10 @@ mod tests {
         file["new_field"] = "from the future".into();
         std::fs::write(s.path(), serde_json::to_vec(&file).unwrap()).unwrap();
         let err = s.load().unwrap_err();
-        assert!(matches!(err, SealingKeyError::NewerFormat { found: 2, .. }), "{err}");
+        assert!(
+            matches!(err, SealingKeyError::NewerFormat { found: 2, .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("upgrade coffer"), "{err}");
         assert!(s.rotate().is_err(), "a newer file must not be overwritten");
     }

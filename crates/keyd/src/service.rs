@@ -12,19 +12,17 @@ use coffer_keystore::store::KeyState;
 use coffer_platform::Platform;
 use coffer_ratls::PeerIdentity;
 use coffer_sealed::bundle::KeyBundle;
-use coffer_sealed::{
-    Binding, Location, Scope, SealedValue, SealingKeyPair, MAX_SEALED_TEXT_LEN,
-};
+use coffer_sealed::{Binding, Location, Scope, SealedValue, SealingKeyPair, MAX_SEALED_TEXT_LEN};
 use tonic::{Code, Request, Response, Status};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::config::{validate_keyring_name, Operation};
 use crate::keyrings::{CachedBundle, KeyringSlot};
-use crate::sealing::{KeyLookup, SealingKeyError, SealingKeys};
 use crate::limits::RateBucket;
 use crate::metrics::KeydMetrics;
 use crate::pb;
 use crate::pb::key_service_server::KeyService;
+use crate::sealing::{KeyLookup, SealingKeyError, SealingKeys};
 
 /// Longest key id `Unwrap` accepts.
 const MAX_KEY_ID_LEN: usize = 255;
@@ -92,7 +90,10 @@ fn audit_entry(
 fn outcome_of<T>(result: &Result<T, Status>) -> (Outcome, Option<String>) {
     match result {
         Ok(_) => (Outcome::Ok, None),
-        Err(status) => (outcome_of_code(status.code()), Some(status.message().to_string())),
+        Err(status) => (
+            outcome_of_code(status.code()),
+            Some(status.message().to_string()),
+        ),
     }
 }
 
@@ -333,7 +334,7 @@ impl KeydService {
         let worker = keys.clone();
         // Evidence can take milliseconds (a quote): off the async workers.
         let built = tokio::task::spawn_blocking(move || {
-            let body = worker.bundle_body(&instance, time::OffsetDateTime::now_utc(), validity);
+            let body = worker.bundle_body(&instance, std::time::SystemTime::now(), validity);
             KeyBundle::attest(body, platform.as_ref()).map(|b| b.to_json())
         })
         .await
@@ -645,8 +646,7 @@ impl KeyService for KeydService {
         &self,
         request: Request<pb::GetKeyBundleRequest>,
     ) -> Result<Response<pb::GetKeyBundleResponse>, Status> {
-        let call =
-            self.begin_public(&request, &request.get_ref().keyring, Operation::KeyBundle)?;
+        let call = self.begin_public(&request, &request.get_ref().keyring, Operation::KeyBundle)?;
         let primary = call
             .slot
             .sealing
@@ -670,15 +670,21 @@ impl KeyService for KeydService {
         let keys = call.slot.sealing.load_full();
         let mut key_id = None;
         let result = (|| {
-            let keys = keys.as_deref().ok_or_else(|| no_sealing_key(&call.slot.name))?;
+            let keys = keys
+                .as_deref()
+                .ok_or_else(|| no_sealing_key(&call.slot.name))?;
             let value = parse_sealed(&req.sealed, &call.slot.name)?;
             key_id = Some(shown(value.key_id()));
             let key = sealing_key_of(Some(keys), &value, &call.slot.name)?;
             let plaintext = open_value(&value, key)?;
             let primary = keys.primary();
-            let resealed =
-                coffer_sealed::seal(&call.slot.name, primary.public(), value.binding(), &plaintext)
-                    .map_err(|e| internal("resealing failed", e))?;
+            let resealed = coffer_sealed::seal(
+                &call.slot.name,
+                primary.public(),
+                value.binding(),
+                &plaintext,
+            )
+            .map_err(|e| internal("resealing failed", e))?;
             Ok(pb::ResealResponse {
                 sealed: resealed.to_text(),
                 key_id: primary.id().to_string(),
