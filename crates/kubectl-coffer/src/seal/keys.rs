@@ -11,6 +11,7 @@ use coffer_platform::TeeType;
 use coffer_sealed::bundle::{KeyBundle, VerifiedBundle, MAX_BUNDLE_LEN};
 
 use super::fsio;
+use super::keyd::Keyd;
 use super::source::{KeydArgs, SourceArgs};
 use crate::error::Error;
 
@@ -45,7 +46,7 @@ pub struct VerifyArgs {
 
 /// Runs `fetch-key`.
 pub fn fetch(args: FetchArgs) -> Result<ExitCode, Error> {
-    let (bundle, _) = fetch_verified(&args.keyd)?;
+    let (bundle, _, _) = fetch_verified(&args.keyd)?;
     let json = bundle.to_json();
     match std::fs::read(&args.output) {
         Ok(existing) if existing == json => {
@@ -79,18 +80,23 @@ pub fn verify(args: VerifyArgs) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Fetches the keyring's bundle from keyd and verifies it against the policy; prints what was
-/// verified on stderr.
-pub fn fetch_verified(args: &KeydArgs) -> Result<(KeyBundle, VerifiedBundle), Error> {
+/// Connects to keyd, fetches the keyring's bundle and verifies it against the policy; prints
+/// what was verified on stderr. Returns the connection too, for further calls.
+pub fn fetch_verified(args: &KeydArgs) -> Result<(KeyBundle, VerifiedBundle, Keyd), Error> {
     let (addr, keyring, policy) = args.require()?;
-    let bytes = super::keyd::key_bundle(addr, keyring)?;
+    let mut keyd = Keyd::connect(
+        addr,
+        policy.clone(),
+        args.sources.options(SystemTime::now())?,
+    )?;
+    let bytes = keyd.key_bundle(keyring)?;
     let bundle = KeyBundle::from_json(&bytes)
         .map_err(|e| Error::new(format!("keyd at {addr} sent an invalid key bundle: {e}")))?;
     check_keyring(&bundle, keyring)?;
     let verified = verify_bundle(&bundle, &policy, &args.sources)
         .map_err(|e| Error::new(format!("keyd at {addr}: {e}")))?;
     report(&bundle, &verified);
-    Ok((bundle, verified))
+    Ok((bundle, verified, keyd))
 }
 
 fn verify_bundle(

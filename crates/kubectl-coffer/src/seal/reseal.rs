@@ -61,17 +61,15 @@ pub fn run(mut args: ResealArgs) -> Result<ExitCode, Error> {
         )));
     }
     args.keyd.keyring = Some(keyring.clone());
-    let (bundle, _) = keys::fetch_verified(&args.keyd)?;
+    let (bundle, _, mut keyd) = keys::fetch_verified(&args.keyd)?;
     let primary = bundle
         .primary()
         .map_err(|e| Error::new(format!("keyd's bundle has no usable primary key: {e}")))?;
-    let addr = args.keyd.keyd.as_deref().unwrap_or_default();
     let (stale, current): (Vec<_>, Vec<_>) =
         values.iter().partition(|(_, v)| v.key_id() != primary.id());
-    let texts: Vec<String> = stale.iter().map(|(_, v)| v.to_text()).collect();
-    let fresh = super::keyd::reseal(addr, &keyring, &texts)?;
     let mut out = BTreeMap::new();
-    for ((key, old), text) in stale.iter().zip(fresh) {
+    for (key, old) in &stale {
+        let text = keyd.reseal(&keyring, &old.to_text())?;
         let new = SealedValue::parse(&text).map_err(|e| {
             Error::new(format!(
                 "keyd returned an invalid sealed value for {key}: {e}"
