@@ -8,6 +8,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::PostParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use coffer_keyd_client::error_chain;
 use kube::{Api, Client, Config};
 
 use super::input::ValueArgs;
@@ -157,21 +158,7 @@ fn api_error(e: kube::Error, name: &str, namespace: &str) -> Error {
         )),
         other => Error::new(format!(
             "creating secret {name:?} in namespace {namespace:?}: {}",
-            error_chain(&other)
+            error_chain(other.to_string(), std::error::Error::source(&other))
         )),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let part = cause.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = cause.source();
-    }
-    text
 }
