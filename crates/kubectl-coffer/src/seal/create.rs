@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand, ValueEnum};
+use coffer_keyd_client::error_chain;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::PostParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use coffer_keyd_client::error_chain;
 use kube::{Api, Client, Config};
 
 use super::input::ValueArgs;

@@ -2,15 +2,12 @@
 //! and where the collateral that verifies keyd's evidence comes from.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use clap::Args;
 use coffer_attest::policy::Policy;
-use coffer_attest::{
-    CollateralDir, CollateralSource, Fetcher, KdsVcek, NoCollateral, NoVcek, PccsCollateral,
-    VcekDir, VcekSource, VerifyOptions,
-};
+use coffer_attest::sources::VerifySources;
+use coffer_attest::VerifyOptions;
 use coffer_sealed::bundle::KeyBundle;
 
 use super::keys;
@@ -46,27 +43,18 @@ impl SourceArgs {
     /// Verification options at `now`. Simulation evidence is verified and left to the policy,
     /// which refuses it unless it says `allow_simulation: true`.
     pub fn options(&self, now: SystemTime) -> Result<VerifyOptions, Error> {
-        let fetcher = match &self.ca_file {
-            Some(path) => Fetcher::with_ca_file(path)
-                .map_err(|e| Error::usage(format!("--ca-file {}: {e}", path.display())))?,
-            None => Fetcher::new(),
+        let sources = VerifySources {
+            collateral_dir: self.collateral_dir.clone(),
+            pccs_url: self.pccs_url.clone(),
+            cache_dir: self.cache_dir.clone(),
+            vcek_dir: self.vcek_dir.clone(),
+            kds_url: self.kds_url.clone(),
+            ca_file: self.ca_file.clone(),
+            ..VerifySources::default()
         };
-        let cache = self.cache_dir.clone().unwrap_or_default();
-        let mut options = VerifyOptions::new(now);
-        options.allow_simulation = true;
-        options.collateral = match (&self.collateral_dir, &self.pccs_url) {
-            (Some(dir), _) => Arc::new(CollateralDir::new(dir)) as Arc<dyn CollateralSource>,
-            (None, Some(url)) => {
-                Arc::new(PccsCollateral::new(url, cache.clone()).with_fetcher(fetcher.clone()))
-            }
-            (None, None) => Arc::new(NoCollateral),
-        };
-        options.vcek = match (&self.vcek_dir, &self.kds_url) {
-            (Some(dir), _) => Arc::new(VcekDir::new(dir)) as Arc<dyn VcekSource>,
-            (None, Some(url)) => Arc::new(KdsVcek::new(url, cache).with_fetcher(fetcher)),
-            (None, None) => Arc::new(NoVcek),
-        };
-        Ok(options)
+        sources
+            .options(now)
+            .map_err(|e| Error::usage(e.to_string()))
     }
 }
 
