@@ -206,7 +206,7 @@ fn raw_prints_one_sealed_value() {
             "--raw",
             "-n",
             "apps",
-            "--secret-name",
+            "--name",
             "db",
             "--key",
             "pw",
@@ -238,7 +238,7 @@ fn raw_prints_one_sealed_value() {
         "--key-bundle",
         &bundle,
     ]);
-    fails_with(&out, "give --secret-name");
+    fails_with(&out, "give --name");
 }
 
 #[test]

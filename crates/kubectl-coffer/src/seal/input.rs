@@ -62,10 +62,11 @@ impl ValueArgs {
         let mut out = BTreeMap::new();
         for literal in &self.literals {
             let Some((key, value)) = literal.split_once('=').filter(|(k, _)| !k.is_empty()) else {
-                let key = literal.split('=').next().unwrap_or("");
-                return Err(Error::usage(format!(
-                    "invalid --from-literal for key {key:?}: expected KEY=VALUE"
-                )));
+                // Not echoed: without a `=` the whole argument may be the secret.
+                return Err(Error::usage(
+                    "invalid --from-literal: expected KEY=VALUE (the argument is not shown, it \
+                     may be a secret)",
+                ));
             };
             add(
                 &mut out,
@@ -165,6 +166,15 @@ fn add_env_file(out: &mut BTreeMap<String, Entry>, secret: &str, path: &Path) ->
                 Zeroizing::new(std::env::var(line).unwrap_or_default().into_bytes()),
             ),
         };
+        if !is_env_var_name(key) && !line.contains('=') {
+            // Not echoed: a line that is neither KEY=VALUE nor a name may be a stray secret.
+            return Err(Error::usage(format!(
+                "{}:{}: expected KEY=VALUE or a variable name (the line is not shown, it may be \
+                 a secret)",
+                path.display(),
+                number + 1
+            )));
+        }
         if !is_env_var_name(key) {
             return Err(Error::usage(format!(
                 "{}:{}: {key:?} is not a valid key name: a valid environment variable name \
@@ -242,8 +252,16 @@ mod tests {
         assert!(e.contains("cannot add key a, another key"), "{e}");
         let e = args(&["a b=1"]).entries("s").unwrap_err().to_string();
         assert!(e.contains("\"a b\" is not a valid key name"), "{e}");
-        let e = args(&["novalue"]).entries("s").unwrap_err().to_string();
-        assert!(e.contains("expected KEY=VALUE"), "{e}");
+        let e = args(&["hunter2"]).entries("s").unwrap_err().to_string();
+        assert!(
+            e.contains("expected KEY=VALUE") && !e.contains("hunter2"),
+            "{e}"
+        );
+        let debug = format!("{:?}", args(&["pw=hunter2"]));
+        assert!(
+            debug.contains("pw") && !debug.contains("hunter2"),
+            "{debug}"
+        );
     }
 
     #[test]
@@ -257,6 +275,9 @@ mod tests {
         };
         let entries = values.entries("s").unwrap();
         assert!(matches!(&entries["B"], Entry::Plain(v) if v.as_slice() == b"x y "));
+        std::fs::write(&env, "hunter2 and more\n").unwrap();
+        let e = values.entries("s").unwrap_err().to_string();
+        assert!(e.contains("e.env:1") && !e.contains("hunter2"), "{e}");
         std::fs::write(&env, "1A=1\n").unwrap();
         let e = values.entries("s").unwrap_err().to_string();
         assert!(

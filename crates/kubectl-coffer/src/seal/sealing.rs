@@ -73,15 +73,15 @@ pub struct SealArgs {
     #[command(flatten)]
     pub sealing: SealingArgs,
     /// Seal one value (from --from-literal, --from-file, or stdin) and print only the sealed
-    /// text; give the location it is for with --namespace, --secret-name and --key as the
+    /// text; give the location it is for with --namespace, --name and --key as the
     /// scope needs.
     #[arg(long, conflicts_with_all = ["generic", "filename", "merge_into"])]
     pub raw: bool,
     /// With --raw: the Secret name the value is for.
-    #[arg(long, requires = "raw")]
+    #[arg(long = "name", id = "raw_name", value_name = "NAME")]
     pub secret_name: Option<String>,
     /// With --raw: the data key the value is for.
-    #[arg(long, requires = "raw")]
+    #[arg(long)]
     pub key: Option<String>,
     /// Add (or replace) the sealed values in this sealed Secret file, atomically, keeping its
     /// other values and metadata.
@@ -96,6 +96,12 @@ pub struct SealArgs {
 pub fn run(args: SealArgs) -> Result<ExitCode, Error> {
     if args.raw {
         return raw(&args);
+    }
+    if args.secret_name.is_some() || args.key.is_some() {
+        return Err(Error::usage(
+            "--name and --key give the location of a --raw value; a Secret's name comes after \
+             `generic` or from the manifest",
+        ));
     }
     let (mut doc, mut entries) = input_secret(&args)?;
     let bundle = args.sealing.keys.bundle()?;
@@ -229,7 +235,7 @@ fn raw(args: &SealArgs) -> Result<ExitCode, Error> {
     let needs: &[(&str, &str)] = match scope {
         Scope::Strict => &[
             ("--namespace", &location.namespace),
-            ("--secret-name", &location.secret),
+            ("--name", &location.secret),
             ("--key", &location.key),
         ],
         Scope::Namespace => &[("--namespace", &location.namespace)],
