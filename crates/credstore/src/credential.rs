@@ -165,7 +165,9 @@ impl Credential {
         let mut total = 0;
         for part in parts.into_iter().flatten() {
             if part.is_empty() {
-                return Err(Error::InvalidCredential("a credential part is empty".into()));
+                return Err(Error::InvalidCredential(
+                    "a credential part is empty".into(),
+                ));
             }
             part.as_str()?;
             total += part.len();
@@ -195,8 +197,14 @@ mod tests {
             token: Some(secret("tok3n")),
         };
         let shown = format!("{c:?} {:?}", c.token);
-        assert!(!shown.contains("PEM") && !shown.contains("tok3n"), "{shown}");
-        assert!(shown.contains("client certificate, client key, token"), "{shown}");
+        assert!(
+            !shown.contains("PEM") && !shown.contains("tok3n"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("client certificate, client key, token"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -206,7 +214,11 @@ mod tests {
             client_key: None,
             token: None,
         };
-        assert!(cert_only.validate().unwrap_err().to_string().contains("needs both"));
+        assert!(cert_only
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("needs both"));
         let none = Credential {
             client_certificate: None,
             client_key: None,

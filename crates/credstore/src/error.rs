@@ -20,7 +20,9 @@ pub enum Error {
     },
 
     /// The store file exists but is not a credential store this version can read.
-    #[error("{path} is not a valid coffer credential store: {problem} (the file was not modified)")]
+    #[error(
+        "{path} is not a valid coffer credential store: {problem} (the file was not modified)"
+    )]
     Malformed {
         /// The store file.
         path: PathBuf,

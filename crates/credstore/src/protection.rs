@@ -60,7 +60,10 @@ impl Passphrase {
     /// Reads a passphrase from a file (see [`crate::PASSPHRASE_FILE_ENV`]).
     pub fn from_file(path: &Path) -> Result<Self, Error> {
         let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| {
-            Error::BadPassphrase(format!("reading the passphrase file {}: {e}", path.display()))
+            Error::BadPassphrase(format!(
+                "reading the passphrase file {}: {e}",
+                path.display()
+            ))
         })?);
         let text = std::str::from_utf8(&bytes).map_err(|_| {
             Error::BadPassphrase(format!(
@@ -68,9 +71,13 @@ impl Passphrase {
                 path.display()
             ))
         })?;
-        Passphrase::new(Zeroizing::new(text.to_owned())).map_err(|e| {
-            Error::BadPassphrase(format!("passphrase file {}: {e}", path.display()))
-        })
+        Passphrase::new(Zeroizing::new(text.to_owned()))
+            .map_err(|e| Error::BadPassphrase(format!("passphrase file {}: {e}", path.display())))
+    }
+
+    /// True when `typed` is the same passphrase (for "repeat the passphrase" prompts).
+    pub fn matches(&self, typed: &str) -> bool {
+        self.0.as_str() == typed.trim_end_matches(['\r', '\n'])
     }
 
     fn bytes(&self) -> &[u8] {
@@ -183,7 +190,12 @@ impl Protection {
                         path: store.to_path_buf(),
                         problem: format!("unknown platform {platform:?}"),
                     })?;
-                platform_key(PlatformChoice::Named(kind), dir, Access::ExistingOnly, "platform")
+                platform_key(
+                    PlatformChoice::Named(kind),
+                    dir,
+                    Access::ExistingOnly,
+                    "platform",
+                )
             }
             Protection::Sim => {
                 let access = if create {
@@ -220,7 +232,9 @@ impl Protection {
                     .decode(salt)
                     .ok()
                     .filter(|s| (SALT_LEN..=64).contains(&s.len()))
-                    .ok_or_else(|| malformed("the passphrase salt is not 16 to 64 bytes of base64".into()))?;
+                    .ok_or_else(|| {
+                        malformed("the passphrase salt is not 16 to 64 bytes of base64".into())
+                    })?;
                 let passphrase = passphrase.ok_or_else(|| Error::PassphraseRequired {
                     path: store.to_path_buf(),
                 })?;

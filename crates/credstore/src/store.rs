@@ -78,8 +78,8 @@ impl Store {
     pub fn lock(path: &Path) -> Result<StoreLock, Error> {
         create_private_dir(parent(path))?;
         let lock_path = sibling(path, ".lock");
-        let file = durable::lock_exclusive(&lock_path)
-            .map_err(|e| Error::io("locking", &lock_path, e))?;
+        let file =
+            durable::lock_exclusive(&lock_path).map_err(|e| Error::io("locking", &lock_path, e))?;
         durable::remove_stale_temps(path).map_err(|e| Error::io("cleaning up after", path, e))?;
         Ok(StoreLock { _file: file })
     }
@@ -205,11 +205,12 @@ impl Store {
     /// Seals every credential and writes the store atomically (temp, fsync, rename, fsync
     /// directory), mode 0600. Hold [`Store::lock`] from opening to saving.
     pub fn save(&self) -> Result<(), Error> {
-        let estimate = 16 + self
-            .entries
-            .iter()
-            .map(|(id, c)| id.len() + c.json_len_hint())
-            .sum::<usize>();
+        let estimate = 16
+            + self
+                .entries
+                .iter()
+                .map(|(id, c)| id.len() + c.json_len_hint())
+                .sum::<usize>();
         // Reserved up front so that growing the buffer leaves no unzeroized copies behind.
         let mut plain = Zeroizing::new(Vec::with_capacity(estimate));
         serde_json::to_writer(&mut *plain, &self.entries)
@@ -348,7 +349,8 @@ mod tests {
         let path = dir.path().join("kube/coffer/credentials.sealed");
         let _lock = Store::lock(&path).unwrap();
         let pw = passphrase("correct horse battery staple");
-        let mut store = Store::create(&path, Protection::new_passphrase().unwrap(), Some(&pw)).unwrap();
+        let mut store =
+            Store::create(&path, Protection::new_passphrase().unwrap(), Some(&pw)).unwrap();
         store.insert("alice", token_credential()).unwrap();
         assert!(matches!(
             store.insert("alice", token_credential()),
@@ -360,7 +362,10 @@ mod tests {
         assert_eq!(mode(path.parent().unwrap()), 0o700);
         assert_no_plaintext(path.parent().unwrap());
 
-        assert_eq!(Store::protection_of(&path).unwrap().unwrap().name(), "passphrase");
+        assert_eq!(
+            Store::protection_of(&path).unwrap().unwrap().name(),
+            "passphrase"
+        );
         let opened = Store::open(&path, Some(&pw)).unwrap();
         assert_eq!(opened.get("alice").unwrap(), &token_credential());
         assert!(matches!(opened.get("bob"), Err(Error::NotFound { .. })));
@@ -410,10 +415,18 @@ mod tests {
         let err = Store::open(&path, None).unwrap_err();
         assert!(err.to_string().contains("upgrade kubectl-coffer"), "{err}");
         fs::write(&path, "apiVersion: v1\n").unwrap();
-        assert!(matches!(Store::open(&path, None), Err(Error::Malformed { .. })));
+        assert!(matches!(
+            Store::open(&path, None),
+            Err(Error::Malformed { .. })
+        ));
         let missing = Store::open(&dir.path().join("none"), None).unwrap_err();
-        assert!(missing.to_string().contains("kubeconfig protect"), "{missing}");
-        assert!(Store::protection_of(&dir.path().join("none")).unwrap().is_none());
+        assert!(
+            missing.to_string().contains("kubeconfig protect"),
+            "{missing}"
+        );
+        assert!(Store::protection_of(&dir.path().join("none"))
+            .unwrap()
+            .is_none());
     }
 
     #[test]
@@ -423,6 +436,8 @@ mod tests {
         assert!(store.insert("", token_credential()).is_err());
         assert!(store.insert("a\nb", token_credential()).is_err());
         assert!(store.insert(&"u".repeat(300), token_credential()).is_err());
-        store.insert("arn:aws:eks:eu-west-1:1:cluster/x", token_credential()).unwrap();
+        store
+            .insert("arn:aws:eks:eu-west-1:1:cluster/x", token_credential())
+            .unwrap();
     }
 }
