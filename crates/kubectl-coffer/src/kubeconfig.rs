@@ -99,6 +99,7 @@ fn protect(args: ProtectArgs) -> Result<ExitCode, Error> {
     // The store is written (and fsynced) before the kubeconfig loses the credential, so a
     // crash in between leaves it in both places, never in neither.
     let _lock = Store::lock(&store_path).map_err(unlock::store_error)?;
+    remove_stale_kubeconfig_temps(&path)?;
     let mut store = match Store::protection_of(&store_path).map_err(unlock::store_error)? {
         Some(existing) => {
             if args.protection != ProtectionChoice::Auto
@@ -125,10 +126,14 @@ fn protect(args: ProtectArgs) -> Result<ExitCode, Error> {
                 .map_err(unlock::store_error)?
         }
     };
-    store
-        .insert(&id, taken.credential)
-        .map_err(unlock::store_error)?;
-    store.save().map_err(unlock::store_error)?;
+    // The same credential under the same id is what a protect interrupted after saving the
+    // store left behind: carry on with the kubeconfig.
+    if store.get(&id).ok() != Some(&taken.credential) {
+        store
+            .insert(&id, taken.credential)
+            .map_err(unlock::store_error)?;
+        store.save().map_err(unlock::store_error)?;
+    }
 
     edit::install_exec(
         user,
@@ -196,6 +201,7 @@ fn restore(args: RestoreArgs) -> Result<ExitCode, Error> {
         return Ok(ExitCode::from(2));
     }
     let _lock = Store::lock(&exec.store).map_err(unlock::store_error)?;
+    remove_stale_kubeconfig_temps(&path)?;
     let mut store = unlock::open_store(&exec.store, unlock::terminal())?;
     let credential = store.get(&exec.id).map_err(unlock::store_error)?;
     let parts = credential.parts().join(", ");
@@ -287,6 +293,15 @@ fn load(path: &Path) -> Result<(Value, u32), Error> {
         )));
     }
     Ok((doc, mode))
+}
+
+/// Removes kubeconfig temporaries that a killed protect or restore left behind: a restore's
+/// holds the plaintext credential. Only this tool makes such names, and its writers hold the
+/// store lock.
+fn remove_stale_kubeconfig_temps(path: &Path) -> Result<(), Error> {
+    coffer_platform::durable::remove_stale_temps(path)
+        .map(drop)
+        .map_err(|e| Error::new(format!("cleaning up after {}: {e}", path.display())))
 }
 
 /// Writes the kubeconfig atomically with its old mode; no backup is kept (it would hold the

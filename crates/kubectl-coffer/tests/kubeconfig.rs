@@ -284,3 +284,120 @@ fn coffer_platform_uid() -> u32 {
 }
 
 use std::os::unix::process::CommandExt;
+
+/// A fake Gramine-SGX device tree whose MRSIGNER seal key is `seal_key`, so `auto` detects a
+/// TEE and seals with its key.
+fn fake_gramine(root: &Path, seal_key: u8) {
+    let attestation = root.join("dev/attestation");
+    fs::create_dir_all(attestation.join("keys")).unwrap();
+    fs::write(attestation.join("quote"), b"").unwrap();
+    fs::write(attestation.join("attestation_type"), "dcap").unwrap();
+    fs::write(attestation.join("keys/_sgx_mrsigner"), [seal_key; 16]).unwrap();
+}
+
+#[test]
+fn platform_protection_where_the_workstation_is_a_tee() {
+    let mut world = World::new(Auth::Token("tok-platform-0e4b77".into()));
+    // No TEE here: platform protection is refused with what to use instead.
+    let refused = world.coffer(&["kubeconfig", "protect", "--protection", "platform"], None);
+    assert_eq!(refused.status.code(), Some(2), "{:?}", text(&refused));
+    assert!(
+        text(&refused).1.contains("--protection passphrase"),
+        "{:?}",
+        text(&refused)
+    );
+    assert!(!world.store.exists());
+
+    let root = world.dir.path().join("tee");
+    fake_gramine(&root, 7);
+    world.platform_root = Some(root.clone());
+    let stdout = protect(&world, &[], None);
+    assert!(
+        stdout.contains("protection: platform (sgx-gramine)"),
+        "{stdout}"
+    );
+    world.assert_nowhere_on_disk(&[world.token.as_deref().unwrap()], &[]);
+    assert_version_ok(&world.kubectl_version(None));
+
+    // Another enclave identity (another seal key) cannot unseal it.
+    fake_gramine(&root, 8);
+    assert_fails_with(
+        &world.kubectl_version(None),
+        "cannot be unsealed with this machine's platform (sgx-gramine) sealing key",
+    );
+}
+
+#[test]
+fn a_protect_killed_before_the_kubeconfig_is_replaced_loses_nothing() {
+    use std::io::BufRead;
+    let world = World::new(Auth::ClientCertificate);
+    let before = fs::read(&world.kubeconfig).unwrap();
+    // Stall after the kubeconfig's temporary is complete, before its rename; then kill.
+    let mut child = world
+        .command(support_kubeconfig::plugin(), Some(&world.passphrase_file))
+        .args(["kubeconfig", "protect"])
+        .env("COFFER_TEST_ONLY_STALL_AFTER_TEMP", "config")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.starts_with("coffer-test: temp complete"), "{line}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // The store has the credential and the kubeconfig still works as it was.
+    assert_eq!(fs::read(&world.kubeconfig).unwrap(), before);
+    assert!(world.store.exists());
+    assert_version_ok(&world.kubectl_version(None));
+    // Protecting again finishes the job and removes the dead writer's temporary.
+    protect(&world, &[], Some(&world.passphrase_file));
+    let names: Vec<_> = fs::read_dir(world.kubeconfig.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains(".tmp-")), "{names:?}");
+    assert_version_ok(&world.kubectl_version(Some(&world.passphrase_file)));
+}
+
+/// Not a test: `kubectl get --raw /version` timings for the report, plain kubeconfig vs. the
+/// exec plugin with the passphrase file (argon2id included) vs. through the agent. Run with
+/// `cargo test -p kubectl-coffer --test kubeconfig -- --ignored --nocapture measure`.
+#[test]
+#[ignore]
+fn measure_kubectl_get_version() {
+    const RUNS: usize = 20;
+    let world = World::new(Auth::ClientCertificate);
+    let time = |passphrase: Option<&Path>| {
+        let mut runs: Vec<f64> = (0..RUNS)
+            .map(|_| {
+                let start = std::time::Instant::now();
+                assert_version_ok(&world.kubectl_version(passphrase));
+                start.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect();
+        runs.sort_by(f64::total_cmp);
+        let mean = runs.iter().sum::<f64>() / RUNS as f64;
+        (mean, (runs[RUNS / 2 - 1] + runs[RUNS / 2]) / 2.0)
+    };
+    let plain = time(None);
+    protect(&world, &[], Some(&world.passphrase_file));
+    let exec = time(Some(&world.passphrase_file));
+    let agent = world.start_agent(&["--timeout", "10m"], Some(&world.passphrase_file));
+    let via_agent = time(None);
+    drop(agent);
+    println!("kubectl get --raw /version, {RUNS} runs each (ms): mean / median");
+    println!(
+        "plain kubeconfig:              {:.1} / {:.1}",
+        plain.0, plain.1
+    );
+    println!(
+        "exec plugin, passphrase file:  {:.1} / {:.1}",
+        exec.0, exec.1
+    );
+    println!(
+        "exec plugin, agent:            {:.1} / {:.1}",
+        via_agent.0, via_agent.1
+    );
+}

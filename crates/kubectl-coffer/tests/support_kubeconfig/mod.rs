@@ -41,6 +41,8 @@ pub struct World {
     pub client: Option<(String, String)>,
     /// The token (token auth).
     pub token: Option<String>,
+    /// `COFFER_PLATFORM_ROOT` for every command (a fake TEE device tree).
+    pub platform_root: Option<PathBuf>,
 }
 
 impl World {
@@ -103,6 +105,7 @@ impl World {
             server,
             client,
             token,
+            platform_root: None,
         }
     }
 
@@ -111,7 +114,12 @@ impl World {
         self.run_dir.join("coffer/agent.sock")
     }
 
-    fn command(&self, program: impl AsRef<std::ffi::OsStr>, passphrase: Option<&Path>) -> Command {
+    /// A command in this world's environment.
+    pub fn command(
+        &self,
+        program: impl AsRef<std::ffi::OsStr>,
+        passphrase: Option<&Path>,
+    ) -> Command {
         let mut command = Command::new(program);
         command
             .env("PATH", path_with_plugin())
@@ -122,6 +130,10 @@ impl World {
             .env_remove("COFFER_AGENT_SOCKET")
             .env_remove("KUBERNETES_EXEC_INFO")
             .stdin(Stdio::null());
+        match &self.platform_root {
+            Some(root) => command.env("COFFER_PLATFORM_ROOT", root),
+            None => command.env_remove("COFFER_PLATFORM_ROOT"),
+        };
         match passphrase {
             Some(file) => command.env("COFFER_PASSPHRASE_FILE", file),
             None => command.env_remove("COFFER_PASSPHRASE_FILE"),
