@@ -229,7 +229,7 @@ fn an_expired_agent_forgets_and_kubectl_fails_cleanly() {
     );
     let out = world.kubectl_version(None);
     assert_fails_with(&out, "no kubectl coffer agent is running");
-    assert_fails_with(&out, "start `kubectl coffer agent`");
+    assert_fails_with(&out, "run `kubectl coffer agent` in a terminal");
     let status = world.coffer(&["agent", "status"], None);
     assert_eq!(status.status.code(), Some(1));
     assert!(text(&status)

@@ -73,9 +73,9 @@ pub(crate) fn passphrase(path: &Path, interactive: bool) -> Result<Passphrase, E
     }
     if !interactive {
         return Err(Error::new(format!(
-            "{} is protected by a passphrase but there is no terminal to ask for it: start \
-             `kubectl coffer agent` (it asks once and holds the credentials for a while), or set \
-             {PASSPHRASE_FILE_ENV} to a file holding the passphrase",
+            "{} is protected by a passphrase but there is no terminal to ask for it: run \
+             `kubectl coffer agent` in a terminal (it asks once and holds the credentials for a \
+             while), or set {PASSPHRASE_FILE_ENV} to a file holding the passphrase",
             path.display()
         )));
     }
