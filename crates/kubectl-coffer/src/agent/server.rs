@@ -115,6 +115,8 @@ async fn serve(listener: &UnixListener, state: &State, timeout: Duration) -> Sto
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     loop {
         tokio::select! {
+            // Expiry and signals first: nothing is handed out once the time is up.
+            biased;
             () = tokio::time::sleep_until(deadline) => return Stop::Expired,
             _ = tokio::signal::ctrl_c() => return Stop::Signal,
             Some(()) = async { match terminate.as_mut() {
