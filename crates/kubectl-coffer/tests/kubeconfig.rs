@@ -104,6 +104,21 @@ fn client_certificate_through_the_exec_plugin_the_agent_and_back() {
         "{stdout}"
     );
     world.assert_nowhere_on_disk(&needles, &[]);
+    // A second agent on the same socket is refused; bad requests get an error line.
+    let second = world.coffer(&["agent"], Some(&world.passphrase_file));
+    assert_eq!(second.status.code(), Some(1));
+    assert!(
+        text(&second).1.contains("already running"),
+        "{:?}",
+        text(&second)
+    );
+    assert!(ask_raw(&socket, b"{\"op\":\"dump\"}\n").contains("bad request"));
+    assert!(ask_raw(&socket, &[b'x'; 5000]).contains("bad request"));
+    let unknown = ask_raw(&socket, b"{\"op\":\"get\",\"id\":\"bob\"}\n");
+    assert!(
+        unknown.contains(r#"no credential with id \"bob\""#),
+        "{unknown}"
+    );
 
     // A locked agent forgets and exits; kubectl then fails cleanly.
     let lock = world.coffer(&["agent", "lock"], None);
@@ -166,6 +181,37 @@ fn client_certificate_through_the_exec_plugin_the_agent_and_back() {
             "left behind: {name}"
         );
     }
+}
+
+/// Sends raw bytes to the agent and returns its answer line.
+fn ask_raw(socket: &Path, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    let _ = stream.write_all(request);
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn malformed_kubeconfigs_and_unknown_users_are_refused_clearly() {
+    let world = World::new(Auth::Token("tok-malformed-2a9c".into()));
+    let refused = world.coffer(&["kubeconfig", "protect", "--user", "nobody"], None);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        text(&refused).1.contains("no user named \"nobody\""),
+        "{:?}",
+        text(&refused)
+    );
+    fs::write(&world.kubeconfig, "users: [unclosed\n").unwrap();
+    let refused = world.coffer(&["kubeconfig", "protect"], None);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        text(&refused).1.contains("is not a YAML kubeconfig"),
+        "{:?}",
+        text(&refused)
+    );
+    assert!(!world.store.exists(), "a refused protect created a store");
 }
 
 #[test]
