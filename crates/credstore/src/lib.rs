@@ -25,6 +25,32 @@ pub use error::Error;
 pub use protection::{Passphrase, Protection, ARGON2_ITERATIONS, ARGON2_MEMORY_KIB};
 pub use store::{Store, StoreLock, FORMAT_VERSION, STORE_ENV};
 
+/// Creates `dir` (and its parents) with mode 0700 for files only this user may reach. An
+/// existing directory must belong to this user; its mode is left alone (it may be the working
+/// directory), since the files in it are 0600 anyway.
+pub fn create_private_dir(dir: &std::path::Path) -> Result<(), Error> {
+    use std::fs;
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io("creating the directory", dir, e))?;
+    let meta = fs::metadata(dir).map_err(|e| Error::io("reading", dir, e))?;
+    let uid = coffer_platform::process::current_uid();
+    if meta.uid() != uid {
+        return Err(Error::io(
+            "using",
+            dir,
+            std::io::Error::other(format!(
+                "it belongs to uid {}, not to you (uid {uid}); choose another location",
+                meta.uid()
+            )),
+        ));
+    }
+    Ok(())
+}
+
 /// Environment variable naming a file whose contents are the store's passphrase (automation
 /// and tests; a trailing newline is ignored). Passphrases are never taken from the command line.
 pub const PASSPHRASE_FILE_ENV: &str = "COFFER_PASSPHRASE_FILE";

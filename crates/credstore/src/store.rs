@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD;
@@ -15,7 +14,7 @@ use coffer_platform::SealingKey;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::{Credential, Error, Passphrase, Protection, MAX_CREDENTIAL_BYTES};
+use crate::{create_private_dir, Credential, Error, Passphrase, Protection, MAX_CREDENTIAL_BYTES};
 
 /// Environment variable naming the store file (default `~/.kube/coffer/credentials.sealed`).
 pub const STORE_ENV: &str = "COFFER_CREDENTIAL_STORE";
@@ -285,22 +284,6 @@ fn check_id(id: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Creates `dir` (and parents) with mode 0700 for the last component; an existing directory
-/// that others can enter is tightened to 0700.
-fn create_private_dir(dir: &Path) -> Result<(), Error> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| Error::io("creating the directory", dir, e))?;
-    let meta = fs::metadata(dir).map_err(|e| Error::io("reading", dir, e))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .map_err(|e| Error::io("restricting to mode 0700", dir, e))?;
-    }
-    Ok(())
-}
-
 fn parent(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -318,6 +301,7 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
 mod tests {
     use super::*;
     use crate::SecretBytes;
+    use std::os::unix::fs::PermissionsExt;
 
     const TOKEN: &str = "tok-3f9a7c1e-very-secret";
 

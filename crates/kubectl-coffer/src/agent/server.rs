@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -246,25 +246,7 @@ fn bind(socket: &Path) -> Result<UnixListener, Error> {
     let io_error = |action: &str, path: &Path, e: io::Error| {
         Error::new(format!("{action} {}: {e}", path.display()))
     };
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| io_error("creating", dir, e))?;
-    let meta = fs::metadata(dir).map_err(|e| io_error("reading", dir, e))?;
-    let uid = coffer_platform::process::current_uid();
-    if meta.uid() != uid {
-        return Err(Error::new(format!(
-            "the socket directory {} belongs to uid {}, not to you (uid {uid}): choose another \
-             --socket",
-            dir.display(),
-            meta.uid()
-        )));
-    }
-    if meta.permissions().mode() & 0o077 != 0 {
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .map_err(|e| io_error("restricting to mode 0700", dir, e))?;
-    }
+    coffer_credstore::create_private_dir(dir).map_err(unlock::store_error)?;
     match fs::remove_file(socket) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
