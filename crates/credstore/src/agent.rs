@@ -125,7 +125,14 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response, Error> {
         .map_err(|e| failed(format!("sending: {e}")))?;
     let answer = read_line(&mut BufReader::new(stream), MAX_RESPONSE_BYTES)
         .map_err(|e| failed(format!("reading the answer: {e}")))?;
-    serde_json::from_slice(&answer).map_err(|e| failed(format!("unreadable answer: {e}")))
+    // serde_json's messages can quote the offending value, which may be credential bytes:
+    // only the position is reported.
+    serde_json::from_slice(&answer).map_err(|e| {
+        failed(format!(
+            "unreadable answer (at byte {} of its line; is the agent the same version?)",
+            e.column()
+        ))
+    })
 }
 
 #[cfg(test)]

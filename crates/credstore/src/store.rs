@@ -141,7 +141,14 @@ impl Store {
                 },
             })?;
         let entries: BTreeMap<String, Credential> = serde_json::from_slice(&plain)
-            .map_err(|e| malformed(&format!("sealed contents: {e}")))?;
+            // Not `e` itself: serde_json quotes offending values, here credential bytes.
+            .map_err(|e| {
+                malformed(&format!(
+                    "its sealed contents are not a credential list (at byte {}; written by \
+                     another version?)",
+                    e.column()
+                ))
+            })?;
         Ok(Store {
             path: path.to_path_buf(),
             protection: file.protection,
