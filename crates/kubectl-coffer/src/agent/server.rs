@@ -236,8 +236,8 @@ async fn write_json(stream: &mut UnixStream, response: &Response) -> io::Result<
     stream.write_all(&line).await
 }
 
-/// Binds the socket in a directory only this user can enter (created 0700; an existing one
-/// must be ours, and is tightened to 0700), mode 0600, replacing a stale socket file.
+/// Binds the socket, mode 0600, in a directory of this user's (created 0700), replacing a
+/// stale socket file (a live agent was ruled out before).
 fn bind(socket: &Path) -> Result<UnixListener, Error> {
     let dir = match socket.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
