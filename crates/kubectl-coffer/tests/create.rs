@@ -267,3 +267,52 @@ fn create_maps_conflict_and_forbidden_to_clear_errors() {
         assert!(!text(&out).1.contains("panicked"));
     }
 }
+
+#[test]
+fn create_through_a_kubeconfig_protected_by_kubectl_coffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let keyd = SimKeyd::new(dir.path(), "apps", 1);
+    let bundle = keyd.write_bundle(&dir.path().join("bundle.json"));
+    let server = api_server(201);
+    let kubeconfig = kubeconfig(dir.path(), &server);
+    let store = dir.path().join("credentials.sealed");
+    let protect = kubectl(&[
+        "coffer",
+        "kubeconfig",
+        "protect",
+        "--kubeconfig",
+        &kubeconfig,
+        "--user",
+        "token",
+        "--store",
+        store.to_str().unwrap(),
+        "--protection",
+        "sim",
+    ]);
+    ok(&protect);
+    assert!(!std::fs::read_to_string(&kubeconfig)
+        .unwrap()
+        .contains(TOKEN));
+
+    // kube's exec support runs `kubectl-coffer credential` for the bearer token.
+    let out = kubectl(&[
+        "coffer",
+        "create",
+        "secret",
+        "generic",
+        "db",
+        "--from-literal",
+        &format!("pw={SECRET}"),
+        "--key-bundle",
+        bundle.to_str().unwrap(),
+        "--kubeconfig",
+        &kubeconfig,
+    ]);
+    assert!(ok(&out).contains("secret/db created in namespace team"));
+    let seen = server.seen.lock().unwrap().clone();
+    let post = seen
+        .iter()
+        .find(|s| s.method == "POST")
+        .expect("an authorised POST");
+    assert!(!String::from_utf8_lossy(&post.body).contains(SECRET));
+}
