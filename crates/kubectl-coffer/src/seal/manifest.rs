@@ -457,4 +457,25 @@ mod tests {
             .to_string();
         assert!(number.contains("stringData.a"), "{number}");
     }
+
+    #[test]
+    fn sealed_values_read_back_from_the_api_server_stay_sealed() {
+        // `kubectl get secret -o yaml` returns stringData's sealed text base64-encoded in data.
+        let doc = SecretDoc::parse(
+            b"apiVersion: v1\nkind: Secret\nmetadata: {name: s, resourceVersion: '7'}\ndata: {a: Y29mZmVyLnYxLnh5eg==}\n",
+            "m",
+        )
+        .unwrap();
+        let entries = doc.entries().unwrap();
+        assert!(matches!(&entries["a"], Entry::Sealed(t) if t == "coffer.v1.xyz"));
+        assert!(format!("{entries:?}").contains("coffer.v1.xyz"));
+        let plain = SecretDoc::parse(
+            b"apiVersion: v1\nkind: Secret\nstringData: {a: hunter2}\n",
+            "m",
+        )
+        .unwrap()
+        .entries()
+        .unwrap();
+        assert!(!format!("{plain:?}").contains("hunter2"));
+    }
 }
