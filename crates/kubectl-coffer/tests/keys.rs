@@ -262,3 +262,65 @@ fn fetch_key_refuses_what_the_policy_refuses_and_writes_nothing() {
     fails_with(&out, "nope");
     assert!(!out_file.exists());
 }
+
+#[test]
+fn reseal_waits_out_keyds_rate_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    // One certificate-less call per second, bursts of 2: re-sealing 6 values must back off.
+    let keyd = common::sealing::KeydProcess::start_with(
+        dir.path(),
+        "apps",
+        &["--public-rate-per-second", "1", "--public-rate-burst", "2"],
+    );
+    let policy = keyd.policy.to_str().unwrap();
+    let literals: Vec<String> = (0..6).map(|i| format!("k{i}=value-{i}")).collect();
+    let mut args = vec![
+        "coffer",
+        "seal",
+        "generic",
+        "db",
+        "-n",
+        "apps",
+        "--keyd",
+        &keyd.addr,
+        "--keyring",
+        "apps",
+        "--policy",
+        policy,
+    ];
+    for literal in &literals {
+        args.extend(["--from-literal", literal.as_str()]);
+    }
+    let file = dir.path().join("db.yaml");
+    std::fs::write(&file, common::ok(&kubectl(&args))).unwrap();
+    let first = std::fs::read_to_string(&file).unwrap();
+    keyd.rotate("apps");
+    let f = file.to_str().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let out = kubectl(&[
+            "coffer",
+            "reseal",
+            "-f",
+            f,
+            "--in-place",
+            "--keyd",
+            &keyd.addr,
+            "--policy",
+            policy,
+        ]);
+        let (_, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        if stderr.contains("re-sealed 6 value(s)") {
+            break;
+        }
+        // keyd had not reloaded the rotated keys yet: nothing was stale.
+        assert!(stderr.contains("re-sealed 0 value(s)"), "{stderr}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "keyd never served the new key"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    assert_ne!(std::fs::read_to_string(&file).unwrap(), first);
+}

@@ -121,6 +121,11 @@ pub struct KeydProcess {
 impl KeydProcess {
     /// Initialises keyd under `dir` with keyring `keyring` and serves it.
     pub fn start(dir: &Path, keyring: &str) -> KeydProcess {
+        KeydProcess::start_with(dir, keyring, &[])
+    }
+
+    /// [`Self::start`] with more `coffer keyd serve` flags.
+    pub fn start_with(dir: &Path, keyring: &str, serve_flags: &[&str]) -> KeydProcess {
         let data = dir.join("keyd");
         let data_arg = data.to_str().unwrap();
         let sim = ["--platform", "sim", "--data-dir", data_arg];
@@ -158,6 +163,7 @@ impl KeydProcess {
             .args(sim)
             .args(["--policy", callers.to_str().unwrap()])
             .args(["--config", config.to_str().unwrap()])
+            .args(serve_flags)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
