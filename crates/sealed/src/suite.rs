@@ -73,11 +73,21 @@ pub(crate) fn seal(
     aad: &[u8],
     plaintext: &[u8],
 ) -> Result<([u8; ENC_LEN], Vec<u8>), Failed> {
+    seal_with_info(INFO, recipient, ikm_e, aad, plaintext)
+}
+
+fn seal_with_info(
+    info: &[u8],
+    recipient: &[u8; 32],
+    ikm_e: &[u8; 32],
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Result<([u8; ENC_LEN], Vec<u8>), Failed> {
     let pk = PublicKey::from_bytes(recipient).map_err(|_| Failed)?;
     let (enc, ciphertext) = hpke::single_shot_seal::<AesGcm256, HkdfSha256, Kem, _>(
         &OpModeS::Base,
         &pk,
-        INFO,
+        info,
         plaintext,
         aad,
         &mut EphemeralIkm(ikm_e),
@@ -93,13 +103,23 @@ pub(crate) fn open(
     aad: &[u8],
     ciphertext: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, Failed> {
+    open_with_info(INFO, private, enc, aad, ciphertext)
+}
+
+fn open_with_info(
+    info: &[u8],
+    private: &[u8; 32],
+    enc: &[u8; ENC_LEN],
+    aad: &[u8],
+    ciphertext: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, Failed> {
     let sk = PrivateKey::from_bytes(private).map_err(|_| Failed)?;
     let enc = EncappedKey::from_bytes(enc).map_err(|_| Failed)?;
     hpke::single_shot_open::<AesGcm256, HkdfSha256, Kem>(
         &OpModeR::Base,
         &sk,
         &enc,
-        INFO,
+        info,
         ciphertext,
         aad,
     )
@@ -111,4 +131,49 @@ fn to_array<T: Serializable>(value: &T) -> [u8; 32] {
     let mut out = [0u8; 32];
     value.write_exact(&mut out);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unhex<const N: usize>(text: &str) -> [u8; N] {
+        hex::decode(text).unwrap().try_into().unwrap()
+    }
+
+    /// The CFRG HPKE test vector (the RFC 9180 vector set, test-vectors.json) for mode_base,
+    /// DHKEM(X25519, HKDF-SHA256) (0x0020), HKDF-SHA256 (0x0001), AES-256-GCM (0x0002): RFC 9180
+    /// Appendix A prints only the AES-128-GCM and ChaCha20Poly1305 variants of this KEM.
+    #[test]
+    fn matches_the_cfrg_vector_for_this_suite() {
+        let info = hex::decode("4f6465206f6e2061204772656369616e2055726e").unwrap();
+        let ikm_e: [u8; 32] =
+            unhex("2cd7c601cefb3d42a62b04b7a9041494c06c7843818e0ce28a8f704ae7ab20f9");
+        let ikm_r = hex::decode("dac33b0e9db1b59dbbea58d59a14e7b5896e9bdf98fad6891e99d1686492b9ee")
+            .unwrap();
+        let (sk_r, pk_r) = derive_key_pair(&ikm_r);
+        assert_eq!(
+            hex::encode(*sk_r),
+            "497b4502664cfea5d5af0b39934dac72242a74f8480451e1aee7d6a53320333d"
+        );
+        assert_eq!(
+            hex::encode(pk_r),
+            "430f4b9859665145a6b1ba274024487bd66f03a2dd577d7753c68d7d7d00c00c"
+        );
+        let pt = hex::decode("4265617574792069732074727574682c20747275746820626561757479").unwrap();
+        let aad = hex::decode("436f756e742d30").unwrap();
+        let (enc, ct) = seal_with_info(&info, &pk_r, &ikm_e, &aad, &pt).unwrap();
+        assert_eq!(
+            hex::encode(enc),
+            "6c93e09869df3402d7bf231bf540fadd35cd56be14f97178f0954db94b7fc256"
+        );
+        assert_eq!(
+            hex::encode(&ct),
+            "e5d84cd531cfb583096e7cfa9641bd3079cf3a91cda813c52deb5f512be9931980a41de125a925cdad859d5b7a"
+        );
+        assert_eq!(
+            &open_with_info(&info, &sk_r, &enc, &aad, &ct).unwrap()[..],
+            &pt[..]
+        );
+    }
 }
