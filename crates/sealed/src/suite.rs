@@ -50,10 +50,11 @@ impl RngCore for EphemeralIkm<'_> {
 // Only ever fed fresh OS randomness (or a test generator's fixed seed).
 impl CryptoRng for EphemeralIkm<'_> {}
 
-/// The public key of an X25519 private key.
-pub(crate) fn public_key(private: &[u8; 32]) -> Result<[u8; 32], Failed> {
-    let sk = PrivateKey::from_bytes(private).map_err(|_| Failed)?;
-    Ok(to_array(&Kem::sk_to_pk(&sk)))
+/// The public key of an X25519 private key (any 32 bytes are one: X25519 clamps them).
+pub(crate) fn public_key(private: &[u8; 32]) -> [u8; 32] {
+    // StaticSecret is zeroized on drop (x25519-dalek's `zeroize` feature).
+    let secret = x25519_dalek::StaticSecret::from(*private);
+    x25519_dalek::PublicKey::from(&secret).to_bytes()
 }
 
 /// RFC 9180 `DeriveKeyPair(ikm)`: (private, public).
