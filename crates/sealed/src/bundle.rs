@@ -258,7 +258,8 @@ pub enum BundleError {
     Policy(#[source] Denial),
     /// The bundle is for another keyring than the one asked for.
     #[error(
-        "the bundle is for keyring {actual:?}, not {expected:?}; {FETCH_NEW} --keyring {expected}"
+        "the bundle is for keyring {actual:?}, not {expected:?}; fetch the bundle of keyring \
+         {expected:?} with kubectl coffer fetch-key"
     )]
     WrongKeyring {
         /// The keyring wanted.

@@ -85,8 +85,7 @@ impl SealingKeyPair {
 
     /// The key pair of a stored private key.
     pub fn from_private(private: Zeroizing<[u8; 32]>) -> SealingKeyPair {
-        // Every 32-byte string is an X25519 private key (it is clamped when used).
-        let public = suite::public_key(&private).unwrap_or([0; 32]);
+        let public = suite::public_key(&private);
         SealingKeyPair {
             private,
             public: SealingPublicKey::from_bytes(public),

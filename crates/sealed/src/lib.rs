@@ -27,6 +27,9 @@ mod names;
 mod suite;
 mod value;
 
+#[cfg(test)]
+mod test_vectors;
+
 pub use binding::{Binding, BindingMismatch, Location, Scope};
 pub use error::{FormatError, OpenError, SealError};
 pub use keys::{key_id, SealingKeyPair, SealingPublicKey};

@@ -29,7 +29,7 @@ pub const MAX_SEALED_TEXT_LEN: usize = PREFIX.len() + ((MAX_PLAINTEXT_LEN + 1024
 const VERSION: u8 = 1;
 
 /// A parsed sealed value. Holds only ciphertext and public header fields.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SealedValue {
     keyring: String,
     key_id: String,
@@ -151,6 +151,18 @@ impl SealedValue {
     /// The AES-256-GCM ciphertext with its tag.
     pub fn ciphertext(&self) -> &[u8] {
         &self.ciphertext
+    }
+}
+
+impl fmt::Debug for SealedValue {
+    /// The header fields and the ciphertext's length: a 1 MiB value's bytes help no log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SealedValue")
+            .field("keyring", &self.keyring)
+            .field("key_id", &self.key_id)
+            .field("binding", &format_args!("{}", self.binding))
+            .field("ciphertext_len", &self.ciphertext.len())
+            .finish_non_exhaustive()
     }
 }
 
