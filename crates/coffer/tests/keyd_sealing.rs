@@ -729,3 +729,73 @@ fn keyd_refuses_an_unseal_grant_of_an_undefined_role() {
         "{err}"
     );
 }
+
+/// Every file under `dir` whose name marks a writer's temporary.
+fn temporaries(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.to_string_lossy().contains(".tmp-") {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_killed_sealing_key_rotation_leaves_nothing_behind_once_keyd_starts() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("keyd");
+    create_keyd_data(&data, &["apps"]);
+    let before = std::fs::read(data.join("keyrings/apps/sealing-keys.json")).unwrap();
+    // Killed between writing its complete temporary (a new sealed private key) and the rename.
+    let mut child = std::process::Command::new(common::coffer_bin())
+        .args([
+            "keyd",
+            "sealing-key",
+            "rotate",
+            "--keyring",
+            "apps",
+            "--platform",
+            "sim",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .env("COFFER_TEST_ONLY_STALL_AFTER_TEMP", "sealing-keys.json")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let stalled = stderr
+        .lines()
+        .any(|l| l.unwrap().starts_with("coffer-test: temp complete "));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(stalled, "the rotation never wrote its temporary");
+    assert_eq!(temporaries(&data).len(), 1);
+    assert_eq!(
+        std::fs::read(data.join("keyrings/apps/sealing-keys.json")).unwrap(),
+        before,
+        "a killed rotation changed the file"
+    );
+
+    let policy = write(&dir.path().join("policy.yaml"), &format!(
+        "version: 1\nallow_simulation: true\nroles:\n  - name: app\n    sim: {{ signer: [\"{}\"] }}\n",
+        "ab".repeat(32)
+    ));
+    let config = write(
+        &dir.path().join("keyd.yaml"),
+        CONFIG.split("  other:").next().unwrap(),
+    );
+    let mut keyd = KeydProcess::start(&data, free_addr(), &policy, &config, &[]);
+    assert_eq!(keyd.terminate(), Some(0), "{}", keyd.log_text());
+    assert!(temporaries(&data).is_empty(), "{:?}", temporaries(&data));
+}
