@@ -253,7 +253,8 @@ pub struct KeydServeArgs {
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub worker_threads: u16,
     /// On first start, initialise the data directory (as `coffer keyd init`, with the
-    /// --recovery-* flags) and create every keyring --config names that does not exist yet.
+    /// --recovery-* flags) and create every keyring --config names that does not exist yet
+    /// (and the first sealing key of a configured keyring that has none).
     /// For TEEs whose command line is fixed at signing time (Gramine, Occlum) and for
     /// Deployments, where there is no separate init step.
     #[arg(long)]
@@ -599,6 +600,15 @@ fn init_on_first_start(args: &KeydServeArgs, config: &KeydConfig) -> Result<(), 
             let created =
                 coffer_keyd::create_keyring(&args.store.data_dir, platform.clone(), name)?;
             tracing::info!(keyring = %name, key_id = %created.kek_id, sealing_key_id = %created.sealing_key_id, "--init: created keyring");
+            continue;
+        }
+        // A keyring made before sealing keys existed; where the command line is fixed at
+        // signing time, this is the only way it gets one.
+        let sealing =
+            coffer_keyd::sealing_key_store(&args.store.data_dir, &root, platform.clone(), name)?;
+        if !sealing.exists() {
+            let key = sealing.rotate()?;
+            tracing::info!(keyring = %name, sealing_key_id = %key.id, "--init: created the keyring's first sealing key");
         }
     }
     Ok(())

@@ -799,3 +799,35 @@ fn a_killed_sealing_key_rotation_leaves_nothing_behind_once_keyd_starts() {
     assert_eq!(keyd.terminate(), Some(0), "{}", keyd.log_text());
     assert!(temporaries(&data).is_empty(), "{:?}", temporaries(&data));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyring_without_sealing_keys_says_what_to_run_and_serve_init_gives_it_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut keyd, _) = start(dir.path(), CONFIG, &[]);
+    let data = keyd.data.clone();
+    let signer = keyd.signer();
+    keyd.terminate();
+    // A keyring created before sealing keys existed.
+    std::fs::remove_file(data.join("keyrings/plain/sealing-keys.json")).unwrap();
+    let (policy, config) = (dir.path().join("policy.yaml"), dir.path().join("keyd.yaml"));
+    let keyd = KeydProcess::start(&data, free_addr(), &policy, &config, &[]);
+    let mut public = client(keyd.addr, &signer, None).await;
+    let status = public
+        .get_key_bundle(pb::GetKeyBundleRequest {
+            keyring: "plain".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("run coffer keyd sealing-key rotate --keyring plain"),
+        "{status:?}"
+    );
+    drop(keyd);
+    let keyd = KeydProcess::start(&data, free_addr(), &policy, &config, &["--init"]);
+    let mut public = client(keyd.addr, &signer, None).await;
+    let plain = bundle(&mut public, "plain", &signer).await;
+    assert_eq!(plain.keys().len(), 1);
+}
