@@ -778,7 +778,11 @@ struct KeyringStatus {
     name: String,
     primary_key_id: Option<String>,
     keys: usize,
+    /// The primary sealing key (`None`: the keyring has none yet, or they do not load).
+    primary_sealing_key_id: Option<String>,
     error: Option<String>,
+    /// Why the sealing keys do not load.
+    sealing_error: Option<String>,
 }
 
 fn status(store: &KeydStoreArgs, json: bool) -> Result<ExitCode, Error> {
@@ -802,17 +806,33 @@ fn status(store: &KeydStoreArgs, json: bool) -> Result<ExitCode, Error> {
                 coffer_keyd::keyring_store(&store.data_dir, &root, platform.clone(), &name)
                     .map_err(|e| e.to_string())
                     .and_then(|ks| ks.load().map_err(|e| e.to_string()));
+            // A keyring without a sealing-key file simply has none yet.
+            let sealing =
+                coffer_keyd::sealing_key_store(&store.data_dir, &root, platform.clone(), &name)
+                    .map_err(|e| e.to_string())
+                    .and_then(|s| match s.exists() {
+                        false => Ok(None),
+                        true => s.load().map(Some).map_err(|e| e.to_string()),
+                    });
+            let (primary_sealing_key_id, sealing_error) = match sealing {
+                Ok(keys) => (keys.map(|k| k.primary().id().to_string()), None),
+                Err(e) => (None, Some(e)),
+            };
             match loaded {
                 Ok(ring) => KeyringStatus {
                     primary_key_id: Some(ring.primary_id().to_string()),
                     keys: ring.len(),
+                    primary_sealing_key_id,
                     error: None,
+                    sealing_error,
                     name,
                 },
                 Err(e) => KeyringStatus {
                     primary_key_id: None,
                     keys: 0,
+                    primary_sealing_key_id,
                     error: Some(e),
+                    sealing_error,
                     name,
                 },
             }
@@ -845,6 +865,14 @@ fn status(store: &KeydStoreArgs, json: bool) -> Result<ExitCode, Error> {
                 }
                 (None, Some(e)) => println!("  {:<24} ERROR: {e}", k.name),
                 _ => {}
+            }
+            match (&k.primary_sealing_key_id, &k.sealing_error) {
+                (Some(sealing), _) => println!("  {:<24} sealing key {sealing}", ""),
+                (None, Some(e)) => println!("  {:<24} sealing keys ERROR: {e}", ""),
+                (None, None) => println!(
+                    "  {:<24} no sealing key (coffer keyd sealing-key rotate --keyring {})",
+                    "", k.name
+                ),
             }
         }
     }

@@ -825,9 +825,19 @@ async fn a_keyring_without_sealing_keys_says_what_to_run_and_serve_init_gives_it
             .contains("run coffer keyd sealing-key rotate --keyring plain"),
         "{status:?}"
     );
+    let status = keyd_cli(&data, &["status"]);
+    assert!(
+        status.contains("no sealing key (coffer keyd sealing-key rotate --keyring plain)"),
+        "{status}"
+    );
     drop(keyd);
     let keyd = KeydProcess::start(&data, free_addr(), &policy, &config, &["--init"]);
     let mut public = client(keyd.addr, &signer, None).await;
     let plain = bundle(&mut public, "plain", &signer).await;
     assert_eq!(plain.keys().len(), 1);
+    let status = keyd_cli(&data, &["status"]);
+    assert!(
+        status.contains(&format!("sealing key {}", plain.primary().unwrap().id())),
+        "{status}"
+    );
 }
