@@ -253,7 +253,8 @@ pub struct KeydServeArgs {
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub worker_threads: u16,
     /// On first start, initialise the data directory (as `coffer keyd init`, with the
-    /// --recovery-* flags) and create every keyring --config names that does not exist yet.
+    /// --recovery-* flags) and create every keyring --config names that does not exist yet
+    /// (and the first sealing key of a configured keyring that has none).
     /// For TEEs whose command line is fixed at signing time (Gramine, Occlum) and for
     /// Deployments, where there is no separate init step.
     #[arg(long)]
@@ -599,6 +600,15 @@ fn init_on_first_start(args: &KeydServeArgs, config: &KeydConfig) -> Result<(), 
             let created =
                 coffer_keyd::create_keyring(&args.store.data_dir, platform.clone(), name)?;
             tracing::info!(keyring = %name, key_id = %created.kek_id, sealing_key_id = %created.sealing_key_id, "--init: created keyring");
+            continue;
+        }
+        // A keyring made before sealing keys existed; where the command line is fixed at
+        // signing time, this is the only way it gets one.
+        let sealing =
+            coffer_keyd::sealing_key_store(&args.store.data_dir, &root, platform.clone(), name)?;
+        if !sealing.exists() {
+            let key = sealing.rotate()?;
+            tracing::info!(keyring = %name, sealing_key_id = %key.id, "--init: created the keyring's first sealing key");
         }
     }
     Ok(())
@@ -768,7 +778,11 @@ struct KeyringStatus {
     name: String,
     primary_key_id: Option<String>,
     keys: usize,
+    /// The primary sealing key (`None`: the keyring has none yet, or they do not load).
+    primary_sealing_key_id: Option<String>,
     error: Option<String>,
+    /// Why the sealing keys do not load.
+    sealing_error: Option<String>,
 }
 
 fn status(store: &KeydStoreArgs, json: bool) -> Result<ExitCode, Error> {
@@ -792,17 +806,33 @@ fn status(store: &KeydStoreArgs, json: bool) -> Result<ExitCode, Error> {
                 coffer_keyd::keyring_store(&store.data_dir, &root, platform.clone(), &name)
                     .map_err(|e| e.to_string())
                     .and_then(|ks| ks.load().map_err(|e| e.to_string()));
+            // A keyring without a sealing-key file simply has none yet.
+            let sealing =
+                coffer_keyd::sealing_key_store(&store.data_dir, &root, platform.clone(), &name)
+                    .map_err(|e| e.to_string())
+                    .and_then(|s| match s.exists() {
+                        false => Ok(None),
+                        true => s.load().map(Some).map_err(|e| e.to_string()),
+                    });
+            let (primary_sealing_key_id, sealing_error) = match sealing {
+                Ok(keys) => (keys.map(|k| k.primary().id().to_string()), None),
+                Err(e) => (None, Some(e)),
+            };
             match loaded {
                 Ok(ring) => KeyringStatus {
                     primary_key_id: Some(ring.primary_id().to_string()),
                     keys: ring.len(),
+                    primary_sealing_key_id,
                     error: None,
+                    sealing_error,
                     name,
                 },
                 Err(e) => KeyringStatus {
                     primary_key_id: None,
                     keys: 0,
+                    primary_sealing_key_id,
                     error: Some(e),
+                    sealing_error,
                     name,
                 },
             }
@@ -835,6 +865,14 @@ fn status(store: &KeydStoreArgs, json: bool) -> Result<ExitCode, Error> {
                 }
                 (None, Some(e)) => println!("  {:<24} ERROR: {e}", k.name),
                 _ => {}
+            }
+            match (&k.primary_sealing_key_id, &k.sealing_error) {
+                (Some(sealing), _) => println!("  {:<24} sealing key {sealing}", ""),
+                (None, Some(e)) => println!("  {:<24} sealing keys ERROR: {e}", ""),
+                (None, None) => println!(
+                    "  {:<24} no sealing key (coffer keyd sealing-key rotate --keyring {})",
+                    "", k.name
+                ),
             }
         }
     }
