@@ -8,12 +8,14 @@
 
 mod config;
 mod error;
+mod grants;
 mod identity;
 mod io;
 mod keyrings;
 mod limits;
 mod metrics;
 mod root;
+mod sealing;
 mod server;
 mod service;
 mod slots;
@@ -23,14 +25,19 @@ pub use coffer_proto::keyd as pb;
 
 pub use config::{validate_keyring_name, KeydConfig, KeyringAccess, Operation};
 pub use error::KeydError;
-pub use keyrings::{create_keyring, keyring_dir, keyring_store};
+pub use grants::{NamePattern, UnsealGrant};
+pub use keyrings::{create_keyring, keyring_dir, keyring_store, sealing_key_store, CreatedKeyring};
 pub use limits::KeydLimits;
 pub use metrics::KeydMetrics;
 pub use root::{
     open_shares, root_info, KeydRoot, RecoveryInfo, RecoveryRequest, RootInfo, ROOT_FILE,
 };
+pub use sealing::{
+    KeyLookup, RetiredKey, SealingKeyError, SealingKeyInfo, SealingKeyStore, SealingKeys,
+    SealingKeysInfo, SEALING_KEYS_FILE,
+};
 pub use server::{
     serve, AuditSettings, KeydServeOptions, ReadyHook, DEFAULT_AUDIT_SEGMENT_BYTES,
-    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_KEY_BUNDLE_VALIDITY,
 };
 pub use service::KeydConnectInfo;
