@@ -10,7 +10,20 @@ use std::time::SystemTime;
 use coffer_attest::policy::Policy;
 use coffer_attest::VerifyOptions;
 use coffer_keyd_client::{ClientError, KeydAddr, KeydClient};
-use common::keyd::{create_keyd_data, free_addr, sim_role_policy, KeydProcess};
+use coffer_sealed::bundle::KeyBundle;
+use coffer_sealed::{seal, Binding, Location, Scope, SealedValue};
+use common::keyd::{client_options, create_keyd_data, free_addr, sim_role_policy, KeydProcess};
+
+/// A secret that must come back only to the attested, granted caller.
+const SECRET: &[u8] = b"s3cr3t-db-password-41d9";
+
+fn location(namespace: &str, secret: &str, key: &str) -> Location {
+    Location {
+        namespace: namespace.into(),
+        secret: secret.into(),
+        key: key.into(),
+    }
+}
 
 /// A policy for keyd's certificate: keyd's sim signer, with simulation allowed or not.
 fn keyd_policy(signer: &str, allow_simulation: bool) -> Arc<Policy> {
@@ -29,14 +42,15 @@ fn start_keyd(dir: &std::path::Path) -> KeydProcess {
     let config = dir.join("keyd.yaml");
     std::fs::write(
         &config,
-        "keyrings:\n  cluster-a:\n    status: [\"kms-plugin:a\"]\n",
+        "keyrings:\n  cluster-a:\n    status: [\"kms-plugin:a\"]\n    unseal:\n      - role: \"kms-plugin:a\"\n        namespaces: [\"default\"]\n",
     )
     .unwrap();
     KeydProcess::start(&data, free_addr(), &policy, &config, &[])
 }
 
 #[tokio::test]
-async fn unattested_client_verifies_keyd_and_is_refused_attested_calls_with_keyds_reason() {
+async fn unattested_client_fetches_the_bundle_and_reseals_and_only_granted_attested_callers_unseal()
+{
     let dir = tempfile::tempdir().unwrap();
     let keyd = start_keyd(dir.path());
     let policy = keyd_policy(&keyd.signer(), true);
@@ -60,19 +74,79 @@ async fn unattested_client_verifies_keyd_and_is_refused_attested_calls_with_keyd
         status.message()
     );
 
-    // Calls for the key bundle reach keyd; before keyd serves them, the answer says so.
-    match client.key_bundle("cluster-a").await {
-        Ok(bundle) => assert!(!bundle.is_empty()),
-        Err(ClientError::Unsupported { rpc, .. }) => assert_eq!(rpc, "GetKeyBundle"),
-        Err(e) => panic!("unexpected error: {e}"),
-    }
-    let unsupported = ClientError::Unsupported {
-        rpc: "Reseal",
-        detail: String::new(),
-    };
+    // The key bundle is served without attestation, and verifies against keyd's policy.
+    let json = client.key_bundle("cluster-a").await.unwrap();
+    let bundle = KeyBundle::from_json(&json).unwrap();
+    bundle
+        .verify(&policy, &VerifyOptions::new(SystemTime::now()))
+        .unwrap();
+    assert_eq!(bundle.keyring(), "cluster-a");
+    let primary = bundle.primary().unwrap();
+
+    // Reseal: a value sealed on the workstation comes back sealed to the newest key, with the
+    // same binding.
+    let at = location("default", "db", "password");
+    let binding = Binding::new(Scope::Strict, &at).unwrap();
+    let sealed = seal("cluster-a", &primary, &binding, SECRET)
+        .unwrap()
+        .to_text();
+    let (resealed, key_id) = client.reseal("cluster-a", &sealed).await.unwrap();
+    assert_eq!(key_id, primary.id());
+    assert_ne!(resealed, sealed);
+    let parsed = SealedValue::parse(&resealed).unwrap();
+    assert_eq!(parsed.binding(), &binding);
+    assert_eq!(parsed.key_id(), key_id);
+
+    // keyd's refusals arrive as its status: an unknown keyring, a value that does not parse,
+    // and Unseal, which needs an attested caller.
+    let err = client.key_bundle("cluster-zz").await.unwrap_err();
     assert_eq!(
-        unsupported.to_string(),
-        "keyd does not serve Reseal (UNIMPLEMENTED); upgrade keyd to a version that does"
+        err.status().map(|s| s.code()),
+        Some(tonic::Code::NotFound),
+        "{err}"
+    );
+    let err = client
+        .reseal("cluster-a", "coffer.v1.AAAA")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.status().map(|s| s.code()),
+        Some(tonic::Code::InvalidArgument),
+        "{err}"
+    );
+    let err = client
+        .unseal("cluster-a", &resealed, &at)
+        .await
+        .unwrap_err();
+    let status = err
+        .status()
+        .unwrap_or_else(|| panic!("not a gRPC status: {err}"));
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{err}");
+    assert!(
+        status.message().contains("presented no certificate"),
+        "{}",
+        status.message()
+    );
+    assert!(!err.to_string().contains("s3cr3t"), "{err}");
+
+    // The attested caller the keyring's unseal grant names opens it where it was bound, and
+    // only there.
+    let mut attested = KeydClient::connect(
+        keyd.addr,
+        client_options(&dir.path().join("a"), &keyd.signer()),
+    )
+    .await
+    .unwrap();
+    let plain = attested.unseal("cluster-a", &resealed, &at).await.unwrap();
+    assert_eq!(plain.as_slice(), SECRET);
+    let err = attested
+        .unseal("cluster-a", &resealed, &location("default", "db", "user"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.status().map(|s| s.code()),
+        Some(tonic::Code::PermissionDenied),
+        "{err}"
     );
 }
 
@@ -131,13 +205,8 @@ async fn bad_requests_are_refused_before_they_are_sent() {
     );
     let err = client.reseal("cluster-a", &huge).await.unwrap_err();
     assert!(matches!(err, ClientError::TooLarge { .. }), "{err:?}");
-    let location = coffer_sealed::Location {
-        namespace: "default".into(),
-        secret: "db".into(),
-        key: "password".into(),
-    };
     let err = client
-        .unseal("cluster-a", &huge, &location)
+        .unseal("cluster-a", &huge, &location("default", "db", "password"))
         .await
         .unwrap_err();
     assert!(matches!(err, ClientError::TooLarge { .. }), "{err:?}");

@@ -94,6 +94,10 @@ mod tests {
         let v6: KeydAddr = "[fd00::5]:7443".parse().unwrap();
         assert_eq!(v6.host(), "fd00::5");
         assert_eq!(v6.to_string(), "[fd00::5]:7443");
+        let from_socket: KeydAddr = "[fd00::5]:7443".parse::<SocketAddr>().unwrap().into();
+        assert_eq!(from_socket, v6);
+        let from_socket: KeydAddr = "10.0.0.5:7443".parse::<SocketAddr>().unwrap().into();
+        assert_eq!(from_socket.to_string(), "10.0.0.5:7443");
         for bad in [
             "keyd",
             "keyd:",
