@@ -19,13 +19,34 @@ pub struct Server {
     pub paths: Arc<Mutex<Vec<String>>>,
 }
 
+/// A request as a handler of [`serve_requests`] sees it.
+pub struct Request {
+    /// The request target.
+    pub path: String,
+    /// The header fields, names lower-cased, in order.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Request {
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 /// A private certificate authority and a server certificate it issued for 127.0.0.1, like a
-/// PCCS installed with its own CA.
+/// PCCS installed with its own CA (or a kube-apiserver with its cluster CA).
 pub struct PrivateCa {
     /// The CA certificate, PEM (what an operator gives as a CA file).
     pub pem: String,
     /// A rustls server configuration presenting the issued certificate.
     pub server: Arc<rustls::ServerConfig>,
+    /// The same, but refusing clients without a certificate issued by this CA.
+    pub server_requiring_client_certificate: Arc<rustls::ServerConfig>,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
 }
 
 impl PrivateCa {
@@ -44,17 +65,39 @@ impl PrivateCa {
             .unwrap()
             .signed_by(&key, &issuer)
             .unwrap();
+        let chain = vec![cert.der().clone()];
+        let key_der = || rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
         let server = rustls::ServerConfig::builder()
             .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.der().clone()],
-                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-            )
+            .with_single_cert(chain.clone(), key_der())
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca_cert.der().clone()).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+            .build()
+            .unwrap();
+        let mutual = rustls::ServerConfig::builder()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key_der())
             .unwrap();
         PrivateCa {
             pem: ca_cert.pem(),
             server: Arc::new(server),
+            server_requiring_client_certificate: Arc::new(mutual),
+            issuer,
         }
+    }
+
+    /// A client certificate for `name` issued by this CA, and its private key: both PEM.
+    pub fn client_certificate(&self, name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
     }
 }
 
@@ -69,6 +112,15 @@ pub fn serve(
     max: usize,
     tls: Option<Arc<rustls::ServerConfig>>,
     handler: impl Fn(&str) -> Reply + Send + 'static,
+) -> Server {
+    serve_requests(max, tls, move |request: &Request| handler(&request.path))
+}
+
+/// Like [`serve`], for handlers that look at the request's headers too.
+pub fn serve_requests(
+    max: usize,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    handler: impl Fn(&Request) -> Reply + Send + 'static,
 ) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -99,7 +151,7 @@ pub fn serve(
 
 /// Reads one request from `stream` and answers it; returns its path, or `None` when the
 /// client went away first (a refused TLS handshake, say).
-fn answer(mut stream: impl Read + Write, handler: &impl Fn(&str) -> Reply) -> Option<String> {
+fn answer(mut stream: impl Read + Write, handler: &impl Fn(&Request) -> Reply) -> Option<String> {
     let mut request = Vec::new();
     let mut byte = [0u8; 1];
     while !request.ends_with(b"\r\n\r\n") {
@@ -110,7 +162,15 @@ fn answer(mut stream: impl Read + Write, handler: &impl Fn(&str) -> Reply) -> Op
     }
     let request = String::from_utf8_lossy(&request);
     let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
-    let (status, headers, body) = match handler(&path) {
+    let headers = request
+        .split("\r\n")
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let request = Request { path, headers };
+    let path = request.path.clone();
+    let (status, headers, body) = match handler(&request) {
         Some((h, b)) => ("200 OK", h, b),
         None => ("404 Not Found", Vec::new(), b"not found".to_vec()),
     };
