@@ -32,10 +32,11 @@ impl Aggregator {
         Aggregator::default()
     }
 
-    /// Counts one successful operation. An entry whose result is not [`Outcome::Ok`] is
-    /// refused and handed back: write it on its own.
+    /// Counts one successful operation. An entry whose result is not [`Outcome::Ok`], or that
+    /// names a location (which a count would lose), is refused and handed back: write it on
+    /// its own.
     pub fn add(&self, entry: AuditEntry) -> Result<(), Box<AuditEntry>> {
-        if entry.result != Outcome::Ok || entry.reason.is_some() {
+        if entry.result != Outcome::Ok || entry.reason.is_some() || entry.location.is_some() {
             return Err(Box::new(entry));
         }
         let key = Key {
@@ -68,6 +69,7 @@ impl Aggregator {
                     caller: key.caller,
                     keyring: key.keyring,
                     key_id: key.key_id,
+                    location: None,
                     result: Outcome::Ok,
                     reason: None,
                 };

@@ -131,6 +131,8 @@ pub mod limits {
     pub const MEASUREMENT: usize = 512;
     /// Maximum length of `caller.role`, `caller.peer`, `keyring` and `key_id`.
     pub const NAME: usize = 256;
+    /// Maximum length of `location` (`namespace/secret/key`: 63 + 253 + 253 and separators).
+    pub const LOCATION: usize = 600;
     /// Maximum length of `reason` (it is shortened further if the line would still be too long,
     /// e.g. because JSON escaping expanded it).
     pub const REASON: usize = 4096;
@@ -472,6 +474,9 @@ pub struct AuditEntry {
     pub keyring: Option<String>,
     /// Key id concerned, if any.
     pub key_id: Option<String>,
+    /// Where the operation applied, if it has a place: for `unseal`, the Secret location
+    /// `namespace/secret/key` the caller found the value at.
+    pub location: Option<String>,
     /// How it ended.
     pub result: Outcome,
     /// Why (for `denied` / `error`). Bounded; must never contain key material or plaintext.
@@ -496,6 +501,10 @@ pub struct AuditRecord {
     /// Key id concerned, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
+    /// Where it applied, if it has a place (absent in records of operations without one, and
+    /// in every record written before the field existed, which still verify).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
     /// How it ended.
     pub result: Outcome,
     /// Why, if given.
@@ -512,7 +521,7 @@ impl fmt::Display for AuditRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "seq={} time={} event={} caller.tee={} caller.measurement={} caller.role={} caller.peer={} keyring={} key_id={} result={} reason={:?} count={} prev={}",
+            "seq={} time={} event={} caller.tee={} caller.measurement={} caller.role={} caller.peer={} keyring={} key_id={} location={} result={} reason={:?} count={} prev={}",
             self.seq,
             self.time,
             self.event,
@@ -522,6 +531,7 @@ impl fmt::Display for AuditRecord {
             self.caller.peer,
             self.keyring.as_deref().unwrap_or("-"),
             self.key_id.as_deref().unwrap_or("-"),
+            self.location.as_deref().unwrap_or("-"),
             self.result,
             self.reason.as_deref().unwrap_or(""),
             self.count.unwrap_or(1),
@@ -574,6 +584,7 @@ impl AuditEntry {
             },
             keyring: self.keyring.as_ref().map(|k| bound(k, limits::NAME)),
             key_id: self.key_id.as_ref().map(|k| bound(k, limits::NAME)),
+            location: self.location.as_ref().map(|l| bound(l, limits::LOCATION)),
             result: self.result,
             reason: self.reason.as_ref().map(|r| bound(r, limits::REASON)),
             count,
@@ -593,6 +604,7 @@ impl AuditEntry {
             },
             keyring: None,
             key_id: None,
+            location: None,
             result: Outcome::Ok,
             reason: Some(reason),
         }

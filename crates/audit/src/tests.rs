@@ -12,6 +12,7 @@ fn entry(i: u64) -> AuditEntry {
         caller: Caller::new("sgx", &[0xab; 32], Some("kms"), "10.0.0.7:4431"),
         keyring: Some("prod".into()),
         key_id: Some(format!("kek-{i}")),
+        location: None,
         result: if i.is_multiple_of(5) {
             Outcome::Denied
         } else {
@@ -608,7 +609,9 @@ fn field_names(s: &str, sep: char) -> Vec<String> {
 
 #[test]
 fn debug_and_display_contain_only_the_listed_fields() {
-    let record = entry(5).to_record(
+    let mut entry = entry(5);
+    entry.location = Some("payments/db/password".into());
+    let record = entry.to_record(
         5,
         "2026-01-01T00:00:00.000Z".into(),
         SHA256_GENESIS.into(),
@@ -625,6 +628,7 @@ fn debug_and_display_contain_only_the_listed_fields() {
         "peer",
         "keyring",
         "key_id",
+        "location",
         "result",
         "reason",
         "count",
@@ -653,6 +657,7 @@ fn debug_and_display_contain_only_the_listed_fields() {
         "\"peer\":",
         "\"keyring\":",
         "\"key_id\":",
+        "\"location\":",
         "\"result\":",
         "\"reason\":",
         "\"count\":",
@@ -661,7 +666,7 @@ fn debug_and_display_contain_only_the_listed_fields() {
     let positions: Vec<usize> = order.iter().map(|k| line.find(k).unwrap()).collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "{line}");
     let json: serde_json::Value = serde_json::from_str(&line).unwrap();
-    assert_eq!(json.as_object().unwrap().len(), 10);
+    assert_eq!(json.as_object().unwrap().len(), 11);
     assert_eq!(json["caller"].as_object().unwrap().len(), 4);
     // Keys are never printed.
     let key = ChainKey::new([0x42; 32]);
@@ -1033,6 +1038,7 @@ fn aggregator_writes_one_counted_record_per_key_and_refuses_failures() {
         caller: Caller::new("sgx", &[0xab; 32], Some("kms"), "10.0.0.7:4431"),
         keyring: Some("prod".into()),
         key_id: Some(key.into()),
+        location: None,
         result: Outcome::Ok,
         reason: None,
     };
@@ -1055,4 +1061,30 @@ fn aggregator_writes_one_counted_record_per_key_and_refuses_failures() {
     assert_eq!(records[0].count, Some(25));
     assert_eq!(records[1].count, Some(1));
     verify_default(&path).unwrap();
+}
+
+#[test]
+fn location_is_written_only_when_present_and_edits_to_it_are_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let mut log = AuditLog::open(&path, AuditOptions::default()).unwrap();
+    log.append(entry(1)).unwrap();
+    let mut unseal = entry(2);
+    unseal.event = "unseal".into();
+    unseal.location = Some("payments/db/password".into());
+    log.append(unseal).unwrap();
+    drop(log);
+    verify_default(&path).unwrap();
+    let lines = lines_of(&path);
+    assert!(!String::from_utf8_lossy(&lines[0]).contains("location"));
+    let record: AuditRecord = serde_json::from_slice(&lines[1]).unwrap();
+    assert_eq!(record.location.as_deref(), Some("payments/db/password"));
+    assert!(record.to_string().contains("location=payments/db/password"));
+    let mut edited = lines.clone();
+    edited[1] = String::from_utf8(edited[1].clone())
+        .unwrap()
+        .replace("payments/db/password", "payments/db/passwort")
+        .into_bytes();
+    write_lines(&path, &edited);
+    assert!(verify_default(&path).is_err());
 }

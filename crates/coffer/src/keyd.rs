@@ -38,6 +38,10 @@ pub enum KeydCommand {
         /// The keyring.
         keyring: String,
     },
+    /// A keyring's sealing keys: the HPKE key pairs that Secret values are sealed to
+    /// (`kubectl coffer seal`) and that keyd's Unseal opens them with.
+    #[command(subcommand)]
+    SealingKey(SealingKeyCommand),
     /// Show the data directory: instance id, platform, recovery split, keyrings and their
     /// primary KEKs.
     Status {
@@ -200,7 +204,9 @@ pub struct KeydServeArgs {
     /// are answered PERMISSION_DENIED with the reason). A duration such as 10s; 1s to 60s.
     #[arg(long, default_value = "10s", value_parser = crate::cli::handshake_timeout())]
     pub handshake_timeout: Duration,
-    /// Largest gRPC message accepted or sent, in bytes (1024 to 16777216).
+    /// Largest gRPC message accepted or sent, in bytes (1024 to 16777216). The default, 2 MiB,
+    /// fits a sealed 1 MiB Secret value (Reseal, Unseal); below about 1.5 MiB, large sealed
+    /// values are refused with OUT_OF_RANGE.
     #[arg(long, default_value_t = KeydLimits::default().max_message_len,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=16 << 20))]
     pub max_message_bytes: usize,
@@ -210,6 +216,21 @@ pub struct KeydServeArgs {
     /// Calls a caller may burst above --rate-limit.
     #[arg(long, default_value_t = KeydLimits::default().rate_burst)]
     pub rate_burst: u32,
+    /// Sustained key-bundle and Reseal calls per second per remote address (these need no
+    /// attestation, so they have their own budget); 0 disables the limit.
+    #[arg(long, default_value_t = KeydLimits::default().public_rate_per_second)]
+    pub public_rate_per_second: u32,
+    /// Key-bundle and Reseal calls an address may burst above --public-rate-per-second.
+    #[arg(long, default_value_t = KeydLimits::default().public_rate_burst)]
+    pub public_rate_burst: u32,
+    /// How long the key bundles keyd serves are valid (clients refuse an expired one); keyd
+    /// builds a new one, with fresh evidence, when half of it has passed or the sealing keys
+    /// change. A duration such as 30d or 12h; 1h to 365d.
+    #[arg(long, default_value = "30d", value_parser = crate::duration::within(
+        Duration::from_secs(3600),
+        Duration::from_secs(365 * 24 * 3600),
+    ))]
+    pub key_bundle_validity: Duration,
     /// How long in-flight calls may finish after SIGTERM (a duration such as 10s or 1m30s; 0s
     /// closes them at once).
     #[arg(long, default_value = "10s", value_parser = crate::duration::at_least(Duration::ZERO))]
@@ -232,7 +253,8 @@ pub struct KeydServeArgs {
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub worker_threads: u16,
     /// On first start, initialise the data directory (as `coffer keyd init`, with the
-    /// --recovery-* flags) and create every keyring --config names that does not exist yet.
+    /// --recovery-* flags) and create every keyring --config names that does not exist yet
+    /// (and the first sealing key of a configured keyring that has none).
     /// For TEEs whose command line is fixed at signing time (Gramine, Occlum) and for
     /// Deployments, where there is no separate init step.
     #[arg(long)]
@@ -252,6 +274,51 @@ pub enum KeyringCommand {
         store: KeydStoreArgs,
         /// Keyring name: lowercase letters, digits and '-', at most 63.
         name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SealingKeyCommand {
+    /// Make a new primary sealing key for a keyring, generated inside keyd's TEE and sealed
+    /// under its root (the first call gives a keyring created before sealing keys existed its
+    /// first key). Clients seal to it once they fetch the new key bundle; values sealed to
+    /// older keys keep unsealing until those are retired. A running keyd picks it up within
+    /// --reload-interval.
+    Rotate {
+        #[command(flatten)]
+        store: KeydStoreArgs,
+        /// The keyring.
+        #[arg(long)]
+        keyring: String,
+    },
+    /// List a keyring's sealing keys: id, when created, and whether primary (sealed to),
+    /// active (still unseals) or retired (its private key is gone).
+    List {
+        #[command(flatten)]
+        store: KeydStoreArgs,
+        /// The keyring.
+        #[arg(long)]
+        keyring: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a sealing key's private key for good, keeping its id so callers are told it was
+    /// retired. Values still sealed to it can never be unsealed again: reseal them to the
+    /// primary first (`kubectl coffer reseal`). The primary cannot be retired (rotate first).
+    /// Needs --confirm.
+    Retire {
+        #[command(flatten)]
+        store: KeydStoreArgs,
+        /// The keyring.
+        #[arg(long)]
+        keyring: String,
+        /// The sealing key to retire (`sk-…`, from `coffer keyd sealing-key list`).
+        #[arg(long)]
+        key_id: String,
+        /// Confirm that values sealed to this key may become unrecoverable.
+        #[arg(long)]
+        confirm: bool,
     },
 }
 
@@ -287,10 +354,14 @@ pub fn run(command: KeydCommand) -> Result<ExitCode, Error> {
         KeydCommand::Serve(args) => serve(*args),
         KeydCommand::Keyring(KeyringCommand::Create { store, name }) => {
             let platform = store.platform(Access::ExistingOnly)?;
-            let key_id = coffer_keyd::create_keyring(&store.data_dir, platform, &name)?;
-            println!("created keyring {name} with primary KEK {key_id}");
+            let created = coffer_keyd::create_keyring(&store.data_dir, platform, &name)?;
+            println!(
+                "created keyring {name} with primary KEK {} and sealing key {}",
+                created.kek_id, created.sealing_key_id
+            );
             Ok(ExitCode::SUCCESS)
         }
+        KeydCommand::SealingKey(command) => sealing_key(command),
         KeydCommand::Rotate { store, keyring } => {
             let platform = store.platform(Access::ExistingOnly)?;
             let root = KeydRoot::open(&store.data_dir, platform.as_ref())?;
@@ -526,11 +597,126 @@ fn init_on_first_start(args: &KeydServeArgs, config: &KeydConfig) -> Result<(), 
         let store =
             coffer_keyd::keyring_store(&args.store.data_dir, &root, platform.clone(), name)?;
         if !store.exists() {
-            let key_id = coffer_keyd::create_keyring(&args.store.data_dir, platform.clone(), name)?;
-            tracing::info!(keyring = %name, key_id = %key_id, "--init: created keyring");
+            let created =
+                coffer_keyd::create_keyring(&args.store.data_dir, platform.clone(), name)?;
+            tracing::info!(keyring = %name, key_id = %created.kek_id, sealing_key_id = %created.sealing_key_id, "--init: created keyring");
+            continue;
+        }
+        // A keyring made before sealing keys existed; where the command line is fixed at
+        // signing time, this is the only way it gets one.
+        let sealing =
+            coffer_keyd::sealing_key_store(&args.store.data_dir, &root, platform.clone(), name)?;
+        if !sealing.exists() {
+            let key = sealing.rotate()?;
+            tracing::info!(keyring = %name, sealing_key_id = %key.id, "--init: created the keyring's first sealing key");
         }
     }
     Ok(())
+}
+
+/// The sealing keys of an existing keyring.
+fn sealing_store(
+    store: &KeydStoreArgs,
+    keyring: &str,
+) -> Result<coffer_keyd::SealingKeyStore, Error> {
+    let platform = store.platform(Access::ExistingOnly)?;
+    let root = KeydRoot::open(&store.data_dir, platform.as_ref())?;
+    let keystore = coffer_keyd::keyring_store(&store.data_dir, &root, platform.clone(), keyring)?;
+    if !keystore.exists() {
+        return Err(format!(
+            "keyring {keyring:?} does not exist in {}; create it with `coffer keyd keyring create {keyring}`",
+            store.data_dir.display()
+        )
+        .into());
+    }
+    Ok(coffer_keyd::sealing_key_store(
+        &store.data_dir,
+        &root,
+        platform,
+        keyring,
+    )?)
+}
+
+/// `coffer keyd sealing-key …`.
+fn sealing_key(command: SealingKeyCommand) -> Result<ExitCode, Error> {
+    match command {
+        SealingKeyCommand::Rotate { store, keyring } => {
+            let info = sealing_store(&store, &keyring)?.rotate()?;
+            println!(
+                "keyring {keyring}: new primary sealing key {} (a running keyd serves it within --reload-interval; clients seal to it once they fetch the new key bundle)",
+                info.id
+            );
+        }
+        SealingKeyCommand::List {
+            store,
+            keyring,
+            json,
+        } => {
+            let info = sealing_store(&store, &keyring)?.info()?;
+            let rows = info
+                .keys
+                .iter()
+                .map(|k| {
+                    let state = if k.primary { "primary" } else { "active" };
+                    (k.id.as_str(), k.created.as_str(), state, None)
+                })
+                .chain(info.retired.iter().map(|r| {
+                    (
+                        r.id.as_str(),
+                        r.created.as_str(),
+                        "retired",
+                        Some(r.retired.as_str()),
+                    )
+                }));
+            if json {
+                let keys: Vec<_> = rows
+                    .map(|(id, created, state, retired)| {
+                        serde_json::json!({"id": id, "created": created, "state": state, "retired": retired})
+                    })
+                    .collect();
+                let value = serde_json::json!({"keyring": keyring, "keys": keys});
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                for (id, created, state, retired) in rows {
+                    match retired {
+                        Some(at) => println!("{id}  created {created}  {state} {at}"),
+                        None => println!("{id}  created {created}  {state}"),
+                    }
+                }
+            }
+        }
+        SealingKeyCommand::Retire {
+            store,
+            keyring,
+            key_id,
+            confirm,
+        } => {
+            let sealing = sealing_store(&store, &keyring)?;
+            // Only a retirement that would succeed asks for --confirm: the primary, an unknown
+            // and a retired key are refused by `retire` with their own reason, changing nothing.
+            let retirable = sealing
+                .info()?
+                .keys
+                .iter()
+                .any(|k| k.id == key_id && !k.primary);
+            if retirable && !confirm {
+                return Err(format!(
+                    "retiring sealing key {key_id} deletes its private key for good: values still sealed to it can never be unsealed again. Reseal them first (kubectl coffer reseal), then run this again with --confirm"
+                )
+                .into());
+            }
+            let retired = sealing.retire(&key_id)?;
+            eprintln!(
+                "warning: values still sealed to {} can no longer be unsealed (reseal them first next time: kubectl coffer reseal)",
+                retired.id
+            );
+            println!(
+                "keyring {keyring}: retired sealing key {} (a running keyd drops it within --reload-interval)",
+                retired.id
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn recover(args: RecoverArgs) -> Result<ExitCode, Error> {
@@ -592,7 +778,11 @@ struct KeyringStatus {
     name: String,
     primary_key_id: Option<String>,
     keys: usize,
+    /// The primary sealing key (`None`: the keyring has none yet, or they do not load).
+    primary_sealing_key_id: Option<String>,
     error: Option<String>,
+    /// Why the sealing keys do not load.
+    sealing_error: Option<String>,
 }
 
 fn status(store: &KeydStoreArgs, json: bool) -> Result<ExitCode, Error> {
@@ -616,17 +806,33 @@ fn status(store: &KeydStoreArgs, json: bool) -> Result<ExitCode, Error> {
                 coffer_keyd::keyring_store(&store.data_dir, &root, platform.clone(), &name)
                     .map_err(|e| e.to_string())
                     .and_then(|ks| ks.load().map_err(|e| e.to_string()));
+            // A keyring without a sealing-key file simply has none yet.
+            let sealing =
+                coffer_keyd::sealing_key_store(&store.data_dir, &root, platform.clone(), &name)
+                    .map_err(|e| e.to_string())
+                    .and_then(|s| match s.exists() {
+                        false => Ok(None),
+                        true => s.load().map(Some).map_err(|e| e.to_string()),
+                    });
+            let (primary_sealing_key_id, sealing_error) = match sealing {
+                Ok(keys) => (keys.map(|k| k.primary().id().to_string()), None),
+                Err(e) => (None, Some(e)),
+            };
             match loaded {
                 Ok(ring) => KeyringStatus {
                     primary_key_id: Some(ring.primary_id().to_string()),
                     keys: ring.len(),
+                    primary_sealing_key_id,
                     error: None,
+                    sealing_error,
                     name,
                 },
                 Err(e) => KeyringStatus {
                     primary_key_id: None,
                     keys: 0,
+                    primary_sealing_key_id,
                     error: Some(e),
+                    sealing_error,
                     name,
                 },
             }
@@ -659,6 +865,14 @@ fn status(store: &KeydStoreArgs, json: bool) -> Result<ExitCode, Error> {
                 }
                 (None, Some(e)) => println!("  {:<24} ERROR: {e}", k.name),
                 _ => {}
+            }
+            match (&k.primary_sealing_key_id, &k.sealing_error) {
+                (Some(sealing), _) => println!("  {:<24} sealing key {sealing}", ""),
+                (None, Some(e)) => println!("  {:<24} sealing keys ERROR: {e}", ""),
+                (None, None) => println!(
+                    "  {:<24} no sealing key (coffer keyd sealing-key rotate --keyring {})",
+                    "", k.name
+                ),
             }
         }
     }
@@ -736,8 +950,11 @@ fn serve(args: KeydServeArgs) -> Result<ExitCode, Error> {
             max_message_len: args.max_message_bytes,
             rate_per_second: args.rate_limit,
             rate_burst: args.rate_burst.max(1),
+            public_rate_per_second: args.public_rate_per_second,
+            public_rate_burst: args.public_rate_burst.max(1),
             ..KeydLimits::default()
         };
+        options.key_bundle_validity = args.key_bundle_validity;
         options.drain_timeout = args.drain_timeout;
         options.reload_interval = args.reload_interval;
         options.cert_renewal = args.cert_renewal;

@@ -183,6 +183,8 @@ fn zero_and_out_of_range_flag_values_are_refused_at_parse_time() {
         (&["--worker-threads", "0"], "1..=256"),
         (&["--max-connections", "0"], "1..=65536"),
         (&["--cert-renewal", "0s"], "at least 1m and less than 24h"),
+        (&["--key-bundle-validity", "30m"], "at least 1h"),
+        (&["--key-bundle-validity", "366d"], "from 1h to 8760h"),
     ] {
         let mut args = vec!["keyd", "serve", "--platform", "sim", "--data-dir"];
         args.push(data.to_str().unwrap());

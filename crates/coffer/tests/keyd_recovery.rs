@@ -115,6 +115,8 @@ async fn moved_data_dir_opens_with_k_shares_but_not_k_minus_1() {
     drop(client);
     assert_eq!(keyd.terminate(), Some(0));
 
+    let sealing_keys = keyd_cli(&data, &["sealing-key", "list", "--keyring", "cluster-a"]);
+
     // The data directory moves to a machine whose TEE has another identity.
     let moved = dir.path().join("moved");
     move_to_new_machine(&data, &moved);
@@ -184,6 +186,11 @@ async fn moved_data_dir_opens_with_k_shares_but_not_k_minus_1() {
         ],
     );
     assert!(stdout.contains("recovered keyd"), "{stdout}");
+    // The sealing keys are sealed under the root too: they come back with it.
+    assert_eq!(
+        keyd_cli(&moved, &["sealing-key", "list", "--keyring", "cluster-a"]),
+        sealing_keys
+    );
     assert!(std::fs::read_dir(&moved).unwrap().any(|e| e
         .unwrap()
         .file_name()

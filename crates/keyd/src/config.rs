@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::grants::UnsealGrant;
 use crate::KeydError;
 
 /// Maximum length of a keyring name.
@@ -27,10 +28,16 @@ pub enum Operation {
     Rotate,
     /// `ListKeys`: public facts about the KEKs.
     List,
+    /// `GetKeyBundle`: the public sealing keys with keyd's evidence. Public: no role needed.
+    KeyBundle,
+    /// `Reseal`: a sealed value re-sealed to the newest sealing key. Public: no role needed.
+    Reseal,
+    /// `Unseal`: open a sealed value; allowed by the keyring's `unseal` grants.
+    Unseal,
 }
 
 impl Operation {
-    /// Every operation, in configuration order.
+    /// Every operation granted by a list of roles, in configuration order.
     pub const ALL: [Operation; 5] = [
         Operation::Wrap,
         Operation::Unwrap,
@@ -47,6 +54,9 @@ impl Operation {
             Operation::Status => "status",
             Operation::Rotate => "rotate",
             Operation::List => "list",
+            Operation::KeyBundle => "key-bundle",
+            Operation::Reseal => "reseal",
+            Operation::Unseal => "unseal",
         }
     }
 }
@@ -76,10 +86,14 @@ pub struct KeyringAccess {
     /// Roles allowed to call `ListKeys`.
     #[serde(default, deserialize_with = "role_list")]
     pub list: Vec<String>,
+    /// Who may `Unseal` sealed values found where: grants by role and location patterns.
+    #[serde(default)]
+    pub unseal: Vec<UnsealGrant>,
 }
 
 impl KeyringAccess {
-    /// The roles allowed to use `op`.
+    /// The roles allowed to use `op` by a role list (none for the public operations and for
+    /// `unseal`, whose grants are [`Self::unseal`]).
     pub fn roles(&self, op: Operation) -> &[String] {
         match op {
             Operation::Wrap => &self.wrap,
@@ -87,12 +101,18 @@ impl KeyringAccess {
             Operation::Status => &self.status,
             Operation::Rotate => &self.rotate,
             Operation::List => &self.list,
+            Operation::KeyBundle | Operation::Reseal | Operation::Unseal => &[],
         }
     }
 
-    /// Whether `role` may use `op`.
+    /// Whether `role` may use `op` at all (for `unseal`: whether any grant names the role;
+    /// where it may unseal is [`UnsealGrant::admits`]).
     pub fn allows(&self, op: Operation, role: &str) -> bool {
-        self.roles(op).iter().any(|r| r == role)
+        match op {
+            Operation::KeyBundle | Operation::Reseal => true,
+            Operation::Unseal => self.unseal.iter().any(|g| g.role == role),
+            _ => self.roles(op).iter().any(|r| r == role),
+        }
     }
 }
 
@@ -104,6 +124,10 @@ impl KeyringAccess {
 ///     wrap: ["kms-plugin:cluster-a"]
 ///     unwrap: ["kms-plugin:cluster-a"]
 ///     status: ["kms-plugin:cluster-a"]
+///     unseal:
+///       - role: "app:payments"
+///         namespaces: ["payments", "payments-*"]
+///         secrets: ["db-*"]
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -115,28 +139,31 @@ pub struct KeydConfig {
 
 // Names are checked inside the visitors, while the parser still knows their line and column.
 
+/// A role name that is not empty.
+pub(crate) struct RoleName(pub(crate) String);
+
+impl<'de> Deserialize<'de> for RoleName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = RoleName;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a role name from the policy")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<RoleName, E> {
+                if s.is_empty() {
+                    return Err(E::custom("empty role name"));
+                }
+                Ok(RoleName(s.to_string()))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 /// A role list whose names are not empty.
 fn role_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    struct Role(String);
-    impl<'de> Deserialize<'de> for Role {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl serde::de::Visitor<'_> for V {
-                type Value = Role;
-                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                    f.write_str("a role name from the policy")
-                }
-                fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Role, E> {
-                    if s.is_empty() {
-                        return Err(E::custom("empty role name"));
-                    }
-                    Ok(Role(s.to_string()))
-                }
-            }
-            d.deserialize_str(V)
-        }
-    }
-    let roles = Vec::<Role>::deserialize(d)?;
+    let roles = Vec::<RoleName>::deserialize(d)?;
     Ok(roles.into_iter().map(|r| r.0).collect())
 }
 
@@ -211,6 +238,11 @@ impl KeydConfig {
                     if !policy.roles().any(|defined| defined == role) {
                         undefined.push((name.as_str(), op, role.as_str()));
                     }
+                }
+            }
+            for grant in &access.unseal {
+                if !policy.roles().any(|defined| defined == grant.role) {
+                    undefined.push((name.as_str(), Operation::Unseal, grant.role.as_str()));
                 }
             }
         }

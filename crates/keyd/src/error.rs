@@ -120,6 +120,10 @@ pub enum KeydError {
     #[error("recovery: {0}")]
     Recovery(#[source] coffer_recovery::RecoveryError),
 
+    /// A keyring's sealing keys could not be created, loaded or changed.
+    #[error(transparent)]
+    SealingKeys(#[from] crate::sealing::SealingKeyError),
+
     /// The audit log could not be opened or written.
     #[error(transparent)]
     Audit(#[from] coffer_audit::AuditError),

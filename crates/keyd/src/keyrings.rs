@@ -4,13 +4,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use coffer_keystore::kek::Keyring;
 use coffer_keystore::store::{FileStamp, Keystore};
 use coffer_platform::Platform;
 
 use crate::config::{validate_keyring_name, KeydConfig, KeyringAccess};
 use crate::root::KeydRoot;
+use crate::sealing::{SealingKeyError, SealingKeyStore, SealingKeys};
 use crate::KeydError;
 
 /// The keystore directory of keyring `name` under `data_dir`.
@@ -32,15 +33,34 @@ pub fn keyring_store(
     ))
 }
 
+/// The sealing keys of keyring `name`, sealed under `root`.
+pub fn sealing_key_store(
+    data_dir: &Path,
+    root: &KeydRoot,
+    platform: Arc<dyn Platform>,
+    name: &str,
+) -> Result<SealingKeyStore, KeydError> {
+    SealingKeyStore::new(data_dir, name, root.platform(platform))
+}
+
+/// What [`create_keyring`] made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedKeyring {
+    /// The primary KEK id.
+    pub kek_id: String,
+    /// The primary sealing key id.
+    pub sealing_key_id: String,
+}
+
 /// Creates keyring `name` under an initialised `data_dir` (a new keystore sealed under keyd's
-/// root) and returns its primary KEK id. Refuses to overwrite an existing keyring.
+/// root, and its first sealing key). Refuses to overwrite an existing keyring.
 pub fn create_keyring(
     data_dir: &Path,
     platform: Arc<dyn Platform>,
     name: &str,
-) -> Result<String, KeydError> {
+) -> Result<CreatedKeyring, KeydError> {
     let root = KeydRoot::open(data_dir, platform.as_ref())?;
-    let store = keyring_store(data_dir, &root, platform, name)?;
+    let store = keyring_store(data_dir, &root, platform.clone(), name)?;
     let dir = keyring_dir(data_dir, name);
     std::fs::create_dir_all(&dir)
         .map_err(|e| KeydError::io(format!("creating {}", dir.display()), e))?;
@@ -49,7 +69,11 @@ pub fn create_keyring(
         dir,
         source,
     })?;
-    Ok(info.primary().map(|k| k.id.clone()).unwrap_or_default())
+    let sealing = sealing_key_store(data_dir, &root, platform, name)?.rotate()?;
+    Ok(CreatedKeyring {
+        kek_id: info.primary().map(|k| k.id.clone()).unwrap_or_default(),
+        sealing_key_id: sealing.id,
+    })
 }
 
 /// One served keyring.
@@ -62,6 +86,24 @@ pub(crate) struct KeyringSlot {
     pub(crate) stamp: std::sync::Mutex<Option<FileStamp>>,
     /// Serialises rotations.
     pub(crate) rotate: tokio::sync::Mutex<()>,
+    /// The sealing keys on disk.
+    pub(crate) sealing_store: SealingKeyStore,
+    /// The sealing keys as last loaded; `None` while the keyring has none.
+    pub(crate) sealing: ArcSwapOption<SealingKeys>,
+    /// The sealing-key file as last loaded, to notice `coffer keyd sealing-key` changes.
+    pub(crate) sealing_stamp: std::sync::Mutex<Option<FileStamp>>,
+    /// The key bundle last built, rebuilt when the keys change or half its validity passed.
+    pub(crate) bundle: tokio::sync::Mutex<Option<CachedBundle>>,
+}
+
+/// A key bundle as served, and what it was built from.
+pub(crate) struct CachedBundle {
+    /// The sealing keys it lists.
+    pub(crate) keys: Arc<SealingKeys>,
+    /// When it was built.
+    pub(crate) built: std::time::Instant,
+    /// Its JSON.
+    pub(crate) json: Arc<Vec<u8>>,
 }
 
 impl KeyringSlot {
@@ -97,6 +139,9 @@ pub(crate) fn load_keyrings(
             source,
         })?;
         tracing::info!(keyring = %name, primary = keyring.primary_id(), keys = keyring.len(), "keyring loaded");
+        let sealing_store = sealing_key_store(data_dir, root, platform.clone(), name)?;
+        let sealing_stamp = sealing_store.stamp();
+        let sealing = load_sealing_keys(&sealing_store)?;
         keyrings.insert(
             name.clone(),
             Arc::new(KeyringSlot {
@@ -106,8 +151,30 @@ pub(crate) fn load_keyrings(
                 current: ArcSwap::from_pointee(keyring),
                 stamp: std::sync::Mutex::new(stamp),
                 rotate: tokio::sync::Mutex::new(()),
+                sealing_store,
+                sealing: ArcSwapOption::new(sealing.map(Arc::new)),
+                sealing_stamp: std::sync::Mutex::new(sealing_stamp),
+                bundle: tokio::sync::Mutex::new(None),
             }),
         );
     }
     Ok(keyrings)
+}
+
+/// The sealing keys of a keyring; `None` when it has none yet (a keyring created before
+/// sealing keys existed): keyd serves it, and answers its sealing calls with what to run.
+pub(crate) fn load_sealing_keys(
+    store: &SealingKeyStore,
+) -> Result<Option<SealingKeys>, SealingKeyError> {
+    match store.load() {
+        Ok(keys) => {
+            tracing::info!(keyring = %store.keyring(), primary = keys.primary().id(), generation = keys.generation(), "sealing keys loaded");
+            Ok(Some(keys))
+        }
+        Err(SealingKeyError::Missing { keyring }) => {
+            tracing::warn!(keyring = %keyring, "keyring has no sealing key: key bundles, Reseal and Unseal refuse it until `coffer keyd sealing-key rotate --keyring {keyring}` runs");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }

@@ -9,6 +9,7 @@
 mod client;
 mod config;
 mod error;
+mod grants;
 mod identity;
 mod io;
 mod keyrings;
@@ -16,6 +17,7 @@ mod limits;
 mod metrics;
 mod pool;
 mod root;
+mod sealing;
 mod server;
 mod service;
 mod slots;
@@ -26,8 +28,9 @@ pub use coffer_proto::keyd as pb;
 pub use client::{error_chain, KeydClient, KeydClientOptions};
 pub use config::{validate_keyring_name, KeydConfig, KeyringAccess, Operation};
 pub use error::KeydError;
+pub use grants::{NamePattern, UnsealGrant};
 pub use identity::{ServerIdentity, DEFAULT_RENEWAL};
-pub use keyrings::{create_keyring, keyring_dir, keyring_store};
+pub use keyrings::{create_keyring, keyring_dir, keyring_store, sealing_key_store, CreatedKeyring};
 pub use limits::KeydLimits;
 pub use metrics::KeydMetrics;
 pub use pool::{
@@ -36,8 +39,12 @@ pub use pool::{
 pub use root::{
     open_shares, root_info, KeydRoot, RecoveryInfo, RecoveryRequest, RootInfo, ROOT_FILE,
 };
+pub use sealing::{
+    KeyLookup, RetiredKey, SealingKeyError, SealingKeyInfo, SealingKeyStore, SealingKeys,
+    SealingKeysInfo, SEALING_KEYS_FILE,
+};
 pub use server::{
     serve, AuditSettings, KeydServeOptions, ReadyHook, DEFAULT_AUDIT_SEGMENT_BYTES,
-    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_KEY_BUNDLE_VALIDITY,
 };
 pub use service::{KeydConnectInfo, MAX_BATCH_ITEMS, MAX_CIPHERTEXT_LEN, MAX_PLAINTEXT_LEN};

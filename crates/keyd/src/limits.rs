@@ -17,16 +17,24 @@ pub struct KeydLimits {
     pub rate_burst: u32,
     /// Concurrent HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
+    /// Sustained public calls (key bundles, reseals) per second per remote address (0:
+    /// unlimited); these need no attestation, so they get a budget of their own.
+    pub public_rate_per_second: u32,
+    /// Public calls an address may make in a burst above the sustained rate.
+    pub public_rate_burst: u32,
 }
 
 impl Default for KeydLimits {
     fn default() -> Self {
         KeydLimits {
             max_connections: 1024,
-            max_message_len: 64 * 1024,
+            // A sealed 1 MiB Secret value (Reseal, Unseal) fits.
+            max_message_len: 2 << 20,
             rate_per_second: 50_000,
             rate_burst: 100_000,
             max_concurrent_streams: 256,
+            public_rate_per_second: 20,
+            public_rate_burst: 40,
         }
     }
 }
@@ -126,5 +134,14 @@ mod tests {
         let batch = RateLimiter::new(1, 5).bucket("b");
         assert!(!batch.try_acquire_n(6));
         assert!(batch.try_acquire_n(5));
+    }
+
+    #[test]
+    fn a_sealed_secret_of_the_largest_size_fits_the_default_message_limit() {
+        // Unseal's response carries the 1 MiB plaintext; Reseal's and Unseal's requests the
+        // sealed text, plus the keyring and location.
+        let limits = KeydLimits::default();
+        assert!(limits.max_message_len >= coffer_sealed::MAX_SEALED_TEXT_LEN + 4096);
+        assert!(limits.max_message_len >= coffer_sealed::MAX_PLAINTEXT_LEN + 64);
     }
 }

@@ -162,6 +162,7 @@ pub fn remove_stale_temps(data_dir: &Path) -> Result<(), KeydError> {
                     source,
                 }
             })?;
+            crate::sealing::remove_stale_temps(&entry.path())?;
         }
     }
     Ok(())
@@ -174,7 +175,7 @@ fn root_error(data_dir: &Path, message: impl Into<String>) -> KeydError {
     }
 }
 
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()

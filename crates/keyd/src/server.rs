@@ -25,7 +25,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::KeydConfig;
 use crate::identity::ServerIdentity;
-use crate::keyrings::{load_keyrings, KeyringSlot};
+use crate::keyrings::{load_keyrings, load_sealing_keys, KeyringSlot};
 use crate::limits::{KeydLimits, RateLimiter};
 use crate::metrics::{ConnectionResult, KeydMetrics};
 use crate::pb::key_service_server::KeyServiceServer;
@@ -38,6 +38,8 @@ use crate::KeydError;
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections that completed the handshake and wait for the gRPC server.
 const ACCEPT_QUEUE: usize = 64;
+/// How long a key bundle is valid by default: 30 days.
+pub const DEFAULT_KEY_BUNDLE_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The audit log is made durable at least this often (and on shutdown).
 const AUDIT_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -102,6 +104,9 @@ pub struct KeydServeOptions {
     /// How long a client may take to complete the TLS handshake; also how long a client whose
     /// attestation was refused keeps its connection (its calls get PERMISSION_DENIED).
     pub handshake_timeout: Duration,
+    /// How long the key bundles keyd serves are valid (issued to expires); a bundle is rebuilt
+    /// with fresh evidence when half of it has passed or the sealing keys change.
+    pub key_bundle_validity: Duration,
 }
 
 /// See [`KeydServeOptions::on_ready`].
@@ -134,6 +139,7 @@ impl KeydServeOptions {
             cert_renewal: crate::identity::DEFAULT_RENEWAL,
             on_ready: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            key_bundle_validity: DEFAULT_KEY_BUNDLE_VALIDITY,
         }
     }
 }
@@ -223,6 +229,7 @@ pub async fn serve(
         cert_renewal,
         on_ready,
         handshake_timeout,
+        key_bundle_validity,
     } = options;
     let addr = listener
         .local_addr()
@@ -279,6 +286,10 @@ pub async fn serve(
         audit: audit.clone(),
         metrics: metrics.clone(),
         rates: Arc::new(RateLimiter::new(limits.rate_per_second, limits.rate_burst)),
+        public_rates: Arc::new(RateLimiter::new(
+            limits.public_rate_per_second,
+            limits.public_rate_burst,
+        )),
         slots: ConnectionSlots::new(limits.max_connections),
         handshake_timeout,
     };
@@ -324,6 +335,9 @@ pub async fn serve(
         audit: audit.clone(),
         aggregate: aggregate.as_ref().map(|(_, a)| a.clone()),
         metrics: metrics.clone(),
+        instance_id: instance_id.clone(),
+        platform: platform.clone(),
+        bundle_validity: key_bundle_validity,
     })
     .max_decoding_message_size(limits.max_message_len)
     .max_encoding_message_size(limits.max_message_len);
@@ -384,6 +398,8 @@ struct Acceptor {
     audit: SharedAuditLog,
     metrics: KeydMetrics,
     rates: Arc<RateLimiter>,
+    /// Per-address budgets of the public calls.
+    public_rates: Arc<RateLimiter>,
     slots: ConnectionSlots,
     handshake_timeout: Duration,
 }
@@ -509,6 +525,7 @@ impl Acceptor {
                     caller: caller.clone(),
                     keyring: None,
                     key_id: None,
+                    location: None,
                     result: Outcome::Denied,
                     reason: Some(reason.clone()),
                 });
@@ -538,6 +555,7 @@ impl Acceptor {
                 remote_addr: Some(remote),
                 caller: Arc::new(caller),
                 bucket: self.rates.bucket(&bucket_key),
+                public_bucket: self.public_rates.bucket(&format!("public/{}", remote.ip())),
             },
             _slot: slot,
             refused_until,
@@ -594,6 +612,7 @@ async fn reload_loop(
     loop {
         tick.tick().await;
         for slot in &slots {
+            reload_sealing_keys(slot, &audit, &local).await;
             let stamp = slot.store.stamp();
             if *slot.stamp.lock().unwrap_or_else(|p| p.into_inner()) == stamp {
                 continue;
@@ -612,6 +631,7 @@ async fn reload_loop(
                         caller: local.clone(),
                         keyring: Some(slot.name.clone()),
                         key_id: Some(key_id),
+                        location: None,
                         result: Outcome::Ok,
                         reason: None,
                     });
@@ -622,5 +642,41 @@ async fn reload_loop(
                 Err(e) => tracing::error!(error = %e, "keyring reload task failed"),
             }
         }
+    }
+}
+
+/// Reloads the keyring's sealing keys if their file changed (`coffer keyd sealing-key rotate`
+/// or `retire` while serving); the next key bundle is then built from them.
+async fn reload_sealing_keys(
+    slot: &Arc<KeyringSlot>,
+    audit: &SharedAuditLog,
+    local: &coffer_audit::Caller,
+) {
+    let stamp = slot.sealing_store.stamp();
+    if *slot.sealing_stamp.lock().unwrap_or_else(|p| p.into_inner()) == stamp {
+        return;
+    }
+    let _guard = slot.rotate.lock().await;
+    let worker = slot.clone();
+    match tokio::task::spawn_blocking(move || load_sealing_keys(&worker.sealing_store)).await {
+        Ok(Ok(keys)) => {
+            let primary = keys.as_ref().map(|k| k.primary().id().to_string());
+            slot.sealing.store(keys.map(Arc::new));
+            *slot.sealing_stamp.lock().unwrap_or_else(|p| p.into_inner()) = stamp;
+            tracing::info!(keyring = %slot.name, primary = ?primary, "sealing keys changed on disk: reloaded");
+            let _ = audit.append(AuditEntry {
+                event: "reload".to_string(),
+                caller: local.clone(),
+                keyring: Some(slot.name.clone()),
+                key_id: primary,
+                location: None,
+                result: Outcome::Ok,
+                reason: Some("sealing keys".to_string()),
+            });
+        }
+        Ok(Err(e)) => {
+            tracing::error!(keyring = %slot.name, error = %e, "sealing keys changed on disk but cannot be loaded; still serving the previous keys");
+        }
+        Err(e) => tracing::error!(error = %e, "sealing-key reload task failed"),
     }
 }

@@ -3,20 +3,25 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use coffer_audit::{Aggregator, AuditEntry, Outcome, SharedAuditLog};
 use coffer_keystore::kek::EncryptError;
 use coffer_keystore::store::KeyState;
+use coffer_platform::Platform;
 use coffer_ratls::PeerIdentity;
+use coffer_sealed::bundle::KeyBundle;
+use coffer_sealed::{Binding, Location, Scope, SealedValue, SealingKeyPair, MAX_SEALED_TEXT_LEN};
 use tonic::{Code, Request, Response, Status};
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::config::{validate_keyring_name, Operation};
-use crate::keyrings::KeyringSlot;
+use crate::keyrings::{CachedBundle, KeyringSlot};
 use crate::limits::RateBucket;
 use crate::metrics::KeydMetrics;
 use crate::pb;
 use crate::pb::key_service_server::KeyService;
+use crate::sealing::{KeyLookup, SealingKeyError, SealingKeys};
 
 /// Largest plaintext `Wrap` accepts.
 pub const MAX_PLAINTEXT_LEN: usize = 512;
@@ -38,6 +43,9 @@ pub struct KeydConnectInfo {
     pub remote_addr: Option<SocketAddr>,
     pub(crate) caller: Arc<coffer_audit::Caller>,
     pub(crate) bucket: Arc<RateBucket>,
+    /// The budget of the public calls (key bundles, reseals), shared by every connection from
+    /// the peer's address, attested or not.
+    pub(crate) public_bucket: Arc<RateBucket>,
 }
 
 /// The gRPC service over the loaded keyrings.
@@ -48,6 +56,12 @@ pub(crate) struct KeydService {
     /// written one by one.
     pub(crate) aggregate: Option<Arc<Aggregator>>,
     pub(crate) metrics: KeydMetrics,
+    /// keyd's instance id, named in key bundles.
+    pub(crate) instance_id: String,
+    /// The TEE platform whose evidence key bundles carry.
+    pub(crate) platform: Arc<dyn Platform>,
+    /// How long a key bundle is valid; it is rebuilt when half of that has passed.
+    pub(crate) bundle_validity: Duration,
 }
 
 /// An authorised call in progress.
@@ -70,17 +84,45 @@ fn audit_entry(
         caller: (*info.caller).clone(),
         keyring: keyring.map(str::to_string),
         key_id: key_id.map(str::to_string),
+        location: None,
         result,
         reason,
     }
 }
 
-/// How an operation ended, for its audit record: `ok`, or `error` with the status message.
+/// How an operation ended, for its audit record: `ok`, `denied` (a refusal by the rules) or
+/// `error`, with the status message.
 fn outcome_of<T>(result: &Result<T, Status>) -> (Outcome, Option<String>) {
     match result {
         Ok(_) => (Outcome::Ok, None),
-        Err(status) => (Outcome::Error, Some(status.message().to_string())),
+        Err(status) => (
+            outcome_of_code(status.code()),
+            Some(status.message().to_string()),
+        ),
     }
+}
+
+fn outcome_of_code(code: Code) -> Outcome {
+    match code {
+        Code::PermissionDenied | Code::Unauthenticated => Outcome::Denied,
+        _ => Outcome::Error,
+    }
+}
+
+/// The connection facts every call carries.
+fn connect_info<T>(request: &Request<T>) -> Result<KeydConnectInfo, Status> {
+    request
+        .extensions()
+        .get::<KeydConnectInfo>()
+        .cloned()
+        .ok_or_else(|| Status::internal("the connection carries no peer information"))
+}
+
+fn invalid_keyring(keyring: &str) -> Status {
+    Status::invalid_argument(format!(
+        "invalid keyring name {:?}: use 1 to 63 characters of a-z, 0-9 and '-'",
+        shown(keyring)
+    ))
 }
 
 fn shown(name: &str) -> String {
@@ -128,10 +170,7 @@ impl KeydService {
         status: Status,
     ) -> Status {
         self.metrics.request(op, status.code());
-        let outcome = match status.code() {
-            Code::PermissionDenied | Code::Unauthenticated => Outcome::Denied,
-            _ => Outcome::Error,
-        };
+        let outcome = outcome_of_code(status.code());
         let entry = audit_entry(
             op.name(),
             info,
@@ -159,11 +198,7 @@ impl KeydService {
         op: Operation,
         items: u32,
     ) -> Result<Call, Status> {
-        let Some(info) = request.extensions().get::<KeydConnectInfo>().cloned() else {
-            return Err(Status::internal(
-                "the connection carries no peer information",
-            ));
-        };
+        let info = connect_info(request)?;
         let peer = match &info.peer {
             Ok(peer) => peer.clone(),
             Err(reason) => {
@@ -184,10 +219,7 @@ impl KeydService {
             )));
         }
         if validate_keyring_name(keyring).is_err() {
-            let status = Status::invalid_argument(format!(
-                "invalid keyring name {:?}: use 1 to 63 characters of a-z, 0-9 and '-'",
-                shown(keyring)
-            ));
+            let status = invalid_keyring(keyring);
             return Err(self.deny(op, &info, Some(&shown(keyring)), status));
         }
         let role = &peer.role.name;
@@ -209,6 +241,41 @@ impl KeydService {
         }
     }
 
+    /// Checks a public call (key bundle, reseal): any caller, attested or not, within its
+    /// address's public rate, on a keyring keyd serves (bundles are public, so an unknown
+    /// keyring may be named as such).
+    fn begin_public<T>(
+        &self,
+        request: &Request<T>,
+        keyring: &str,
+        op: Operation,
+    ) -> Result<Call, Status> {
+        let info = connect_info(request)?;
+        if !info.public_bucket.try_acquire_n(1) {
+            // Not audited line by line: a flood must not become a flood of audit records.
+            self.metrics.rate_limited();
+            self.metrics.request(op, Code::ResourceExhausted);
+            return Err(Status::resource_exhausted(
+                "this address is over keyd's rate limit for key bundles and reseals (keyd serve --public-rate-per-second); retry with backoff",
+            ));
+        }
+        if validate_keyring_name(keyring).is_err() {
+            let status = invalid_keyring(keyring);
+            return Err(self.deny(op, &info, Some(&shown(keyring)), status));
+        }
+        match self.keyrings.get(keyring) {
+            Some(slot) => Ok(Call {
+                op,
+                info,
+                slot: slot.clone(),
+            }),
+            None => {
+                let status = Status::not_found(format!("keyd serves no keyring {keyring:?}"));
+                Err(self.deny(op, &info, Some(keyring), status))
+            }
+        }
+    }
+
     /// Audits and counts the end of an authorised call.
     fn finish<T>(
         &self,
@@ -216,26 +283,157 @@ impl KeydService {
         key_id: Option<&str>,
         result: Result<T, Status>,
     ) -> Result<Response<T>, Status> {
+        self.record_end(call, key_id, None, &result)?;
+        result.map(Response::new)
+    }
+
+    /// Audits (with `location`, if the call has one) and counts how an authorised call ended.
+    /// Its result (maybe a plaintext) may be released only when this succeeds: after its audit
+    /// record is written (or, for an aggregated unwrap, counted).
+    fn record_end<T>(
+        &self,
+        call: &Call,
+        key_id: Option<&str>,
+        location: Option<&str>,
+        result: &Result<T, Status>,
+    ) -> Result<(), Status> {
         let code = result
             .as_ref()
             .map(|_| Code::Ok)
             .unwrap_or_else(|s| s.code());
-        let entry = audit_entry(
+        let mut entry = audit_entry(
             call.op.name(),
             &call.info,
             Some(&call.slot.name),
             key_id,
-            outcome_of(&result),
+            outcome_of(result),
         );
-        // The result (maybe a plaintext) is released only after its audit record is written
-        // (or, for an aggregated unwrap, counted).
+        entry.location = location.map(str::to_string);
         if let Err(status) = self.record_all(call.op, vec![entry]) {
             self.metrics.request(call.op, status.code());
             return Err(status);
         }
         self.metrics.request(call.op, code);
-        result.map(Response::new)
+        Ok(())
     }
+
+    /// The keyring's key bundle JSON: the cached one while its keys are current and less than
+    /// half its validity has passed, else a new one with fresh evidence.
+    async fn key_bundle(&self, slot: &KeyringSlot) -> Result<Arc<Vec<u8>>, Status> {
+        let keys = slot
+            .sealing
+            .load_full()
+            .ok_or_else(|| no_sealing_key(&slot.name))?;
+        let mut cached = slot.bundle.lock().await;
+        if let Some(bundle) = cached.as_ref() {
+            if Arc::ptr_eq(&bundle.keys, &keys) && bundle.built.elapsed() < self.bundle_validity / 2
+            {
+                return Ok(bundle.json.clone());
+            }
+        }
+        let (platform, instance, validity) = (
+            self.platform.clone(),
+            self.instance_id.clone(),
+            self.bundle_validity,
+        );
+        let worker = keys.clone();
+        // Evidence can take milliseconds (a quote): off the async workers.
+        let built = tokio::task::spawn_blocking(move || {
+            let body = worker.bundle_body(&instance, std::time::SystemTime::now(), validity);
+            KeyBundle::attest(body, platform.as_ref()).map(|b| b.to_json())
+        })
+        .await
+        .map_err(|e| internal("key bundle task failed", e))?
+        .map_err(|e| internal("attesting the key bundle failed", e))?;
+        let json = Arc::new(built);
+        tracing::info!(keyring = %slot.name, primary = keys.primary().id(), "key bundle built");
+        *cached = Some(CachedBundle {
+            keys,
+            built: Instant::now(),
+            json: json.clone(),
+        });
+        Ok(json)
+    }
+}
+
+/// FAILED_PRECONDITION for a keyring without sealing keys, saying what to run.
+fn no_sealing_key(keyring: &str) -> Status {
+    Status::failed_precondition(
+        SealingKeyError::Missing {
+            keyring: keyring.to_string(),
+        }
+        .to_string(),
+    )
+}
+
+/// Parses a sealed value sent for keyring `keyring`.
+fn parse_sealed(text: &str, keyring: &str) -> Result<SealedValue, Status> {
+    if text.len() > MAX_SEALED_TEXT_LEN {
+        return Err(Status::invalid_argument(format!(
+            "the sealed value is {} bytes; the limit is {MAX_SEALED_TEXT_LEN}",
+            text.len()
+        )));
+    }
+    let value = SealedValue::parse(text)
+        .map_err(|e| Status::invalid_argument(format!("not a sealed value: {e}")))?;
+    if value.keyring() != keyring {
+        return Err(Status::invalid_argument(format!(
+            "the value is sealed to keyring {:?}, not {keyring:?}; send it to that keyring",
+            shown(value.keyring())
+        )));
+    }
+    Ok(value)
+}
+
+/// The usable private key a value is sealed to.
+fn sealing_key_of<'a>(
+    keys: Option<&'a SealingKeys>,
+    value: &SealedValue,
+    keyring: &str,
+) -> Result<&'a SealingKeyPair, Status> {
+    let id = shown(value.key_id());
+    match keys.map(|k| k.find(value.key_id())) {
+        Some(KeyLookup::Usable(pair)) => Ok(pair),
+        Some(KeyLookup::Retired) => Err(Status::failed_precondition(format!(
+            "sealing key {id} was retired; the value cannot be recovered"
+        ))),
+        _ => Err(Status::not_found(format!(
+            "keyring {keyring} has no sealing key {id}: the value was not sealed by this keyd"
+        ))),
+    }
+}
+
+/// Opens `value` with its key; the plaintext is zeroized when dropped.
+fn open_value(value: &SealedValue, key: &SealingKeyPair) -> Result<Zeroizing<Vec<u8>>, Status> {
+    coffer_sealed::open(value, key).map_err(|e| {
+        Status::invalid_argument(format!(
+            "the value does not open: it was altered or not sealed by this keyd ({e})"
+        ))
+    })
+}
+
+/// The location an `Unseal` caller found the value at, checked as Kubernetes names.
+fn location_of(location: Option<pb::SecretLocation>) -> Result<Location, Status> {
+    let location = location.ok_or_else(|| {
+        Status::invalid_argument(
+            "location is missing: say where the value was found (namespace, Secret name, data key)",
+        )
+    })?;
+    let location = Location {
+        namespace: location.namespace,
+        secret: location.secret,
+        key: location.key,
+    };
+    Binding::new(Scope::Strict, &location)
+        .map_err(|e| Status::invalid_argument(format!("invalid location: {e}")))?;
+    Ok(location)
+}
+
+fn location_text(location: &Location) -> String {
+    format!(
+        "{}/{}/{}",
+        location.namespace, location.secret, location.key
+    )
 }
 
 /// Bounds, then decrypts one ciphertext with the keyring.
@@ -451,22 +649,102 @@ impl KeyService for KeydService {
 
     async fn get_key_bundle(
         &self,
-        _request: Request<pb::GetKeyBundleRequest>,
+        request: Request<pb::GetKeyBundleRequest>,
     ) -> Result<Response<pb::GetKeyBundleResponse>, Status> {
-        Err(Status::unimplemented("GetKeyBundle is not implemented yet"))
+        let call = self.begin_public(&request, &request.get_ref().keyring, Operation::KeyBundle)?;
+        let primary = call
+            .slot
+            .sealing
+            .load_full()
+            .map(|k| k.primary().id().to_string());
+        let result = self
+            .key_bundle(&call.slot)
+            .await
+            .map(|json| pb::GetKeyBundleResponse {
+                bundle: json.to_vec(),
+            });
+        self.finish(&call, primary.as_deref(), result)
     }
 
     async fn reseal(
         &self,
-        _request: Request<pb::ResealRequest>,
+        request: Request<pb::ResealRequest>,
     ) -> Result<Response<pb::ResealResponse>, Status> {
-        Err(Status::unimplemented("Reseal is not implemented yet"))
+        let call = self.begin_public(&request, &request.get_ref().keyring, Operation::Reseal)?;
+        let req = request.into_inner();
+        let keys = call.slot.sealing.load_full();
+        let mut key_id = None;
+        let result = (|| {
+            let keys = keys
+                .as_deref()
+                .ok_or_else(|| no_sealing_key(&call.slot.name))?;
+            let value = parse_sealed(&req.sealed, &call.slot.name)?;
+            key_id = Some(shown(value.key_id()));
+            let key = sealing_key_of(Some(keys), &value, &call.slot.name)?;
+            let plaintext = open_value(&value, key)?;
+            let primary = keys.primary();
+            let resealed = coffer_sealed::seal(
+                &call.slot.name,
+                primary.public(),
+                value.binding(),
+                &plaintext,
+            )
+            .map_err(|e| internal("resealing failed", e))?;
+            Ok(pb::ResealResponse {
+                sealed: resealed.to_text(),
+                key_id: primary.id().to_string(),
+            })
+        })();
+        // The record names the key the value was sealed to: what retiring it would break.
+        self.finish(&call, key_id.as_deref(), result)
     }
 
     async fn unseal(
         &self,
-        _request: Request<pb::UnsealRequest>,
+        request: Request<pb::UnsealRequest>,
     ) -> Result<Response<pb::UnsealResponse>, Status> {
-        Err(Status::unimplemented("Unseal is not implemented yet"))
+        let call = self.begin(&request, &request.get_ref().keyring, Operation::Unseal)?;
+        let req = request.into_inner();
+        let role = match &call.info.peer {
+            Ok(peer) => peer.role.name.clone(),
+            Err(_) => String::new(),
+        };
+        let keys = call.slot.sealing.load_full();
+        let (mut key_id, mut place) = (None, None);
+        let result = (|| {
+            let value = parse_sealed(&req.sealed, &call.slot.name)?;
+            key_id = Some(shown(value.key_id()));
+            let location = location_of(req.location)?;
+            let at = location_text(&location);
+            place = Some(at.clone());
+            value.binding().admits(&location).map_err(|mismatch| {
+                Status::permission_denied(format!(
+                    "the value is bound to {} and may not be used at {at}: {mismatch}",
+                    value.binding()
+                ))
+            })?;
+            if !call
+                .slot
+                .access
+                .unseal
+                .iter()
+                .any(|grant| grant.admits(&role, &location))
+            {
+                tracing::warn!(role = %role, keyring = %call.slot.name, location = %at, "unseal not granted");
+                return Err(Status::permission_denied(format!(
+                    "role {role:?} may not unseal values found at {at}: no grant under keyrings.{}.unseal matches that namespace, Secret and key",
+                    call.slot.name
+                )));
+            }
+            let key = sealing_key_of(keys.as_deref(), &value, &call.slot.name)?;
+            open_value(&value, key)
+        })();
+        // On an audit failure the plaintext is dropped here, and zeroized.
+        self.record_end(&call, key_id.as_deref(), place.as_deref(), &result)?;
+        result.map(|mut plaintext| {
+            Response::new(pb::UnsealResponse {
+                plaintext: std::mem::take(&mut *plaintext),
+            })
+        })
     }
 }

@@ -78,6 +78,19 @@ pub struct FileStamp {
     mtime_ns: i128,
 }
 
+impl FileStamp {
+    /// The stamp of the file at `path` now, or `None` if it cannot be read. An atomic rewrite
+    /// (a new inode) always changes it.
+    pub fn of(path: &Path) -> Option<FileStamp> {
+        let m = fs::metadata(path).ok()?;
+        Some(FileStamp {
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        })
+    }
+}
+
 /// A keystore directory opened with a platform.
 #[derive(Debug, Clone)]
 pub struct Keystore {
@@ -139,12 +152,7 @@ impl Keystore {
 
     /// A cheap fingerprint of the current file, or `None` if it cannot be read.
     pub fn stamp(&self) -> Option<FileStamp> {
-        let m = fs::metadata(&self.path).ok()?;
-        Some(FileStamp {
-            ino: m.ino(),
-            len: m.len(),
-            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
-        })
+        FileStamp::of(&self.path)
     }
 
     fn mac_key(&self) -> Result<SealingKey, KeystoreError> {

@@ -1,0 +1,843 @@
+//! Sealed values against a real `coffer keyd serve` over real TCP and attested TLS: the public
+//! key bundle and Reseal for callers without a TEE, sealing-key rotation and retirement with
+//! the real CLI while keyd runs, and every refusal rule of Unseal, each audited.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use coffer_attest::policy::Policy;
+use coffer_keyd::pb;
+use coffer_keyd::pb::key_service_client::KeyServiceClient;
+use coffer_platform::sim::SimPlatform;
+use coffer_ratls::{AttestedVerifier, OfflineVerifier};
+use coffer_sealed::bundle::KeyBundle;
+use coffer_sealed::{Binding, Location, Scope, SealedValue, SealingKeyPair};
+use common::keyd::{create_keyd_data, free_addr, keyd_cli, sim_signer, KeydProcess};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::Code;
+
+/// A secret whose bytes must never show up in keyd's log or audit log.
+const SECRET: &[u8] = b"s3cr3t-db-password-7f1c2a";
+
+/// A policy granting keyd's sim signer the role `keyd`, for checking keyd's evidence.
+fn keyd_policy(keyd_signer: &str) -> Policy {
+    Policy::from_yaml(&format!(
+        "version: 1\nallow_simulation: true\nroles:\n  - name: keyd\n    sim: {{ signer: [\"{keyd_signer}\"] }}\n"
+    ))
+    .unwrap()
+}
+
+/// A gRPC client over TLS that checks keyd's attestation and presents `platform`'s attested
+/// certificate, or none (a workstation).
+async fn client(
+    addr: SocketAddr,
+    keyd_signer: &str,
+    platform: Option<&SimPlatform>,
+) -> KeyServiceClient<Channel> {
+    let verifier = Arc::new(AttestedVerifier::new(
+        Arc::new(OfflineVerifier::new(coffer_attest::VerifyOptions::new(
+            SystemTime::now(),
+        ))),
+        Arc::new(keyd_policy(keyd_signer)),
+    ));
+    let mut config = match platform {
+        None => coffer_ratls::client_config_without_identity(verifier).unwrap(),
+        Some(platform) => {
+            let identity = coffer_ratls::attested_certificate(platform).unwrap();
+            coffer_ratls::client_config(&identity, verifier).unwrap()
+        }
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let connector = connector.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let tls = connector
+                    .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+                    .await?;
+                Ok::<_, std::io::Error>(TokioIo::new(tls))
+            }
+        }))
+        .await
+        .unwrap();
+    KeyServiceClient::new(channel)
+        .max_decoding_message_size(4 << 20)
+        .max_encoding_message_size(4 << 20)
+}
+
+fn location(namespace: &str, secret: &str, key: &str) -> Location {
+    Location {
+        namespace: namespace.into(),
+        secret: secret.into(),
+        key: key.into(),
+    }
+}
+
+fn pb_location(l: &Location) -> Option<pb::SecretLocation> {
+    Some(pb::SecretLocation {
+        namespace: l.namespace.clone(),
+        secret: l.secret.clone(),
+        key: l.key.clone(),
+    })
+}
+
+/// Fetches and fully verifies keyring `keyring`'s bundle.
+async fn bundle(c: &mut KeyServiceClient<Channel>, keyring: &str, signer: &str) -> KeyBundle {
+    let json = c
+        .get_key_bundle(pb::GetKeyBundleRequest {
+            keyring: keyring.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .bundle;
+    let bundle = KeyBundle::from_json(&json).unwrap();
+    bundle
+        .verify(
+            &keyd_policy(signer),
+            &coffer_attest::VerifyOptions::new(SystemTime::now()),
+        )
+        .unwrap();
+    assert_eq!(bundle.keyring(), keyring);
+    bundle
+}
+
+/// Waits until keyd serves a bundle of `keyring` whose primary is `primary` and that lists
+/// exactly `keys` keys: it reloads sealing-key changes made by the CLI.
+async fn await_bundle(
+    c: &mut KeyServiceClient<Channel>,
+    keyring: &str,
+    signer: &str,
+    primary: &str,
+    keys: usize,
+) -> KeyBundle {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let b = bundle(c, keyring, signer).await;
+        if b.primary().unwrap().id() == primary && b.keys().len() == keys {
+            return b;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "keyd did not reload the sealing keys"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn seal_to(bundle: &KeyBundle, scope: Scope, at: &Location, plaintext: &[u8]) -> String {
+    let binding = Binding::new(scope, at).unwrap();
+    coffer_sealed::seal(
+        bundle.keyring(),
+        &bundle.primary().unwrap(),
+        &binding,
+        plaintext,
+    )
+    .unwrap()
+    .to_text()
+}
+
+fn audit_records(data: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(data.join("audit.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Asserts an audit record of `event` with `result` whose reason contains `reason` (and, if
+/// given, at `at`).
+fn assert_audited(data: &Path, event: &str, result: &str, reason: &str, at: Option<&str>) {
+    let records = audit_records(data);
+    assert!(
+        records.iter().any(|r| r["event"] == event
+            && r["result"] == result
+            && r["reason"].as_str().unwrap_or("").contains(reason)
+            && at.is_none_or(|at| r["location"] == at)),
+        "no audit record {event}/{result} with {reason:?} at {at:?}: {records:#?}"
+    );
+}
+
+fn assert_secret_never_logged(keyd: &KeydProcess, secret: &[u8]) {
+    let secret = String::from_utf8_lossy(secret).into_owned();
+    assert!(
+        !keyd.log_text().contains(&secret),
+        "keyd logged a plaintext"
+    );
+    let audit = std::fs::read_to_string(keyd.data.join("audit.log")).unwrap();
+    assert!(!audit.contains(&secret), "the audit log holds a plaintext");
+}
+
+fn write(path: &Path, text: &str) -> std::path::PathBuf {
+    std::fs::write(path, text).unwrap();
+    path.to_path_buf()
+}
+
+/// Starts keyd with keyrings `apps` and `other`, and a policy giving role `app` to the sim
+/// platform in `<dir>/app`; returns keyd and the app's platform.
+fn start(dir: &Path, config: &str, extra: &[&str]) -> (KeydProcess, SimPlatform) {
+    let data = dir.join("keyd");
+    create_keyd_data(&data, &["apps", "other", "plain"]);
+    let app = dir.join("app");
+    let policy = write(
+        &dir.join("policy.yaml"),
+        &format!(
+            "version: 1\nallow_simulation: true\nroles:\n  - name: app\n    sim: {{ signer: [\"{}\"] }}\n",
+            sim_signer(&app)
+        ),
+    );
+    let config = write(&dir.join("keyd.yaml"), config);
+    let mut flags = vec!["--reload-interval", "100ms"];
+    flags.extend_from_slice(extra);
+    let keyd = KeydProcess::start(&data, free_addr(), &policy, &config, &flags);
+    (keyd, SimPlatform::open_or_create(&app).unwrap())
+}
+
+const CONFIG: &str = "keyrings:
+  apps:
+    unseal:
+      - role: app
+        namespaces: [\"payments\"]
+        secrets: [\"db-*\"]
+  other:
+    unseal:
+      - role: app
+        namespaces: [\"*\"]
+  plain:
+    wrap: [app]
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workstation_gets_a_verified_bundle_and_reseals_after_rotation_and_retirement() {
+    let dir = tempfile::tempdir().unwrap();
+    let (keyd, app) = start(dir.path(), CONFIG, &[]);
+    let data = keyd.data.clone();
+    let signer = keyd.signer();
+    let mut public = client(keyd.addr, &signer, None).await;
+    let mut attested = client(keyd.addr, &signer, Some(&app)).await;
+
+    // The keyring's first sealing key came with `keyring create`; the bundle verifies and
+    // names it.
+    let listed = keyd_cli(&data, &["sealing-key", "list", "--keyring", "apps"]);
+    let first = bundle(&mut public, "apps", &signer).await;
+    let first_id = first.primary().unwrap().id().to_string();
+    assert!(
+        listed.contains(&format!("{first_id}  created")) && listed.contains("primary"),
+        "{listed}"
+    );
+    assert_audited(&data, "key-bundle", "ok", "", None);
+    let records = audit_records(&data);
+    assert!(
+        records
+            .iter()
+            .any(|r| r["event"] == "key-bundle" && r["caller"]["tee"] == "none"),
+        "{records:#?}"
+    );
+
+    let at = location("payments", "db-main", "password");
+    let sealed = seal_to(&first, Scope::Strict, &at, SECRET);
+    // A whole Secret's worth (1 MiB) fits keyd's default message limit.
+    let big_plain = vec![0x5a; coffer_sealed::MAX_PLAINTEXT_LEN];
+    let big = seal_to(&first, Scope::Namespace, &at, &big_plain);
+
+    let rotated = keyd_cli(&data, &["sealing-key", "rotate", "--keyring", "apps"]);
+    let second = rotated
+        .split_whitespace()
+        .find(|w| w.starts_with("sk-"))
+        .unwrap()
+        .to_string();
+    await_bundle(&mut public, "apps", &signer, &second, 2).await;
+
+    let resealed = public
+        .reseal(pb::ResealRequest {
+            keyring: "apps".into(),
+            sealed: sealed.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resealed.key_id, second);
+    let before = SealedValue::parse(&sealed).unwrap();
+    let after = SealedValue::parse(&resealed.sealed).unwrap();
+    assert_eq!(after.key_id(), second);
+    assert_eq!(after.binding(), before.binding());
+    assert_eq!(after.keyring(), "apps");
+    assert_audited(&data, "reseal", "ok", "", None);
+
+    let big_resealed = public
+        .reseal(pb::ResealRequest {
+            keyring: "apps".into(),
+            sealed: big,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(big_resealed.key_id, second);
+
+    // The attested workload opens both the resealed and the original value.
+    for value in [&resealed.sealed, &sealed] {
+        let plain = attested
+            .unseal(pb::UnsealRequest {
+                keyring: "apps".into(),
+                sealed: value.clone(),
+                location: pb_location(&at),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .plaintext;
+        assert_eq!(plain, SECRET);
+    }
+    let plain = attested
+        .unseal(pb::UnsealRequest {
+            keyring: "apps".into(),
+            sealed: big_resealed.sealed,
+            location: pb_location(&location("payments", "db-other", "k")),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .plaintext;
+    assert!(plain == big_plain);
+    assert_audited(&data, "unseal", "ok", "", Some("payments/db-main/password"));
+
+    // Public refusals: named keyring problems, bad values.
+    let status = public
+        .get_key_bundle(pb::GetKeyBundleRequest {
+            keyring: "ghost".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    let status = public
+        .get_key_bundle(pb::GetKeyBundleRequest {
+            keyring: "Bad_Name".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let status = public
+        .reseal(pb::ResealRequest {
+            keyring: "apps".into(),
+            sealed: "coffer.v1.not-a-value".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let status = public
+        .reseal(pb::ResealRequest {
+            keyring: "other".into(),
+            sealed: sealed.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("keyring \"apps\""), "{status:?}");
+
+    // Retirement: never the primary; the others only with --confirm, after a warning.
+    let out = common::coffer(&[
+        "keyd",
+        "sealing-key",
+        "retire",
+        "--keyring",
+        "apps",
+        "--key-id",
+        &second,
+        "--confirm",
+        "--platform",
+        "sim",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("rotate first"),
+        "{err}"
+    );
+    let retire = |confirm: bool| {
+        let mut args = vec![
+            "keyd",
+            "sealing-key",
+            "retire",
+            "--keyring",
+            "apps",
+            "--key-id",
+            &first_id,
+            "--platform",
+            "sim",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ];
+        if confirm {
+            args.push("--confirm");
+        }
+        common::coffer(&args)
+    };
+    let out = retire(false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("Reseal them first"),
+        "{err}"
+    );
+    let out = retire(true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("can no longer be unsealed"));
+    let listed = keyd_cli(&data, &["sealing-key", "list", "--keyring", "apps"]);
+    assert!(
+        listed.contains(&format!("{first_id}  created")) && listed.contains("retired"),
+        "{listed}"
+    );
+
+    await_bundle(&mut public, "apps", &signer, &second, 1).await;
+    let status = public
+        .reseal(pb::ResealRequest {
+            keyring: "apps".into(),
+            sealed: sealed.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("was retired"), "{status:?}");
+    assert_audited(&data, "reseal", "error", "was retired", None);
+
+    assert_secret_never_logged(&keyd, SECRET);
+    let (verified, out, err) = common::keyd::audit_verify(&data);
+    assert!(verified, "{out}{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unseal_refuses_in_order_and_audits_every_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (keyd, app) = start(dir.path(), CONFIG, &[]);
+    let data = keyd.data.clone();
+    let signer = keyd.signer();
+    let mut public = client(keyd.addr, &signer, None).await;
+    let mut attested = client(keyd.addr, &signer, Some(&app)).await;
+    let apps = bundle(&mut public, "apps", &signer).await;
+    let other = bundle(&mut public, "other", &signer).await;
+    let at = location("payments", "db-main", "password");
+    let strict = seal_to(&apps, Scope::Strict, &at, SECRET);
+    let cluster = seal_to(&apps, Scope::Cluster, &at, SECRET);
+
+    let unseal = |keyring: &str, sealed: &str, at: Option<&Location>| pb::UnsealRequest {
+        keyring: keyring.into(),
+        sealed: sealed.into(),
+        location: at.and_then(pb_location),
+    };
+    let refused = async |c: &mut KeyServiceClient<Channel>, r: pb::UnsealRequest, code| {
+        let status = c
+            .unseal(r)
+            .await
+            .expect_err("keyd unsealed a value it must refuse");
+        assert_eq!(status.code(), code, "{status:?}");
+        status.message().to_string()
+    };
+
+    // 1. No attestation.
+    let m = refused(
+        &mut public,
+        unseal("apps", &strict, Some(&at)),
+        Code::PermissionDenied,
+    )
+    .await;
+    assert!(m.contains("presented no certificate"), "{m}");
+    assert_audited(&data, "unseal", "denied", "presented no certificate", None);
+
+    // 2. A keyring name that is not one.
+    let m = refused(
+        &mut attested,
+        unseal("Bad_Name", &strict, Some(&at)),
+        Code::InvalidArgument,
+    )
+    .await;
+    assert!(m.contains("invalid keyring name"), "{m}");
+    assert_audited(&data, "unseal", "error", "invalid keyring name", None);
+
+    // 3. An unknown keyring and one without a grant for the role read the same.
+    let ghost = refused(
+        &mut attested,
+        unseal("ghost", &strict, Some(&at)),
+        Code::PermissionDenied,
+    )
+    .await;
+    let plain = refused(
+        &mut attested,
+        unseal("plain", &strict, Some(&at)),
+        Code::PermissionDenied,
+    )
+    .await;
+    assert_eq!(ghost.replace("ghost", "plain"), plain);
+    assert_audited(&data, "unseal", "denied", "keyrings.plain.unseal", None);
+
+    // 4. Malformed value, another keyring's value, no or a bad location.
+    let m = refused(
+        &mut attested,
+        unseal("apps", "coffer.v1.AAAA", Some(&at)),
+        Code::InvalidArgument,
+    )
+    .await;
+    assert!(m.contains("not a sealed value"), "{m}");
+    let foreign = seal_to(&other, Scope::Strict, &at, SECRET);
+    let m = refused(
+        &mut attested,
+        unseal("apps", &foreign, Some(&at)),
+        Code::InvalidArgument,
+    )
+    .await;
+    assert!(m.contains("sealed to keyring \"other\""), "{m}");
+    let m = refused(
+        &mut attested,
+        unseal("apps", &strict, None),
+        Code::InvalidArgument,
+    )
+    .await;
+    assert!(m.contains("location is missing"), "{m}");
+    let bad = location("Payments", "db-main", "password");
+    let m = refused(
+        &mut attested,
+        unseal("apps", &strict, Some(&bad)),
+        Code::InvalidArgument,
+    )
+    .await;
+    assert!(m.contains("invalid location"), "{m}");
+    assert_audited(&data, "unseal", "error", "location is missing", None);
+
+    // 5. The binding does not admit where the value was found.
+    let moved = location("payments", "db-main", "username");
+    let m = refused(
+        &mut attested,
+        unseal("apps", &strict, Some(&moved)),
+        Code::PermissionDenied,
+    )
+    .await;
+    assert!(
+        m.contains("may not be used at payments/db-main/username"),
+        "{m}"
+    );
+    assert_audited(
+        &data,
+        "unseal",
+        "denied",
+        "may not be used",
+        Some("payments/db-main/username"),
+    );
+
+    // 6. The binding admits it (cluster scope) but no grant of the role covers the place.
+    for place in [
+        location("shop", "db-main", "password"),
+        location("payments", "api-token", "token"),
+    ] {
+        let m = refused(
+            &mut attested,
+            unseal("apps", &cluster, Some(&place)),
+            Code::PermissionDenied,
+        )
+        .await;
+        assert!(m.contains("no grant under keyrings.apps.unseal"), "{m}");
+    }
+    assert_audited(
+        &data,
+        "unseal",
+        "denied",
+        "no grant",
+        Some("shop/db-main/password"),
+    );
+
+    // 8. A key keyd never had.
+    let stranger = SealingKeyPair::generate().unwrap();
+    let unknown = coffer_sealed::seal(
+        "apps",
+        stranger.public(),
+        &Binding::new(Scope::Strict, &at).unwrap(),
+        SECRET,
+    )
+    .unwrap()
+    .to_text();
+    let m = refused(
+        &mut attested,
+        unseal("apps", &unknown, Some(&at)),
+        Code::NotFound,
+    )
+    .await;
+    assert!(m.contains(stranger.id()), "{m}");
+
+    // 9. A value whose ciphertext was altered.
+    let mut tampered = strict.clone().into_bytes();
+    let i = tampered.len() - 12;
+    tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    let m = refused(
+        &mut attested,
+        unseal("apps", &tampered, Some(&at)),
+        Code::InvalidArgument,
+    )
+    .await;
+    assert!(m.contains("does not open"), "{m}");
+    assert_audited(
+        &data,
+        "unseal",
+        "error",
+        "does not open",
+        Some("payments/db-main/password"),
+    );
+
+    // 7. A retired key: rotate, retire the first key, wait for keyd to reload.
+    let first = apps.primary().unwrap().id().to_string();
+    let rotated = keyd_cli(&data, &["sealing-key", "rotate", "--keyring", "apps"]);
+    let second = rotated
+        .split_whitespace()
+        .find(|w| w.starts_with("sk-"))
+        .unwrap()
+        .to_string();
+    keyd_cli(
+        &data,
+        &[
+            "sealing-key",
+            "retire",
+            "--keyring",
+            "apps",
+            "--key-id",
+            &first,
+            "--confirm",
+        ],
+    );
+    await_bundle(&mut public, "apps", &signer, &second, 1).await;
+    let m = refused(
+        &mut attested,
+        unseal("apps", &strict, Some(&at)),
+        Code::FailedPrecondition,
+    )
+    .await;
+    assert!(
+        m.contains("was retired; the value cannot be recovered"),
+        "{m}"
+    );
+    assert_audited(
+        &data,
+        "unseal",
+        "error",
+        "was retired",
+        Some("payments/db-main/password"),
+    );
+
+    assert_secret_never_logged(&keyd, SECRET);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_calls_have_their_own_rate_limit_per_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let (keyd, _) = start(
+        dir.path(),
+        CONFIG,
+        &["--public-rate-per-second", "1", "--public-rate-burst", "3"],
+    );
+    let signer = keyd.signer();
+    let mut public = client(keyd.addr, &signer, None).await;
+    let mut exhausted = 0;
+    for _ in 0..10 {
+        match public
+            .get_key_bundle(pb::GetKeyBundleRequest {
+                keyring: "apps".into(),
+            })
+            .await
+        {
+            Ok(_) => {}
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert!(
+                    status.message().contains("--public-rate-per-second"),
+                    "{status:?}"
+                );
+                exhausted += 1;
+            }
+        }
+    }
+    assert!(
+        exhausted > 0,
+        "ten bundles in a row passed a burst of three"
+    );
+}
+
+#[test]
+fn keyd_refuses_an_unseal_grant_of_an_undefined_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("keyd");
+    let policy = write(
+        &dir.path().join("policy.yaml"),
+        &format!(
+            "version: 1\nallow_simulation: true\nroles:\n  - name: app\n    sim: {{ signer: [\"{}\"] }}\n",
+            "ab".repeat(32)
+        ),
+    );
+    let config = write(
+        &dir.path().join("keyd.yaml"),
+        "keyrings:\n  apps:\n    unseal:\n      - {role: ap, namespaces: [\"*\"]}\n",
+    );
+    let out = common::coffer(&[
+        "keyd",
+        "serve",
+        "--platform",
+        "sim",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        &free_addr().to_string(),
+        "--policy",
+        policy.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("grants unseal to role \"ap\""),
+        "{err}"
+    );
+    let config = write(
+        &dir.path().join("keyd.yaml"),
+        "keyrings:\n  apps:\n    unseal:\n      - {role: app, namespaces: [\"Payments\"]}\n",
+    );
+    let out = common::coffer(&[
+        "keyd",
+        "serve",
+        "--platform",
+        "sim",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        &free_addr().to_string(),
+        "--policy",
+        policy.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("namespace pattern") && err.contains("line 4"),
+        "{err}"
+    );
+}
+
+/// Every file under `dir` whose name marks a writer's temporary.
+fn temporaries(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.to_string_lossy().contains(".tmp-") {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_killed_sealing_key_rotation_leaves_nothing_behind_once_keyd_starts() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("keyd");
+    create_keyd_data(&data, &["apps"]);
+    let before = std::fs::read(data.join("keyrings/apps/sealing-keys.json")).unwrap();
+    // Killed between writing its complete temporary (a new sealed private key) and the rename.
+    let mut child = std::process::Command::new(common::coffer_bin())
+        .args([
+            "keyd",
+            "sealing-key",
+            "rotate",
+            "--keyring",
+            "apps",
+            "--platform",
+            "sim",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .env("COFFER_TEST_ONLY_STALL_AFTER_TEMP", "sealing-keys.json")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let stalled = stderr
+        .lines()
+        .any(|l| l.unwrap().starts_with("coffer-test: temp complete "));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(stalled, "the rotation never wrote its temporary");
+    assert_eq!(temporaries(&data).len(), 1);
+    assert_eq!(
+        std::fs::read(data.join("keyrings/apps/sealing-keys.json")).unwrap(),
+        before,
+        "a killed rotation changed the file"
+    );
+
+    let policy = write(&dir.path().join("policy.yaml"), &format!(
+        "version: 1\nallow_simulation: true\nroles:\n  - name: app\n    sim: {{ signer: [\"{}\"] }}\n",
+        "ab".repeat(32)
+    ));
+    let config = write(
+        &dir.path().join("keyd.yaml"),
+        CONFIG.split("  other:").next().unwrap(),
+    );
+    let mut keyd = KeydProcess::start(&data, free_addr(), &policy, &config, &[]);
+    assert_eq!(keyd.terminate(), Some(0), "{}", keyd.log_text());
+    assert!(temporaries(&data).is_empty(), "{:?}", temporaries(&data));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyring_without_sealing_keys_says_what_to_run_and_serve_init_gives_it_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut keyd, _) = start(dir.path(), CONFIG, &[]);
+    let data = keyd.data.clone();
+    let signer = keyd.signer();
+    keyd.terminate();
+    // A keyring created before sealing keys existed.
+    std::fs::remove_file(data.join("keyrings/plain/sealing-keys.json")).unwrap();
+    let (policy, config) = (dir.path().join("policy.yaml"), dir.path().join("keyd.yaml"));
+    let keyd = KeydProcess::start(&data, free_addr(), &policy, &config, &[]);
+    let mut public = client(keyd.addr, &signer, None).await;
+    let status = public
+        .get_key_bundle(pb::GetKeyBundleRequest {
+            keyring: "plain".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("run coffer keyd sealing-key rotate --keyring plain"),
+        "{status:?}"
+    );
+    let status = keyd_cli(&data, &["status"]);
+    assert!(
+        status.contains("no sealing key (coffer keyd sealing-key rotate --keyring plain)"),
+        "{status}"
+    );
+    drop(keyd);
+    let keyd = KeydProcess::start(&data, free_addr(), &policy, &config, &["--init"]);
+    let mut public = client(keyd.addr, &signer, None).await;
+    let plain = bundle(&mut public, "plain", &signer).await;
+    assert_eq!(plain.keys().len(), 1);
+    let status = keyd_cli(&data, &["status"]);
+    assert!(
+        status.contains(&format!("sealing key {}", plain.primary().unwrap().id())),
+        "{status}"
+    );
+}
