@@ -27,6 +27,8 @@ pub mod sgx;
 pub mod sim;
 #[cfg(feature = "snp")]
 pub mod snp;
+#[cfg(all(feature = "dcap", feature = "snp"))]
+pub mod sources;
 #[cfg(feature = "tdx")]
 pub mod tdx;
 
@@ -37,7 +39,7 @@ pub use error::VerifyError;
 #[cfg(any(feature = "dcap", feature = "snp"))]
 pub use http::{CaFileError, Fetcher};
 #[cfg(feature = "snp")]
-pub use snp::vcek::{KdsVcek, NoVcek, SnpProduct, VcekDir, VcekRequest, VcekSource};
+pub use snp::vcek::{FixedVcek, KdsVcek, NoVcek, SnpProduct, VcekDir, VcekRequest, VcekSource};
 
 pub use coffer_platform::{Evidence, TeeType};
 

@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use coffer_keyd::{ClientIdentity, KeydAddr, KeydClientOptions, KeydPool, PoolOptions};
+use coffer_keyd_client::{ClientIdentity, KeydAddr, KeydClientOptions, KeydPool, PoolOptions};
 use serde::Serialize;
 
 use crate::error::BenchError;

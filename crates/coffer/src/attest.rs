@@ -10,10 +10,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use clap::{Args, Subcommand, ValueEnum};
 use coffer_attest::policy::Policy;
-use coffer_attest::{
-    CollateralDir, CollateralSource, Evidence, Fetcher, KdsVcek, NoCollateral, NoVcek,
-    PccsCollateral, TeeType, VcekDir, VcekRequest, VcekSource, VerifyError, VerifyOptions,
-};
+use coffer_attest::sources::VerifySources;
+use coffer_attest::{Evidence, TeeType, VerifyOptions};
 use coffer_platform::{open_platform, Access, PlatformChoice};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -303,22 +301,6 @@ fn hex_text(bytes: &[u8]) -> Option<Result<Vec<u8>, hex::FromHexError>> {
     Some(hex::decode(digits))
 }
 
-/// A single VCEK given on the command line, and where to look when it is stale.
-struct FixedVcek {
-    der: Vec<u8>,
-    then: Arc<dyn VcekSource>,
-}
-
-impl VcekSource for FixedVcek {
-    fn vcek(&self, _request: &VcekRequest) -> Result<Vec<u8>, VerifyError> {
-        Ok(self.der.clone())
-    }
-
-    fn fallback(&self) -> Option<&dyn VcekSource> {
-        Some(self.then.as_ref())
-    }
-}
-
 fn verify(args: VerifyArgs) -> Result<ExitCode, Error> {
     let evidence = read_evidence(&args.evidence, args.tee.as_deref())?;
     let policy = args.policy.as_deref().map(Policy::load).transpose()?;
@@ -349,44 +331,23 @@ fn verify(args: VerifyArgs) -> Result<ExitCode, Error> {
 }
 
 impl SourceArgs {
-    /// Verification options with these sources. Simulation evidence is verified and left to
-    /// the policy, which refuses it unless `allow_simulation: true`.
+    /// The sources these flags name.
+    pub fn sources(&self) -> VerifySources {
+        VerifySources {
+            collateral_dir: self.collateral_dir.clone(),
+            collateral_file: self.collateral_file.clone(),
+            pccs_url: self.pccs_url.clone(),
+            cache_dir: self.cache_dir.clone(),
+            vcek: self.vcek.clone(),
+            vcek_dir: self.vcek_dir.clone(),
+            kds_url: self.kds_url.clone(),
+            ca_file: self.ca_file.clone(),
+        }
+    }
+
+    /// Verification options with these sources (see [`VerifySources::options`]).
     pub fn options(&self, now: SystemTime) -> Result<VerifyOptions, Error> {
-        let args = self;
-        let fetcher = match &args.ca_file {
-            Some(path) => Fetcher::with_ca_file(path)?,
-            None => Fetcher::new(),
-        };
-        let mut options = VerifyOptions::new(now);
-        options.allow_simulation = true;
-        options.collateral = match (&args.collateral_dir, &args.pccs_url) {
-            (Some(dir), _) => match &args.collateral_file {
-                Some(name) => {
-                    Arc::new(CollateralDir::with_file(dir, name)) as Arc<dyn CollateralSource>
-                }
-                None => Arc::new(CollateralDir::new(dir)),
-            },
-            (None, Some(url)) => Arc::new(
-                PccsCollateral::new(url, args.cache_dir.clone().unwrap_or_default())
-                    .with_fetcher(fetcher.clone()),
-            ),
-            (None, None) => Arc::new(NoCollateral),
-        };
-        let store = match (&args.vcek_dir, &args.kds_url) {
-            (Some(dir), _) => Arc::new(VcekDir::new(dir)) as Arc<dyn VcekSource>,
-            (None, Some(url)) => Arc::new(
-                KdsVcek::new(url, args.cache_dir.clone().unwrap_or_default()).with_fetcher(fetcher),
-            ),
-            (None, None) => Arc::new(NoVcek),
-        };
-        options.vcek = match &args.vcek {
-            Some(file) => Arc::new(FixedVcek {
-                der: std::fs::read(file).map_err(|e| format!("reading {}: {e}", file.display()))?,
-                then: store,
-            }),
-            None => store,
-        };
-        Ok(options)
+        Ok(self.sources().options(now)?)
     }
 }
 

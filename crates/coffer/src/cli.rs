@@ -313,8 +313,8 @@ pub struct EnclaveSourceArgs {
 
 impl EnclaveSourceArgs {
     /// The same sources as `coffer attest verify` flags (SGX needs no VCEK).
-    pub fn sources(&self) -> crate::attest::SourceArgs {
-        crate::attest::SourceArgs {
+    pub fn sources(&self) -> coffer_attest::sources::VerifySources {
+        coffer_attest::sources::VerifySources {
             collateral_dir: self.enclave_collateral_dir.clone(),
             collateral_file: self.enclave_collateral_file.clone(),
             pccs_url: self.enclave_pccs_url.clone(),
@@ -334,7 +334,7 @@ pub struct KeydArgs {
     /// Service mode: forward every call to `coffer keyd` at HOST:PORT instead of holding KEKs
     /// on this node (no keystore is created). Needs --keyd-keyring and --keyd-policy.
     #[arg(long, value_name = "HOST:PORT", requires_all = ["keyd_keyring", "keyd_policy"])]
-    pub keyd: Option<coffer_keyd::KeydAddr>,
+    pub keyd: Option<coffer_keyd_client::KeydAddr>,
     /// The keyring in keyd that holds this cluster's KEKs.
     #[arg(long, value_name = "NAME", requires = "keyd")]
     pub keyd_keyring: Option<String>,
@@ -396,8 +396,8 @@ pub struct KeydSourceArgs {
 
 impl KeydSourceArgs {
     /// The same sources as `coffer attest verify` flags.
-    pub fn sources(&self) -> crate::attest::SourceArgs {
-        crate::attest::SourceArgs {
+    pub fn sources(&self) -> coffer_attest::sources::VerifySources {
+        coffer_attest::sources::VerifySources {
             collateral_dir: self.keyd_collateral_dir.clone(),
             collateral_file: self.keyd_collateral_file.clone(),
             pccs_url: self.keyd_pccs_url.clone(),

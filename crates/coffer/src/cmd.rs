@@ -53,12 +53,13 @@ pub fn run(command: Command) -> Result<ExitCode, Error> {
                 .sources
                 .sources()
                 .options(std::time::SystemTime::now())?;
-            let report =
-                coffer_bench::run_keyd_handshake(&args.bench, || coffer_keyd::KeydClientOptions {
+            let report = coffer_bench::run_keyd_handshake(&args.bench, || {
+                coffer_keyd_client::KeydClientOptions {
                     platform: platform.clone(),
                     policy: policy.clone(),
                     verify_options: verify_options.clone(),
-                })?;
+                }
+            })?;
             if args.bench.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -131,7 +132,7 @@ fn key_source(args: &ServeArgs) -> Result<(KeySource, std::sync::Arc<dyn Platfor
     let remote = RemoteOptions {
         addr,
         keyring: keyring.clone(),
-        client: coffer_keyd::KeydClientOptions {
+        client: coffer_keyd_client::KeydClientOptions {
             platform: platform.clone(),
             policy: std::sync::Arc::new(policy),
             verify_options: keyd

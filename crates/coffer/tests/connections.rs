@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use coffer_keyd::KeydClient;
+use coffer_keyd_client::KeydClient;
 use coffer_proto::v2;
 use common::*;
 use tonic::Code;

@@ -3,7 +3,7 @@
 
 mod common;
 
-use coffer_keyd::KeydClient;
+use coffer_keyd_client::KeydClient;
 use common::coffer;
 use common::keyd::{
     audit_verify, client_options, create_keyd_data, free_addr, sim_role_policy, sim_signer,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
 
-use coffer_keyd::{ClientIdentity, KeydClient, KeydPool, PoolOptions};
+use coffer_keyd_client::{ClientIdentity, KeydClient, KeydPool, PoolOptions};
 use common::keyd::{
     audit_verify, client_options, create_keyd_data, free_addr, sim_signer, KeydProcess,
 };

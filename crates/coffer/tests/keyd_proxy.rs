@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use coffer_keyd::KeydClient;
+use coffer_keyd_client::KeydClient;
 use coffer_proto::v2;
 use common::keyd::{client_options, create_keyd_data, free_addr, sim_signer, KeydProcess};
 use common::{

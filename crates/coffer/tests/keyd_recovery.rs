@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use coffer_keyd::KeydClient;
+use coffer_keyd_client::KeydClient;
 use coffer_platform::sim::SimPlatform;
 use common::coffer;
 use common::keyd::{client_options, free_addr, keyd_cli, sim_role_policy, KeydProcess};

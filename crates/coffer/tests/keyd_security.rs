@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use coffer_attest::policy::Policy;
-use coffer_keyd::pb::key_service_client::KeyServiceClient;
-use coffer_keyd::{pb, KeydClient, KeydClientOptions};
+use coffer_keyd_client::pb::key_service_client::KeyServiceClient;
+use coffer_keyd_client::{pb, KeydClient, KeydClientOptions};
 use coffer_platform::sim::SimPlatform;
 use coffer_platform::{Evidence, Platform, PlatformError, PlatformKind, SealingKey};
 use coffer_ratls::{AttestedServerVerifier, AttestedVerifier, OfflineVerifier};
@@ -281,7 +281,7 @@ async fn keyd_refuses_every_unentitled_caller_with_its_reason() {
     let status = as_b.unwrap_batch(batch(3)).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
     let mut as_a = raw_client(keyd.addr, &signer, identity(&a)).await;
-    for items in [0, coffer_keyd::MAX_BATCH_ITEMS + 1] {
+    for items in [0, coffer_keyd_client::MAX_BATCH_ITEMS + 1] {
         let status = as_a.unwrap_batch(batch(items)).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     }

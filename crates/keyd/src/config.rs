@@ -9,9 +9,6 @@ use serde::Deserialize;
 use crate::grants::UnsealGrant;
 use crate::KeydError;
 
-/// Maximum length of a keyring name.
-const MAX_KEYRING_NAME_LEN: usize = 63;
-
 /// Largest configuration file accepted.
 const MAX_CONFIG_LEN: u64 = 1 << 20;
 
@@ -257,25 +254,10 @@ impl KeydConfig {
 
 /// Checks that `name` is a valid keyring name: `[a-z0-9-]{1,63}`.
 pub fn validate_keyring_name(name: &str) -> Result<(), KeydError> {
-    let reason = if name.is_empty() {
-        Some("it is empty")
-    } else if name.len() > MAX_KEYRING_NAME_LEN {
-        Some("it is longer than 63 characters")
-    } else if !name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        Some("it contains a character other than a-z, 0-9 and '-'")
-    } else {
-        None
-    };
-    match reason {
-        Some(reason) => Err(KeydError::InvalidKeyringName {
-            name: name.chars().take(80).collect(),
-            reason,
-        }),
-        None => Ok(()),
-    }
+    coffer_keyd_client::validate_keyring_name(name).map_err(|e| KeydError::InvalidKeyringName {
+        name: e.name,
+        reason: e.reason,
+    })
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-/// Errors from configuring, starting, or calling the key service.
+/// Errors from configuring or starting the key service (calls to it fail with
+/// `coffer_keyd_client::ClientError`).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeydError {
@@ -65,23 +66,6 @@ pub enum KeydError {
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
 
-    /// Connecting to keyd failed (TCP, attested TLS handshake, or HTTP/2).
-    #[error("connecting to keyd at {addr}: {detail}")]
-    Connect {
-        /// keyd's address.
-        addr: std::net::SocketAddr,
-        /// The error and its causes.
-        detail: String,
-    },
-
-    /// keyd closed the TLS connection during or right after the handshake: it did not accept
-    /// this client's attestation.
-    #[error("keyd refused this client at the TLS layer ({detail}); check that keyd's attestation policy grants a role to this client's evidence (and allows simulation if the client runs in sim mode)")]
-    RefusedByServer {
-        /// The TLS or transport error the client saw.
-        detail: String,
-    },
-
     /// `keyd-root.json` is unreadable, malformed, or cannot be written.
     #[error("keyd root {}: {message}", path.display())]
     Root {
@@ -127,21 +111,9 @@ pub enum KeydError {
     /// The audit log could not be opened or written.
     #[error(transparent)]
     Audit(#[from] coffer_audit::AuditError),
-
-    /// The RPC reached keyd and failed; the status says why.
-    #[error("keyd returned {}: {}", .0.code(), .0.message())]
-    Rpc(Box<tonic::Status>),
 }
 
 impl KeydError {
-    /// The gRPC status, when keyd answered the call with an error.
-    pub fn status(&self) -> Option<&tonic::Status> {
-        match self {
-            KeydError::Rpc(status) => Some(status),
-            _ => None,
-        }
-    }
-
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         KeydError::Io {
             context: context.into(),

@@ -6,7 +6,6 @@
 //! ([`coffer_attest::policy::Policy`]); the keyd configuration ([`KeydConfig`]) says which roles
 //! may use which operation on which keyring.
 
-mod client;
 mod config;
 mod error;
 mod grants;
@@ -15,7 +14,6 @@ mod io;
 mod keyrings;
 mod limits;
 mod metrics;
-mod pool;
 mod root;
 mod sealing;
 mod server;
@@ -25,17 +23,12 @@ mod slots;
 /// Generated gRPC types and stubs of `coffer.keyd.v1.KeyService` (from `coffer-proto`).
 pub use coffer_proto::keyd as pb;
 
-pub use client::{error_chain, KeydClient, KeydClientOptions};
 pub use config::{validate_keyring_name, KeydConfig, KeyringAccess, Operation};
 pub use error::KeydError;
 pub use grants::{NamePattern, UnsealGrant};
-pub use identity::{ServerIdentity, DEFAULT_RENEWAL};
 pub use keyrings::{create_keyring, keyring_dir, keyring_store, sealing_key_store, CreatedKeyring};
 pub use limits::KeydLimits;
 pub use metrics::KeydMetrics;
-pub use pool::{
-    Backoff, CallError, ClientIdentity, KeydAddr, KeydPool, KeyringStatus, PoolEvents, PoolOptions,
-};
 pub use root::{
     open_shares, root_info, KeydRoot, RecoveryInfo, RecoveryRequest, RootInfo, ROOT_FILE,
 };
@@ -47,4 +40,4 @@ pub use server::{
     serve, AuditSettings, KeydServeOptions, ReadyHook, DEFAULT_AUDIT_SEGMENT_BYTES,
     DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_KEY_BUNDLE_VALIDITY,
 };
-pub use service::{KeydConnectInfo, MAX_BATCH_ITEMS, MAX_CIPHERTEXT_LEN, MAX_PLAINTEXT_LEN};
+pub use service::KeydConnectInfo;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coffer_audit::{Aggregator, AuditEntry, Outcome, SharedAuditLog};
+use coffer_keyd_client::{MAX_BATCH_ITEMS, MAX_CIPHERTEXT_LEN, MAX_PLAINTEXT_LEN};
 use coffer_keystore::kek::EncryptError;
 use coffer_keystore::store::KeyState;
 use coffer_platform::Platform;
@@ -23,14 +24,8 @@ use crate::pb;
 use crate::pb::key_service_server::KeyService;
 use crate::sealing::{KeyLookup, SealingKeyError, SealingKeys};
 
-/// Largest plaintext `Wrap` accepts.
-pub const MAX_PLAINTEXT_LEN: usize = 512;
-/// Largest ciphertext `Unwrap` accepts.
-pub const MAX_CIPHERTEXT_LEN: usize = 1024;
 /// Longest key id `Unwrap` accepts.
 const MAX_KEY_ID_LEN: usize = 255;
-/// Most items `UnwrapBatch` accepts.
-pub const MAX_BATCH_ITEMS: usize = 64;
 
 /// What tonic's request extensions carry for every call: who is on the other end of the
 /// connection, as established once when it was accepted.

@@ -7,9 +7,8 @@ use std::time::SystemTime;
 
 use coffer_attest::policy::Policy;
 use coffer_attest::VerifyOptions;
-use coffer_keyd::{
-    create_keyring, serve, KeydClient, KeydClientOptions, KeydConfig, KeydError, KeydServeOptions,
-};
+use coffer_keyd::{create_keyring, serve, KeydConfig, KeydError, KeydServeOptions};
+use coffer_keyd_client::{ClientError, KeydClient, KeydClientOptions};
 use coffer_platform::sim::{executable_measurement, SimPlatform};
 use coffer_platform::Platform;
 use tempfile::TempDir;
@@ -107,7 +106,7 @@ impl Keyd {
         }
     }
 
-    async fn client(&self, sim: &Sim) -> Result<KeydClient, KeydError> {
+    async fn client(&self, sim: &Sim) -> Result<KeydClient, ClientError> {
         KeydClient::connect(
             self.addr,
             KeydClientOptions {
@@ -125,7 +124,7 @@ impl Keyd {
     }
 }
 
-fn code(e: &KeydError) -> Code {
+fn code(e: &ClientError) -> Code {
     e.status()
         .unwrap_or_else(|| panic!("expected a gRPC status, got {e}"))
         .code()
@@ -217,7 +216,7 @@ async fn role_for_keyring_a_cannot_use_keyring_b() {
 }
 
 /// Connects and makes one call; returns the first error.
-async fn first_error(keyd: &Keyd, sim: &Sim) -> KeydError {
+async fn first_error(keyd: &Keyd, sim: &Sim) -> ClientError {
     match keyd.client(sim).await {
         Err(e) => e,
         Ok(mut client) => client.status("a").await.unwrap_err(),

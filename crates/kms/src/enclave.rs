@@ -285,7 +285,7 @@ fn describe_connect_failure(addr: SocketAddr, e: &io::Error) -> String {
 }
 
 fn error_chain(status: &Status) -> String {
-    coffer_keyd::error_chain(
+    coffer_keyd_client::error_chain(
         status.message().to_string(),
         std::error::Error::source(status),
     )

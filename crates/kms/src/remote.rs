@@ -14,9 +14,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use coffer_keyd::{
-    CallError, ClientIdentity, KeydAddr, KeydClientOptions, KeydError, KeydPool, KeyringStatus,
-    PoolEvents, PoolOptions,
+use coffer_keyd_client::{
+    CallError, ClientError, ClientIdentity, InvalidKeyringName, KeydAddr, KeydClientOptions,
+    KeydPool, KeyringStatus, PoolEvents, PoolOptions,
 };
 use tonic::Status;
 use zeroize::Zeroizing;
@@ -64,13 +64,13 @@ pub enum RemoteError {
     Connections(usize),
     /// The keyring name is invalid.
     #[error("--keyd-keyring: {0}")]
-    Keyring(KeydError),
+    Keyring(InvalidKeyringName),
     /// The attested identity could not be made.
     #[error("making this plugin's attested TLS identity: {0}")]
-    Identity(KeydError),
+    Identity(ClientError),
     /// The pool could not be set up.
     #[error("setting up connections to keyd: {0}")]
-    Pool(KeydError),
+    Pool(ClientError),
     /// A start-up task failed.
     #[error("internal task failed: {0}")]
     Task(String),
@@ -88,7 +88,7 @@ impl RemoteOptions {
         if !(1..=MAX_CONNECTIONS).contains(&self.connections) {
             return Err(RemoteError::Connections(self.connections));
         }
-        coffer_keyd::validate_keyring_name(&self.keyring).map_err(RemoteError::Keyring)?;
+        coffer_keyd_client::validate_keyring_name(&self.keyring).map_err(RemoteError::Keyring)?;
         Ok(())
     }
 }
@@ -139,7 +139,7 @@ async fn batch_unwraps(
             return;
         };
         let mut batch = vec![first];
-        while batch.len() < coffer_keyd::MAX_BATCH_ITEMS {
+        while batch.len() < coffer_keyd_client::MAX_BATCH_ITEMS {
             match jobs.try_recv() {
                 Ok(job) => batch.push(job),
                 Err(_) => break,
@@ -292,11 +292,11 @@ impl RemoteKeys {
         if plaintext.is_empty() {
             return Err(Status::invalid_argument("plaintext is empty"));
         }
-        if plaintext.len() > coffer_keyd::MAX_PLAINTEXT_LEN {
+        if plaintext.len() > coffer_keyd_client::MAX_PLAINTEXT_LEN {
             return Err(Status::invalid_argument(format!(
                 "plaintext is {} bytes; the limit is {} (kube-apiserver sends 32)",
                 plaintext.len(),
-                coffer_keyd::MAX_PLAINTEXT_LEN
+                coffer_keyd_client::MAX_PLAINTEXT_LEN
             )));
         }
         let result = self.pool.wrap(&self.keyring, plaintext).await;
@@ -312,11 +312,11 @@ impl RemoteKeys {
         if ciphertext.is_empty() {
             return Err(Status::invalid_argument("ciphertext is empty"));
         }
-        if ciphertext.len() > coffer_keyd::MAX_CIPHERTEXT_LEN {
+        if ciphertext.len() > coffer_keyd_client::MAX_CIPHERTEXT_LEN {
             return Err(Status::invalid_argument(format!(
                 "ciphertext is {} bytes; the limit is {}",
                 ciphertext.len(),
-                coffer_keyd::MAX_CIPHERTEXT_LEN
+                coffer_keyd_client::MAX_CIPHERTEXT_LEN
             )));
         }
         let (reply, answer) = tokio::sync::oneshot::channel();

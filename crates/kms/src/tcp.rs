@@ -16,8 +16,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use coffer_keyd::ServerIdentity;
 use coffer_platform::Platform;
+use coffer_ratls::ServerIdentity;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -174,7 +174,7 @@ impl TcpListening {
         let task = tokio::spawn(async move {
             tokio::select! {
                 _ = accept => {}
-                _ = identity.renew_forever(coffer_keyd::DEFAULT_RENEWAL) => {}
+                _ = identity.renew_forever(coffer_ratls::DEFAULT_RENEWAL) => {}
             }
         });
         (rx, task)

@@ -28,10 +28,12 @@ mod describe;
 pub mod extension;
 mod key;
 mod offline;
+mod server_identity;
 
 pub use describe::{describe_certificate_error, describe_io_error, describe_tls_error};
 pub use key::{LockedKey, LockedSigningKey};
 pub use offline::OfflineVerifier;
+pub use server_identity::{ServerIdentity, DEFAULT_RENEWAL};
 
 use std::collections::HashMap;
 use std::fmt;

@@ -126,6 +126,47 @@ impl VcekSource for NoVcek {
     }
 }
 
+/// One VCEK given by the operator (e.g. `--vcek FILE`), used whatever the request; when it
+/// turns out stale (expired, or for another TCB or chip), `then` is asked.
+pub struct FixedVcek {
+    der: Vec<u8>,
+    then: std::sync::Arc<dyn VcekSource>,
+}
+
+impl FixedVcek {
+    /// The VCEK `der`, falling back to `then`.
+    pub fn new(der: Vec<u8>, then: std::sync::Arc<dyn VcekSource>) -> Self {
+        FixedVcek { der, then }
+    }
+
+    /// The VCEK in file `path` (DER, at most 16 KiB), falling back to `then`.
+    pub fn from_file(
+        path: &Path,
+        then: std::sync::Arc<dyn VcekSource>,
+    ) -> Result<Self, VerifyError> {
+        let der = read_vcek(path)?.ok_or_else(|| VerifyError::io(path, "no such file"))?;
+        Ok(FixedVcek::new(der, then))
+    }
+}
+
+impl std::fmt::Debug for FixedVcek {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FixedVcek")
+            .field("len", &self.der.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl VcekSource for FixedVcek {
+    fn vcek(&self, _request: &VcekRequest) -> Result<Vec<u8>, VerifyError> {
+        Ok(self.der.clone())
+    }
+
+    fn fallback(&self) -> Option<&dyn VcekSource> {
+        Some(self.then.as_ref())
+    }
+}
+
 fn read_vcek(path: &Path) -> Result<Option<Vec<u8>>, VerifyError> {
     use std::io::Read;
     let file = match std::fs::File::open(path) {

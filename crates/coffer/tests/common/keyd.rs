@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coffer_attest::policy::Policy;
-use coffer_keyd::KeydClientOptions;
+use coffer_keyd_client::KeydClientOptions;
 use coffer_platform::sim::SimPlatform;
 
 use super::{coffer, coffer_bin, signal, wait_timeout};

@@ -21,7 +21,6 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -31,7 +30,6 @@ use arc_swap::ArcSwap;
 use coffer_platform::Platform;
 use coffer_ratls::{AttestedVerifier, OfflineVerifier};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -40,82 +38,14 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Status};
 use zeroize::Zeroizing;
 
+use crate::error::status_chain;
+use crate::handshake::{Failure, FailureKind};
 use crate::pb;
 use crate::pb::key_service_client::KeyServiceClient;
-use crate::{KeydClientOptions, KeydError};
+use crate::{ClientError, KeydAddr, KeydClientOptions};
 
 /// HTTP/2 keep-alive ping interval: finds a connection whose peer vanished without closing it.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
-
-// ---------------------------------------------------------------------------------------------
-// Address.
-
-/// keyd's address: a host name or IP address and a port. Names are resolved again on every
-/// connection attempt, so a keyd behind a DNS name can move.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KeydAddr {
-    host: String,
-    port: u16,
-}
-
-impl KeydAddr {
-    /// The host name or IP address.
-    pub fn host(&self) -> &str {
-        &self.host
-    }
-
-    /// The TCP port.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    fn server_name(&self) -> ServerName<'static> {
-        // Attested TLS identifies keyd by its evidence, not by name; the name only fills SNI.
-        ServerName::try_from(self.host.clone())
-            .unwrap_or_else(|_| ServerName::try_from("keyd").expect("a valid DNS name"))
-    }
-}
-
-impl FromStr for KeydAddr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || {
-            format!(
-                "{s:?} is not host:port (e.g. keyd.example:7443, 10.0.0.5:7443 or [fd00::5]:7443)"
-            )
-        };
-        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
-        let host = match host.strip_prefix('[') {
-            Some(inner) => inner.strip_suffix(']').ok_or_else(bad)?,
-            // An IPv6 address needs brackets, or the port would be ambiguous.
-            None if host.contains(':') => return Err(bad()),
-            None => host,
-        };
-        if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '/') {
-            return Err(bad());
-        }
-        let port = port
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(bad)?;
-        Ok(KeydAddr {
-            host: host.to_string(),
-            port,
-        })
-    }
-}
-
-impl fmt::Display for KeydAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Identity.
@@ -145,7 +75,7 @@ impl fmt::Debug for ClientIdentity {
 impl ClientIdentity {
     /// Makes an attested certificate with `options.platform` (this gets evidence from the TEE,
     /// so it may block for a while on real hardware).
-    pub fn new(options: KeydClientOptions) -> Result<Self, KeydError> {
+    pub fn new(options: KeydClientOptions) -> Result<Self, ClientError> {
         let verifier = Arc::new(AttestedVerifier::new(
             Arc::new(OfflineVerifier::new(options.verify_options)),
             options.policy,
@@ -161,7 +91,7 @@ impl ClientIdentity {
     fn issue(
         platform: &dyn Platform,
         verifier: &Arc<AttestedVerifier>,
-    ) -> Result<Issued, KeydError> {
+    ) -> Result<Issued, ClientError> {
         let identity = coffer_ratls::attested_certificate(platform)?;
         let mut tls = coffer_ratls::client_config(&identity, verifier.clone())?;
         tls.alpn_protocols = vec![b"h2".to_vec()];
@@ -184,7 +114,7 @@ impl ClientIdentity {
 
     /// Makes a new certificate (with fresh evidence) for the connections made from now on;
     /// established connections keep theirs. Blocks like [`new`](Self::new).
-    pub fn renew(&self) -> Result<(), KeydError> {
+    pub fn renew(&self) -> Result<(), ClientError> {
         let issued = Self::issue(self.platform.as_ref(), &self.verifier)?;
         self.current.store(Arc::new(issued));
         Ok(())
@@ -307,60 +237,6 @@ fn next_attempt(retry_in: &Option<Duration>) -> String {
     match retry_in {
         Some(d) => format!("next reconnect attempt in {} ms", d.as_millis()),
         None => "reconnecting on the next call".to_string(),
-    }
-}
-
-/// What went wrong with a connection, kept per connection so that calls failing on it can say.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Failure {
-    kind: FailureKind,
-    detail: String,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum FailureKind {
-    Unreachable,
-    Refused,
-    Untrusted,
-}
-
-impl Failure {
-    fn unreachable(detail: impl Into<String>) -> Self {
-        Failure {
-            kind: FailureKind::Unreachable,
-            detail: detail.into(),
-        }
-    }
-
-    /// Classifies an I/O error from the TLS handshake or the first reads after it.
-    fn from_io(e: &io::Error) -> Self {
-        let tls = e
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
-        match tls {
-            // TLS 1.3 finishes the client's side of the handshake before the server has checked
-            // the client certificate, so keyd's refusal arrives as an alert on the first read.
-            Some(rustls::Error::AlertReceived(alert)) => Failure {
-                kind: FailureKind::Refused,
-                detail: format!(
-                    "TLS alert {alert:?} at the handshake: keyd did not accept this client's attestation \
-                     (check that keyd's policy grants a role to this client's evidence, and allows \
-                     simulation if this client runs on the sim platform)"
-                ),
-            },
-            Some(rustls::Error::InvalidCertificate(why)) => Failure {
-                kind: FailureKind::Untrusted,
-                detail: format!(
-                    "its attested certificate was refused: {}",
-                    coffer_ratls::describe_certificate_error(why)
-                ),
-            },
-            // rustls' text for this points at its manual; say what happened instead.
-            _ if e.kind() == io::ErrorKind::UnexpectedEof => {
-                Failure::unreachable("keyd closed the connection")
-            }
-            _ => Failure::unreachable(e.to_string()),
-        }
     }
 }
 
@@ -604,7 +480,7 @@ impl AsyncRead for Tracked {
     }
 }
 
-crate::io::forward_async_write!(Tracked, io);
+crate::forward_async_write!(Tracked, io);
 
 impl Drop for Tracked {
     fn drop(&mut self) {
@@ -694,7 +570,7 @@ impl KeydPool {
         addr: KeydAddr,
         identity: Arc<ClientIdentity>,
         options: PoolOptions,
-    ) -> Result<Self, KeydError> {
+    ) -> Result<Self, ClientError> {
         let addr_text = addr.to_string();
         let endpoint = Endpoint::from_shared(format!("http://{addr_text}"))?
             .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
@@ -841,7 +717,7 @@ impl KeydPool {
             },
             None => CallError::Unreachable {
                 addr,
-                reason: error_chain(&status),
+                reason: status_chain(&status),
                 retry_in,
             },
         }
@@ -966,14 +842,6 @@ impl KeydPool {
     }
 }
 
-/// The status message and its error sources, joined (repeated texts are dropped).
-fn error_chain(status: &Status) -> String {
-    crate::client::error_chain(
-        status.message().to_string(),
-        std::error::Error::source(status),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -998,45 +866,5 @@ mod tests {
             max: Duration::ZERO,
         };
         assert_eq!(zero.delay(3, u64::MAX), Duration::ZERO);
-    }
-
-    #[test]
-    fn addresses() {
-        let a: KeydAddr = "keyd.example:7443".parse().unwrap();
-        assert_eq!((a.host(), a.port()), ("keyd.example", 7443));
-        assert_eq!(a.to_string(), "keyd.example:7443");
-        let v6: KeydAddr = "[fd00::5]:7443".parse().unwrap();
-        assert_eq!(v6.host(), "fd00::5");
-        assert_eq!(v6.to_string(), "[fd00::5]:7443");
-        for bad in [
-            "keyd",
-            "keyd:",
-            ":7443",
-            "keyd:0",
-            "keyd:99999",
-            "fd00::5:7443",
-            "[fd00::5:7443",
-            "a b:1",
-            "http://x:1",
-        ] {
-            let err = bad.parse::<KeydAddr>().unwrap_err();
-            assert!(err.contains("host:port"), "{bad}: {err}");
-        }
-    }
-
-    #[test]
-    fn refusals_and_untrusted_peers_are_told_apart() {
-        let alert = io::Error::new(
-            io::ErrorKind::InvalidData,
-            rustls::Error::AlertReceived(rustls::AlertDescription::BadCertificate),
-        );
-        assert_eq!(Failure::from_io(&alert).kind, FailureKind::Refused);
-        let cert = io::Error::new(
-            io::ErrorKind::InvalidData,
-            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding),
-        );
-        assert_eq!(Failure::from_io(&cert).kind, FailureKind::Untrusted);
-        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
-        assert_eq!(Failure::from_io(&reset).kind, FailureKind::Unreachable);
     }
 }

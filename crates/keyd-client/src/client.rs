@@ -1,0 +1,357 @@
+//! A single connection to keyd: over mutual attested TLS for callers in a TEE, or over
+//! server-only attested TLS for a workstation, which has no evidence to present.
+
+use std::sync::{Arc, Mutex};
+
+use coffer_attest::policy::Policy;
+use coffer_attest::VerifyOptions;
+use coffer_platform::Platform;
+use coffer_ratls::{AttestedVerifier, OfflineVerifier};
+use coffer_sealed::Location;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::Code;
+use zeroize::Zeroizing;
+
+use crate::error::chain;
+use crate::handshake::{Failure, FailureKind};
+use crate::pb;
+use crate::pb::key_service_client::KeyServiceClient;
+use crate::{validate_keyring_name, ClientError, KeydAddr};
+
+/// How a client proves itself to keyd and checks keyd's attestation.
+pub struct KeydClientOptions {
+    /// The client's TEE platform: attests the client's TLS certificate.
+    pub platform: Arc<dyn Platform>,
+    /// The policy keyd's evidence must satisfy (any role it grants is accepted).
+    pub policy: Arc<Policy>,
+    /// How keyd's evidence is verified.
+    pub verify_options: VerifyOptions,
+}
+
+impl std::fmt::Debug for KeydClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeydClientOptions").finish_non_exhaustive()
+    }
+}
+
+/// A connected key service client.
+#[derive(Debug, Clone)]
+pub struct KeydClient {
+    inner: KeyServiceClient<Channel>,
+    addr: String,
+}
+
+/// Whether an error says that the peer sent a TLS alert (it refused us during the handshake).
+fn is_tls_refusal(detail: &str) -> bool {
+    detail.contains("received fatal alert")
+}
+
+fn map_status(status: tonic::Status, rpc: &'static str) -> ClientError {
+    if status.code() == Code::Unimplemented && std::error::Error::source(&status).is_none() {
+        return ClientError::Unsupported {
+            rpc,
+            detail: status.message().to_string(),
+        };
+    }
+    let mut detail = status.message().to_string();
+    if let Some(source) = std::error::Error::source(&status) {
+        let causes = chain(source);
+        if causes.starts_with(&detail) {
+            detail = causes;
+        } else {
+            detail = format!("{detail}: {causes}");
+        }
+    }
+    if is_tls_refusal(&detail) {
+        ClientError::RefusedByServer { detail }
+    } else {
+        ClientError::Rpc(Box::new(status))
+    }
+}
+
+/// Refuses a sealed value longer than any keyd accepts before it is sent.
+fn check_sealed_len(sealed: &str) -> Result<(), ClientError> {
+    if sealed.len() > coffer_sealed::MAX_SEALED_TEXT_LEN {
+        return Err(ClientError::TooLarge {
+            what: "sealed value",
+            len: sealed.len(),
+            limit: coffer_sealed::MAX_SEALED_TEXT_LEN,
+        });
+    }
+    Ok(())
+}
+
+impl KeydClient {
+    /// Connects to keyd at `addr` (an IP address or a host name, resolved now) over mutual
+    /// attested TLS: this client presents a certificate attested by `options.platform` and
+    /// holds keyd's to `options.policy`.
+    pub async fn connect(
+        addr: impl Into<KeydAddr>,
+        options: KeydClientOptions,
+    ) -> Result<Self, ClientError> {
+        let identity = coffer_ratls::attested_certificate(options.platform.as_ref())?;
+        let verifier = Arc::new(AttestedVerifier::new(
+            Arc::new(OfflineVerifier::new(options.verify_options)),
+            options.policy,
+        ));
+        let tls = coffer_ratls::client_config(&identity, verifier)?;
+        Self::open(addr.into(), tls).await
+    }
+
+    /// Connects to keyd at `addr` from outside any TEE (a workstation): TLS 1.3 without a
+    /// client certificate, keyd's attested certificate still verified with `verify_options` and
+    /// held to `server_policy`. keyd serves such a caller only what it serves without
+    /// attestation: [`key_bundle`](Self::key_bundle) and [`reseal`](Self::reseal).
+    pub async fn connect_unattested(
+        addr: impl Into<KeydAddr>,
+        server_policy: Arc<Policy>,
+        verify_options: VerifyOptions,
+    ) -> Result<Self, ClientError> {
+        let verifier = Arc::new(AttestedVerifier::new(
+            Arc::new(OfflineVerifier::new(verify_options)),
+            server_policy,
+        ));
+        let tls = coffer_ratls::client_config_without_identity(verifier)?;
+        Self::open(addr.into(), tls).await
+    }
+
+    async fn open(addr: KeydAddr, mut tls: rustls::ClientConfig) -> Result<Self, ClientError> {
+        let addr_text = addr.to_string();
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        let connector = TlsConnector::from(Arc::new(tls));
+        let endpoint = Endpoint::from_shared(format!("http://{addr_text}")).map_err(|e| {
+            ClientError::Connect {
+                addr: addr_text.clone(),
+                detail: chain(&e),
+            }
+        })?;
+        // The connector's handshake failure, classified before tonic wraps it in its own error.
+        let failed: Arc<Mutex<Option<Failure>>> = Arc::default();
+        let failed_in_connector = failed.clone();
+        let channel = endpoint
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let (connector, addr, failed) =
+                    (connector.clone(), addr.clone(), failed_in_connector.clone());
+                async move {
+                    let tcp = TcpStream::connect((addr.host(), addr.port())).await?;
+                    let _ = tcp.set_nodelay(true);
+                    // keyd's certificate is attested, not issued for a name: the server name
+                    // only fills SNI, and is the address actually reached.
+                    let ip = tcp.peer_addr()?.ip();
+                    let tls = connector
+                        .connect(ServerName::IpAddress(ip.into()), tcp)
+                        .await
+                        .inspect_err(|e| {
+                            *failed.lock().unwrap_or_else(|p| p.into_inner()) =
+                                Some(Failure::from_io(e));
+                        })?;
+                    Ok::<_, std::io::Error>(TokioIo::new(tls))
+                }
+            }))
+            .await
+            .map_err(|e| {
+                let failure = failed.lock().unwrap_or_else(|p| p.into_inner()).take();
+                match failure {
+                    Some(Failure {
+                        kind: FailureKind::Untrusted,
+                        detail,
+                    }) => ClientError::Untrusted {
+                        addr: addr_text.clone(),
+                        detail,
+                    },
+                    Some(Failure {
+                        kind: FailureKind::Refused,
+                        detail,
+                    }) => ClientError::RefusedByServer { detail },
+                    _ => {
+                        let detail = chain(&e);
+                        if is_tls_refusal(&detail) {
+                            ClientError::RefusedByServer { detail }
+                        } else {
+                            ClientError::Connect {
+                                addr: addr_text.clone(),
+                                detail,
+                            }
+                        }
+                    }
+                }
+            })?;
+        Ok(KeydClient {
+            inner: KeyServiceClient::new(channel),
+            addr: addr_text,
+        })
+    }
+
+    /// keyd's address, as given.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Encrypts `plaintext` (at most 512 bytes) with keyring `keyring`'s primary KEK; returns
+    /// the ciphertext and the KEK id.
+    pub async fn wrap(
+        &mut self,
+        keyring: &str,
+        plaintext: &[u8],
+    ) -> Result<(Vec<u8>, String), ClientError> {
+        let request = pb::WrapRequest {
+            keyring: keyring.to_string(),
+            plaintext: plaintext.to_vec(),
+        };
+        let response = self
+            .inner
+            .wrap(request)
+            .await
+            .map_err(|s| map_status(s, "Wrap"))?;
+        let response = response.into_inner();
+        Ok((response.ciphertext, response.key_id))
+    }
+
+    /// Decrypts `ciphertext` with keyring `keyring`. With `key_id`, the ciphertext must have
+    /// been made with that KEK.
+    pub async fn unwrap(
+        &mut self,
+        keyring: &str,
+        key_id: Option<&str>,
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, ClientError> {
+        let request = pb::UnwrapRequest {
+            keyring: keyring.to_string(),
+            key_id: key_id.unwrap_or_default().to_string(),
+            ciphertext: ciphertext.to_vec(),
+        };
+        let response = self
+            .inner
+            .unwrap(request)
+            .await
+            .map_err(|s| map_status(s, "Unwrap"))?;
+        Ok(Zeroizing::new(response.into_inner().plaintext))
+    }
+
+    /// The keyring's primary KEK id and number of KEKs.
+    pub async fn status(&mut self, keyring: &str) -> Result<(String, u32), ClientError> {
+        let request = pb::StatusRequest {
+            keyring: keyring.to_string(),
+        };
+        let response = self
+            .inner
+            .status(request)
+            .await
+            .map_err(|s| map_status(s, "Status"))?;
+        let response = response.into_inner();
+        Ok((response.primary_key_id, response.keys))
+    }
+
+    /// Rotates the keyring; returns the new primary KEK id.
+    pub async fn rotate(&mut self, keyring: &str) -> Result<String, ClientError> {
+        let request = pb::RotateRequest {
+            keyring: keyring.to_string(),
+        };
+        let response = self
+            .inner
+            .rotate(request)
+            .await
+            .map_err(|s| map_status(s, "Rotate"))?;
+        Ok(response.into_inner().key_id)
+    }
+
+    /// Public facts about the keyring's KEKs.
+    pub async fn list_keys(&mut self, keyring: &str) -> Result<Vec<pb::KeyEntry>, ClientError> {
+        let request = pb::ListKeysRequest {
+            keyring: keyring.to_string(),
+        };
+        let response = self
+            .inner
+            .list_keys(request)
+            .await
+            .map_err(|s| map_status(s, "ListKeys"))?;
+        Ok(response.into_inner().keys)
+    }
+
+    /// The keyring's public key bundle, as keyd sent it (JSON, see
+    /// `coffer_sealed::bundle::KeyBundle`). Unverified: the caller checks its evidence against
+    /// its policy before sealing anything to it.
+    pub async fn key_bundle(&mut self, keyring: &str) -> Result<Vec<u8>, ClientError> {
+        validate_keyring_name(keyring)?;
+        let request = pb::GetKeyBundleRequest {
+            keyring: keyring.to_string(),
+        };
+        let response = self
+            .inner
+            .get_key_bundle(request)
+            .await
+            .map_err(|s| map_status(s, "GetKeyBundle"))?;
+        let bundle = response.into_inner().bundle;
+        if bundle.is_empty() {
+            return Err(ClientError::MalformedAnswer {
+                rpc: "GetKeyBundle",
+                detail: "the bundle is empty".into(),
+            });
+        }
+        Ok(bundle)
+    }
+
+    /// Re-seals `sealed` (`coffer.v1.…`) to keyring `keyring`'s newest sealing key inside keyd,
+    /// with the same binding; returns the new sealed value and the sealing key id it is sealed
+    /// to. Nothing but ciphertext crosses the connection.
+    pub async fn reseal(
+        &mut self,
+        keyring: &str,
+        sealed: &str,
+    ) -> Result<(String, String), ClientError> {
+        validate_keyring_name(keyring)?;
+        check_sealed_len(sealed)?;
+        let request = pb::ResealRequest {
+            keyring: keyring.to_string(),
+            sealed: sealed.to_string(),
+        };
+        let response = self
+            .inner
+            .reseal(request)
+            .await
+            .map_err(|s| map_status(s, "Reseal"))?
+            .into_inner();
+        if !response.sealed.starts_with(coffer_sealed::PREFIX) || response.key_id.is_empty() {
+            return Err(ClientError::MalformedAnswer {
+                rpc: "Reseal",
+                detail: format!(
+                    "expected a {}… value and a sealing key id",
+                    coffer_sealed::PREFIX
+                ),
+            });
+        }
+        Ok((response.sealed, response.key_id))
+    }
+
+    /// Opens `sealed` (`coffer.v1.…`), found at `location`, with keyring `keyring`. keyd opens
+    /// it only for an attested caller whose role the keyring's unseal grants allow for the
+    /// value's binding, and only when `location` satisfies that binding.
+    pub async fn unseal(
+        &mut self,
+        keyring: &str,
+        sealed: &str,
+        location: &Location,
+    ) -> Result<Zeroizing<Vec<u8>>, ClientError> {
+        validate_keyring_name(keyring)?;
+        check_sealed_len(sealed)?;
+        let request = pb::UnsealRequest {
+            keyring: keyring.to_string(),
+            sealed: sealed.to_string(),
+            location: Some(pb::SecretLocation {
+                namespace: location.namespace.clone(),
+                secret: location.secret.clone(),
+                key: location.key.clone(),
+            }),
+        };
+        let response = self
+            .inner
+            .unseal(request)
+            .await
+            .map_err(|s| map_status(s, "Unseal"))?;
+        Ok(Zeroizing::new(response.into_inner().plaintext))
+    }
+}
