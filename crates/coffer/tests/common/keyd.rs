@@ -119,7 +119,7 @@ pub struct KeydProcess {
 
 impl KeydProcess {
     /// Starts keyd on `addr` with `policy` and `config` files and `extra` flags, and waits
-    /// until it accepts TCP connections.
+    /// until it says it is listening.
     pub fn start(
         data: &Path,
         addr: SocketAddr,
@@ -162,7 +162,10 @@ impl KeydProcess {
             child: Some(child),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(addr).is_err() {
+        // keyd says so once it accepts connections. A probe connection would take one of the
+        // per-address unverified slots until keyd notices it closed, and with a small
+        // --max-connections the test's first real client could then be turned away.
+        while !keyd.log_text().contains("coffer keyd listening on") {
             if let Some(status) = keyd.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("keyd exited with {status}: {}", keyd.log_text());
             }
