@@ -1191,3 +1191,98 @@ fn keyd_one_machine_walkthrough_runs() {
     );
     run_walkthrough("docs/keyd.md, \"Try it on one machine\"", &script);
 }
+
+/// The `kubectl-coffer` binary beside the `coffer` under test (`cargo test --workspace` builds
+/// both); built once here when this package's tests run alone.
+fn kubectl_coffer_bin() -> PathBuf {
+    let bin = Path::new(coffer_bin()).with_file_name("kubectl-coffer");
+    if !bin.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "kubectl-coffer", "--bin", "kubectl-coffer"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "building kubectl-coffer failed");
+    }
+    bin
+}
+
+/// Every shell block of `file` from the heading containing `from` up to the one containing
+/// `until`, indented ones (inside list items) included, in order.
+fn shell_blocks_between(root: &Path, file: &str, from: &str, until: &str) -> Vec<(usize, String)> {
+    let text = fs::read_to_string(root.join(file)).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.starts_with('#') && l.contains(from))
+        .unwrap_or_else(|| panic!("{file} has no heading {from:?}"));
+    let end = lines
+        .iter()
+        .skip(start)
+        .position(|l| l.starts_with('#') && l.contains(until))
+        .map(|i| i + start)
+        .unwrap_or_else(|| panic!("{file} has no heading {until:?} after {from:?}"));
+    let mut out = Vec::new();
+    let mut i = start;
+    while i < end {
+        if lines[i].trim_start() == "```sh" {
+            let indent = lines[i].len() - lines[i].trim_start().len();
+            let first = i + 2;
+            let mut body = Vec::new();
+            i += 1;
+            while i < end && lines[i].trim_start() != "```" {
+                body.push(lines[i].get(indent..).unwrap_or("").to_string());
+                i += 1;
+            }
+            out.extend(logical_lines(first, &body));
+        }
+        i += 1;
+    }
+    out
+}
+
+/// kubectl-coffer.md's sections 1 to 6 run as written, in order, through the real kubectl's
+/// plugin mechanism (`kubectl coffer …` finds `kubectl-coffer` on PATH).
+#[test]
+fn kubectl_coffer_walkthrough_runs() {
+    let root = repo_root();
+    let lines = shell_blocks_between(
+        &root,
+        "docs/kubectl-coffer.md",
+        "1. Try it on one machine",
+        "7. Who sees what",
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|(_, l)| l.contains("kubectl coffer reseal"))
+            && lines
+                .iter()
+                .any(|(_, l)| l.contains("kubectl coffer seal --raw")),
+        "the extraction missed blocks of docs/kubectl-coffer.md: {lines:?}"
+    );
+    let plugin_dir = kubectl_coffer_bin().parent().unwrap().to_path_buf();
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<(usize, String)> = lines
+        .into_iter()
+        .map(|(n, line)| {
+            let line = line
+                .replace(
+                    "$(coffer attest verify --evidence keyd-evidence.json | jq -r .measurements.signer)",
+                    "$(signer keyd-evidence.json)",
+                )
+                .replace("coffer keyd ", "./target/release/coffer keyd ")
+                .replace("coffer attest ", "./target/release/coffer attest ")
+                .replace("kubectl ./target/release/coffer", "kubectl coffer");
+            (n, line)
+        })
+        .collect();
+    let (script, servers) =
+        walkthrough_script(&lines, "docs/kubectl-coffer.md", dir.path(), free_port());
+    assert_eq!(servers, 1, "the walk-through starts keyd once:\n{script}");
+    let script = format!(
+        "export PATH='{}':\"$PATH\"\nexport HOME='{}'\n{script}",
+        plugin_dir.display(),
+        dir.path().display()
+    );
+    run_walkthrough("docs/kubectl-coffer.md, sections 1 to 6", &script);
+}
