@@ -270,9 +270,12 @@ fn endpoint(target: &str) -> &str {
     target.split('?').next().unwrap_or(target)
 }
 
-/// The plugin binary under test.
+/// The plugin binary under test: this build's, or (for the timing harness, to time a release
+/// build) the one `KUBECTL_COFFER_BIN` names.
 pub fn plugin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_kubectl-coffer"))
+    std::env::var_os("KUBECTL_COFFER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kubectl-coffer")))
 }
 
 /// `PATH` with the plugin's directory first, so kubectl finds `kubectl-coffer`.
