@@ -211,7 +211,11 @@ fn ends_command(word: &str) -> bool {
         || word.starts_with("<<")
 }
 
-/// The `coffer` invocations in one logical shell line. `vars` are shell variables that hold the
+/// The first word of a documented `kubectl coffer …` invocation: the rest is checked against
+/// the `kubectl-coffer` binary instead of `coffer`.
+const KUBECTL_PLUGIN: &str = "@kubectl-coffer";
+
+/// The `coffer` (and `kubectl coffer`) invocations in one logical shell line. `vars` are shell variables that hold the
 /// binary's path (`C=./target/release/coffer` then `$C …`).
 fn invocations_in(line: &str, vars: &BTreeSet<String>) -> Vec<Vec<String>> {
     let words = shell_words(line);
@@ -224,9 +228,8 @@ fn invocations_in(line: &str, vars: &BTreeSet<String>) -> Vec<Vec<String>> {
             || vars
                 .iter()
                 .any(|v| w == format!("${v}") || w == format!("${{{v}}}"));
-        let start = if is_binary && i > 0 && words[i - 1] == "kubectl" {
-            None // `kubectl coffer`: the planned kubectl plugin
-        } else if is_binary {
+        let plugin = is_binary && i > 0 && words[i - 1] == "kubectl";
+        let start = if is_binary {
             Some(i + 1)
         } else if w == "cargo" && words.get(i + 1).is_some_and(|n| n == "run") {
             words[i..].iter().position(|x| x == "--").map(|p| i + p + 1)
@@ -234,13 +237,18 @@ fn invocations_in(line: &str, vars: &BTreeSet<String>) -> Vec<Vec<String>> {
             None
         };
         if let Some(start) = start {
-            let mut args = Vec::new();
+            // `kubectl coffer …` is checked against `kubectl-coffer`'s help.
+            let mut args = if plugin {
+                vec![KUBECTL_PLUGIN.to_string()]
+            } else {
+                Vec::new()
+            };
             let mut j = start;
             while j < words.len() && !ends_command(&words[j]) {
                 args.push(words[j].trim_matches(|c| c == '[' || c == ']').to_string());
                 j += 1;
             }
-            if !args.is_empty() {
+            if args.len() > usize::from(plugin) {
                 found.push(args);
             }
             i = j;
@@ -441,12 +449,21 @@ fn help_of(cache: &mut HashMap<Vec<String>, Help>, path: &[String]) -> Help {
     cache
         .entry(path.to_vec())
         .or_insert_with(|| {
-            let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+            let (program, rest) = match path.split_first() {
+                Some((first, rest)) if first == KUBECTL_PLUGIN => (kubectl_coffer_bin(), rest),
+                _ => (PathBuf::from(coffer_bin()), path),
+            };
+            let mut args: Vec<&str> = rest.iter().map(String::as_str).collect();
             args.push("--help");
-            let out = coffer(&args);
+            let out = Command::new(&program)
+                .args(&args)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
             assert!(
                 out.status.success(),
-                "coffer {} failed: {}",
+                "{} {} failed: {}",
+                program.display(),
                 args.join(" "),
                 String::from_utf8_lossy(&out.stderr)
             );
@@ -470,10 +487,29 @@ fn check(
     words: &[String],
     problems: &mut Vec<String>,
 ) {
-    let shown = format!("`coffer {}`", inv.words.join(" "));
+    let plugin = words.first().is_some_and(|w| w == KUBECTL_PLUGIN);
+    let program = if plugin { "kubectl coffer" } else { "coffer" };
+    let shown_words = if plugin {
+        &inv.words[1..]
+    } else {
+        &inv.words[..]
+    };
+    let shown = format!("`{program} {}`", shown_words.join(" "));
     let mut path: Vec<String> = Vec::new();
     let mut i = 0;
+    if plugin {
+        path.push(KUBECTL_PLUGIN.to_string());
+        i = 1;
+    }
     let mut help = help_of(cache, &path);
+    // The subcommand path as a user types it, for messages.
+    let typed = |path: &[String]| {
+        path.iter()
+            .filter(|w| *w != KUBECTL_PLUGIN)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     while i < words.len() && !help.subcommands.is_empty() {
         let word = &words[i];
         if help.subcommands.contains(word) {
@@ -491,7 +527,7 @@ fn check(
             }
             return;
         }
-        if path.is_empty() && PLANNED.contains(&word.as_str()) {
+        if path.is_empty() && !plugin && PLANNED.contains(&word.as_str()) {
             return;
         }
         if !word.starts_with('-') && !is_placeholder(word) {
@@ -499,9 +535,9 @@ fn check(
                 return;
             }
             problems.push(format!(
-                "{}: {shown}: `{word}` is not a subcommand of `coffer {}` (it has: {})",
+                "{}: {shown}: `{word}` is not a subcommand of `{program} {}` (it has: {})",
                 inv.place,
-                path.join(" "),
+                typed(&path),
                 help.subcommands
                     .iter()
                     .cloned()
@@ -525,10 +561,10 @@ fn check(
         }
         if !help.flags.contains(&name) {
             problems.push(format!(
-                "{}: {shown}: `{name}` is not a flag of `coffer {}` (`coffer {} --help` lists: {})",
+                "{}: {shown}: `{name}` is not a flag of `{program} {}` (`{program} {} --help` lists: {})",
                 inv.place,
-                path.join(" "),
-                path.join(" "),
+                typed(&path),
+                typed(&path),
                 help.flags.iter().cloned().collect::<Vec<_>>().join(" ")
             ));
         }
@@ -546,6 +582,7 @@ fn every_documented_command_and_flag_exists() {
         ("docs/kms-plugin.md", 10),
         ("docs/operations.md", 15),
         ("docs/tee-platforms.md", 5),
+        ("docs/kubectl-coffer.md", 25),
         ("deploy/static-pod.yaml", 1),
         ("deploy/keyd/keyd.yaml", 1),
         ("deploy/static-pod-keyd.yaml", 1),
