@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{coffer, coffer_bin};
+use common::coffer_bin;
 
 /// Subcommands the docs mention as planned; they must not be checked against the binary.
 const PLANNED: &[&str] = &["run"];
