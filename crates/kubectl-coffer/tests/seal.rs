@@ -8,7 +8,9 @@ use std::time::{Duration, SystemTime};
 
 use coffer_sealed::{Location, Scope, SealedValue};
 use common::sealing::SimKeyd;
-use common::{fails_with, files_containing, kubectl, kubectl_command, ok, run_with, text};
+use common::{
+    fails_with, files_containing, inspect_check, kubectl, kubectl_command, ok, run_with, text,
+};
 use serde_json::Value;
 
 const SECRET: &str = "s3cr3t-PLAINTEXT-marker";
@@ -327,15 +329,7 @@ fn inspect_reports_bindings_and_stale_keys() {
     std::fs::write(&file, &sealed).unwrap();
     let f = file.to_str().unwrap();
 
-    let current = kubectl(&[
-        "coffer",
-        "inspect",
-        "-f",
-        f,
-        "--key-bundle",
-        old_bundle.to_str().unwrap(),
-        "--check",
-    ]);
+    let current = inspect_check(f, &old_bundle);
     let table = ok(&current);
     assert!(
         table.contains("strict apps/db/a") && table.contains("primary"),
@@ -346,15 +340,7 @@ fn inspect_reports_bindings_and_stale_keys() {
     keyd.keys
         .push(coffer_sealed::SealingKeyPair::generate().unwrap());
     let new_bundle = keyd.write_bundle(&dir.path().join("new.json"));
-    let stale = kubectl(&[
-        "coffer",
-        "inspect",
-        "-f",
-        f,
-        "--key-bundle",
-        new_bundle.to_str().unwrap(),
-        "--check",
-    ]);
+    let stale = inspect_check(f, &new_bundle);
     assert_eq!(stale.status.code(), Some(1));
     assert!(text(&stale).0.contains("OLD"), "{}", text(&stale).0);
 
