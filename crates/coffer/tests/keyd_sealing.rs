@@ -126,6 +126,31 @@ async fn reseal_refusal(
     .expect_err("keyd resealed a value it must refuse")
 }
 
+/// Unseal `request`, which keyd must refuse with `code`: the refusal's message.
+async fn unseal_refusal(
+    c: &mut KeyServiceClient<Channel>,
+    request: pb::UnsealRequest,
+    code: Code,
+) -> String {
+    let status = c
+        .unseal(request)
+        .await
+        .expect_err("keyd unsealed a value it must refuse");
+    assert_eq!(status.code(), code, "{status:?}");
+    status.message().to_string()
+}
+
+/// [`unseal_refusal`], whose message must contain `needle`.
+async fn assert_unseal_refused(
+    c: &mut KeyServiceClient<Channel>,
+    request: pb::UnsealRequest,
+    code: Code,
+    needle: &str,
+) {
+    let m = unseal_refusal(c, request, code).await;
+    assert!(m.contains(needle), "{m}");
+}
+
 /// Rotates `keyring`'s sealing key with the CLI; returns the new key's id.
 fn rotate_sealing_key(data: &Path, keyring: &str) -> String {
     keyd_cli(data, &["sealing-key", "rotate", "--keyring", keyring])
@@ -378,43 +403,35 @@ async fn unseal_refuses_in_order_and_audits_every_refusal() {
         sealed: sealed.into(),
         location: at.and_then(pb_location),
     };
-    let refused = async |c: &mut KeyServiceClient<Channel>, r: pb::UnsealRequest, code| {
-        let status = c
-            .unseal(r)
-            .await
-            .expect_err("keyd unsealed a value it must refuse");
-        assert_eq!(status.code(), code, "{status:?}");
-        status.message().to_string()
-    };
 
     // 1. No attestation.
-    let m = refused(
+    assert_unseal_refused(
         &mut public,
         unseal("apps", &strict, Some(&at)),
         Code::PermissionDenied,
+        "presented no certificate",
     )
     .await;
-    assert!(m.contains("presented no certificate"), "{m}");
     assert_audited(&data, "unseal", "denied", "presented no certificate", None);
 
     // 2. A keyring name that is not one.
-    let m = refused(
+    assert_unseal_refused(
         &mut attested,
         unseal("Bad_Name", &strict, Some(&at)),
         Code::InvalidArgument,
+        "invalid keyring name",
     )
     .await;
-    assert!(m.contains("invalid keyring name"), "{m}");
     assert_audited(&data, "unseal", "error", "invalid keyring name", None);
 
     // 3. An unknown keyring and one without a grant for the role read the same.
-    let ghost = refused(
+    let ghost = unseal_refusal(
         &mut attested,
         unseal("ghost", &strict, Some(&at)),
         Code::PermissionDenied,
     )
     .await;
-    let plain = refused(
+    let plain = unseal_refusal(
         &mut attested,
         unseal("plain", &strict, Some(&at)),
         Code::PermissionDenied,
@@ -424,50 +441,47 @@ async fn unseal_refuses_in_order_and_audits_every_refusal() {
     assert_audited(&data, "unseal", "denied", "keyrings.plain.unseal", None);
 
     // 4. Malformed value, another keyring's value, no or a bad location.
-    let m = refused(
+    assert_unseal_refused(
         &mut attested,
         unseal("apps", "coffer.v1.AAAA", Some(&at)),
         Code::InvalidArgument,
+        "not a sealed value",
     )
     .await;
-    assert!(m.contains("not a sealed value"), "{m}");
     let foreign = seal_to(&other, Scope::Strict, &at, SECRET);
-    let m = refused(
+    assert_unseal_refused(
         &mut attested,
         unseal("apps", &foreign, Some(&at)),
         Code::InvalidArgument,
+        "sealed to keyring \"other\"",
     )
     .await;
-    assert!(m.contains("sealed to keyring \"other\""), "{m}");
-    let m = refused(
+    assert_unseal_refused(
         &mut attested,
         unseal("apps", &strict, None),
         Code::InvalidArgument,
+        "location is missing",
     )
     .await;
-    assert!(m.contains("location is missing"), "{m}");
     let bad = location("Payments", "db-main", "password");
-    let m = refused(
+    assert_unseal_refused(
         &mut attested,
         unseal("apps", &strict, Some(&bad)),
         Code::InvalidArgument,
+        "invalid location",
     )
     .await;
-    assert!(m.contains("invalid location"), "{m}");
     assert_audited(&data, "unseal", "error", "location is missing", None);
 
     // 5. The binding does not admit where the value was found.
     let moved = location("payments", "db-main", "username");
-    let m = refused(
+    assert_unseal_refused(
         &mut attested,
         unseal("apps", &strict, Some(&moved)),
         Code::PermissionDenied,
+        "may not be used at payments/db-main/username",
     )
     .await;
-    assert!(
-        m.contains("may not be used at payments/db-main/username"),
-        "{m}"
-    );
     assert_audited(
         &data,
         "unseal",
@@ -481,13 +495,13 @@ async fn unseal_refuses_in_order_and_audits_every_refusal() {
         location("shop", "db-main", "password"),
         location("payments", "api-token", "token"),
     ] {
-        let m = refused(
+        assert_unseal_refused(
             &mut attested,
             unseal("apps", &cluster, Some(&place)),
             Code::PermissionDenied,
+            "no grant under keyrings.apps.unseal",
         )
         .await;
-        assert!(m.contains("no grant under keyrings.apps.unseal"), "{m}");
     }
     assert_audited(
         &data,
@@ -507,26 +521,26 @@ async fn unseal_refuses_in_order_and_audits_every_refusal() {
     )
     .unwrap()
     .to_text();
-    let m = refused(
+    assert_unseal_refused(
         &mut attested,
         unseal("apps", &unknown, Some(&at)),
         Code::NotFound,
+        stranger.id(),
     )
     .await;
-    assert!(m.contains(stranger.id()), "{m}");
 
     // 9. A value whose ciphertext was altered.
     let mut tampered = strict.clone().into_bytes();
     let i = tampered.len() - 12;
     tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
     let tampered = String::from_utf8(tampered).unwrap();
-    let m = refused(
+    assert_unseal_refused(
         &mut attested,
         unseal("apps", &tampered, Some(&at)),
         Code::InvalidArgument,
+        "does not open",
     )
     .await;
-    assert!(m.contains("does not open"), "{m}");
     assert_audited(
         &data,
         "unseal",
@@ -551,16 +565,13 @@ async fn unseal_refuses_in_order_and_audits_every_refusal() {
         ],
     );
     await_bundle(&mut public, "apps", &signer, &second, 1).await;
-    let m = refused(
+    assert_unseal_refused(
         &mut attested,
         unseal("apps", &strict, Some(&at)),
         Code::FailedPrecondition,
+        "was retired; the value cannot be recovered",
     )
     .await;
-    assert!(
-        m.contains("was retired; the value cannot be recovered"),
-        "{m}"
-    );
     assert_audited(
         &data,
         "unseal",
