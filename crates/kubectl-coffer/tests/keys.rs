@@ -3,7 +3,7 @@
 mod common;
 
 use common::sealing::{KeydProcess, SimKeyd};
-use common::{fails_with, inspect_check, kubectl, text};
+use common::{fails_with, inspect_check, kubectl, seal_db, text};
 
 #[test]
 fn verify_key_checks_evidence_and_policy_offline() {
@@ -131,13 +131,7 @@ fn fetch_key_pins_and_reseal_moves_values_to_the_new_key() {
     assert!(text(&fetch(pin, false)).1.contains("unchanged"));
 
     // Seal offline, and online (verified on the way).
-    let sealed = common::ok(&kubectl(&[
-        "coffer",
-        "seal",
-        "generic",
-        "db",
-        "-n",
-        "apps",
+    let sealed = common::ok(&seal_db(&[
         "--from-literal",
         "pw=hunter2",
         "--from-literal",
@@ -145,13 +139,7 @@ fn fetch_key_pins_and_reseal_moves_values_to_the_new_key() {
         "--key-bundle",
         pin,
     ]));
-    let online = common::ok(&kubectl(&[
-        "coffer",
-        "seal",
-        "generic",
-        "db",
-        "-n",
-        "apps",
+    let online = common::ok(&seal_db(&[
         "--from-literal",
         "pw=hunter2",
         "--keyd",
