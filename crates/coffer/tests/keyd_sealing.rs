@@ -9,29 +9,21 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use coffer_attest::policy::Policy;
 use coffer_keyd::pb;
 use coffer_keyd::pb::key_service_client::KeyServiceClient;
 use coffer_platform::sim::SimPlatform;
 use coffer_ratls::{AttestedVerifier, OfflineVerifier};
 use coffer_sealed::bundle::KeyBundle;
 use coffer_sealed::{Binding, Location, Scope, SealedValue, SealingKeyPair};
-use common::keyd::{create_keyd_data, free_addr, keyd_cli, sim_signer, KeydProcess};
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
-use tonic::transport::{Channel, Endpoint, Uri};
+use common::keyd::{
+    audit_records, create_keyd_data, free_addr, keyd_cli, keyd_policy, location,
+    raw_key_service_client, signer_role_policy, sim_role_policy, KeydProcess,
+};
+use tonic::transport::Channel;
 use tonic::Code;
 
 /// A secret whose bytes must never show up in keyd's log or audit log.
 const SECRET: &[u8] = b"s3cr3t-db-password-7f1c2a";
-
-/// A policy granting keyd's sim signer the role `keyd`, for checking keyd's evidence.
-fn keyd_policy(keyd_signer: &str) -> Policy {
-    Policy::from_yaml(&format!(
-        "version: 1\nallow_simulation: true\nroles:\n  - name: keyd\n    sim: {{ signer: [\"{keyd_signer}\"] }}\n"
-    ))
-    .unwrap()
-}
 
 /// A gRPC client over TLS that checks keyd's attestation and presents `platform`'s attested
 /// certificate, or none (a workstation).
@@ -44,42 +36,19 @@ async fn client(
         Arc::new(OfflineVerifier::new(coffer_attest::VerifyOptions::new(
             SystemTime::now(),
         ))),
-        Arc::new(keyd_policy(keyd_signer)),
+        Arc::new(keyd_policy(keyd_signer, true)),
     ));
-    let mut config = match platform {
+    let config = match platform {
         None => coffer_ratls::client_config_without_identity(verifier).unwrap(),
         Some(platform) => {
             let identity = coffer_ratls::attested_certificate(platform).unwrap();
             coffer_ratls::client_config(&identity, verifier).unwrap()
         }
     };
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let connector = connector.clone();
-            async move {
-                let tcp = tokio::net::TcpStream::connect(addr).await?;
-                let tls = connector
-                    .connect(ServerName::IpAddress(addr.ip().into()), tcp)
-                    .await?;
-                Ok::<_, std::io::Error>(TokioIo::new(tls))
-            }
-        }))
+    raw_key_service_client(addr, config)
         .await
-        .unwrap();
-    KeyServiceClient::new(channel)
         .max_decoding_message_size(4 << 20)
         .max_encoding_message_size(4 << 20)
-}
-
-fn location(namespace: &str, secret: &str, key: &str) -> Location {
-    Location {
-        namespace: namespace.into(),
-        secret: secret.into(),
-        key: key.into(),
-    }
 }
 
 fn pb_location(l: &Location) -> Option<pb::SecretLocation> {
@@ -103,7 +72,7 @@ async fn bundle(c: &mut KeyServiceClient<Channel>, keyring: &str, signer: &str) 
     let bundle = KeyBundle::from_json(&json).unwrap();
     bundle
         .verify(
-            &keyd_policy(signer),
+            &keyd_policy(signer, true),
             &coffer_attest::VerifyOptions::new(SystemTime::now()),
         )
         .unwrap();
@@ -134,6 +103,63 @@ async fn await_bundle(
     }
 }
 
+/// GetKeyBundle of `keyring`, which keyd must refuse: its status.
+async fn bundle_refusal(c: &mut KeyServiceClient<Channel>, keyring: &str) -> tonic::Status {
+    c.get_key_bundle(pb::GetKeyBundleRequest {
+        keyring: keyring.into(),
+    })
+    .await
+    .expect_err("keyd served a bundle it must refuse")
+}
+
+/// Reseal of `sealed` under `keyring`, which keyd must refuse: its status.
+async fn reseal_refusal(
+    c: &mut KeyServiceClient<Channel>,
+    keyring: &str,
+    sealed: &str,
+) -> tonic::Status {
+    c.reseal(pb::ResealRequest {
+        keyring: keyring.into(),
+        sealed: sealed.into(),
+    })
+    .await
+    .expect_err("keyd resealed a value it must refuse")
+}
+
+/// Unseal `request`, which keyd must refuse with `code`: the refusal's message.
+async fn unseal_refusal(
+    c: &mut KeyServiceClient<Channel>,
+    request: pb::UnsealRequest,
+    code: Code,
+) -> String {
+    let status = c
+        .unseal(request)
+        .await
+        .expect_err("keyd unsealed a value it must refuse");
+    assert_eq!(status.code(), code, "{status:?}");
+    status.message().to_string()
+}
+
+/// [`unseal_refusal`], whose message must contain `needle`.
+async fn assert_unseal_refused(
+    c: &mut KeyServiceClient<Channel>,
+    request: pb::UnsealRequest,
+    code: Code,
+    needle: &str,
+) {
+    let m = unseal_refusal(c, request, code).await;
+    assert!(m.contains(needle), "{m}");
+}
+
+/// Rotates `keyring`'s sealing key with the CLI; returns the new key's id.
+fn rotate_sealing_key(data: &Path, keyring: &str) -> String {
+    keyd_cli(data, &["sealing-key", "rotate", "--keyring", keyring])
+        .split_whitespace()
+        .find(|w| w.starts_with("sk-"))
+        .unwrap()
+        .to_string()
+}
+
 fn seal_to(bundle: &KeyBundle, scope: Scope, at: &Location, plaintext: &[u8]) -> String {
     let binding = Binding::new(scope, at).unwrap();
     coffer_sealed::seal(
@@ -144,14 +170,6 @@ fn seal_to(bundle: &KeyBundle, scope: Scope, at: &Location, plaintext: &[u8]) ->
     )
     .unwrap()
     .to_text()
-}
-
-fn audit_records(data: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(data.join("audit.log"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 /// Asserts an audit record of `event` with `result` whose reason contains `reason` (and, if
@@ -188,13 +206,7 @@ fn start(dir: &Path, config: &str, extra: &[&str]) -> (KeydProcess, SimPlatform)
     let data = dir.join("keyd");
     create_keyd_data(&data, &["apps", "other", "plain"]);
     let app = dir.join("app");
-    let policy = write(
-        &dir.join("policy.yaml"),
-        &format!(
-            "version: 1\nallow_simulation: true\nroles:\n  - name: app\n    sim: {{ signer: [\"{}\"] }}\n",
-            sim_signer(&app)
-        ),
-    );
+    let policy = sim_role_policy(dir, "app", &app);
     let config = write(&dir.join("keyd.yaml"), config);
     let mut flags = vec!["--reload-interval", "100ms"];
     flags.extend_from_slice(extra);
@@ -249,12 +261,7 @@ async fn workstation_gets_a_verified_bundle_and_reseals_after_rotation_and_retir
     let big_plain = vec![0x5a; coffer_sealed::MAX_PLAINTEXT_LEN];
     let big = seal_to(&first, Scope::Namespace, &at, &big_plain);
 
-    let rotated = keyd_cli(&data, &["sealing-key", "rotate", "--keyring", "apps"]);
-    let second = rotated
-        .split_whitespace()
-        .find(|w| w.starts_with("sk-"))
-        .unwrap()
-        .to_string();
+    let second = rotate_sealing_key(&data, "apps");
     await_bundle(&mut public, "apps", &signer, &second, 2).await;
 
     let resealed = public
@@ -311,59 +318,18 @@ async fn workstation_gets_a_verified_bundle_and_reseals_after_rotation_and_retir
     assert_audited(&data, "unseal", "ok", "", Some("payments/db-main/password"));
 
     // Public refusals: named keyring problems, bad values.
-    let status = public
-        .get_key_bundle(pb::GetKeyBundleRequest {
-            keyring: "ghost".into(),
-        })
-        .await
-        .unwrap_err();
+    let status = bundle_refusal(&mut public, "ghost").await;
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
-    let status = public
-        .get_key_bundle(pb::GetKeyBundleRequest {
-            keyring: "Bad_Name".into(),
-        })
-        .await
-        .unwrap_err();
+    let status = bundle_refusal(&mut public, "Bad_Name").await;
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    let status = public
-        .reseal(pb::ResealRequest {
-            keyring: "apps".into(),
-            sealed: "coffer.v1.not-a-value".into(),
-        })
-        .await
-        .unwrap_err();
+    let status = reseal_refusal(&mut public, "apps", "coffer.v1.not-a-value").await;
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    let status = public
-        .reseal(pb::ResealRequest {
-            keyring: "other".into(),
-            sealed: sealed.clone(),
-        })
-        .await
-        .unwrap_err();
+    let status = reseal_refusal(&mut public, "other", &sealed).await;
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("keyring \"apps\""), "{status:?}");
 
     // Retirement: never the primary; the others only with --confirm, after a warning.
-    let out = common::coffer(&[
-        "keyd",
-        "sealing-key",
-        "retire",
-        "--keyring",
-        "apps",
-        "--key-id",
-        &second,
-        "--confirm",
-        "--platform",
-        "sim",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("rotate first"),
-        "{err}"
-    );
-    let retire = |confirm: bool| {
+    let retire = |key_id: &str, confirm: bool| {
         let mut args = vec![
             "keyd",
             "sealing-key",
@@ -371,7 +337,7 @@ async fn workstation_gets_a_verified_bundle_and_reseals_after_rotation_and_retir
             "--keyring",
             "apps",
             "--key-id",
-            &first_id,
+            key_id,
             "--platform",
             "sim",
             "--data-dir",
@@ -382,13 +348,19 @@ async fn workstation_gets_a_verified_bundle_and_reseals_after_rotation_and_retir
         }
         common::coffer(&args)
     };
-    let out = retire(false);
+    let out = retire(&second, true);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("rotate first"),
+        "{err}"
+    );
+    let out = retire(&first_id, false);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("Reseal them first"),
         "{err}"
     );
-    let out = retire(true);
+    let out = retire(&first_id, true);
     assert!(
         out.status.success(),
         "{}",
@@ -402,13 +374,7 @@ async fn workstation_gets_a_verified_bundle_and_reseals_after_rotation_and_retir
     );
 
     await_bundle(&mut public, "apps", &signer, &second, 1).await;
-    let status = public
-        .reseal(pb::ResealRequest {
-            keyring: "apps".into(),
-            sealed: sealed.clone(),
-        })
-        .await
-        .unwrap_err();
+    let status = reseal_refusal(&mut public, "apps", &sealed).await;
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(status.message().contains("was retired"), "{status:?}");
     assert_audited(&data, "reseal", "error", "was retired", None);
@@ -437,43 +403,35 @@ async fn unseal_refuses_in_order_and_audits_every_refusal() {
         sealed: sealed.into(),
         location: at.and_then(pb_location),
     };
-    let refused = async |c: &mut KeyServiceClient<Channel>, r: pb::UnsealRequest, code| {
-        let status = c
-            .unseal(r)
-            .await
-            .expect_err("keyd unsealed a value it must refuse");
-        assert_eq!(status.code(), code, "{status:?}");
-        status.message().to_string()
-    };
 
     // 1. No attestation.
-    let m = refused(
+    assert_unseal_refused(
         &mut public,
         unseal("apps", &strict, Some(&at)),
         Code::PermissionDenied,
+        "presented no certificate",
     )
     .await;
-    assert!(m.contains("presented no certificate"), "{m}");
     assert_audited(&data, "unseal", "denied", "presented no certificate", None);
 
     // 2. A keyring name that is not one.
-    let m = refused(
+    assert_unseal_refused(
         &mut attested,
         unseal("Bad_Name", &strict, Some(&at)),
         Code::InvalidArgument,
+        "invalid keyring name",
     )
     .await;
-    assert!(m.contains("invalid keyring name"), "{m}");
     assert_audited(&data, "unseal", "error", "invalid keyring name", None);
 
     // 3. An unknown keyring and one without a grant for the role read the same.
-    let ghost = refused(
+    let ghost = unseal_refusal(
         &mut attested,
         unseal("ghost", &strict, Some(&at)),
         Code::PermissionDenied,
     )
     .await;
-    let plain = refused(
+    let plain = unseal_refusal(
         &mut attested,
         unseal("plain", &strict, Some(&at)),
         Code::PermissionDenied,
@@ -483,50 +441,47 @@ async fn unseal_refuses_in_order_and_audits_every_refusal() {
     assert_audited(&data, "unseal", "denied", "keyrings.plain.unseal", None);
 
     // 4. Malformed value, another keyring's value, no or a bad location.
-    let m = refused(
+    assert_unseal_refused(
         &mut attested,
         unseal("apps", "coffer.v1.AAAA", Some(&at)),
         Code::InvalidArgument,
+        "not a sealed value",
     )
     .await;
-    assert!(m.contains("not a sealed value"), "{m}");
     let foreign = seal_to(&other, Scope::Strict, &at, SECRET);
-    let m = refused(
+    assert_unseal_refused(
         &mut attested,
         unseal("apps", &foreign, Some(&at)),
         Code::InvalidArgument,
+        "sealed to keyring \"other\"",
     )
     .await;
-    assert!(m.contains("sealed to keyring \"other\""), "{m}");
-    let m = refused(
+    assert_unseal_refused(
         &mut attested,
         unseal("apps", &strict, None),
         Code::InvalidArgument,
+        "location is missing",
     )
     .await;
-    assert!(m.contains("location is missing"), "{m}");
     let bad = location("Payments", "db-main", "password");
-    let m = refused(
+    assert_unseal_refused(
         &mut attested,
         unseal("apps", &strict, Some(&bad)),
         Code::InvalidArgument,
+        "invalid location",
     )
     .await;
-    assert!(m.contains("invalid location"), "{m}");
     assert_audited(&data, "unseal", "error", "location is missing", None);
 
     // 5. The binding does not admit where the value was found.
     let moved = location("payments", "db-main", "username");
-    let m = refused(
+    assert_unseal_refused(
         &mut attested,
         unseal("apps", &strict, Some(&moved)),
         Code::PermissionDenied,
+        "may not be used at payments/db-main/username",
     )
     .await;
-    assert!(
-        m.contains("may not be used at payments/db-main/username"),
-        "{m}"
-    );
     assert_audited(
         &data,
         "unseal",
@@ -540,13 +495,13 @@ async fn unseal_refuses_in_order_and_audits_every_refusal() {
         location("shop", "db-main", "password"),
         location("payments", "api-token", "token"),
     ] {
-        let m = refused(
+        assert_unseal_refused(
             &mut attested,
             unseal("apps", &cluster, Some(&place)),
             Code::PermissionDenied,
+            "no grant under keyrings.apps.unseal",
         )
         .await;
-        assert!(m.contains("no grant under keyrings.apps.unseal"), "{m}");
     }
     assert_audited(
         &data,
@@ -566,26 +521,26 @@ async fn unseal_refuses_in_order_and_audits_every_refusal() {
     )
     .unwrap()
     .to_text();
-    let m = refused(
+    assert_unseal_refused(
         &mut attested,
         unseal("apps", &unknown, Some(&at)),
         Code::NotFound,
+        stranger.id(),
     )
     .await;
-    assert!(m.contains(stranger.id()), "{m}");
 
     // 9. A value whose ciphertext was altered.
     let mut tampered = strict.clone().into_bytes();
     let i = tampered.len() - 12;
     tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
     let tampered = String::from_utf8(tampered).unwrap();
-    let m = refused(
+    assert_unseal_refused(
         &mut attested,
         unseal("apps", &tampered, Some(&at)),
         Code::InvalidArgument,
+        "does not open",
     )
     .await;
-    assert!(m.contains("does not open"), "{m}");
     assert_audited(
         &data,
         "unseal",
@@ -596,12 +551,7 @@ async fn unseal_refuses_in_order_and_audits_every_refusal() {
 
     // 7. A retired key: rotate, retire the first key, wait for keyd to reload.
     let first = apps.primary().unwrap().id().to_string();
-    let rotated = keyd_cli(&data, &["sealing-key", "rotate", "--keyring", "apps"]);
-    let second = rotated
-        .split_whitespace()
-        .find(|w| w.starts_with("sk-"))
-        .unwrap()
-        .to_string();
+    let second = rotate_sealing_key(&data, "apps");
     keyd_cli(
         &data,
         &[
@@ -615,16 +565,13 @@ async fn unseal_refuses_in_order_and_audits_every_refusal() {
         ],
     );
     await_bundle(&mut public, "apps", &signer, &second, 1).await;
-    let m = refused(
+    assert_unseal_refused(
         &mut attested,
         unseal("apps", &strict, Some(&at)),
         Code::FailedPrecondition,
+        "was retired; the value cannot be recovered",
     )
     .await;
-    assert!(
-        m.contains("was retired; the value cannot be recovered"),
-        "{m}"
-    );
     assert_audited(
         &data,
         "unseal",
@@ -675,59 +622,38 @@ async fn public_calls_have_their_own_rate_limit_per_address() {
 fn keyd_refuses_an_unseal_grant_of_an_undefined_role() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("keyd");
-    let policy = write(
-        &dir.path().join("policy.yaml"),
-        &format!(
-            "version: 1\nallow_simulation: true\nroles:\n  - name: app\n    sim: {{ signer: [\"{}\"] }}\n",
-            "ab".repeat(32)
+    let policy = signer_role_policy(dir.path(), "app", &"ab".repeat(32));
+    for (config, needles) in [
+        (
+            "keyrings:\n  apps:\n    unseal:\n      - {role: ap, namespaces: [\"*\"]}\n",
+            &["grants unseal to role \"ap\""][..],
         ),
-    );
-    let config = write(
-        &dir.path().join("keyd.yaml"),
-        "keyrings:\n  apps:\n    unseal:\n      - {role: ap, namespaces: [\"*\"]}\n",
-    );
-    let out = common::coffer(&[
-        "keyd",
-        "serve",
-        "--platform",
-        "sim",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--listen",
-        &free_addr().to_string(),
-        "--policy",
-        policy.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("grants unseal to role \"ap\""),
-        "{err}"
-    );
-    let config = write(
-        &dir.path().join("keyd.yaml"),
-        "keyrings:\n  apps:\n    unseal:\n      - {role: app, namespaces: [\"Payments\"]}\n",
-    );
-    let out = common::coffer(&[
-        "keyd",
-        "serve",
-        "--platform",
-        "sim",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--listen",
-        &free_addr().to_string(),
-        "--policy",
-        policy.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("namespace pattern") && err.contains("line 4"),
-        "{err}"
-    );
+        (
+            "keyrings:\n  apps:\n    unseal:\n      - {role: app, namespaces: [\"Payments\"]}\n",
+            &["namespace pattern", "line 4"][..],
+        ),
+    ] {
+        let config = write(&dir.path().join("keyd.yaml"), config);
+        let out = common::coffer(&[
+            "keyd",
+            "serve",
+            "--platform",
+            "sim",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            &free_addr().to_string(),
+            "--policy",
+            policy.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && needles.iter().all(|n| err.contains(n)),
+            "{err}"
+        );
+    }
 }
 
 /// Every file under `dir` whose name marks a writer's temporary.
@@ -787,10 +713,7 @@ fn a_killed_sealing_key_rotation_leaves_nothing_behind_once_keyd_starts() {
         "a killed rotation changed the file"
     );
 
-    let policy = write(&dir.path().join("policy.yaml"), &format!(
-        "version: 1\nallow_simulation: true\nroles:\n  - name: app\n    sim: {{ signer: [\"{}\"] }}\n",
-        "ab".repeat(32)
-    ));
+    let policy = signer_role_policy(dir.path(), "app", &"ab".repeat(32));
     let config = write(
         &dir.path().join("keyd.yaml"),
         CONFIG.split("  other:").next().unwrap(),
@@ -812,12 +735,7 @@ async fn a_keyring_without_sealing_keys_says_what_to_run_and_serve_init_gives_it
     let (policy, config) = (dir.path().join("policy.yaml"), dir.path().join("keyd.yaml"));
     let keyd = KeydProcess::start(&data, free_addr(), &policy, &config, &[]);
     let mut public = client(keyd.addr, &signer, None).await;
-    let status = public
-        .get_key_bundle(pb::GetKeyBundleRequest {
-            keyring: "plain".into(),
-        })
-        .await
-        .unwrap_err();
+    let status = bundle_refusal(&mut public, "plain").await;
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(
         status

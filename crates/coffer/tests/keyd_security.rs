@@ -10,16 +10,17 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use coffer_attest::policy::Policy;
 use coffer_keyd_client::pb::key_service_client::KeyServiceClient;
 use coffer_keyd_client::{pb, KeydClient, KeydClientOptions};
 use coffer_platform::sim::SimPlatform;
 use coffer_platform::{Evidence, Platform, PlatformError, PlatformKind, SealingKey};
 use coffer_ratls::{AttestedServerVerifier, AttestedVerifier, OfflineVerifier};
-use common::keyd::{client_options, create_keyd_data, free_addr, sim_signer, KeydProcess};
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tonic::transport::{Channel, Endpoint, Uri};
+use common::keyd::{
+    audit_records, client_options, create_keyd_data, free_addr, keyd_policy,
+    raw_key_service_client, sim_signer, KeydProcess,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tonic::transport::Channel;
 
 /// A platform that puts evidence captured from another TLS key into its certificates: the
 /// replay of a legitimate caller's attestation.
@@ -46,41 +47,22 @@ async fn raw_client(
     keyd_signer: &str,
     client_auth: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
 ) -> KeyServiceClient<Channel> {
-    let policy = format!(
-        "version: 1\nallow_simulation: true\nroles:\n  - name: keyd\n    sim: {{ signer: [\"{keyd_signer}\"] }}\n"
-    );
     let verifier = Arc::new(AttestedVerifier::new(
         Arc::new(OfflineVerifier::new(coffer_attest::VerifyOptions::new(
             SystemTime::now(),
         ))),
-        Arc::new(Policy::from_yaml(&policy).unwrap()),
+        Arc::new(keyd_policy(keyd_signer, true)),
     ));
     let builder = rustls::ClientConfig::builder_with_provider(coffer_ratls::crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AttestedServerVerifier::new(verifier)));
-    let mut config = match client_auth {
+    let config = match client_auth {
         None => builder.with_no_client_auth(),
         Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
     };
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let connector = connector.clone();
-            async move {
-                let tcp = tokio::net::TcpStream::connect(addr).await?;
-                let tls = connector
-                    .connect(ServerName::IpAddress(addr.ip().into()), tcp)
-                    .await?;
-                Ok::<_, std::io::Error>(TokioIo::new(tls))
-            }
-        }))
-        .await
-        .unwrap();
-    KeyServiceClient::new(channel)
+    raw_key_service_client(addr, config).await
 }
 
 fn unwrap_request(ciphertext: &[u8], key_id: &str) -> pb::UnwrapRequest {
@@ -89,14 +71,6 @@ fn unwrap_request(ciphertext: &[u8], key_id: &str) -> pb::UnwrapRequest {
         key_id: key_id.into(),
         ciphertext: ciphertext.to_vec(),
     }
-}
-
-fn audit_records(data: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(data.join("audit.log"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 /// Asserts that keyd audited a refusal whose reason contains `reason`, at connect and for the

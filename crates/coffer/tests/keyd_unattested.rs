@@ -11,28 +11,35 @@ use coffer_attest::policy::Policy;
 use coffer_attest::VerifyOptions;
 use coffer_keyd_client::{ClientError, KeydAddr, KeydClient};
 use coffer_sealed::bundle::KeyBundle;
-use coffer_sealed::{seal, Binding, Location, Scope, SealedValue};
-use common::keyd::{client_options, create_keyd_data, free_addr, sim_role_policy, KeydProcess};
+use coffer_sealed::{seal, Binding, Scope, SealedValue};
+use common::keyd::{
+    client_options, create_keyd_data, free_addr, location, sim_role_policy, KeydProcess,
+};
 
 /// A secret that must come back only to the attested, granted caller.
 const SECRET: &[u8] = b"s3cr3t-db-password-41d9";
 
-fn location(namespace: &str, secret: &str, key: &str) -> Location {
-    Location {
-        namespace: namespace.into(),
-        secret: secret.into(),
-        key: key.into(),
-    }
-}
-
 /// A policy for keyd's certificate: keyd's sim signer, with simulation allowed or not.
 fn keyd_policy(signer: &str, allow_simulation: bool) -> Arc<Policy> {
-    Arc::new(
-        Policy::from_yaml(&format!(
-            "version: 1\nallow_simulation: {allow_simulation}\nroles:\n  - name: keyd\n    sim: {{ signer: [\"{signer}\"] }}\n"
-        ))
-        .unwrap(),
-    )
+    Arc::new(common::keyd::keyd_policy(signer, allow_simulation))
+}
+
+/// Asserts that keyd refused `err`'s call with gRPC status `code`.
+fn assert_status_code(err: &ClientError, code: tonic::Code) {
+    assert_eq!(err.status().map(|s| s.code()), Some(code), "{err}");
+}
+
+/// Asserts that keyd refused `err`'s call because the caller is not attested, and said so.
+fn assert_refused_unattested(err: &ClientError) {
+    let status = err
+        .status()
+        .unwrap_or_else(|| panic!("not a gRPC status: {err}"));
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{err}");
+    assert!(
+        status.message().contains("presented no certificate"),
+        "{}",
+        status.message()
+    );
 }
 
 fn start_keyd(dir: &std::path::Path) -> KeydProcess {
@@ -64,15 +71,7 @@ async fn unattested_client_fetches_the_bundle_and_reseals_and_only_granted_attes
 
     // ... but a call keyd serves only to attested callers is refused, and keyd says why.
     let err = client.status("cluster-a").await.unwrap_err();
-    let status = err
-        .status()
-        .unwrap_or_else(|| panic!("not a gRPC status: {err}"));
-    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{err}");
-    assert!(
-        status.message().contains("presented no certificate"),
-        "{}",
-        status.message()
-    );
+    assert_refused_unattested(&err);
 
     // The key bundle is served without attestation, and verifies against keyd's policy.
     let json = client.key_bundle("cluster-a").await.unwrap();
@@ -100,33 +99,17 @@ async fn unattested_client_fetches_the_bundle_and_reseals_and_only_granted_attes
     // keyd's refusals arrive as its status: an unknown keyring, a value that does not parse,
     // and Unseal, which needs an attested caller.
     let err = client.key_bundle("cluster-zz").await.unwrap_err();
-    assert_eq!(
-        err.status().map(|s| s.code()),
-        Some(tonic::Code::NotFound),
-        "{err}"
-    );
+    assert_status_code(&err, tonic::Code::NotFound);
     let err = client
         .reseal("cluster-a", "coffer.v1.AAAA")
         .await
         .unwrap_err();
-    assert_eq!(
-        err.status().map(|s| s.code()),
-        Some(tonic::Code::InvalidArgument),
-        "{err}"
-    );
+    assert_status_code(&err, tonic::Code::InvalidArgument);
     let err = client
         .unseal("cluster-a", &resealed, &at)
         .await
         .unwrap_err();
-    let status = err
-        .status()
-        .unwrap_or_else(|| panic!("not a gRPC status: {err}"));
-    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{err}");
-    assert!(
-        status.message().contains("presented no certificate"),
-        "{}",
-        status.message()
-    );
+    assert_refused_unattested(&err);
     assert!(!err.to_string().contains("s3cr3t"), "{err}");
 
     // The attested caller the keyring's unseal grant names opens it where it was bound, and
@@ -143,11 +126,7 @@ async fn unattested_client_fetches_the_bundle_and_reseals_and_only_granted_attes
         .unseal("cluster-a", &resealed, &location("default", "db", "user"))
         .await
         .unwrap_err();
-    assert_eq!(
-        err.status().map(|s| s.code()),
-        Some(tonic::Code::PermissionDenied),
-        "{err}"
-    );
+    assert_status_code(&err, tonic::Code::PermissionDenied);
 }
 
 #[tokio::test]

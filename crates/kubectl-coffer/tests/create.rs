@@ -5,6 +5,8 @@
 mod common;
 
 use std::convert::Infallible;
+use std::path::Path;
+use std::process::Output;
 use std::sync::{Arc, Mutex};
 
 use common::sealing::SimKeyd;
@@ -156,6 +158,26 @@ fn kubeconfig(dir: &std::path::Path, server: &ApiServer) -> String {
     path.display().to_string()
 }
 
+/// `kubectl coffer create secret generic db --from-literal <literal>` sealed to `bundle`,
+/// against `kubeconfig`, with `extra` flags.
+fn create_db(literal: &str, bundle: &Path, kubeconfig: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "coffer",
+        "create",
+        "secret",
+        "generic",
+        "db",
+        "--from-literal",
+        literal,
+        "--key-bundle",
+        bundle.to_str().unwrap(),
+        "--kubeconfig",
+        kubeconfig,
+    ];
+    args.extend_from_slice(extra);
+    kubectl(&args)
+}
+
 #[test]
 fn create_sends_only_sealed_values() {
     let dir = tempfile::tempdir().unwrap();
@@ -164,19 +186,7 @@ fn create_sends_only_sealed_values() {
     let server = api_server(201);
     let kubeconfig = kubeconfig(dir.path(), &server);
     let literal = format!("password={SECRET}");
-    let out = kubectl(&[
-        "coffer",
-        "create",
-        "secret",
-        "generic",
-        "db",
-        "--from-literal",
-        &literal,
-        "--key-bundle",
-        bundle.to_str().unwrap(),
-        "--kubeconfig",
-        &kubeconfig,
-    ]);
+    let out = create_db(&literal, &bundle, &kubeconfig, &[]);
     let stdout = ok(&out);
     assert!(
         stdout.contains("secret/db created in namespace team"),
@@ -199,41 +209,17 @@ fn create_sends_only_sealed_values() {
     assert_eq!(opened.as_slice(), SECRET.as_bytes());
 
     // Through an exec credential plugin (as `kubeconfig protect` sets up), another context.
-    let out = kubectl(&[
-        "coffer",
-        "create",
-        "secret",
-        "generic",
-        "db",
-        "--from-literal",
-        &literal,
-        "--key-bundle",
-        bundle.to_str().unwrap(),
-        "--kubeconfig",
-        &kubeconfig,
-        "--context",
-        "exec",
-    ]);
+    let out = create_db(&literal, &bundle, &kubeconfig, &["--context", "exec"]);
     assert!(ok(&out).contains("created in namespace ops"));
 
     // --dry-run=client sends nothing.
     let before = server.seen.lock().unwrap().len();
-    let out = kubectl(&[
-        "coffer",
-        "create",
-        "secret",
-        "generic",
-        "db",
-        "-n",
-        "x",
-        "--from-literal",
+    let out = create_db(
         &literal,
-        "--key-bundle",
-        bundle.to_str().unwrap(),
-        "--kubeconfig",
+        &bundle,
         &kubeconfig,
-        "--dry-run=client",
-    ]);
+        &["-n", "x", "--dry-run=client"],
+    );
     assert!(ok(&out).contains("coffer.v1."));
     assert_eq!(server.seen.lock().unwrap().len(), before);
 }
@@ -249,19 +235,7 @@ fn create_maps_conflict_and_forbidden_to_clear_errors() {
     ] {
         let server = api_server(status);
         let kubeconfig = kubeconfig(dir.path(), &server);
-        let out = kubectl(&[
-            "coffer",
-            "create",
-            "secret",
-            "generic",
-            "db",
-            "--from-literal",
-            &format!("pw={SECRET}"),
-            "--key-bundle",
-            bundle.to_str().unwrap(),
-            "--kubeconfig",
-            &kubeconfig,
-        ]);
+        let out = create_db(&format!("pw={SECRET}"), &bundle, &kubeconfig, &[]);
         let stderr = fails_with(&out, needle);
         assert!(!stderr.contains(SECRET), "{stderr}");
         assert!(!text(&out).1.contains("panicked"));
@@ -295,19 +269,7 @@ fn create_through_a_kubeconfig_protected_by_kubectl_coffer() {
         .contains(TOKEN));
 
     // kube's exec support runs `kubectl-coffer credential` for the bearer token.
-    let out = kubectl(&[
-        "coffer",
-        "create",
-        "secret",
-        "generic",
-        "db",
-        "--from-literal",
-        &format!("pw={SECRET}"),
-        "--key-bundle",
-        bundle.to_str().unwrap(),
-        "--kubeconfig",
-        &kubeconfig,
-    ]);
+    let out = create_db(&format!("pw={SECRET}"), &bundle, &kubeconfig, &[]);
     assert!(ok(&out).contains("secret/db created in namespace team"));
     let seen = server.seen.lock().unwrap().clone();
     let post = seen

@@ -2,8 +2,8 @@
 
 mod common;
 
-use common::sealing::SimKeyd;
-use common::{fails_with, kubectl, text};
+use common::sealing::{KeydProcess, SimKeyd};
+use common::{fails_with, inspect_check, kubectl, seal_db, text};
 
 #[test]
 fn verify_key_checks_evidence_and_policy_offline() {
@@ -80,10 +80,25 @@ fn primary_of(path: &std::path::Path) -> String {
     bundle.primary().unwrap().id().to_string()
 }
 
+/// `kubectl coffer reseal -f <file> --in-place` against `keyd`, trusting it by its policy.
+fn reseal_in_place(file: &str, keyd: &KeydProcess) -> std::process::Output {
+    kubectl(&[
+        "coffer",
+        "reseal",
+        "-f",
+        file,
+        "--in-place",
+        "--keyd",
+        &keyd.addr,
+        "--policy",
+        keyd.policy.to_str().unwrap(),
+    ])
+}
+
 #[test]
 fn fetch_key_pins_and_reseal_moves_values_to_the_new_key() {
     let dir = tempfile::tempdir().unwrap();
-    let keyd = common::sealing::KeydProcess::start(dir.path(), "apps");
+    let keyd = KeydProcess::start(dir.path(), "apps");
     let policy = keyd.policy.to_str().unwrap();
     let pinned = dir.path().join("bundle.json");
     let pin = pinned.to_str().unwrap();
@@ -116,13 +131,7 @@ fn fetch_key_pins_and_reseal_moves_values_to_the_new_key() {
     assert!(text(&fetch(pin, false)).1.contains("unchanged"));
 
     // Seal offline, and online (verified on the way).
-    let sealed = common::ok(&kubectl(&[
-        "coffer",
-        "seal",
-        "generic",
-        "db",
-        "-n",
-        "apps",
+    let sealed = common::ok(&seal_db(&[
         "--from-literal",
         "pw=hunter2",
         "--from-literal",
@@ -130,13 +139,7 @@ fn fetch_key_pins_and_reseal_moves_values_to_the_new_key() {
         "--key-bundle",
         pin,
     ]));
-    let online = common::ok(&kubectl(&[
-        "coffer",
-        "seal",
-        "generic",
-        "db",
-        "-n",
-        "apps",
+    let online = common::ok(&seal_db(&[
         "--from-literal",
         "pw=hunter2",
         "--keyd",
@@ -175,27 +178,9 @@ fn fetch_key_pins_and_reseal_moves_values_to_the_new_key() {
 
     // inspect --check flags the old key; reseal moves every value; then --check passes.
     let f = file.to_str().unwrap();
-    let stale = kubectl(&[
-        "coffer",
-        "inspect",
-        "-f",
-        f,
-        "--key-bundle",
-        fresh.to_str().unwrap(),
-        "--check",
-    ]);
+    let stale = inspect_check(f, &fresh);
     assert_eq!(stale.status.code(), Some(1), "{}", text(&stale).0);
-    let out = kubectl(&[
-        "coffer",
-        "reseal",
-        "-f",
-        f,
-        "--in-place",
-        "--keyd",
-        &keyd.addr,
-        "--policy",
-        policy,
-    ]);
+    let out = reseal_in_place(f, &keyd);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(
@@ -208,22 +193,14 @@ fn fetch_key_pins_and_reseal_moves_values_to_the_new_key() {
         "{resealed}"
     );
     assert!(!resealed.contains("hunter2"));
-    common::ok(&kubectl(&[
-        "coffer",
-        "inspect",
-        "-f",
-        f,
-        "--key-bundle",
-        fresh.to_str().unwrap(),
-        "--check",
-    ]));
+    common::ok(&inspect_check(f, &fresh));
     assert!(common::files_containing(dir.path(), b"hunter2").is_empty());
 }
 
 #[test]
 fn fetch_key_refuses_what_the_policy_refuses_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let keyd = common::sealing::KeydProcess::start(dir.path(), "apps");
+    let keyd = KeydProcess::start(dir.path(), "apps");
     let strict = dir.path().join("no-sim.yaml");
     std::fs::write(
         &strict,
@@ -233,41 +210,32 @@ fn fetch_key_refuses_what_the_policy_refuses_and_writes_nothing() {
     )
     .unwrap();
     let out_file = dir.path().join("bundle.json");
-    let out = kubectl(&[
-        "coffer",
-        "fetch-key",
-        "--keyd",
-        &keyd.addr,
-        "--keyring",
-        "apps",
-        "--policy",
-        strict.to_str().unwrap(),
-        "-o",
-        out_file.to_str().unwrap(),
-    ]);
-    fails_with(&out, "simulation evidence refused");
-    assert!(!out_file.exists());
-    let out = kubectl(&[
-        "coffer",
-        "fetch-key",
-        "--keyd",
-        &keyd.addr,
-        "--keyring",
-        "nope",
-        "--policy",
-        keyd.policy.to_str().unwrap(),
-        "-o",
-        out_file.to_str().unwrap(),
-    ]);
-    fails_with(&out, "nope");
-    assert!(!out_file.exists());
+    for (keyring, policy, needle) in [
+        ("apps", &strict, "simulation evidence refused"),
+        ("nope", &keyd.policy, "nope"),
+    ] {
+        let out = kubectl(&[
+            "coffer",
+            "fetch-key",
+            "--keyd",
+            &keyd.addr,
+            "--keyring",
+            keyring,
+            "--policy",
+            policy.to_str().unwrap(),
+            "-o",
+            out_file.to_str().unwrap(),
+        ]);
+        fails_with(&out, needle);
+        assert!(!out_file.exists());
+    }
 }
 
 #[test]
 fn reseal_waits_out_keyds_rate_limit() {
     let dir = tempfile::tempdir().unwrap();
     // One certificate-less call per second, bursts of 2: re-sealing 6 values must back off.
-    let keyd = common::sealing::KeydProcess::start_with(
+    let keyd = KeydProcess::start_with(
         dir.path(),
         "apps",
         &["--public-rate-per-second", "1", "--public-rate-burst", "2"],
@@ -298,17 +266,7 @@ fn reseal_waits_out_keyds_rate_limit() {
     let f = file.to_str().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let out = kubectl(&[
-            "coffer",
-            "reseal",
-            "-f",
-            f,
-            "--in-place",
-            "--keyd",
-            &keyd.addr,
-            "--policy",
-            policy,
-        ]);
+        let out = reseal_in_place(f, &keyd);
         let (_, stderr) = text(&out);
         assert!(out.status.success(), "{stderr}");
         if stderr.contains("re-sealed 6 value(s)") {

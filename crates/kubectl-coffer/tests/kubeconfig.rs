@@ -9,6 +9,12 @@ use std::path::Path;
 
 use support_kubeconfig::{assert_fails_with, assert_version_ok, text, Auth, World};
 
+/// Asserts that `out` exited with `code` and its stderr contains `needle`.
+fn assert_exit(out: &std::process::Output, code: i32, needle: &str) {
+    assert_eq!(out.status.code(), Some(code), "{:?}", text(out));
+    assert!(text(out).1.contains(needle), "{:?}", text(out));
+}
+
 fn protect(world: &World, extra: &[&str], passphrase: Option<&Path>) -> String {
     let mut args = vec!["kubeconfig", "protect"];
     args.extend_from_slice(extra);
@@ -106,12 +112,7 @@ fn client_certificate_through_the_exec_plugin_the_agent_and_back() {
     world.assert_nowhere_on_disk(&needles, &[]);
     // A second agent on the same socket is refused; bad requests get an error line.
     let second = world.coffer(&["agent"], Some(&world.passphrase_file));
-    assert_eq!(second.status.code(), Some(1));
-    assert!(
-        text(&second).1.contains("already running"),
-        "{:?}",
-        text(&second)
-    );
+    assert_exit(&second, 1, "already running");
     assert!(ask_raw(&socket, b"{\"op\":\"dump\"}\n").contains("bad request"));
     assert!(ask_raw(&socket, &[b'x'; 5000]).contains("bad request"));
     let unknown = ask_raw(&socket, b"{\"op\":\"get\",\"id\":\"bob\"}\n");
@@ -138,8 +139,7 @@ fn client_certificate_through_the_exec_plugin_the_agent_and_back() {
     // Restore: first only says what it would do.
     let before = fs::read(&world.kubeconfig).unwrap();
     let dry = world.coffer(&["kubeconfig", "restore"], Some(&world.passphrase_file));
-    assert_eq!(dry.status.code(), Some(2), "{:?}", text(&dry));
-    assert!(text(&dry).1.contains("--confirm"), "{:?}", text(&dry));
+    assert_exit(&dry, 2, "--confirm");
     assert_eq!(fs::read(&world.kubeconfig).unwrap(), before);
     let restored = world.coffer(
         &["kubeconfig", "restore", "--confirm"],
@@ -197,20 +197,10 @@ fn ask_raw(socket: &Path, request: &[u8]) -> String {
 fn malformed_kubeconfigs_and_unknown_users_are_refused_clearly() {
     let world = World::new(Auth::Token("tok-malformed-2a9c".into()));
     let refused = world.coffer(&["kubeconfig", "protect", "--user", "nobody"], None);
-    assert_eq!(refused.status.code(), Some(2));
-    assert!(
-        text(&refused).1.contains("no user named \"nobody\""),
-        "{:?}",
-        text(&refused)
-    );
+    assert_exit(&refused, 2, "no user named \"nobody\"");
     fs::write(&world.kubeconfig, "users: [unclosed\n").unwrap();
     let refused = world.coffer(&["kubeconfig", "protect"], None);
-    assert_eq!(refused.status.code(), Some(2));
-    assert!(
-        text(&refused).1.contains("is not a YAML kubeconfig"),
-        "{:?}",
-        text(&refused)
-    );
+    assert_exit(&refused, 2, "is not a YAML kubeconfig");
     assert!(!world.store.exists(), "a refused protect created a store");
 }
 
@@ -256,10 +246,7 @@ fn token_file_protected_with_removal_and_simulation_says_it_protects_nothing() {
 
     // Protecting again is refused: the user already uses the plugin.
     let again = world.coffer(&["kubeconfig", "protect"], None);
-    assert_eq!(again.status.code(), Some(2));
-    assert!(text(&again)
-        .1
-        .contains("already gets its credential from an exec plugin"));
+    assert_exit(&again, 2, "already gets its credential from an exec plugin");
 }
 
 #[test]
@@ -277,10 +264,7 @@ fn an_expired_agent_forgets_and_kubectl_fails_cleanly() {
     assert_fails_with(&out, "no kubectl coffer agent is running");
     assert_fails_with(&out, "run `kubectl coffer agent` in a terminal");
     let status = world.coffer(&["agent", "status"], None);
-    assert_eq!(status.status.code(), Some(1));
-    assert!(text(&status)
-        .1
-        .contains("no kubectl coffer agent is running"));
+    assert_exit(&status, 1, "no kubectl coffer agent is running");
 }
 
 #[test]
@@ -346,12 +330,7 @@ fn platform_protection_where_the_workstation_is_a_tee() {
     let mut world = World::new(Auth::Token("tok-platform-0e4b77".into()));
     // No TEE here: platform protection is refused with what to use instead.
     let refused = world.coffer(&["kubeconfig", "protect", "--protection", "platform"], None);
-    assert_eq!(refused.status.code(), Some(2), "{:?}", text(&refused));
-    assert!(
-        text(&refused).1.contains("--protection passphrase"),
-        "{:?}",
-        text(&refused)
-    );
+    assert_exit(&refused, 2, "--protection passphrase");
     assert!(!world.store.exists());
 
     let root = world.dir.path().join("tee");

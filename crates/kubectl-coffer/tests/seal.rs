@@ -8,7 +8,10 @@ use std::time::{Duration, SystemTime};
 
 use coffer_sealed::{Location, Scope, SealedValue};
 use common::sealing::SimKeyd;
-use common::{fails_with, files_containing, kubectl, kubectl_command, ok, run_with, text};
+use common::{
+    fails_with, files_containing, inspect_check, kubectl, kubectl_command, ok, run_with, seal_db,
+    text,
+};
 use serde_json::Value;
 
 const SECRET: &str = "s3cr3t-PLAINTEXT-marker";
@@ -245,13 +248,7 @@ fn raw_prints_one_sealed_value() {
 fn merge_into_adds_and_replaces_keeping_the_rest() {
     let (dir, keyd, bundle) = setup();
     let file = dir.path().join("db.yaml");
-    let first = kubectl(&[
-        "coffer",
-        "seal",
-        "generic",
-        "db",
-        "-n",
-        "apps",
+    let first = seal_db(&[
         "--from-literal",
         "a=one",
         "--from-literal",
@@ -261,13 +258,7 @@ fn merge_into_adds_and_replaces_keeping_the_rest() {
     ]);
     std::fs::write(&file, ok(&first)).unwrap();
     let before = parse(&std::fs::read_to_string(&file).unwrap());
-    let out = kubectl(&[
-        "coffer",
-        "seal",
-        "generic",
-        "db",
-        "-n",
-        "apps",
+    let out = seal_db(&[
         "--from-literal",
         "b=TWO",
         "--from-literal",
@@ -288,13 +279,7 @@ fn merge_into_adds_and_replaces_keeping_the_rest() {
     std::fs::create_dir_all(dir.path().join("other")).unwrap();
     let other_bundle = other.write_bundle(&dir.path().join("other.json"));
     let unchanged = std::fs::read(&file).unwrap();
-    let out = kubectl(&[
-        "coffer",
-        "seal",
-        "generic",
-        "db",
-        "-n",
-        "apps",
+    let out = seal_db(&[
         "--from-literal",
         "d=x",
         "--merge-into",
@@ -311,13 +296,7 @@ fn inspect_reports_bindings_and_stale_keys() {
     let dir = tempfile::tempdir().unwrap();
     let mut keyd = SimKeyd::new(dir.path(), "apps", 1);
     let old_bundle = keyd.write_bundle(&dir.path().join("old.json"));
-    let sealed = ok(&kubectl(&[
-        "coffer",
-        "seal",
-        "generic",
-        "db",
-        "-n",
-        "apps",
+    let sealed = ok(&seal_db(&[
         "--from-literal",
         "a=1",
         "--key-bundle",
@@ -327,15 +306,7 @@ fn inspect_reports_bindings_and_stale_keys() {
     std::fs::write(&file, &sealed).unwrap();
     let f = file.to_str().unwrap();
 
-    let current = kubectl(&[
-        "coffer",
-        "inspect",
-        "-f",
-        f,
-        "--key-bundle",
-        old_bundle.to_str().unwrap(),
-        "--check",
-    ]);
+    let current = inspect_check(f, &old_bundle);
     let table = ok(&current);
     assert!(
         table.contains("strict apps/db/a") && table.contains("primary"),
@@ -346,15 +317,7 @@ fn inspect_reports_bindings_and_stale_keys() {
     keyd.keys
         .push(coffer_sealed::SealingKeyPair::generate().unwrap());
     let new_bundle = keyd.write_bundle(&dir.path().join("new.json"));
-    let stale = kubectl(&[
-        "coffer",
-        "inspect",
-        "-f",
-        f,
-        "--key-bundle",
-        new_bundle.to_str().unwrap(),
-        "--check",
-    ]);
+    let stale = inspect_check(f, &new_bundle);
     assert_eq!(stale.status.code(), Some(1));
     assert!(text(&stale).0.contains("OLD"), "{}", text(&stale).0);
 

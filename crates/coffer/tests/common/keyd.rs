@@ -8,8 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coffer_attest::policy::Policy;
+use coffer_keyd_client::pb::key_service_client::KeyServiceClient;
 use coffer_keyd_client::KeydClientOptions;
 use coffer_platform::sim::SimPlatform;
+use coffer_sealed::Location;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tonic::transport::{Channel, Endpoint, Uri};
 
 use super::{coffer, coffer_bin, signal, wait_timeout};
 
@@ -27,16 +32,30 @@ pub fn sim_signer(state: &Path) -> String {
 /// Writes `<dir>/policy.yaml`, a policy that allows simulation and gives `role` to the sim
 /// platform whose state is `caller`; returns its path.
 pub fn sim_role_policy(dir: &Path, role: &str, caller: &Path) -> PathBuf {
+    signer_role_policy(dir, role, &sim_signer(caller))
+}
+
+/// Writes `<dir>/policy.yaml`, a policy that allows simulation and gives `role` to the sim
+/// signer `signer` (hex); returns its path.
+pub fn signer_role_policy(dir: &Path, role: &str, signer: &str) -> PathBuf {
     let policy = dir.join("policy.yaml");
     std::fs::write(
         &policy,
         format!(
-            "version: 1\nallow_simulation: true\nroles:\n  - name: {role}\n    sim: {{ signer: [\"{}\"] }}\n",
-            sim_signer(caller)
+            "version: 1\nallow_simulation: true\nroles:\n  - name: {role}\n    sim: {{ signer: [\"{signer}\"] }}\n"
         ),
     )
     .unwrap();
     policy
+}
+
+/// A policy for checking keyd's evidence: role `keyd` for keyd's sim signer `keyd_signer`,
+/// with simulation allowed or not.
+pub fn keyd_policy(keyd_signer: &str, allow_simulation: bool) -> Policy {
+    Policy::from_yaml(&format!(
+        "version: 1\nallow_simulation: {allow_simulation}\nroles:\n  - name: keyd\n    sim: {{ signer: [\"{keyd_signer}\"] }}\n"
+    ))
+    .unwrap()
 }
 
 /// A free loopback TCP address.
@@ -95,13 +114,53 @@ pub fn create_keyd_data(data: &Path, keyrings: &[&str]) {
 /// Options for a keyd client with sim state `state` that trusts the keyd whose sim signer is
 /// `keyd_signer`.
 pub fn client_options(state: &Path, keyd_signer: &str) -> KeydClientOptions {
-    let policy = format!(
-        "version: 1\nallow_simulation: true\nroles:\n  - name: keyd\n    sim: {{ signer: [\"{keyd_signer}\"] }}\n"
-    );
     KeydClientOptions {
         platform: Arc::new(SimPlatform::open_or_create(state).unwrap()),
-        policy: Arc::new(Policy::from_yaml(&policy).unwrap()),
+        policy: Arc::new(keyd_policy(keyd_signer, true)),
         verify_options: coffer_attest::VerifyOptions::new(std::time::SystemTime::now()),
+    }
+}
+
+/// A gRPC client of keyd at `addr` over TLS with `config` (ALPN h2 is set here), without
+/// the keyd client crate, so a test controls exactly what the client presents.
+pub async fn raw_key_service_client(
+    addr: SocketAddr,
+    mut config: rustls::ClientConfig,
+) -> KeyServiceClient<Channel> {
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let connector = connector.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let tls = connector
+                    .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+                    .await?;
+                Ok::<_, std::io::Error>(TokioIo::new(tls))
+            }
+        }))
+        .await
+        .unwrap();
+    KeyServiceClient::new(channel)
+}
+
+/// Every record of keyd's audit log in `data` (none if there is no log yet).
+pub fn audit_records(data: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(data.join("audit.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The place `namespace/secret/key` in the cluster.
+pub fn location(namespace: &str, secret: &str, key: &str) -> Location {
+    Location {
+        namespace: namespace.into(),
+        secret: secret.into(),
+        key: key.into(),
     }
 }
 

@@ -68,6 +68,24 @@ pub fn text(out: &Output) -> (String, String) {
     )
 }
 
+/// Runs `kubectl coffer seal generic db -n apps <args>`.
+pub fn seal_db(args: &[&str]) -> Output {
+    kubectl(&[&["coffer", "seal", "generic", "db", "-n", "apps"][..], args].concat())
+}
+
+/// Runs `kubectl coffer inspect -f <file> --key-bundle <bundle> --check`.
+pub fn inspect_check(file: &str, bundle: &Path) -> Output {
+    kubectl(&[
+        "coffer",
+        "inspect",
+        "-f",
+        file,
+        "--key-bundle",
+        bundle.to_str().unwrap(),
+        "--check",
+    ])
+}
+
 /// Asserts success and returns stdout.
 pub fn ok(out: &Output) -> String {
     let (stdout, stderr) = text(out);

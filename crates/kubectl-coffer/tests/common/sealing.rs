@@ -77,20 +77,7 @@ impl SimKeyd {
 
     /// A policy giving role `keyd` to this keyd's sim identity (simulation allowed or not).
     pub fn policy(&self, path: &Path, allow_simulation: bool) -> PathBuf {
-        let signer = hex::encode(
-            SimPlatform::open_or_create(&self.state)
-                .unwrap()
-                .attestation_public_key()
-                .unwrap(),
-        );
-        std::fs::write(
-            path,
-            format!(
-                "version: 1\nallow_simulation: {allow_simulation}\nroles:\n  - name: keyd\n    sim: {{ signer: [\"{signer}\"] }}\n"
-            ),
-        )
-        .unwrap();
-        path.to_path_buf()
+        write_keyd_policy(path, &self.state, allow_simulation)
     }
 
     /// The key pair with id `id`.
@@ -100,6 +87,25 @@ impl SimKeyd {
             .find(|k| k.id() == id)
             .expect("known key id")
     }
+}
+
+/// Writes to `path` a policy giving role `keyd` to the sim platform whose state is `state`
+/// (simulation allowed or not); returns `path`.
+fn write_keyd_policy(path: &Path, state: &Path, allow_simulation: bool) -> PathBuf {
+    let signer = hex::encode(
+        SimPlatform::open_or_create(state)
+            .unwrap()
+            .attestation_public_key()
+            .unwrap(),
+    );
+    std::fs::write(
+        path,
+        format!(
+            "version: 1\nallow_simulation: {allow_simulation}\nroles:\n  - name: keyd\n    sim: {{ signer: [\"{signer}\"] }}\n"
+        ),
+    )
+    .unwrap();
+    path.to_path_buf()
 }
 
 fn base64_url(bytes: &[u8]) -> String {
@@ -129,17 +135,8 @@ impl KeydProcess {
         let data = dir.join("keyd");
         let data_arg = data.to_str().unwrap();
         let sim = ["--platform", "sim", "--data-dir", data_arg];
-        let ok = |out: std::process::Output| {
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        };
-        ok(super::coffer(&[&["keyd", "init"][..], &sim].concat()));
-        ok(super::coffer(
-            &[&["keyd", "keyring", "create", keyring][..], &sim].concat(),
-        ));
+        keyd_cli(&data, &["init"]);
+        keyd_cli(&data, &["keyring", "create", keyring]);
         let callers = dir.join("callers.yaml");
         std::fs::write(&callers, "version: 1\nallow_simulation: true\nroles: []\n").unwrap();
         let config = dir.join("keyd.yaml");
@@ -168,18 +165,7 @@ impl KeydProcess {
             .stderr(log)
             .spawn()
             .unwrap();
-        let signer = hex::encode(
-            SimPlatform::open_or_create(&data)
-                .unwrap()
-                .attestation_public_key()
-                .unwrap(),
-        );
-        let policy = dir.join("keyd-policy.yaml");
-        std::fs::write(
-            &policy,
-            format!("version: 1\nallow_simulation: true\nroles:\n  - name: keyd\n    sim: {{ signer: [\"{signer}\"] }}\n"),
-        )
-        .unwrap();
+        let policy = write_keyd_policy(&dir.join("keyd-policy.yaml"), &data, true);
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while std::net::TcpStream::connect(&addr).is_err() {
             assert!(
@@ -199,23 +185,19 @@ impl KeydProcess {
 
     /// `coffer keyd sealing-key rotate` for `keyring` (the running keyd reloads it).
     pub fn rotate(&self, keyring: &str) {
-        let out = super::coffer(&[
-            "keyd",
-            "sealing-key",
-            "rotate",
-            "--keyring",
-            keyring,
-            "--platform",
-            "sim",
-            "--data-dir",
-            self.data.to_str().unwrap(),
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        keyd_cli(&self.data, &["sealing-key", "rotate", "--keyring", keyring]);
     }
+}
+
+/// Runs `coffer keyd <args>` with the sim platform and `--data-dir data`, asserting success.
+fn keyd_cli(data: &Path, args: &[&str]) {
+    let sim = ["--platform", "sim", "--data-dir", data.to_str().unwrap()];
+    let out = super::coffer(&[&["keyd"][..], args, &sim].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Drop for KeydProcess {
