@@ -1,7 +1,9 @@
 //! A single connection to keyd: over mutual attested TLS for callers in a TEE, or over
 //! server-only attested TLS for a workstation, which has no evidence to present.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use coffer_attest::policy::Policy;
 use coffer_attest::VerifyOptions;
@@ -43,6 +45,8 @@ impl std::fmt::Debug for KeydClientOptions {
 pub struct KeydClient {
     inner: KeyServiceClient<Channel>,
     addr: String,
+    /// The limit on connecting and on each call; `None` waits as long as the OS does.
+    timeout: Option<Duration>,
 }
 
 /// Whether an error says that the peer sent a TLS alert (it refused us during the handshake).
@@ -73,6 +77,38 @@ fn map_status(status: tonic::Status, rpc: &'static str) -> ClientError {
     }
 }
 
+/// Runs `fut`, or gives up with [`ClientError::TimedOut`] (naming `what` at `addr`) once
+/// `timeout` has passed.
+async fn within<T>(
+    timeout: Option<Duration>,
+    addr: &str,
+    what: &'static str,
+    fut: impl Future<Output = T>,
+) -> Result<T, ClientError> {
+    let Some(after) = timeout else {
+        return Ok(fut.await);
+    };
+    tokio::time::timeout(after, fut)
+        .await
+        .map_err(|_| ClientError::TimedOut {
+            addr: addr.to_string(),
+            what,
+            after,
+        })
+}
+
+/// Runs the call `rpc` within `timeout`, its error status turned into a [`ClientError`].
+async fn call<T>(
+    timeout: Option<Duration>,
+    addr: &str,
+    rpc: &'static str,
+    fut: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<tonic::Response<T>, ClientError> {
+    within(timeout, addr, rpc, fut)
+        .await?
+        .map_err(|s| map_status(s, rpc))
+}
+
 /// Refuses a sealed value longer than any keyd accepts before it is sent.
 fn check_sealed_len(sealed: &str) -> Result<(), ClientError> {
     if sealed.len() > coffer_sealed::MAX_SEALED_TEXT_LEN {
@@ -93,13 +129,33 @@ impl KeydClient {
         addr: impl Into<KeydAddr>,
         options: KeydClientOptions,
     ) -> Result<Self, ClientError> {
+        Self::connect_attested(addr.into(), options, None).await
+    }
+
+    /// Like [`connect`](Self::connect), but gives up with [`ClientError::TimedOut`] when the
+    /// TCP connection and the TLS and HTTP/2 handshakes take longer than `timeout`, and holds
+    /// every call on the client to the same limit: a keyd behind a firewall that drops packets,
+    /// or a port that accepts but never speaks TLS, fails fast instead of hanging.
+    pub async fn connect_within(
+        addr: impl Into<KeydAddr>,
+        options: KeydClientOptions,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        Self::connect_attested(addr.into(), options, Some(timeout)).await
+    }
+
+    async fn connect_attested(
+        addr: KeydAddr,
+        options: KeydClientOptions,
+        timeout: Option<Duration>,
+    ) -> Result<Self, ClientError> {
         let identity = coffer_ratls::attested_certificate(options.platform.as_ref())?;
         let verifier = Arc::new(AttestedVerifier::new(
             Arc::new(OfflineVerifier::new(options.verify_options)),
             options.policy,
         ));
         let tls = coffer_ratls::client_config(&identity, verifier)?;
-        Self::open(addr.into(), tls).await
+        Self::open(addr, tls, timeout).await
     }
 
     /// Connects to keyd at `addr` from outside any TEE (a workstation): TLS 1.3 without a
@@ -111,21 +167,64 @@ impl KeydClient {
         server_policy: Arc<Policy>,
         verify_options: VerifyOptions,
     ) -> Result<Self, ClientError> {
+        Self::unattested(addr.into(), server_policy, verify_options, None).await
+    }
+
+    /// Like [`connect_unattested`](Self::connect_unattested), with the limits of
+    /// [`connect_within`](Self::connect_within) on connecting and on every call.
+    pub async fn connect_unattested_within(
+        addr: impl Into<KeydAddr>,
+        server_policy: Arc<Policy>,
+        verify_options: VerifyOptions,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        Self::unattested(addr.into(), server_policy, verify_options, Some(timeout)).await
+    }
+
+    async fn unattested(
+        addr: KeydAddr,
+        server_policy: Arc<Policy>,
+        verify_options: VerifyOptions,
+        timeout: Option<Duration>,
+    ) -> Result<Self, ClientError> {
         let verifier = Arc::new(AttestedVerifier::new(
             Arc::new(OfflineVerifier::new(verify_options)),
             server_policy,
         ));
         let tls = coffer_ratls::client_config_without_identity(verifier)?;
-        Self::open(addr.into(), tls).await
+        Self::open(addr, tls, timeout).await
     }
 
-    async fn open(addr: KeydAddr, mut tls: rustls::ClientConfig) -> Result<Self, ClientError> {
+    async fn open(
+        addr: KeydAddr,
+        tls: rustls::ClientConfig,
+        timeout: Option<Duration>,
+    ) -> Result<Self, ClientError> {
         let addr_text = addr.to_string();
+        let inner = within(
+            timeout,
+            &addr_text,
+            "connecting (TCP and attested TLS handshake)",
+            Self::handshake(addr, tls, &addr_text),
+        )
+        .await??;
+        Ok(KeydClient {
+            inner,
+            addr: addr_text,
+            timeout,
+        })
+    }
+
+    async fn handshake(
+        addr: KeydAddr,
+        mut tls: rustls::ClientConfig,
+        addr_text: &str,
+    ) -> Result<KeyServiceClient<Channel>, ClientError> {
         tls.alpn_protocols = vec![b"h2".to_vec()];
         let connector = TlsConnector::from(Arc::new(tls));
         let endpoint = Endpoint::from_shared(format!("http://{addr_text}")).map_err(|e| {
             ClientError::Connect {
-                addr: addr_text.clone(),
+                addr: addr_text.to_string(),
                 detail: chain(&e),
             }
         })?;
@@ -160,7 +259,7 @@ impl KeydClient {
                         kind: FailureKind::Untrusted,
                         detail,
                     }) => ClientError::Untrusted {
-                        addr: addr_text.clone(),
+                        addr: addr_text.to_string(),
                         detail,
                     },
                     Some(Failure {
@@ -173,17 +272,14 @@ impl KeydClient {
                             ClientError::RefusedByServer { detail }
                         } else {
                             ClientError::Connect {
-                                addr: addr_text.clone(),
+                                addr: addr_text.to_string(),
                                 detail,
                             }
                         }
                     }
                 }
             })?;
-        Ok(KeydClient {
-            inner: KeyServiceClient::new(channel),
-            addr: addr_text,
-        })
+        Ok(KeyServiceClient::new(channel))
     }
 
     /// keyd's address, as given.
@@ -202,11 +298,7 @@ impl KeydClient {
             keyring: keyring.to_string(),
             plaintext: plaintext.to_vec(),
         };
-        let response = self
-            .inner
-            .wrap(request)
-            .await
-            .map_err(|s| map_status(s, "Wrap"))?;
+        let response = call(self.timeout, &self.addr, "Wrap", self.inner.wrap(request)).await?;
         let response = response.into_inner();
         Ok((response.ciphertext, response.key_id))
     }
@@ -224,11 +316,13 @@ impl KeydClient {
             key_id: key_id.unwrap_or_default().to_string(),
             ciphertext: ciphertext.to_vec(),
         };
-        let response = self
-            .inner
-            .unwrap(request)
-            .await
-            .map_err(|s| map_status(s, "Unwrap"))?;
+        let response = call(
+            self.timeout,
+            &self.addr,
+            "Unwrap",
+            self.inner.unwrap(request),
+        )
+        .await?;
         Ok(Zeroizing::new(response.into_inner().plaintext))
     }
 
@@ -237,11 +331,13 @@ impl KeydClient {
         let request = pb::StatusRequest {
             keyring: keyring.to_string(),
         };
-        let response = self
-            .inner
-            .status(request)
-            .await
-            .map_err(|s| map_status(s, "Status"))?;
+        let response = call(
+            self.timeout,
+            &self.addr,
+            "Status",
+            self.inner.status(request),
+        )
+        .await?;
         let response = response.into_inner();
         Ok((response.primary_key_id, response.keys))
     }
@@ -251,11 +347,13 @@ impl KeydClient {
         let request = pb::RotateRequest {
             keyring: keyring.to_string(),
         };
-        let response = self
-            .inner
-            .rotate(request)
-            .await
-            .map_err(|s| map_status(s, "Rotate"))?;
+        let response = call(
+            self.timeout,
+            &self.addr,
+            "Rotate",
+            self.inner.rotate(request),
+        )
+        .await?;
         Ok(response.into_inner().key_id)
     }
 
@@ -264,11 +362,13 @@ impl KeydClient {
         let request = pb::ListKeysRequest {
             keyring: keyring.to_string(),
         };
-        let response = self
-            .inner
-            .list_keys(request)
-            .await
-            .map_err(|s| map_status(s, "ListKeys"))?;
+        let response = call(
+            self.timeout,
+            &self.addr,
+            "ListKeys",
+            self.inner.list_keys(request),
+        )
+        .await?;
         Ok(response.into_inner().keys)
     }
 
@@ -280,11 +380,13 @@ impl KeydClient {
         let request = pb::GetKeyBundleRequest {
             keyring: keyring.to_string(),
         };
-        let response = self
-            .inner
-            .get_key_bundle(request)
-            .await
-            .map_err(|s| map_status(s, "GetKeyBundle"))?;
+        let response = call(
+            self.timeout,
+            &self.addr,
+            "GetKeyBundle",
+            self.inner.get_key_bundle(request),
+        )
+        .await?;
         let bundle = response.into_inner().bundle;
         if bundle.is_empty() {
             return Err(ClientError::MalformedAnswer {
@@ -309,12 +411,14 @@ impl KeydClient {
             keyring: keyring.to_string(),
             sealed: sealed.to_string(),
         };
-        let response = self
-            .inner
-            .reseal(request)
-            .await
-            .map_err(|s| map_status(s, "Reseal"))?
-            .into_inner();
+        let response = call(
+            self.timeout,
+            &self.addr,
+            "Reseal",
+            self.inner.reseal(request),
+        )
+        .await?
+        .into_inner();
         if !response.sealed.starts_with(coffer_sealed::PREFIX) || response.key_id.is_empty() {
             return Err(ClientError::MalformedAnswer {
                 rpc: "Reseal",
@@ -347,11 +451,35 @@ impl KeydClient {
                 key: location.key.clone(),
             }),
         };
-        let response = self
-            .inner
-            .unseal(request)
-            .await
-            .map_err(|s| map_status(s, "Unseal"))?;
+        let response = call(
+            self.timeout,
+            &self.addr,
+            "Unseal",
+            self.inner.unseal(request),
+        )
+        .await?;
         Ok(Zeroizing::new(response.into_inner().plaintext))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_call_that_never_answers_times_out_naming_the_rpc() {
+        let err = within(
+            Some(Duration::from_millis(1)),
+            "127.0.0.1:1",
+            "Reseal",
+            std::future::pending::<()>(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, ClientError::TimedOut { what: "Reseal", .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("keyd at 127.0.0.1:1"), "{err}");
     }
 }

@@ -1,5 +1,7 @@
 //! The client's error type, and the error-chain text both the client and the pool report.
 
+use std::time::Duration;
+
 /// Why connecting to keyd or a [`KeydClient`](crate::KeydClient) call failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -19,6 +21,17 @@ pub enum ClientError {
         addr: String,
         /// The error and its causes.
         detail: String,
+    },
+
+    /// keyd did not complete the connection or answer a call in time.
+    #[error("keyd at {addr} did not answer within {}s ({what}); is keyd listening there? is a firewall dropping the connection?", .after.as_secs_f64())]
+    TimedOut {
+        /// keyd's address.
+        addr: String,
+        /// What was waiting: connecting, or the RPC's name.
+        what: &'static str,
+        /// The limit that passed.
+        after: Duration,
     },
 
     /// keyd's attested certificate does not satisfy the policy this client holds keyd to.
