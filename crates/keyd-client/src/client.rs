@@ -204,7 +204,7 @@ impl KeydClient {
         let inner = within(
             timeout,
             &addr_text,
-            "connecting (TCP and attested TLS handshake)",
+            "TCP connect and TLS handshake",
             Self::handshake(addr, tls, &addr_text),
         )
         .await??;

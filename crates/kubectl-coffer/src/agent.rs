@@ -48,11 +48,7 @@ pub enum Action {
 }
 
 fn parse_timeout(text: &str) -> Result<Duration, String> {
-    let timeout = humantime::parse_duration(text).map_err(|e| e.to_string())?;
-    if !(MIN_TIMEOUT..=MAX_TIMEOUT).contains(&timeout) {
-        return Err("must be between 1s and 24h".into());
-    }
-    Ok(timeout)
+    crate::duration::parse_within(text, MIN_TIMEOUT, MAX_TIMEOUT)
 }
 
 /// Runs `kubectl coffer agent [lock|status]`.

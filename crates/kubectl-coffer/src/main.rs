@@ -3,6 +3,7 @@
 mod agent;
 mod cli;
 mod credential;
+mod duration;
 mod error;
 mod kubeconfig;
 mod seal;

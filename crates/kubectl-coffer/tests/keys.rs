@@ -232,6 +232,47 @@ fn fetch_key_refuses_what_the_policy_refuses_and_writes_nothing() {
 }
 
 #[test]
+fn fetch_key_gives_up_on_a_keyd_address_that_never_answers_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = SimKeyd::new(dir.path(), "apps", 1).policy(&dir.path().join("p.yaml"), true);
+    // Accepts TCP (the kernel's backlog) but never speaks TLS, like a wrong port or a
+    // half-open proxy.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let out_file = dir.path().join("bundle.json");
+    let fetch = |timeout: &str| {
+        kubectl(&[
+            "coffer",
+            "fetch-key",
+            "--keyd",
+            &addr,
+            "--keyring",
+            "apps",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--timeout",
+            timeout,
+            "-o",
+            out_file.to_str().unwrap(),
+        ])
+    };
+
+    let stderr = fails_with(
+        &fetch("1s"),
+        &format!("keyd at {addr} did not answer within 1s"),
+    );
+    assert!(stderr.contains("is keyd listening there?"), "{stderr}");
+    assert!(stderr.contains("firewall"), "{stderr}");
+    assert!(!out_file.exists());
+
+    for out_of_range in ["500ms", "6m"] {
+        fails_with(&fetch(out_of_range), "must be between 1s and 5m");
+    }
+    fails_with(&fetch("soon"), "such as 10s");
+    assert!(!out_file.exists());
+}
+
+#[test]
 fn reseal_waits_out_keyds_rate_limit() {
     let dir = tempfile::tempdir().unwrap();
     // One certificate-less call per second, bursts of 2: re-sealing 6 values must back off.

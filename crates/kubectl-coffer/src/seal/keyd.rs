@@ -25,7 +25,13 @@ pub struct Keyd {
 
 impl Keyd {
     /// Connects to keyd at `addr` (HOST:PORT); keyd's certificate must satisfy `policy`.
-    pub fn connect(addr: &str, policy: Policy, options: VerifyOptions) -> Result<Keyd, Error> {
+    /// Connecting, and then each call, fails once `timeout` has passed.
+    pub fn connect(
+        addr: &str,
+        policy: Policy,
+        options: VerifyOptions,
+        timeout: Duration,
+    ) -> Result<Keyd, Error> {
         let target: KeydAddr = addr
             .parse()
             .map_err(|e| Error::usage(format!("--keyd {addr}: {e}")))?;
@@ -34,10 +40,11 @@ impl Keyd {
             .build()
             .map_err(|e| Error::new(format!("starting the async runtime: {e}")))?;
         let client = runtime
-            .block_on(KeydClient::connect_unattested(
+            .block_on(KeydClient::connect_unattested_within(
                 target,
                 Arc::new(policy),
                 options,
+                timeout,
             ))
             .map_err(|e| Error::new(e.to_string()))?;
         Ok(Keyd { runtime, client })

@@ -88,6 +88,7 @@ pub fn fetch_verified(args: &KeydArgs) -> Result<(KeyBundle, VerifiedBundle, Key
         addr,
         policy.clone(),
         args.sources.options(SystemTime::now())?,
+        args.timeout,
     )?;
     let bytes = keyd.key_bundle(keyring)?;
     let bundle = KeyBundle::from_json(&bytes)

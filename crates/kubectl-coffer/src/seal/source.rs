@@ -2,7 +2,7 @@
 //! and where the collateral that verifies keyd's evidence comes from.
 
 use std::path::PathBuf;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use clap::Args;
 use coffer_attest::policy::Policy;
@@ -71,8 +71,21 @@ pub struct KeydArgs {
     /// refused unless the policy allows it).
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
+    /// How long connecting to keyd (TCP and TLS handshake), and then each call to it, may take
+    /// (1s to 5m).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_keyd_timeout)]
+    pub timeout: Duration,
     #[command(flatten)]
     pub sources: SourceArgs,
+}
+
+/// The bounds of `--timeout`: a keyd that answers at all does so well within a second; five
+/// minutes outlasts any sane network path.
+const MIN_KEYD_TIMEOUT: Duration = Duration::from_secs(1);
+const MAX_KEYD_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
+fn parse_keyd_timeout(text: &str) -> Result<Duration, String> {
+    crate::duration::parse_within(text, MIN_KEYD_TIMEOUT, MAX_KEYD_TIMEOUT)
 }
 
 impl KeydArgs {
