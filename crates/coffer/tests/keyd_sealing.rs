@@ -759,3 +759,39 @@ async fn a_keyring_without_sealing_keys_says_what_to_run_and_serve_init_gives_it
         "{status}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealing_key_file_edited_outside_keyd_is_refused_and_keyd_keeps_its_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (keyd, _) = start(dir.path(), CONFIG, &[]);
+    let signer = keyd.signer();
+    let mut public = client(keyd.addr, &signer, None).await;
+    let primary = rotate_sealing_key(&keyd.data, "apps");
+    await_bundle(&mut public, "apps", &signer, &primary, 2).await;
+
+    // Someone with write access to keyd's disk makes clients seal to the older key.
+    let path = keyd.data.join("keyrings/apps/sealing-keys.json");
+    let mut file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    file["primary"] = file["keys"][0]["id"].clone();
+    assert_ne!(file["primary"], primary.as_str());
+    std::fs::write(&path, serde_json::to_vec_pretty(&file).unwrap()).unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !keyd.log_text().contains("modified outside keyd") {
+        assert!(
+            Instant::now() < deadline,
+            "keyd never refused the edited file: {}",
+            keyd.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        keyd.log_text().contains("still serving the previous keys"),
+        "{}",
+        keyd.log_text()
+    );
+    let served = bundle(&mut public, "apps", &signer).await;
+    assert_eq!(served.primary().unwrap().id(), primary);
+    assert_eq!(served.keys().len(), 2);
+}

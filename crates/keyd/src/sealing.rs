@@ -7,7 +7,9 @@
 //! another keyring or swapped for another key. The newest key is the primary, the one clients
 //! seal to; older keys keep opening values until they are retired, which deletes the private
 //! key and keeps its id in `retired` so callers are told "retired" rather than "unknown".
-//! Writers take `sealing-keys.lock` and replace the file atomically.
+//! The whole file (all but its `mac`) is authenticated with HMAC-SHA256 under the root-derived
+//! key of purpose [`MAC_PURPOSE`], so which key is primary and which are retired cannot be
+//! changed outside keyd either. Writers take `sealing-keys.lock` and replace the file atomically.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -17,6 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
 use base64::Engine as _;
+use coffer_keystore::file::{mac_tag, mac_verifies};
 use coffer_keystore::store::FileStamp;
 use coffer_platform::{durable, Platform, PlatformError};
 use coffer_sealed::bundle::{timestamp, BundleBody, BundleKey, BUNDLE_FORMAT};
@@ -37,6 +40,8 @@ const LOCK_FILE: &str = "sealing-keys.lock";
 const FORMAT: u32 = 1;
 /// The sealing-key purpose (of keyd's root-derived platform) that seals the private keys.
 pub const SEAL_PURPOSE: &str = "coffer-keyd/sealing-keys/v1";
+/// The sealing-key purpose (of keyd's root-derived platform) whose key MACs the whole file.
+pub const MAC_PURPOSE: &str = "coffer-keyd/sealing-keys-mac/v1";
 /// Largest file accepted: thousands of keys fit in far less.
 const MAX_FILE_LEN: u64 = 1 << 20;
 
@@ -67,6 +72,12 @@ pub enum SealingKeyError {
         path: PathBuf,
         /// What is wrong.
         problem: String,
+    },
+    /// The file's MAC does not verify: it was edited, or written under another keyd root.
+    #[error("{}: the sealing-key file was modified outside keyd (its MAC does not verify under this keyd's root); restore it from a backup of the data directory, or recover keyd (coffer keyd recover) if this data directory came from another keyd", path.display())]
+    Tampered {
+        /// The file.
+        path: PathBuf,
     },
     /// A private key does not unseal here.
     #[error("{}: sealing key {key_id} does not unseal: it was sealed for another keyring or under another keyd root, or the file was altered", path.display())]
@@ -134,6 +145,10 @@ struct SealingFile {
     /// Retired keys: their private keys are gone.
     #[serde(default)]
     retired: Vec<RetiredKey>,
+    /// Hex HMAC-SHA256 of [`mac_input`] under [`MAC_PURPOSE`]; empty only while it is computed
+    /// or checked, so the MAC input is the file without it. Missing means unauthenticated.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    mac: String,
 }
 
 /// Only the format, read first so that a newer file gets "upgrade" rather than a parse error.
@@ -273,6 +288,13 @@ impl SealingKeys {
     }
 }
 
+/// What the MAC covers: every field of `file` but the MAC itself, so a field added later is
+/// covered too.
+fn mac_input(file: &SealingFile) -> Vec<u8> {
+    debug_assert!(file.mac.is_empty(), "the MAC input excludes the MAC");
+    serde_json::to_vec(file).expect("SealingFile always serialises")
+}
+
 /// The AAD of a sealed private key: names the keyring and the key, so neither can be swapped.
 fn key_aad(keyring: &str, key_id: &str) -> Vec<u8> {
     format!("coffer-keyd sealing key v1\0{keyring}\0{key_id}").into_bytes()
@@ -368,10 +390,21 @@ impl SealingKeyStore {
         if format.format != FORMAT {
             return Err(self.corrupt(format!("format {} does not exist", format.format)));
         }
-        let file: SealingFile =
+        let mut file: SealingFile =
             serde_json::from_slice(&bytes).map_err(|e| self.corrupt(e.to_string()))?;
+        // Checked before anything in the file is trusted, validation included.
+        let tag = hex::decode(std::mem::take(&mut file.mac)).unwrap_or_default();
+        if !mac_verifies(self.mac_key()?.expose(), &mac_input(&file), &tag) {
+            return Err(SealingKeyError::Tampered {
+                path: self.path.clone(),
+            });
+        }
         self.validate(&file)?;
         Ok(Some(file))
+    }
+
+    fn mac_key(&self) -> Result<coffer_platform::SealingKey, SealingKeyError> {
+        Ok(self.platform.sealing_key(MAC_PURPOSE)?)
     }
 
     fn validate(&self, file: &SealingFile) -> Result<(), SealingKeyError> {
@@ -411,8 +444,13 @@ impl SealingKeyStore {
         Ok(())
     }
 
+    /// Authenticates `file` (read with its MAC taken out, or new) and replaces the file with it.
     fn write(&self, file: &SealingFile) -> Result<(), SealingKeyError> {
-        let json = serde_json::to_vec_pretty(file).expect("SealingFile always serialises");
+        let signed = SealingFile {
+            mac: hex::encode(mac_tag(self.mac_key()?.expose(), &mac_input(file))),
+            ..file.clone()
+        };
+        let json = serde_json::to_vec_pretty(&signed).expect("SealingFile always serialises");
         durable::write_atomic(&self.path, &json, 0o600).map_err(|source| SealingKeyError::Io {
             context: "writing",
             path: self.path.clone(),
@@ -502,6 +540,7 @@ impl SealingKeyStore {
             primary: String::new(),
             keys: Vec::new(),
             retired: Vec::new(),
+            mac: String::new(),
         });
         let pair = SealingKeyPair::generate()?;
         let sealed = self
@@ -618,6 +657,124 @@ mod tests {
         SealingKeyStore::new(data, keyring, platform).unwrap()
     }
 
+    fn json(s: &SealingKeyStore) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(s.path()).unwrap()).unwrap()
+    }
+
+    /// Edits the file as someone with write access to keyd's disk can: the MAC stays as it was.
+    fn edit_on_disk(s: &SealingKeyStore, edit: impl FnOnce(&mut serde_json::Value)) {
+        let mut file = json(s);
+        edit(&mut file);
+        std::fs::write(s.path(), serde_json::to_vec_pretty(&file).unwrap()).unwrap();
+    }
+
+    /// Edits the file and MACs it again, as only keyd's root can: reaches the checks behind
+    /// the MAC.
+    fn edit_and_resign(s: &SealingKeyStore, edit: impl FnOnce(&mut serde_json::Value)) {
+        let mut file = json(s);
+        edit(&mut file);
+        file.as_object_mut().unwrap().remove("mac");
+        s.write(&serde_json::from_value(file).unwrap()).unwrap();
+    }
+
+    fn assert_tampered(s: &SealingKeyStore, what: &str) {
+        let err = s.load().unwrap_err();
+        assert!(
+            matches!(err, SealingKeyError::Tampered { .. }),
+            "{what}: {err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains(&s.path().display().to_string())
+                && text.contains("modified outside keyd")
+                && text.contains("restore it from a backup"),
+            "{what}: {text}"
+        );
+        assert!(
+            matches!(s.info(), Err(SealingKeyError::Tampered { .. })),
+            "{what}"
+        );
+        let before = std::fs::read(s.path()).unwrap();
+        assert!(
+            matches!(s.rotate(), Err(SealingKeyError::Tampered { .. })),
+            "{what}"
+        );
+        assert_eq!(
+            std::fs::read(s.path()).unwrap(),
+            before,
+            "{what}: a refused file was rewritten"
+        );
+    }
+
+    type Edit<'a> = dyn Fn(&mut serde_json::Value) + 'a;
+
+    #[test]
+    fn edits_outside_keyd_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), "apps");
+        let oldest = s.rotate().unwrap();
+        let older = s.rotate().unwrap();
+        let primary = s.rotate().unwrap();
+        s.retire(&oldest.id).unwrap();
+        let valid = std::fs::read(s.path()).unwrap();
+        let mac = json(&s)["mac"].as_str().unwrap().to_string();
+        assert!(
+            mac.len() == 64 && mac.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{mac}"
+        );
+        let edits: [(&str, Box<Edit<'_>>); 7] = [
+            (
+                "primary id",
+                Box::new(|f| f["primary"] = older.id.clone().into()),
+            ),
+            (
+                "retired list emptied",
+                Box::new(|f| f["retired"] = serde_json::json!([])),
+            ),
+            (
+                "retired key's dates",
+                Box::new(|f| f["retired"][0]["retired"] = "2020-01-01T00:00:00Z".into()),
+            ),
+            ("change counter", Box::new(|f| f["generation"] = 99.into())),
+            ("keyring name", Box::new(|f| f["keyring"] = "other".into())),
+            (
+                "a key dropped",
+                Box::new(|f| {
+                    f["keys"].as_array_mut().unwrap().remove(0);
+                }),
+            ),
+            (
+                "MAC removed",
+                Box::new(|f| {
+                    f.as_object_mut().unwrap().remove("mac");
+                }),
+            ),
+        ];
+        for (what, edit) in &edits {
+            edit_on_disk(&s, edit);
+            assert_tampered(&s, what);
+            std::fs::write(s.path(), &valid).unwrap();
+        }
+        // The valid file, untouched, still loads and can still change.
+        let keys = s.load().unwrap();
+        assert_eq!(keys.primary().id(), primary.id);
+        assert_eq!(keys.generation(), 4);
+        assert!(matches!(keys.find(&oldest.id), KeyLookup::Retired));
+        s.retire(&older.id).unwrap();
+        assert_eq!(s.load().unwrap().generation(), 5);
+    }
+
+    #[test]
+    fn a_file_from_another_keyd_root_is_refused() {
+        let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let theirs = store(one.path(), "apps");
+        theirs.rotate().unwrap();
+        let ours = store(two.path(), "apps");
+        std::fs::create_dir_all(keyring_dir(two.path(), "apps")).unwrap();
+        std::fs::copy(theirs.path(), ours.path()).unwrap();
+        assert_tampered(&ours, "another root");
+    }
+
     #[test]
     fn rotate_load_and_retire() {
         let dir = tempfile::tempdir().unwrap();
@@ -723,8 +880,12 @@ mod tests {
         std::fs::write(b.path(), &text).unwrap();
         let err = b.load().unwrap_err();
         assert!(err.to_string().contains("belongs to keyring"), "{err}");
-        // Relabelled: the AAD of each sealed private key still names ring-a.
-        std::fs::write(b.path(), text.replace("\"ring-a\"", "\"ring-b\"")).unwrap();
+        // Relabelled: the MAC covers the keyring name.
+        edit_on_disk(&b, |f| f["keyring"] = "ring-b".into());
+        let err = b.load().unwrap_err();
+        assert!(matches!(err, SealingKeyError::Tampered { .. }), "{err}");
+        // Relabelled and MACed again: the AAD of each sealed private key still names ring-a.
+        edit_and_resign(&b, |f| f["keyring"] = "ring-b".into());
         let err = b.load().unwrap_err();
         assert!(matches!(err, SealingKeyError::Unseal { .. }), "{err}");
     }
@@ -734,10 +895,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path(), "apps");
         s.rotate().unwrap();
-        let mut file: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(s.path()).unwrap()).unwrap();
-        file["keys"][0]["public_key"] = B64URL.encode([9u8; 32]).into();
-        std::fs::write(s.path(), serde_json::to_vec(&file).unwrap()).unwrap();
+        let swap = |f: &mut serde_json::Value| {
+            f["keys"][0]["public_key"] = B64URL.encode([9u8; 32]).into();
+        };
+        edit_on_disk(&s, swap);
+        assert!(matches!(s.load(), Err(SealingKeyError::Tampered { .. })));
+        // Behind the MAC, the key is checked against its public key too.
+        edit_and_resign(&s, swap);
         let err = s.load().unwrap_err().to_string();
         assert!(err.contains("does not match"), "{err}");
     }

@@ -82,10 +82,24 @@ pub fn encode(contents: &Contents, mac_key: &[u8; 32]) -> Vec<u8> {
     out.extend_from_slice(&0u16.to_be_bytes());
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());
     out.extend_from_slice(&body);
-    let mut mac = mac(mac_key);
-    mac.update(&out);
-    out.extend_from_slice(&mac.finalize().into_bytes());
+    let tag = mac_tag(mac_key, &out);
+    out.extend_from_slice(&tag);
     out
+}
+
+/// HMAC-SHA256 of `data` under `mac_key`: how Coffer authenticates a whole file under a
+/// platform-derived key (this keystore, keyd's sealing-key files).
+pub fn mac_tag(mac_key: &[u8; 32], data: &[u8]) -> [u8; MAC_LEN] {
+    let mut mac = mac(mac_key);
+    mac.update(data);
+    mac.finalize().into_bytes().into()
+}
+
+/// Whether `tag` is the [`mac_tag`] of `data` under `mac_key`, compared in constant time.
+pub fn mac_verifies(mac_key: &[u8; 32], data: &[u8], tag: &[u8]) -> bool {
+    let mut mac = mac(mac_key);
+    mac.update(data);
+    mac.verify_slice(tag).is_ok()
 }
 
 fn mac(key: &[u8; 32]) -> HmacSha256 {
@@ -152,9 +166,7 @@ pub fn decode(path: &Path, bytes: &[u8], mac_key: &[u8; 32]) -> Result<Contents,
         )));
     }
     let (signed, tag) = bytes.split_at(HEADER_LEN + body_len);
-    let mut mac = mac(mac_key);
-    mac.update(signed);
-    if mac.verify_slice(tag).is_err() {
+    if !mac_verifies(mac_key, signed, tag) {
         return Err(KeystoreError::Tampered {
             path: path.to_path_buf(),
         });
