@@ -70,6 +70,7 @@ impl Aggregator {
                     keyring: key.keyring,
                     key_id: key.key_id,
                     location: None,
+                    binding: None,
                     result: Outcome::Ok,
                     reason: None,
                 };

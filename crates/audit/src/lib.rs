@@ -133,6 +133,8 @@ pub mod limits {
     pub const NAME: usize = 256;
     /// Maximum length of `location` (`namespace/secret/key`: 63 + 253 + 253 and separators).
     pub const LOCATION: usize = 600;
+    /// Maximum length of `binding` (a scope word and a location).
+    pub const BINDING: usize = 620;
     /// Maximum length of `reason` (it is shortened further if the line would still be too long,
     /// e.g. because JSON escaping expanded it).
     pub const REASON: usize = 4096;
@@ -477,6 +479,10 @@ pub struct AuditEntry {
     /// Where the operation applied, if it has a place: for `unseal`, the Secret location
     /// `namespace/secret/key` the caller found the value at.
     pub location: Option<String>,
+    /// The binding of the value the operation concerned, if any: for `unseal`, the scope and
+    /// the names the sealed value is bound to (`strict payments/db/password`, `namespace
+    /// payments`, `cluster`), as the sealer fixed it.
+    pub binding: Option<String>,
     /// How it ended.
     pub result: Outcome,
     /// Why (for `denied` / `error`). Bounded; must never contain key material or plaintext.
@@ -505,6 +511,10 @@ pub struct AuditRecord {
     /// in every record written before the field existed, which still verify).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
+    /// The binding of the value concerned, if any (absent in records written before the field
+    /// existed, which still verify).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<String>,
     /// How it ended.
     pub result: Outcome,
     /// Why, if given.
@@ -521,7 +531,7 @@ impl fmt::Display for AuditRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "seq={} time={} event={} caller.tee={} caller.measurement={} caller.role={} caller.peer={} keyring={} key_id={} location={} result={} reason={:?} count={} prev={}",
+            "seq={} time={} event={} caller.tee={} caller.measurement={} caller.role={} caller.peer={} keyring={} key_id={} location={} binding={} result={} reason={:?} count={} prev={}",
             self.seq,
             self.time,
             self.event,
@@ -532,6 +542,7 @@ impl fmt::Display for AuditRecord {
             self.keyring.as_deref().unwrap_or("-"),
             self.key_id.as_deref().unwrap_or("-"),
             self.location.as_deref().unwrap_or("-"),
+            self.binding.as_deref().unwrap_or("-"),
             self.result,
             self.reason.as_deref().unwrap_or(""),
             self.count.unwrap_or(1),
@@ -585,6 +596,7 @@ impl AuditEntry {
             keyring: self.keyring.as_ref().map(|k| bound(k, limits::NAME)),
             key_id: self.key_id.as_ref().map(|k| bound(k, limits::NAME)),
             location: self.location.as_ref().map(|l| bound(l, limits::LOCATION)),
+            binding: self.binding.as_ref().map(|b| bound(b, limits::BINDING)),
             result: self.result,
             reason: self.reason.as_ref().map(|r| bound(r, limits::REASON)),
             count,
@@ -605,6 +617,7 @@ impl AuditEntry {
             keyring: None,
             key_id: None,
             location: None,
+            binding: None,
             result: Outcome::Ok,
             reason: Some(reason),
         }

@@ -13,6 +13,7 @@ fn entry(i: u64) -> AuditEntry {
         keyring: Some("prod".into()),
         key_id: Some(format!("kek-{i}")),
         location: None,
+        binding: None,
         result: if i.is_multiple_of(5) {
             Outcome::Denied
         } else {
@@ -611,6 +612,7 @@ fn field_names(s: &str, sep: char) -> Vec<String> {
 fn debug_and_display_contain_only_the_listed_fields() {
     let mut entry = entry(5);
     entry.location = Some("payments/db/password".into());
+    entry.binding = Some("namespace payments".into());
     let record = entry.to_record(
         5,
         "2026-01-01T00:00:00.000Z".into(),
@@ -629,6 +631,7 @@ fn debug_and_display_contain_only_the_listed_fields() {
         "keyring",
         "key_id",
         "location",
+        "binding",
         "result",
         "reason",
         "count",
@@ -658,6 +661,7 @@ fn debug_and_display_contain_only_the_listed_fields() {
         "\"keyring\":",
         "\"key_id\":",
         "\"location\":",
+        "\"binding\":",
         "\"result\":",
         "\"reason\":",
         "\"count\":",
@@ -666,7 +670,7 @@ fn debug_and_display_contain_only_the_listed_fields() {
     let positions: Vec<usize> = order.iter().map(|k| line.find(k).unwrap()).collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "{line}");
     let json: serde_json::Value = serde_json::from_str(&line).unwrap();
-    assert_eq!(json.as_object().unwrap().len(), 11);
+    assert_eq!(json.as_object().unwrap().len(), 12);
     assert_eq!(json["caller"].as_object().unwrap().len(), 4);
     // Keys are never printed.
     let key = ChainKey::new([0x42; 32]);
@@ -1039,6 +1043,7 @@ fn aggregator_writes_one_counted_record_per_key_and_refuses_failures() {
         keyring: Some("prod".into()),
         key_id: Some(key.into()),
         location: None,
+        binding: None,
         result: Outcome::Ok,
         reason: None,
     };

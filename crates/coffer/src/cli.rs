@@ -77,6 +77,9 @@ pub enum Command {
     /// Built-in load generator and start-up timer.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Inside a workload's TEE: unseal the pod's sealed Secret values through keyd, then start
+    /// the app with them.
+    Run(Box<crate::run::RunArgs>),
 }
 
 /// Where keys live and which TEE protects them; shared by every command that opens the keystore.

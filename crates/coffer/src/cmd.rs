@@ -67,6 +67,7 @@ pub fn run(command: Command) -> Result<ExitCode, Error> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Run(args) => Ok(crate::run::run(*args)),
         Command::Bench(BenchCommand::Startup(args)) => {
             let report = coffer_bench::run_startup(&args)?;
             print!("{report}");

@@ -8,6 +8,7 @@ mod duration;
 mod keyd;
 mod keys_root;
 mod logging;
+mod run;
 
 use std::process::ExitCode;
 

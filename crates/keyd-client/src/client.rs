@@ -22,7 +22,9 @@ use crate::error::chain;
 use crate::handshake::{Failure, FailureKind};
 use crate::pb;
 use crate::pb::key_service_client::KeyServiceClient;
-use crate::{validate_keyring_name, ClientError, KeydAddr};
+use crate::{
+    validate_keyring_name, ClientError, KeydAddr, MAX_UNSEAL_BATCH_BYTES, MAX_UNSEAL_BATCH_ITEMS,
+};
 
 /// How a client proves itself to keyd and checks keyd's attestation.
 pub struct KeydClientOptions {
@@ -445,11 +447,7 @@ impl KeydClient {
         let request = pb::UnsealRequest {
             keyring: keyring.to_string(),
             sealed: sealed.to_string(),
-            location: Some(pb::SecretLocation {
-                namespace: location.namespace.clone(),
-                secret: location.secret.clone(),
-                key: location.key.clone(),
-            }),
+            location: Some(pb_location(location)),
         };
         let response = call(
             self.timeout,
@@ -459,6 +457,112 @@ impl KeydClient {
         )
         .await?;
         Ok(Zeroizing::new(response.into_inner().plaintext))
+    }
+}
+
+/// Why keyd refused one item of an [`unseal_batch`](KeydClient::unseal_batch): the gRPC code
+/// and the reason `Unseal` would have given for that value alone.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message} ({code:?})")]
+pub struct ItemRefusal {
+    /// The gRPC code keyd gave the item (e.g. `PermissionDenied` for a grant or binding that
+    /// does not allow it, `InvalidArgument` for a tampered value).
+    pub code: Code,
+    /// keyd's reason.
+    pub message: String,
+}
+
+/// Splits `items` into runs that each fit one `UnsealBatch` call: at most
+/// [`MAX_UNSEAL_BATCH_ITEMS`] items and [`MAX_UNSEAL_BATCH_BYTES`] of sealed text (a longer
+/// value goes alone).
+fn unseal_chunks(items: &[(&str, &Location)]) -> Vec<std::ops::Range<usize>> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, (sealed, _)) in items.iter().enumerate() {
+        let full = i - start == MAX_UNSEAL_BATCH_ITEMS
+            || (i > start && bytes + sealed.len() > MAX_UNSEAL_BATCH_BYTES);
+        if full {
+            chunks.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += sealed.len();
+    }
+    if start < items.len() {
+        chunks.push(start..items.len());
+    }
+    chunks
+}
+
+impl KeydClient {
+    /// Opens several sealed values of keyring `keyring`, each found at its location, in as few
+    /// `UnsealBatch` calls as the limits allow (usually one). The outer error is a call's (keyd
+    /// unreachable, the caller refused outright); each item then succeeds or carries keyd's
+    /// reason on its own, in the order given. Plaintexts are zeroized when dropped.
+    pub async fn unseal_batch(
+        &mut self,
+        keyring: &str,
+        items: &[(&str, &Location)],
+    ) -> Result<Vec<Result<Zeroizing<Vec<u8>>, ItemRefusal>>, ClientError> {
+        validate_keyring_name(keyring)?;
+        for (sealed, _) in items {
+            check_sealed_len(sealed)?;
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for range in unseal_chunks(items) {
+            let chunk = &items[range];
+            let request = pb::UnsealBatchRequest {
+                keyring: keyring.to_string(),
+                items: chunk
+                    .iter()
+                    .map(|(sealed, location)| pb::UnsealItem {
+                        sealed: sealed.to_string(),
+                        location: Some(pb_location(location)),
+                    })
+                    .collect(),
+            };
+            let response = call(
+                self.timeout,
+                &self.addr,
+                "UnsealBatch",
+                self.inner.unseal_batch(request),
+            )
+            .await?
+            .into_inner();
+            if response.results.len() != chunk.len() {
+                return Err(ClientError::MalformedAnswer {
+                    rpc: "UnsealBatch",
+                    detail: format!(
+                        "{} results for {} items",
+                        response.results.len(),
+                        chunk.len()
+                    ),
+                });
+            }
+            for result in response.results {
+                out.push(match result.result {
+                    Some(pb::unseal_result::Result::Plaintext(p)) => Ok(Zeroizing::new(p)),
+                    Some(pb::unseal_result::Result::Error(e)) => Err(ItemRefusal {
+                        code: Code::from(e.code as i32),
+                        message: e.message,
+                    }),
+                    None => {
+                        return Err(ClientError::MalformedAnswer {
+                            rpc: "UnsealBatch",
+                            detail: "an empty result".to_string(),
+                        })
+                    }
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn pb_location(location: &Location) -> pb::SecretLocation {
+    pb::SecretLocation {
+        namespace: location.namespace.clone(),
+        secret: location.secret.clone(),
+        key: location.key.clone(),
     }
 }
 
@@ -481,5 +585,39 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("keyd at 127.0.0.1:1"), "{err}");
+    }
+
+    fn at() -> Location {
+        Location {
+            namespace: "ns".into(),
+            secret: "s".into(),
+            key: "k".into(),
+        }
+    }
+
+    #[test]
+    fn unseal_chunks_respect_item_and_byte_limits() {
+        let loc = at();
+        let small = "x".repeat(10);
+        let items: Vec<(&str, &Location)> = (0..MAX_UNSEAL_BATCH_ITEMS * 2 + 1)
+            .map(|_| (small.as_str(), &loc))
+            .collect();
+        let chunks = unseal_chunks(&items);
+        assert_eq!(
+            chunks,
+            vec![
+                0..MAX_UNSEAL_BATCH_ITEMS,
+                MAX_UNSEAL_BATCH_ITEMS..2 * MAX_UNSEAL_BATCH_ITEMS,
+                2 * MAX_UNSEAL_BATCH_ITEMS..2 * MAX_UNSEAL_BATCH_ITEMS + 1
+            ]
+        );
+        let big = "y".repeat(MAX_UNSEAL_BATCH_BYTES - 5);
+        let items = vec![
+            (small.as_str(), &loc),
+            (big.as_str(), &loc),
+            (small.as_str(), &loc),
+        ];
+        assert_eq!(unseal_chunks(&items), vec![0..1, 1..2, 2..3]);
+        assert!(unseal_chunks(&[]).is_empty());
     }
 }

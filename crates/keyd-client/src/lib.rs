@@ -23,11 +23,11 @@ mod pool;
 pub use coffer_proto::keyd as pb;
 
 pub use addr::KeydAddr;
-pub use client::{KeydClient, KeydClientOptions};
+pub use client::{ItemRefusal, KeydClient, KeydClientOptions};
 pub use error::{error_chain, ClientError};
 pub use limits::{
     validate_keyring_name, InvalidKeyringName, MAX_BATCH_ITEMS, MAX_CIPHERTEXT_LEN,
-    MAX_PLAINTEXT_LEN,
+    MAX_PLAINTEXT_LEN, MAX_UNSEAL_BATCH_BYTES, MAX_UNSEAL_BATCH_ITEMS,
 };
 pub use pool::{
     Backoff, CallError, ClientIdentity, KeydPool, KeyringStatus, PoolEvents, PoolOptions,

@@ -7,6 +7,12 @@ pub const MAX_PLAINTEXT_LEN: usize = 512;
 pub const MAX_CIPHERTEXT_LEN: usize = 1024;
 /// Most items `UnwrapBatch` accepts.
 pub const MAX_BATCH_ITEMS: usize = 64;
+/// Most items `UnsealBatch` accepts (a pod's sealed values, unsealed at its start).
+pub const MAX_UNSEAL_BATCH_ITEMS: usize = 256;
+/// Most bytes of sealed text one `UnsealBatch` call carries; the client splits larger lists
+/// into several calls (one value longer than this goes alone), so a request stays well below
+/// keyd's default message limit (2 MiB).
+pub const MAX_UNSEAL_BATCH_BYTES: usize = 1024 * 1024;
 /// Longest keyring name.
 pub const MAX_KEYRING_NAME_LEN: usize = 63;
 

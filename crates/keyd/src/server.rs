@@ -526,6 +526,7 @@ impl Acceptor {
                     keyring: None,
                     key_id: None,
                     location: None,
+                    binding: None,
                     result: Outcome::Denied,
                     reason: Some(reason.clone()),
                 });
@@ -632,6 +633,7 @@ async fn reload_loop(
                         keyring: Some(slot.name.clone()),
                         key_id: Some(key_id),
                         location: None,
+                        binding: None,
                         result: Outcome::Ok,
                         reason: None,
                     });
@@ -670,6 +672,7 @@ async fn reload_sealing_keys(
                 keyring: Some(slot.name.clone()),
                 key_id: primary,
                 location: None,
+                binding: None,
                 result: Outcome::Ok,
                 reason: Some("sealing keys".to_string()),
             });

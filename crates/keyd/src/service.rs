@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coffer_audit::{Aggregator, AuditEntry, Outcome, SharedAuditLog};
-use coffer_keyd_client::{MAX_BATCH_ITEMS, MAX_CIPHERTEXT_LEN, MAX_PLAINTEXT_LEN};
+use coffer_keyd_client::{
+    MAX_BATCH_ITEMS, MAX_CIPHERTEXT_LEN, MAX_PLAINTEXT_LEN, MAX_UNSEAL_BATCH_ITEMS,
+};
 use coffer_keystore::kek::EncryptError;
 use coffer_keystore::store::KeyState;
 use coffer_platform::Platform;
@@ -80,6 +82,7 @@ fn audit_entry(
         keyring: keyring.map(str::to_string),
         key_id: key_id.map(str::to_string),
         location: None,
+        binding: None,
         result,
         reason,
     }
@@ -431,6 +434,91 @@ fn location_text(location: &Location) -> String {
     )
 }
 
+/// What keyd decided about one sealed value: its answer and what its audit record names.
+struct UnsealDecision {
+    /// The sealing key the value names, once it parsed.
+    key_id: Option<String>,
+    /// Where the caller says it found the value, once that parsed.
+    location: Option<String>,
+    /// The value's binding, once it parsed.
+    binding: Option<String>,
+    /// The plaintext, or why not.
+    result: Result<Zeroizing<Vec<u8>>, Status>,
+}
+
+impl UnsealDecision {
+    fn code(&self) -> Code {
+        self.result
+            .as_ref()
+            .map(|_| Code::Ok)
+            .unwrap_or_else(|s| s.code())
+    }
+
+    fn audit_entry(&self, call: &Call) -> AuditEntry {
+        let mut entry = audit_entry(
+            call.op.name(),
+            &call.info,
+            Some(&call.slot.name),
+            self.key_id.as_deref(),
+            outcome_of(&self.result),
+        );
+        entry.location = self.location.clone();
+        entry.binding = self.binding.clone();
+        entry
+    }
+}
+
+/// Applies Unseal's rules, in order, to one value found at `location` by `call`'s caller:
+/// the value parses, the location is valid and satisfies the value's binding, a grant of the
+/// keyring lets the caller's role unseal at that location, and the value opens.
+fn unseal_item(
+    call: &Call,
+    keys: Option<&SealingKeys>,
+    sealed: &str,
+    location: Option<pb::SecretLocation>,
+) -> UnsealDecision {
+    let role = match &call.info.peer {
+        Ok(peer) => peer.role.name.as_str(),
+        Err(_) => "",
+    };
+    let mut decision = UnsealDecision {
+        key_id: None,
+        location: None,
+        binding: None,
+        result: Err(Status::internal("unreached")),
+    };
+    decision.result = (|| {
+        let value = parse_sealed(sealed, &call.slot.name)?;
+        decision.key_id = Some(shown(value.key_id()));
+        decision.binding = Some(value.binding().to_string());
+        let location = location_of(location)?;
+        let at = location_text(&location);
+        decision.location = Some(at.clone());
+        value.binding().admits(&location).map_err(|mismatch| {
+            Status::permission_denied(format!(
+                "the value is bound to {} and may not be used at {at}: {mismatch}",
+                value.binding()
+            ))
+        })?;
+        if !call
+            .slot
+            .access
+            .unseal
+            .iter()
+            .any(|grant| grant.admits(role, &location))
+        {
+            tracing::warn!(role = %role, keyring = %call.slot.name, location = %at, "unseal not granted");
+            return Err(Status::permission_denied(format!(
+                "role {role:?} may not unseal values found at {at}: no grant under keyrings.{}.unseal matches that namespace, Secret and key",
+                call.slot.name
+            )));
+        }
+        let key = sealing_key_of(keys, &value, &call.slot.name)?;
+        open_value(&value, key)
+    })();
+    decision
+}
+
 /// Bounds, then decrypts one ciphertext with the keyring.
 fn unwrap_one(slot: &KeyringSlot, key_id: &str, ciphertext: &[u8]) -> Result<Vec<u8>, Status> {
     if ciphertext.is_empty() {
@@ -700,46 +788,69 @@ impl KeyService for KeydService {
     ) -> Result<Response<pb::UnsealResponse>, Status> {
         let call = self.begin(&request, &request.get_ref().keyring, Operation::Unseal)?;
         let req = request.into_inner();
-        let role = match &call.info.peer {
-            Ok(peer) => peer.role.name.clone(),
-            Err(_) => String::new(),
-        };
         let keys = call.slot.sealing.load_full();
-        let (mut key_id, mut place) = (None, None);
-        let result = (|| {
-            let value = parse_sealed(&req.sealed, &call.slot.name)?;
-            key_id = Some(shown(value.key_id()));
-            let location = location_of(req.location)?;
-            let at = location_text(&location);
-            place = Some(at.clone());
-            value.binding().admits(&location).map_err(|mismatch| {
-                Status::permission_denied(format!(
-                    "the value is bound to {} and may not be used at {at}: {mismatch}",
-                    value.binding()
-                ))
-            })?;
-            if !call
-                .slot
-                .access
-                .unseal
-                .iter()
-                .any(|grant| grant.admits(&role, &location))
-            {
-                tracing::warn!(role = %role, keyring = %call.slot.name, location = %at, "unseal not granted");
-                return Err(Status::permission_denied(format!(
-                    "role {role:?} may not unseal values found at {at}: no grant under keyrings.{}.unseal matches that namespace, Secret and key",
-                    call.slot.name
-                )));
-            }
-            let key = sealing_key_of(keys.as_deref(), &value, &call.slot.name)?;
-            open_value(&value, key)
-        })();
+        let decided = unseal_item(&call, keys.as_deref(), &req.sealed, req.location);
+        let code = decided.code();
         // On an audit failure the plaintext is dropped here, and zeroized.
-        self.record_end(&call, key_id.as_deref(), place.as_deref(), &result)?;
-        result.map(|mut plaintext| {
+        if let Err(status) = self.record_all(call.op, vec![decided.audit_entry(&call)]) {
+            self.metrics.request(call.op, status.code());
+            return Err(status);
+        }
+        self.metrics.request(call.op, code);
+        decided.result.map(|mut plaintext| {
             Response::new(pb::UnsealResponse {
                 plaintext: std::mem::take(&mut *plaintext),
             })
         })
+    }
+
+    async fn unseal_batch(
+        &self,
+        request: Request<pb::UnsealBatchRequest>,
+    ) -> Result<Response<pb::UnsealBatchResponse>, Status> {
+        let items = request.get_ref().items.len();
+        if items == 0 || items > MAX_UNSEAL_BATCH_ITEMS {
+            return Err(Status::invalid_argument(format!(
+                "a batch has {items} items; send 1 to {MAX_UNSEAL_BATCH_ITEMS}"
+            )));
+        }
+        let call = self.begin_n(
+            &request,
+            &request.get_ref().keyring,
+            Operation::Unseal,
+            items as u32,
+        )?;
+        let req = request.into_inner();
+        let keys = call.slot.sealing.load_full();
+        let decided: Vec<UnsealDecision> = req
+            .items
+            .into_iter()
+            .map(|item| unseal_item(&call, keys.as_deref(), &item.sealed, item.location))
+            .collect();
+        let entries = decided.iter().map(|d| d.audit_entry(&call)).collect();
+        // The plaintexts are released only after every item's record is written; on an audit
+        // failure they are dropped here, and zeroized.
+        if let Err(status) = self.record_all(call.op, entries) {
+            self.metrics.request(call.op, status.code());
+            return Err(status);
+        }
+        let results = decided
+            .into_iter()
+            .map(|d| {
+                self.metrics.request(call.op, d.code());
+                pb::UnsealResult {
+                    result: Some(match d.result {
+                        Ok(mut plaintext) => {
+                            pb::unseal_result::Result::Plaintext(std::mem::take(&mut *plaintext))
+                        }
+                        Err(status) => pb::unseal_result::Result::Error(pb::ItemError {
+                            code: status.code() as u32,
+                            message: status.message().to_string(),
+                        }),
+                    }),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::UnsealBatchResponse { results }))
     }
 }
