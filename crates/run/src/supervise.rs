@@ -31,7 +31,7 @@ use zeroize::Zeroizing;
 
 use crate::{OnChange, RunError};
 
-pub use error::AppError;
+pub use error::{AppError, EXIT_APP_NOT_EXECUTABLE, EXIT_APP_NOT_FOUND};
 
 /// The app to start.
 pub struct App {
@@ -58,7 +58,8 @@ impl std::fmt::Debug for App {
 /// must exit with: the app's, or 128 + N when signal N killed it.
 ///
 /// - SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and SIGWINCH sent to `coffer run` are
-///   forwarded to the app (signals of one kind that arrive together may be delivered once).
+///   forwarded to the app (signals of one kind that arrive together may be delivered once; a
+///   terminal's Ctrl-C, sent to the whole foreground process group, reaches the app twice).
 ///   After SIGTERM, SIGINT or SIGQUIT the app is never restarted; stopping it is its own
 ///   business (the kubelet sends SIGKILL when the pod's grace period ends).
 /// - Each message on `changes` triggers `on_change`: [`OnChange::Signal`] sends the signal,
@@ -66,7 +67,8 @@ impl std::fmt::Debug for App {
 ///   app again with the same [`App`]; changes that arrive while a restart is under way are
 ///   covered by it. A closed `changes` only ends the watching.
 /// - Orphans re-parented to `coffer run` (it is PID 1, or it makes itself a child subreaper)
-///   are reaped as they exit.
+///   are reaped as they exit. The reaper collects *every* exited child of the process, so
+///   nothing else in it may wait for children of its own.
 ///
 /// The environment values are zeroized as soon as the app has started, unless
 /// `on_change` is [`OnChange::Restart`], which needs them for every start.

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use coffer_run::supervise::{supervise, App};
+use coffer_run::supervise::{supervise, App, EXIT_APP_NOT_EXECUTABLE, EXIT_APP_NOT_FOUND};
 use coffer_run::OnChange;
 use rustix::process::{Pid, Signal};
 use tokio::sync::mpsc;
@@ -407,6 +407,24 @@ fn on_change_signal_sends_the_signal_to_the_app() {
 }
 
 #[test]
+fn on_change_none_leaves_the_app_alone() {
+    let running = Scenario::sh(&format!(
+        "trap 'echo HUP >> got' HUP; trap 'echo USR1 >> got' USR1; \
+         trap 'echo TERM >> got; exit 0' TERM; touch ready; {IDLE}"
+    ))
+    .start();
+    running.wait_for_file("ready");
+    running.change();
+    // A forwarded signal after the change: the app is still the first one, and undisturbed.
+    running.signal(Signal::USR1);
+    running.wait_until("USR1", || running.read("got") == "USR1\n");
+    running.signal(Signal::TERM);
+    let outcome = running.finish();
+    assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
+    assert_eq!(outcome.read("got"), "USR1\nTERM\n");
+}
+
+#[test]
 fn on_change_restart_starts_the_app_again_with_the_same_environment() {
     let mut scenario = Scenario::sh(&format!(
         "echo \"$VALUE\" >> starts; trap 'exit 0' TERM; touch ready$(wc -l < starts); {IDLE}"
@@ -509,7 +527,11 @@ fn orphans_of_the_app_are_reaped() {
 #[test]
 fn a_program_not_found_gives_127_naming_it_and_the_path() {
     let outcome = Scenario::new(&["no-such-coffer-app"]).run();
-    assert_eq!(outcome.code, 127, "stderr:\n{}", outcome.stderr);
+    assert_eq!(
+        outcome.code, EXIT_APP_NOT_FOUND,
+        "stderr:\n{}",
+        outcome.stderr
+    );
     assert!(
         outcome.stderr.contains("no-such-coffer-app"),
         "{}",
@@ -518,7 +540,11 @@ fn a_program_not_found_gives_127_naming_it_and_the_path() {
     assert!(outcome.stderr.contains(PATH), "{}", outcome.stderr);
 
     let outcome = Scenario::new(&["/no/such/coffer-app"]).run();
-    assert_eq!(outcome.code, 127, "stderr:\n{}", outcome.stderr);
+    assert_eq!(
+        outcome.code, EXIT_APP_NOT_FOUND,
+        "stderr:\n{}",
+        outcome.stderr
+    );
     assert!(
         outcome
             .stderr
@@ -543,7 +569,11 @@ fn a_file_that_cannot_be_executed_gives_126() {
         (path_str(&garbage), "no #! line"),
     ] {
         let outcome = Scenario::new(&[program]).run();
-        assert_eq!(outcome.code, 126, "stderr:\n{}", outcome.stderr);
+        assert_eq!(
+            outcome.code, EXIT_APP_NOT_EXECUTABLE,
+            "stderr:\n{}",
+            outcome.stderr
+        );
         assert!(outcome.stderr.contains(program), "{}", outcome.stderr);
         assert!(outcome.stderr.contains(reason), "{}", outcome.stderr);
     }
@@ -552,7 +582,11 @@ fn a_file_that_cannot_be_executed_gives_126() {
     let mut scenario = Scenario::new(&["plain"]);
     scenario.env = vec![("PATH".into(), path_str(dir.path()).into())];
     let outcome = scenario.run();
-    assert_eq!(outcome.code, 126, "stderr:\n{}", outcome.stderr);
+    assert_eq!(
+        outcome.code, EXIT_APP_NOT_EXECUTABLE,
+        "stderr:\n{}",
+        outcome.stderr
+    );
     assert!(
         outcome.stderr.contains(path_str(&plain)),
         "{}",
