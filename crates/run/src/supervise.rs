@@ -96,6 +96,9 @@ pub async fn supervise(
     Ok(supervisor.run(&mut signals, changes).await?)
 }
 
+/// How often exited children are looked for without a SIGCHLD.
+const REAP_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The running app and what is being done to it.
 struct Supervisor {
     /// Kept only when the app may have to be started again.
@@ -122,10 +125,11 @@ impl Supervisor {
         mut changes: mpsc::Receiver<()>,
     ) -> Result<i32, AppError> {
         let mut changes_open = true;
-        // The app may have exited before its SIGCHLD could be noticed.
-        if let Some(code) = self.reaped(&mut changes)? {
-            return Ok(code);
-        }
+        // Also reap on a timer, as tini does: a LibOS that is late with or loses SIGCHLD must
+        // not leave the app's exit unnoticed. The first tick is immediate, in case the app
+        // exited before its SIGCHLD could be noticed.
+        let mut reap_tick = tokio::time::interval(REAP_INTERVAL);
+        reap_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let kill_at = self
                 .restart
@@ -141,6 +145,11 @@ impl Supervisor {
                     }
                     signals::Received::Forward(signal) => self.forward(signal),
                 },
+                _ = reap_tick.tick() => {
+                    if let Some(code) = self.reaped(&mut changes)? {
+                        return Ok(code);
+                    }
+                }
                 change = changes.recv(), if changes_open => match change {
                     Some(()) => self.changed(),
                     None => changes_open = false,
