@@ -19,12 +19,20 @@ pub enum RunError {
     /// Placeholder until i11-run fills in the variants.
     #[error("{0}")]
     Other(String),
+
+    // --- i11-supervise: the app could not be started or supervised (126/127/70/78). ---
+    /// The app could not be started or supervised.
+    #[error(transparent)]
+    App(#[from] crate::supervise::AppError),
 }
 
 impl RunError {
     /// The process exit code for this error (one of the `EXIT_*` constants, or 126/127 when the
     /// app cannot be executed / found, as a shell does).
     pub fn exit_code(&self) -> i32 {
-        EXIT_INTERNAL
+        match self {
+            Self::App(err) => err.exit_code(),
+            _ => EXIT_INTERNAL,
+        }
     }
 }
