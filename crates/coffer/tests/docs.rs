@@ -16,9 +16,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::coffer_bin;
+use common::deploy::kubectl_objects;
 
 /// Subcommands the docs mention as planned; they must not be checked against the binary.
-const PLANNED: &[&str] = &["run"];
+const PLANNED: &[&str] = &[];
 
 /// Fenced blocks whose lines are commands.
 const SHELL_FENCES: &[&str] = &["sh", "bash", "shell", "console", "ini"];
@@ -39,6 +40,10 @@ fn markdown_files(root: &Path) -> Vec<PathBuf> {
         "deploy/gramine",
         "deploy/occlum",
         "deploy/keyd",
+        "deploy/workloads",
+        "deploy/workloads/gramine",
+        "deploy/workloads/occlum",
+        "deploy/workloads/cvm",
     ] {
         let Ok(entries) = fs::read_dir(root.join(dir)) else {
             continue;
@@ -583,6 +588,8 @@ fn every_documented_command_and_flag_exists() {
         ("docs/operations.md", 15),
         ("docs/tee-platforms.md", 5),
         ("docs/kubectl-coffer.md", 25),
+        ("docs/workloads.md", 8),
+        ("deploy/workloads/occlum/README.md", 1),
         ("deploy/static-pod.yaml", 1),
         ("deploy/keyd/keyd.yaml", 1),
         ("deploy/static-pod-keyd.yaml", 1),
@@ -732,31 +739,6 @@ const BASELINE_CAPABILITIES: &[&str] = &[
     "SETUID",
     "SYS_CHROOT",
 ];
-
-/// The objects of one manifest as the real kubectl decodes them, offline (`kubectl create
-/// --dry-run=client` needs an API server for discovery; `label --local` does not). `None` when
-/// kubectl is not installed.
-fn kubectl_objects(root: &Path, file: &Path) -> Option<Result<Vec<serde_json::Value>, String>> {
-    let out = match Command::new("kubectl")
-        .args(["label", "--local", "-o", "json", "-f"])
-        .arg(root.join(file))
-        .arg("coffer.example/docs-check=1")
-        .stdin(Stdio::null())
-        .output()
-    {
-        Ok(out) => out,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => panic!("running kubectl: {e}"),
-    };
-    if !out.status.success() {
-        return Some(Err(String::from_utf8_lossy(&out.stderr).into_owned()));
-    }
-    let objects = serde_json::Deserializer::from_slice(&out.stdout)
-        .into_iter::<serde_json::Value>()
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("kubectl printed something that is not JSON: {e}"));
-    Some(objects)
-}
 
 fn strings(value: &serde_json::Value) -> Vec<String> {
     value

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use coffer_proto::{v1beta1, v2};
 use tonic::transport::{Channel, Endpoint};
 
+pub mod deploy;
 pub mod keyd;
 pub mod raw_grpc;
 pub mod run;
