@@ -916,3 +916,28 @@ fn the_default_namespace_file_is_the_service_accounts() {
     let out = common::coffer(&["run", "--help"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains(NAMESPACE_FILE));
 }
+
+/// docs/workloads.md's flag reference lists exactly the flags of `coffer run --help` (the
+/// logging flags every command has are documented elsewhere).
+#[test]
+fn the_guide_lists_every_coffer_run_flag() {
+    let guide = read("docs/workloads.md");
+    let reference = &guide[guide
+        .find("## 14. Flags")
+        .expect("a flag reference section")..];
+    let mut documented = BTreeSet::new();
+    for row in reference.lines().filter(|l| l.starts_with("| `--")) {
+        let cell = row.split(" | ").next().unwrap();
+        for word in cell.split(['`', ' ', ',', '(', ')']) {
+            if word.starts_with("--") && word.len() > 2 {
+                documented.insert(word.to_string());
+            }
+        }
+    }
+    let common = ["--help", "--version", "--log-level", "--log-format"];
+    let listed: BTreeSet<String> = help_flags(&["run"])
+        .into_iter()
+        .filter(|f| !common.contains(&f.as_str()))
+        .collect();
+    assert_eq!(documented, listed, "docs/workloads.md, 14. Flags");
+}

@@ -474,14 +474,15 @@ pub fn occlum_run_args(readme: &str) -> Vec<String> {
         .collect()
 }
 
-/// Flags `coffer <path> --help` lists.
+/// Flags `coffer <path> --help` lists (named anywhere in it: a flag's own line or the text
+/// of another's).
 pub fn help_flags(path: &[&str]) -> BTreeSet<String> {
     let mut args = path.to_vec();
     args.push("--help");
     let out = coffer(&args);
     assert!(out.status.success(), "coffer {args:?} failed");
     String::from_utf8_lossy(&out.stdout)
-        .split([' ', ',', '\n'])
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
         .filter(|w| w.starts_with("--") && w.len() > 2)
         .map(str::to_string)
         .collect()
