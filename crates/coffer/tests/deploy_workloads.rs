@@ -472,6 +472,14 @@ fn gramine_workload_problems(rendered: &str, run_flags: &BTreeSet<String>) -> Ve
     if run.value("--platform").as_deref() != Some("sgx-gramine") {
         problems.push("--platform must be sgx-gramine".into());
     }
+    // The kubelet's SIGTERM must reach coffer run, which forwards it to the app.
+    if toml_item(&manifest.doc, "sys.enable_sigterm_injection").and_then(|i| i.as_bool())
+        != Some(true)
+    {
+        problems.push(
+            "sys.enable_sigterm_injection must be true: SIGTERM must reach coffer run".into(),
+        );
+    }
     // Gramine's tmpfs is per process: a running app never sees a new version.
     if run.value("--on-change").as_deref() != Some("restart") {
         problems.push("--on-change must be restart: the app's tmpfs is its own copy".into());
@@ -595,6 +603,11 @@ fn gramine_checks_catch_each_mistake() {
             "dcap",
         ),
         ("sgx.debug = false", "sgx.debug = true", "debug"),
+        (
+            "sys.enable_sigterm_injection = true",
+            "sys.enable_sigterm_injection = false",
+            "SIGTERM",
+        ),
     ];
     for (from, to, expected) in cases {
         assert!(good.contains(from), "{from}");
