@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::coffer_bin;
 use common::deploy::kubectl_objects;
+use common::{coffer_bin, kubectl_coffer_bin};
 
 /// Subcommands the docs mention as planned; they must not be checked against the binary.
 const PLANNED: &[&str] = &[];
@@ -1209,20 +1209,6 @@ fn keyd_one_machine_walkthrough_runs() {
         "a signer placeholder was not filled in:\n{script}"
     );
     run_walkthrough("docs/keyd.md, \"Try it on one machine\"", &script);
-}
-
-/// The `kubectl-coffer` binary beside the `coffer` under test (`cargo test --workspace` builds
-/// both); built once here when this package's tests run alone.
-fn kubectl_coffer_bin() -> PathBuf {
-    let bin = Path::new(coffer_bin()).with_file_name("kubectl-coffer");
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "kubectl-coffer", "--bin", "kubectl-coffer"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "building kubectl-coffer failed");
-    }
-    bin
 }
 
 /// Every shell block of `file` from the heading containing `from` up to the one containing
