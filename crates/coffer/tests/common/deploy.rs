@@ -474,17 +474,27 @@ pub fn occlum_run_args(readme: &str) -> Vec<String> {
         .collect()
 }
 
-/// Flags `coffer <path> --help` lists (named anywhere in it: a flag's own line or the text
-/// of another's).
+/// Flags `coffer <path> --help` lists: the names on its option lines (indented at most six
+/// spaces, as clap prints them; flags named in help prose belong to other programs or repeat).
 pub fn help_flags(path: &[&str]) -> BTreeSet<String> {
     let mut args = path.to_vec();
     args.push("--help");
     let out = coffer(&args);
     assert!(out.status.success(), "coffer {args:?} failed");
     String::from_utf8_lossy(&out.stdout)
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
-        .filter(|w| w.starts_with("--") && w.len() > 2)
-        .map(str::to_string)
+        .lines()
+        .filter(|line| {
+            let trimmed = line.trim_start();
+            // `-x` or `--name`, not an example command line's `-- APP ARGS`.
+            let option = trimmed.starts_with('-') && !trimmed.starts_with("-- ");
+            option && line.len() - trimmed.len() <= 6
+        })
+        .flat_map(|line| {
+            line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+                .filter(|w| w.starts_with("--") && w.len() > 2)
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 
