@@ -1124,8 +1124,9 @@ fn without_comment(line: &str) -> String {
     line.to_string()
 }
 
-/// Runs a walk-through script; panics with its output if it fails or hangs.
-fn run_walkthrough(name: &str, script: &str) {
+/// Runs a walk-through script; panics with its output if it fails or hangs, returns its
+/// output (stdout) otherwise.
+fn run_walkthrough(name: &str, script: &str) -> String {
     use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
     let out_path = dir.path().join("output");
@@ -1154,10 +1155,11 @@ fn run_walkthrough(name: &str, script: &str) {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let output = fs::read_to_string(&out_path).unwrap_or_default()
-        + &fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
+    let stdout = fs::read_to_string(&out_path).unwrap_or_default();
+    let output =
+        stdout.clone() + &fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
     match status {
-        Some(s) if s.success() => {}
+        Some(s) if s.success() => stdout,
         Some(s) => panic!("{name} failed ({s}) as written:\n{script}\n--- output ---\n{output}"),
         None => panic!("{name} did not finish in 180 s:\n{script}\n--- output ---\n{output}"),
     }
@@ -1290,4 +1292,55 @@ fn kubectl_coffer_walkthrough_runs() {
         dir.path().display()
     );
     run_walkthrough("docs/kubectl-coffer.md, sections 1 to 6", &script);
+}
+
+/// workloads.md's "Try it on one machine" runs as written: keyd, `kubectl coffer seal`, a
+/// kubelet-like Secret volume and environment, and `coffer run` starting an app that prints
+/// the plaintext it was given, while the volume and the manifest hold only sealed values.
+#[test]
+fn workloads_walkthrough_runs() {
+    let root = repo_root();
+    let lines = walkthrough(&root, "docs/workloads.md", "Try it on one machine");
+    let bin_dir = Path::new(coffer_bin()).parent().unwrap().to_path_buf();
+    kubectl_coffer_bin();
+    let dir = tempfile::tempdir().unwrap();
+    // /dev/shm is the tmpfs --out needs; one directory per run of this test.
+    let out = format!("/dev/shm/coffer-docs-{}", std::process::id());
+    let lines: Vec<(usize, String)> = lines
+        .into_iter()
+        .map(|(n, line)| {
+            let line = line
+                .replace(
+                    "$(coffer attest verify --evidence app-evidence.json | jq -r .measurements.signer)",
+                    "$(signer app-evidence.json)",
+                )
+                .replace(
+                    "$(coffer attest verify --evidence keyd-evidence.json | jq -r .measurements.signer)",
+                    "$(signer keyd-evidence.json)",
+                )
+                .replace("/dev/shm/wl-out", &out);
+            (n, line)
+        })
+        .collect();
+    let (script, servers) =
+        walkthrough_script(&lines, "docs/workloads.md", dir.path(), free_port());
+    assert_eq!(servers, 1, "the walk-through starts keyd once:\n{script}");
+    assert!(
+        !script.contains("jq "),
+        "a signer was not filled in:\n{script}"
+    );
+    let script = format!(
+        "export PATH='{}':\"$PATH\"\nexport HOME='{}'\n{script}",
+        bin_dir.display(),
+        dir.path().display()
+    );
+    let output = run_walkthrough("docs/workloads.md, \"Try it on one machine\"", &script);
+    for expected in [
+        "env: correct horse battery staple",
+        "file: correct horse battery staple",
+        "db/password:1",
+    ] {
+        assert!(output.contains(expected), "no {expected:?} in:\n{output}");
+    }
+    assert!(!Path::new(&out).exists(), "{out} was left behind");
 }
