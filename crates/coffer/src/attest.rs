@@ -13,6 +13,7 @@ use coffer_attest::policy::Policy;
 use coffer_attest::sources::VerifySources;
 use coffer_attest::{Evidence, TeeType, VerifyOptions};
 use coffer_platform::{open_platform, Access, PlatformChoice};
+use coffer_sealed::bundle::{KeyBundle, MAX_BUNDLE_LEN};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -30,6 +31,11 @@ pub enum AttestCommand {
     /// evidence and key binding, map it to a role with --policy, and print its claims. Presents
     /// this platform's own attested certificate (endpoints require mutual attestation).
     Endpoint(EndpointArgs),
+    /// Verify a key bundle file offline (as `kubectl coffer fetch-key` pins it): keyd's
+    /// evidence, that it commits to the bundle's keys, its validity, and --policy's role for
+    /// keyd. Prints keyd's claims, then the keyring and its sealing keys; exit 1 and the reasons
+    /// if any check fails.
+    Bundle(BundleArgs),
     /// Policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -55,6 +61,23 @@ pub struct EndpointArgs {
     pub timeout: Duration,
     #[command(flatten)]
     pub sources: SourceArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct BundleArgs {
+    /// The key bundle file (JSON).
+    pub file: PathBuf,
+    /// Policy keyd's evidence must satisfy; its denial lists keyd's measurements.
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// The keyring the bundle must be for.
+    #[arg(long)]
+    pub keyring: Option<String>,
+    #[command(flatten)]
+    pub sources: SourceArgs,
+    /// Verify as of this time (RFC 3339), e.g. to check an old bundle with old collateral.
+    #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+    pub now: Option<SystemTime>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -157,6 +180,7 @@ pub fn run(command: AttestCommand) -> Result<ExitCode, Error> {
         AttestCommand::Evidence(args) => evidence(args),
         AttestCommand::Verify(args) => verify(args),
         AttestCommand::Endpoint(args) => endpoint(args),
+        AttestCommand::Bundle(args) => bundle(args),
         AttestCommand::Policy(PolicyCommand::Check { file }) => {
             let policy = Policy::load(&file)?;
             let roles: Vec<&str> = policy.roles().collect();
@@ -393,5 +417,36 @@ fn endpoint(args: EndpointArgs) -> Result<ExitCode, Error> {
     );
     tls.send_close_notify();
     let _ = tls.complete_io(&mut socket);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bundle(args: BundleArgs) -> Result<ExitCode, Error> {
+    use std::io::Read;
+    let policy = Policy::load(&args.policy)?;
+    let origin = args.file.display();
+    let mut bytes = Vec::new();
+    std::fs::File::open(&args.file)
+        .map_err(|e| format!("reading {origin}: {e}"))?
+        // One byte over the limit is enough for from_json to refuse the file by its size.
+        .take(MAX_BUNDLE_LEN as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("reading {origin}: {e}"))?;
+    let bundle = KeyBundle::from_json(&bytes).map_err(|e| format!("{origin}: {e}"))?;
+    if let Some(keyring) = &args.keyring {
+        bundle
+            .check_keyring(keyring)
+            .map_err(|e| format!("{origin}: {e}"))?;
+    }
+    let options = args
+        .sources
+        .options(args.now.unwrap_or_else(SystemTime::now))?;
+    let verified = bundle
+        .verify(&policy, &options)
+        .map_err(|e| format!("{origin}: the key bundle does not verify: {e}; do not seal to it"))?;
+    println!("{}", serde_json::to_string_pretty(&verified.claims)?);
+    if verified.claims.tee == TeeType::Sim {
+        eprintln!("warning: simulation evidence proves nothing about the machine it came from");
+    }
+    eprintln!("{}", bundle.describe(&verified));
     Ok(ExitCode::SUCCESS)
 }

@@ -15,10 +15,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::coffer_bin;
+use common::deploy::kubectl_objects;
+use common::{coffer_bin, kubectl_coffer_bin};
 
 /// Subcommands the docs mention as planned; they must not be checked against the binary.
-const PLANNED: &[&str] = &["run"];
+const PLANNED: &[&str] = &[];
 
 /// Fenced blocks whose lines are commands.
 const SHELL_FENCES: &[&str] = &["sh", "bash", "shell", "console", "ini"];
@@ -39,6 +40,10 @@ fn markdown_files(root: &Path) -> Vec<PathBuf> {
         "deploy/gramine",
         "deploy/occlum",
         "deploy/keyd",
+        "deploy/workloads",
+        "deploy/workloads/gramine",
+        "deploy/workloads/occlum",
+        "deploy/workloads/cvm",
     ] {
         let Ok(entries) = fs::read_dir(root.join(dir)) else {
             continue;
@@ -583,6 +588,8 @@ fn every_documented_command_and_flag_exists() {
         ("docs/operations.md", 15),
         ("docs/tee-platforms.md", 5),
         ("docs/kubectl-coffer.md", 25),
+        ("docs/workloads.md", 8),
+        ("deploy/workloads/occlum/README.md", 1),
         ("deploy/static-pod.yaml", 1),
         ("deploy/keyd/keyd.yaml", 1),
         ("deploy/static-pod-keyd.yaml", 1),
@@ -732,31 +739,6 @@ const BASELINE_CAPABILITIES: &[&str] = &[
     "SETUID",
     "SYS_CHROOT",
 ];
-
-/// The objects of one manifest as the real kubectl decodes them, offline (`kubectl create
-/// --dry-run=client` needs an API server for discovery; `label --local` does not). `None` when
-/// kubectl is not installed.
-fn kubectl_objects(root: &Path, file: &Path) -> Option<Result<Vec<serde_json::Value>, String>> {
-    let out = match Command::new("kubectl")
-        .args(["label", "--local", "-o", "json", "-f"])
-        .arg(root.join(file))
-        .arg("coffer.example/docs-check=1")
-        .stdin(Stdio::null())
-        .output()
-    {
-        Ok(out) => out,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => panic!("running kubectl: {e}"),
-    };
-    if !out.status.success() {
-        return Some(Err(String::from_utf8_lossy(&out.stderr).into_owned()));
-    }
-    let objects = serde_json::Deserializer::from_slice(&out.stdout)
-        .into_iter::<serde_json::Value>()
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("kubectl printed something that is not JSON: {e}"));
-    Some(objects)
-}
 
 fn strings(value: &serde_json::Value) -> Vec<String> {
     value
@@ -1142,8 +1124,9 @@ fn without_comment(line: &str) -> String {
     line.to_string()
 }
 
-/// Runs a walk-through script; panics with its output if it fails or hangs.
-fn run_walkthrough(name: &str, script: &str) {
+/// Runs a walk-through script; panics with its output if it fails or hangs, returns its
+/// output (stdout) otherwise.
+fn run_walkthrough(name: &str, script: &str) -> String {
     use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
     let out_path = dir.path().join("output");
@@ -1172,10 +1155,11 @@ fn run_walkthrough(name: &str, script: &str) {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let output = fs::read_to_string(&out_path).unwrap_or_default()
-        + &fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
+    let stdout = fs::read_to_string(&out_path).unwrap_or_default();
+    let output =
+        stdout.clone() + &fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
     match status {
-        Some(s) if s.success() => {}
+        Some(s) if s.success() => stdout,
         Some(s) => panic!("{name} failed ({s}) as written:\n{script}\n--- output ---\n{output}"),
         None => panic!("{name} did not finish in 180 s:\n{script}\n--- output ---\n{output}"),
     }
@@ -1227,20 +1211,6 @@ fn keyd_one_machine_walkthrough_runs() {
         "a signer placeholder was not filled in:\n{script}"
     );
     run_walkthrough("docs/keyd.md, \"Try it on one machine\"", &script);
-}
-
-/// The `kubectl-coffer` binary beside the `coffer` under test (`cargo test --workspace` builds
-/// both); built once here when this package's tests run alone.
-fn kubectl_coffer_bin() -> PathBuf {
-    let bin = Path::new(coffer_bin()).with_file_name("kubectl-coffer");
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "kubectl-coffer", "--bin", "kubectl-coffer"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "building kubectl-coffer failed");
-    }
-    bin
 }
 
 /// Every shell block of `file` from the heading containing `from` up to the one containing
@@ -1322,4 +1292,55 @@ fn kubectl_coffer_walkthrough_runs() {
         dir.path().display()
     );
     run_walkthrough("docs/kubectl-coffer.md, sections 1 to 6", &script);
+}
+
+/// workloads.md's "Try it on one machine" runs as written: keyd, `kubectl coffer seal`, a
+/// kubelet-like Secret volume and environment, and `coffer run` starting an app that prints
+/// the plaintext it was given, while the volume and the manifest hold only sealed values.
+#[test]
+fn workloads_walkthrough_runs() {
+    let root = repo_root();
+    let lines = walkthrough(&root, "docs/workloads.md", "Try it on one machine");
+    let bin_dir = Path::new(coffer_bin()).parent().unwrap().to_path_buf();
+    kubectl_coffer_bin();
+    let dir = tempfile::tempdir().unwrap();
+    // /dev/shm is the tmpfs --out needs; one directory per run of this test.
+    let out = format!("/dev/shm/coffer-docs-{}", std::process::id());
+    let lines: Vec<(usize, String)> = lines
+        .into_iter()
+        .map(|(n, line)| {
+            let line = line
+                .replace(
+                    "$(coffer attest verify --evidence app-evidence.json | jq -r .measurements.signer)",
+                    "$(signer app-evidence.json)",
+                )
+                .replace(
+                    "$(coffer attest verify --evidence keyd-evidence.json | jq -r .measurements.signer)",
+                    "$(signer keyd-evidence.json)",
+                )
+                .replace("/dev/shm/wl-out", &out);
+            (n, line)
+        })
+        .collect();
+    let (script, servers) =
+        walkthrough_script(&lines, "docs/workloads.md", dir.path(), free_port());
+    assert_eq!(servers, 1, "the walk-through starts keyd once:\n{script}");
+    assert!(
+        !script.contains("jq "),
+        "a signer was not filled in:\n{script}"
+    );
+    let script = format!(
+        "export PATH='{}':\"$PATH\"\nexport HOME='{}'\n{script}",
+        bin_dir.display(),
+        dir.path().display()
+    );
+    let output = run_walkthrough("docs/workloads.md, \"Try it on one machine\"", &script);
+    for expected in [
+        "env: correct horse battery staple",
+        "file: correct horse battery staple",
+        "db/password:1",
+    ] {
+        assert!(output.contains(expected), "no {expected:?} in:\n{output}");
+    }
+    assert!(!Path::new(&out).exists(), "{out} was left behind");
 }

@@ -4,81 +4,23 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use coffer_keyd::pb;
 use coffer_keyd::pb::key_service_client::KeyServiceClient;
 use coffer_platform::sim::SimPlatform;
-use coffer_ratls::{AttestedVerifier, OfflineVerifier};
 use coffer_sealed::bundle::KeyBundle;
 use coffer_sealed::{Binding, Location, Scope, SealedValue, SealingKeyPair};
 use common::keyd::{
-    audit_records, create_keyd_data, free_addr, keyd_cli, keyd_policy, location,
-    raw_key_service_client, signer_role_policy, sim_role_policy, KeydProcess,
+    audit_records, bundle, client, create_keyd_data, free_addr, keyd_cli, location, pb_location,
+    seal_to, signer_role_policy, sim_role_policy, KeydProcess,
 };
 use tonic::transport::Channel;
 use tonic::Code;
 
 /// A secret whose bytes must never show up in keyd's log or audit log.
 const SECRET: &[u8] = b"s3cr3t-db-password-7f1c2a";
-
-/// A gRPC client over TLS that checks keyd's attestation and presents `platform`'s attested
-/// certificate, or none (a workstation).
-async fn client(
-    addr: SocketAddr,
-    keyd_signer: &str,
-    platform: Option<&SimPlatform>,
-) -> KeyServiceClient<Channel> {
-    let verifier = Arc::new(AttestedVerifier::new(
-        Arc::new(OfflineVerifier::new(coffer_attest::VerifyOptions::new(
-            SystemTime::now(),
-        ))),
-        Arc::new(keyd_policy(keyd_signer, true)),
-    ));
-    let config = match platform {
-        None => coffer_ratls::client_config_without_identity(verifier).unwrap(),
-        Some(platform) => {
-            let identity = coffer_ratls::attested_certificate(platform).unwrap();
-            coffer_ratls::client_config(&identity, verifier).unwrap()
-        }
-    };
-    raw_key_service_client(addr, config)
-        .await
-        .max_decoding_message_size(4 << 20)
-        .max_encoding_message_size(4 << 20)
-}
-
-fn pb_location(l: &Location) -> Option<pb::SecretLocation> {
-    Some(pb::SecretLocation {
-        namespace: l.namespace.clone(),
-        secret: l.secret.clone(),
-        key: l.key.clone(),
-    })
-}
-
-/// Fetches and fully verifies keyring `keyring`'s bundle.
-async fn bundle(c: &mut KeyServiceClient<Channel>, keyring: &str, signer: &str) -> KeyBundle {
-    let json = c
-        .get_key_bundle(pb::GetKeyBundleRequest {
-            keyring: keyring.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .bundle;
-    let bundle = KeyBundle::from_json(&json).unwrap();
-    bundle
-        .verify(
-            &keyd_policy(signer, true),
-            &coffer_attest::VerifyOptions::new(SystemTime::now()),
-        )
-        .unwrap();
-    assert_eq!(bundle.keyring(), keyring);
-    bundle
-}
 
 /// Waits until keyd serves a bundle of `keyring` whose primary is `primary` and that lists
 /// exactly `keys` keys: it reloads sealing-key changes made by the CLI.
@@ -158,18 +100,6 @@ fn rotate_sealing_key(data: &Path, keyring: &str) -> String {
         .find(|w| w.starts_with("sk-"))
         .unwrap()
         .to_string()
-}
-
-fn seal_to(bundle: &KeyBundle, scope: Scope, at: &Location, plaintext: &[u8]) -> String {
-    let binding = Binding::new(scope, at).unwrap();
-    coffer_sealed::seal(
-        bundle.keyring(),
-        &bundle.primary().unwrap(),
-        &binding,
-        plaintext,
-    )
-    .unwrap()
-    .to_text()
 }
 
 /// Asserts an audit record of `event` with `result` whose reason contains `reason` (and, if

@@ -465,6 +465,42 @@ impl KeyBundle {
     pub fn fingerprint(&self) -> String {
         hex::encode(sha2::Sha256::digest(self.to_json()))
     }
+
+    /// What `verified` (this bundle's [`Self::verify`]) established, as two lines for a person
+    /// to check before sealing to the bundle: keyd's TEE, measurement, debug, TCB and policy
+    /// role; then the keyring, keyd instance, sealing keys (the primary marked), fingerprint and
+    /// validity. Every tool that verifies a bundle prints this same text.
+    pub fn describe(&self, verified: &VerifiedBundle) -> String {
+        let claims = &verified.claims;
+        let body = &self.body;
+        let keys: Vec<String> = body
+            .keys
+            .iter()
+            .map(|k| {
+                if k.primary {
+                    format!("{} (primary)", k.id)
+                } else {
+                    k.id.clone()
+                }
+            })
+            .collect();
+        format!(
+            "verified keyd: TEE {}, measurement {}, debug {}, TCB {}, policy role {}\n\
+             keyring {:?} (keyd instance {}): sealing keys {}; bundle fingerprint {}, issued {}, \
+             expires {}",
+            claims.tee,
+            hex::encode(claims.primary_measurement()),
+            claims.debug,
+            claims.tcb_status,
+            verified.role.name,
+            body.keyring,
+            body.instance,
+            keys.join(", "),
+            self.fingerprint(),
+            body.issued,
+            body.expires
+        )
+    }
 }
 
 fn parse_time(text: &str) -> Option<OffsetDateTime> {

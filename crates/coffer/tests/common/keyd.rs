@@ -5,13 +5,16 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use coffer_attest::policy::Policy;
+use coffer_keyd_client::pb;
 use coffer_keyd_client::pb::key_service_client::KeyServiceClient;
 use coffer_keyd_client::KeydClientOptions;
 use coffer_platform::sim::SimPlatform;
-use coffer_sealed::Location;
+use coffer_ratls::{AttestedVerifier, OfflineVerifier};
+use coffer_sealed::bundle::KeyBundle;
+use coffer_sealed::{Binding, Location, Scope};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -268,4 +271,73 @@ impl Drop for KeydProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A gRPC client over TLS that checks keyd's attestation and presents `platform`'s attested
+/// certificate, or none (a workstation).
+pub async fn client(
+    addr: SocketAddr,
+    keyd_signer: &str,
+    platform: Option<&SimPlatform>,
+) -> KeyServiceClient<Channel> {
+    let verifier = Arc::new(AttestedVerifier::new(
+        Arc::new(OfflineVerifier::new(coffer_attest::VerifyOptions::new(
+            SystemTime::now(),
+        ))),
+        Arc::new(keyd_policy(keyd_signer, true)),
+    ));
+    let config = match platform {
+        None => coffer_ratls::client_config_without_identity(verifier).unwrap(),
+        Some(platform) => {
+            let identity = coffer_ratls::attested_certificate(platform).unwrap();
+            coffer_ratls::client_config(&identity, verifier).unwrap()
+        }
+    };
+    raw_key_service_client(addr, config)
+        .await
+        .max_decoding_message_size(4 << 20)
+        .max_encoding_message_size(4 << 20)
+}
+
+/// The wire form of `l`.
+pub fn pb_location(l: &Location) -> Option<pb::SecretLocation> {
+    Some(pb::SecretLocation {
+        namespace: l.namespace.clone(),
+        secret: l.secret.clone(),
+        key: l.key.clone(),
+    })
+}
+
+/// Fetches and fully verifies keyring `keyring`'s bundle.
+pub async fn bundle(c: &mut KeyServiceClient<Channel>, keyring: &str, signer: &str) -> KeyBundle {
+    let json = c
+        .get_key_bundle(pb::GetKeyBundleRequest {
+            keyring: keyring.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .bundle;
+    let bundle = KeyBundle::from_json(&json).unwrap();
+    bundle
+        .verify(
+            &keyd_policy(signer, true),
+            &coffer_attest::VerifyOptions::new(SystemTime::now()),
+        )
+        .unwrap();
+    assert_eq!(bundle.keyring(), keyring);
+    bundle
+}
+
+/// `plaintext` sealed to `bundle`'s primary key, bound with `scope` to `at`.
+pub fn seal_to(bundle: &KeyBundle, scope: Scope, at: &Location, plaintext: &[u8]) -> String {
+    let binding = Binding::new(scope, at).unwrap();
+    coffer_sealed::seal(
+        bundle.keyring(),
+        &bundle.primary().unwrap(),
+        &binding,
+        plaintext,
+    )
+    .unwrap()
+    .to_text()
 }

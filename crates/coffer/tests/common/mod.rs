@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use coffer_proto::{v1beta1, v2};
 use tonic::transport::{Channel, Endpoint};
 
+pub mod deploy;
 pub mod keyd;
+pub mod kubelet;
 pub mod raw_grpc;
 pub mod run;
 
@@ -20,6 +22,20 @@ pub type V1Client = v1beta1::key_management_service_client::KeyManagementService
 
 pub fn coffer_bin() -> &'static str {
     env!("CARGO_BIN_EXE_coffer")
+}
+
+/// The `kubectl-coffer` binary beside the `coffer` under test (`cargo test --workspace` builds
+/// both); built once here when this package's tests run alone.
+pub fn kubectl_coffer_bin() -> PathBuf {
+    let bin = Path::new(coffer_bin()).with_file_name("kubectl-coffer");
+    if !bin.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "kubectl-coffer", "--bin", "kubectl-coffer"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "building kubectl-coffer failed");
+    }
+    bin
 }
 
 /// Runs `coffer <args>` to completion.

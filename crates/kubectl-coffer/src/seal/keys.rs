@@ -149,37 +149,8 @@ fn sim_warning() {
 
 /// Prints what was verified on stderr.
 fn report(bundle: &KeyBundle, verified: &VerifiedBundle) {
-    let claims = &verified.claims;
-    if claims.tee == TeeType::Sim {
+    if verified.claims.tee == TeeType::Sim {
         sim_warning();
     }
-    eprintln!(
-        "verified keyd: TEE {}, measurement {}, debug {}, TCB {}, policy role {}",
-        claims.tee,
-        hex::encode(claims.primary_measurement()),
-        claims.debug,
-        claims.tcb_status,
-        verified.role.name
-    );
-    let body = &bundle.body;
-    let keys: Vec<String> = body
-        .keys
-        .iter()
-        .map(|k| {
-            if k.primary {
-                format!("{} (primary)", k.id)
-            } else {
-                k.id.clone()
-            }
-        })
-        .collect();
-    eprintln!(
-        "keyring {:?} (keyd instance {}): sealing keys {}; bundle fingerprint {}, issued {}, expires {}",
-        body.keyring,
-        body.instance,
-        keys.join(", "),
-        bundle.fingerprint(),
-        body.issued,
-        body.expires
-    );
+    eprintln!("{}", bundle.describe(verified));
 }
