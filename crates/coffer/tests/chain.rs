@@ -750,6 +750,13 @@ fn workloads_keyd_does_not_trust_are_refused_at_attestation_and_audited() {
     let run = chain.run(&other, "other", &env, &["--env"], &out.0, MARK_STARTED);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(EXIT_REFUSED), "{stderr}");
+    assert!(stderr.contains("refused this workload"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "sim measurement {other_measurement} is not accepted"
+        )),
+        "{stderr}"
+    );
     assert!(!out.0.join("started").exists(), "the app was started");
     let records = audit_records(&chain.keyd.data);
     let refusal = records
@@ -779,10 +786,17 @@ fn workloads_keyd_does_not_trust_are_refused_at_attestation_and_audited() {
     );
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(EXIT_REFUSED), "{stderr}");
+    assert!(
+        stderr.contains("refused this workload")
+            && stderr.contains("simulation evidence refused: allow_simulation is false"),
+        "{stderr}"
+    );
     assert!(!out.0.join("started").exists(), "the app was started");
     let records = audit_records(&production.keyd.data);
+    let coffer_measurement = sha256_file(Path::new(coffer_bin()));
     assert!(
         records.iter().any(|r| r["result"] == "denied"
+            && r["caller"]["measurement"] == coffer_measurement.as_str()
             && r["reason"]
                 .as_str()
                 .is_some_and(|r| r.contains("allow_simulation is false"))),
