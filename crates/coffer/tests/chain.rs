@@ -348,6 +348,8 @@ o="$COFFER_TEST_OUT"
   printf %s "$DB_url" | sha256sum
   sha256sum < "$o/db/password"
   sha256sum < "$o/db/url"
+  printf %s "$DB_host" | sha256sum
+  sha256sum < "$o/db/host"
 } > "$o/seen"
 "#;
 
@@ -402,11 +404,19 @@ fn sealed_secret_reaches_the_app_in_plaintext_and_the_node_only_ever_holds_ciphe
         assert_eq!(value.keyring(), KEYRING);
     }
 
+    // A value that is not secret, added unsealed to the manifest, is delivered as it is.
+    let mut secret = secret;
+    secret
+        .data
+        .insert("host".into(), b"db.payments.svc".to_vec());
+
     // The kubelet's delivery: a Secret volume and environment variables, all ciphertext.
     let volume = SecretVolume::project(&chain.path("volumes/db"), &secret, DEFAULT_MODE);
     assert_eq!(volume.files(), secret.data);
     let env = kubelet_env(&secret);
-    assert!(env.iter().all(|(_, v)| v.starts_with("coffer.v1.")));
+    assert!(env
+        .iter()
+        .all(|(k, v)| v.starts_with("coffer.v1.") || k == "DB_host"));
 
     let out_dir = ShmDir::new();
     let files = format!("db={}", volume.dir.display());
@@ -439,6 +449,8 @@ fn sealed_secret_reaches_the_app_in_plaintext_and_the_node_only_ever_holds_ciphe
         plain["url"],
         plain["password"],
         plain["url"],
+        "db.payments.svc",
+        "db.payments.svc",
     ]
     .iter()
     .map(|p| sha256sum_line(p))
