@@ -225,7 +225,7 @@ impl Chain {
     /// `coffer run` (the executable `bin`) as the first process of container `name` in
     /// namespace `payments`, with keyd at `keyd` and `--keyd-deadline deadline`: the
     /// container's own sim state, `env` as the kubelet set it, the Downward API's POD_NAMESPACE,
-    /// `flags`, then `sh -c script` with COFFER_TEST_OUT set to `out`. Its stderr is kept on
+    /// `flags`, then `sh -c script` with COFFER_TEST_OUT set to `out`. Its output is kept on
     /// the node, where it must hold no plaintext either.
     #[allow(clippy::too_many_arguments)]
     fn run_against(
@@ -253,6 +253,7 @@ impl Chain {
             .env("COFFER_TEST_OUT", out)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let output = output_within(&mut command);
+        std::fs::write(self.path(&format!("run-{name}.stdout")), &output.stdout).unwrap();
         std::fs::write(self.path(&format!("run-{name}.stderr")), &output.stderr).unwrap();
         output
     }
@@ -459,6 +460,16 @@ fn sealed_secret_reaches_the_app_in_plaintext_and_the_node_only_ever_holds_ciphe
         std::fs::read_to_string(out_dir.0.join("seen")).unwrap(),
         expected
     );
+    // Unsealed files are readable by their owner only; the node's volume kept the kubelet's
+    // mode.
+    for key in ["password", "username", "url"] {
+        let mode = |path: PathBuf| {
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path).unwrap().permissions())
+                & 0o777
+        };
+        assert_eq!(mode(out_dir.0.join("db").join(key)), 0o400, "{key}");
+        assert_eq!(mode(volume.dir.join(key)), DEFAULT_MODE, "{key}");
+    }
 
     // keyd audited each value with where it was found, its binding and the workload's
     // measurement: that of the coffer executable that ran.
