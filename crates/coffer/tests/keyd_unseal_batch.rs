@@ -237,9 +237,19 @@ async fn a_mixed_batch_is_answered_item_by_item_in_order_and_every_item_is_audit
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn whole_batches_are_refused_for_their_size_caller_keyring_or_rate() {
+async fn whole_batches_are_refused_for_their_size_caller_keyring_or_rate_and_nothing_is_unsealed() {
     let dir = tempfile::tempdir().unwrap();
-    let (keyd, app) = start(dir.path(), &["--rate-limit", "1", "--rate-burst", "20"]);
+    let (keyd, app) = start(
+        dir.path(),
+        &[
+            "--rate-limit",
+            "1",
+            "--rate-burst",
+            "20",
+            "--max-message-bytes",
+            "65536",
+        ],
+    );
     let signer = keyd.signer();
     let mut public = client(keyd.addr, &signer, None).await;
     let mut attested = client(keyd.addr, &signer, Some(&app)).await;
@@ -262,6 +272,20 @@ async fn whole_batches_are_refused_for_their_size_caller_keyring_or_rate() {
             "{status:?}"
         );
     }
+
+    // A batch over --max-message-bytes is refused before it is read: nothing decided, nothing
+    // audited, no rate token taken.
+    let before = audit_records(&keyd.data).len();
+    let big = seal_to(&apps, Scope::Strict, &at, &[b'x'; 8 << 10]);
+    let status = attested
+        .unseal_batch(batch("apps", vec![item(&big, Some(&at)); 10]))
+        .await
+        .expect_err("keyd took a batch over its message limit");
+    assert!(
+        matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{status:?}"
+    );
+    assert_eq!(audit_records(&keyd.data).len(), before);
 
     // No attestation: the whole call is refused, and audited once.
     let before = audit_records(&keyd.data).len();
