@@ -72,6 +72,24 @@ pub enum BenchError {
     #[error("{0}; check that keyd is running, that its policy grants this client's evidence a role with status on the keyring, and that --keyd-policy accepts keyd")]
     Keyd(String),
 
+    /// keyd would not unseal the benchmark's first value.
+    #[error(
+        "keyd did not unseal a value sealed to keyring {keyring} for {namespace}/{secret}: \
+         {detail}; check that keyd's configuration grants this client's role unseal on it \
+         (keyrings.{keyring}.unseal with namespaces [{namespace}] and secrets [{secret}]), or \
+         pass the --namespace and --secret a grant allows"
+    )]
+    Unseal {
+        /// The keyring.
+        keyring: String,
+        /// The namespace the value was sealed for.
+        namespace: String,
+        /// The Secret the value was sealed for.
+        secret: String,
+        /// keyd's answer.
+        detail: String,
+    },
+
     /// An I/O error outside the plugin (tokio runtime, temp dir, child process handling).
     #[error("{what}: {source}")]
     Io {

@@ -534,12 +534,30 @@ pub enum BenchCommand {
     /// Cost of service mode's attested connections to a running keyd: making the attested
     /// certificate, and a full mutual attested TLS handshake.
     KeydHandshake(Box<KeydHandshakeArgs>),
+    /// keyd's Unseal throughput: values/s with Unseal (one value per call) and UnsealBatch,
+    /// from concurrent attested callers, on values the benchmark seals itself.
+    KeydUnseal(Box<KeydUnsealArgs>),
 }
 
 #[derive(Args, Debug)]
 pub struct KeydHandshakeArgs {
     #[command(flatten)]
     pub bench: coffer_bench::HandshakeBenchArgs,
+    #[command(flatten)]
+    pub client: BenchKeydClientArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct KeydUnsealArgs {
+    #[command(flatten)]
+    pub bench: coffer_bench::UnsealBenchArgs,
+    #[command(flatten)]
+    pub client: BenchKeydClientArgs,
+}
+
+/// How a benchmark's keyd client attests itself and checks keyd.
+#[derive(Args, Debug)]
+pub struct BenchKeydClientArgs {
     /// This client's platform (its evidence goes into each certificate).
     #[arg(long, default_value = "auto", env = "COFFER_PLATFORM")]
     pub platform: PlatformChoice,

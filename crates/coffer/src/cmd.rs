@@ -39,33 +39,17 @@ pub fn run(command: Command) -> Result<ExitCode, Error> {
         Command::Keyd(cmd) => crate::keyd::run(cmd),
         Command::Bench(BenchCommand::Kms(args)) => {
             let report = coffer_bench::run_kms(&args)?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{report}");
-            }
-            Ok(ExitCode::SUCCESS)
+            print_report(&report, args.json)
         }
         Command::Bench(BenchCommand::KeydHandshake(args)) => {
-            let platform = open_platform(args.platform, &args.state_dir, Access::ExistingOnly)?;
-            let policy = std::sync::Arc::new(Policy::load(&args.keyd_policy)?);
-            let verify_options = args
-                .sources
-                .sources()
-                .options(std::time::SystemTime::now())?;
-            let report = coffer_bench::run_keyd_handshake(&args.bench, || {
-                coffer_keyd_client::KeydClientOptions {
-                    platform: platform.clone(),
-                    policy: policy.clone(),
-                    verify_options: verify_options.clone(),
-                }
-            })?;
-            if args.bench.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{report}");
-            }
-            Ok(ExitCode::SUCCESS)
+            let client = bench_keyd_client(&args.client)?;
+            let report = coffer_bench::run_keyd_handshake(&args.bench, client)?;
+            print_report(&report, args.bench.json)
+        }
+        Command::Bench(BenchCommand::KeydUnseal(args)) => {
+            let client = bench_keyd_client(&args.client)?;
+            let report = coffer_bench::run_keyd_unseal(&args.bench, client)?;
+            print_report(&report, args.bench.json)
         }
         Command::Run(args) => Ok(crate::run::run(*args)),
         Command::Bench(BenchCommand::Startup(args)) => {
@@ -74,6 +58,37 @@ pub fn run(command: Command) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// A benchmark's keyd client options: a new set per call, sharing one platform, policy and
+/// collateral sources.
+fn bench_keyd_client(
+    args: &BenchKeydClientArgs,
+) -> Result<impl Fn() -> coffer_keyd_client::KeydClientOptions, Error> {
+    let platform = open_platform(args.platform, &args.state_dir, Access::ExistingOnly)?;
+    let policy = std::sync::Arc::new(Policy::load(&args.keyd_policy)?);
+    let verify_options = args
+        .sources
+        .sources()
+        .options(std::time::SystemTime::now())?;
+    Ok(move || coffer_keyd_client::KeydClientOptions {
+        platform: platform.clone(),
+        policy: policy.clone(),
+        verify_options: verify_options.clone(),
+    })
+}
+
+/// Prints a benchmark's report: the human table, or JSON with `--json`.
+fn print_report(
+    report: &(impl std::fmt::Display + serde::Serialize),
+    json: bool,
+) -> Result<ExitCode, Error> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) fn open_store_platform(
