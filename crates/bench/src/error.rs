@@ -110,6 +110,22 @@ pub enum BenchError {
         source: std::io::Error,
     },
 
+    /// A `coffer run` (or the app alone) of `coffer bench run-start` failed.
+    #[error(
+        "run-start with {values} values, run {run}: {status}; check the keyd grants for \
+         --namespace and --secret and the coffer run flags. Its stderr:\n{stderr}"
+    )]
+    RunFailed {
+        /// The row's number of values.
+        values: usize,
+        /// The 1-based run number (0: the untimed check run).
+        run: usize,
+        /// The exit status, or what was wrong with the app's plaintexts.
+        status: String,
+        /// The tail of its stderr.
+        stderr: String,
+    },
+
     /// The plugin exited before it answered `Status`.
     #[error(
         "run {run}: {} exited ({status}) before answering Status; check that it supports \

@@ -537,6 +537,9 @@ pub enum BenchCommand {
     /// keyd's Unseal throughput: values/s with Unseal (one value per call) and UnsealBatch,
     /// from concurrent attested callers, on values the benchmark seals itself.
     KeydUnseal(Box<KeydUnsealArgs>),
+    /// The time `coffer run` adds to a pod's start (attest, unseal, exec) for 1, 10 and 100
+    /// sealed values delivered as env and as a Secret volume, against the app alone.
+    RunStart(Box<RunStartArgs>),
 }
 
 #[derive(Args, Debug)]
@@ -551,6 +554,16 @@ pub struct KeydHandshakeArgs {
 pub struct KeydUnsealArgs {
     #[command(flatten)]
     pub bench: coffer_bench::UnsealBenchArgs,
+    #[command(flatten)]
+    pub client: BenchKeydClientArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RunStartArgs {
+    #[command(flatten)]
+    pub bench: coffer_bench::RunStartBenchArgs,
+    /// The workload's flags (`coffer run` gets the same --platform, --state-dir, --keyd-policy
+    /// and collateral flags).
     #[command(flatten)]
     pub client: BenchKeydClientArgs,
 }

@@ -51,6 +51,12 @@ pub fn run(command: Command) -> Result<ExitCode, Error> {
             let report = coffer_bench::run_keyd_unseal(&args.bench, client)?;
             print_report(&report, args.bench.json)
         }
+        Command::Bench(BenchCommand::RunStart(args)) => {
+            let client = bench_keyd_client(&args.client)?;
+            let flags = coffer_run_flags(&args.client);
+            let report = coffer_bench::run_run_start(&args.bench, client, &flags)?;
+            print_report(&report, args.bench.json)
+        }
         Command::Run(args) => Ok(crate::run::run(*args)),
         Command::Bench(BenchCommand::Startup(args)) => {
             let report = coffer_bench::run_startup(&args)?;
@@ -76,6 +82,46 @@ fn bench_keyd_client(
         policy: policy.clone(),
         verify_options: verify_options.clone(),
     })
+}
+
+/// The `coffer run` flags that make a workload attest and check keyd as `args` say.
+fn coffer_run_flags(args: &BenchKeydClientArgs) -> Vec<std::ffi::OsString> {
+    let platform = match args.platform {
+        coffer_platform::PlatformChoice::Auto => "auto",
+        coffer_platform::PlatformChoice::Named(kind) => kind.name(),
+    };
+    let mut flags: Vec<std::ffi::OsString> = vec![
+        "--platform".into(),
+        platform.into(),
+        "--state-dir".into(),
+        args.state_dir.clone().into(),
+        "--keyd-policy".into(),
+        args.keyd_policy.clone().into(),
+    ];
+    let s = &args.sources;
+    let paths = [
+        ("--keyd-collateral-dir", &s.keyd_collateral_dir),
+        ("--keyd-cache-dir", &s.keyd_cache_dir),
+        ("--keyd-vcek", &s.keyd_vcek),
+        ("--keyd-vcek-dir", &s.keyd_vcek_dir),
+        ("--keyd-ca-file", &s.keyd_ca_file),
+    ];
+    for (flag, value) in paths {
+        if let Some(value) = value {
+            flags.extend([flag.into(), value.clone().into()]);
+        }
+    }
+    let texts = [
+        ("--keyd-collateral-file", &s.keyd_collateral_file),
+        ("--keyd-pccs-url", &s.keyd_pccs_url),
+        ("--keyd-kds-url", &s.keyd_kds_url),
+    ];
+    for (flag, value) in texts {
+        if let Some(value) = value {
+            flags.extend([flag.into(), value.clone().into()]);
+        }
+    }
+    flags
 }
 
 /// Prints a benchmark's report: the human table, or JSON with `--json`.
