@@ -69,7 +69,7 @@ pub enum BenchError {
     },
 
     /// Connecting to or calling keyd failed.
-    #[error("{0}; check that keyd is running, that its policy grants this client's evidence a role with status on the keyring, and that --keyd-policy accepts keyd")]
+    #[error("{0}; check that keyd is running, that its policy grants this client's evidence a role (with status on the keyring for keyd-handshake, unseal for keyd-unseal and run-start), and that --keyd-policy accepts keyd")]
     Keyd(String),
 
     /// keyd would not unseal the benchmark's first value.
