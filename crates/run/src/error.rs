@@ -217,6 +217,11 @@ pub enum RunError {
     /// A failure of `coffer run` itself.
     #[error("{0}")]
     Other(String),
+
+    // --- i11-supervise: the app could not be started or supervised (126/127/70/78). ---
+    /// The app could not be started or supervised.
+    #[error(transparent)]
+    App(#[from] crate::supervise::AppError),
 }
 
 impl RunError {
@@ -236,6 +241,7 @@ impl RunError {
             RunError::AppNotFound { .. } => EXIT_NOT_FOUND,
             RunError::AppNotExecutable { .. } => EXIT_NOT_EXECUTABLE,
             RunError::KeydFailed { .. } | RunError::Other(_) => EXIT_INTERNAL,
+            RunError::App(err) => err.exit_code(),
         }
     }
 }
