@@ -171,3 +171,94 @@ fn keyd_unseal_without_a_grant_says_which_grant_to_add() {
     assert!(err.contains("keyrings.apps.unseal"), "{err}");
     assert!(err.contains("elsewhere/coffer-bench"), "{err}");
 }
+
+#[test]
+fn run_start_times_coffer_run_against_the_app_alone_per_number_of_values() {
+    let s = setup();
+    // coffer run refuses a disk-backed --out; /dev/shm is tmpfs.
+    let outs = tempfile::tempdir_in("/dev/shm").unwrap();
+    let out = bench(
+        &s,
+        "run-start",
+        &[
+            "--keyring",
+            "apps",
+            "--namespace",
+            "bench",
+            "--values",
+            "0,3",
+            "--runs",
+            "2",
+            "--exe",
+            common::coffer_bin(),
+            "--out-parent",
+            outs.path().to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["app"], "/bin/true");
+    assert_eq!(report["delivery"], "both");
+    assert_eq!(report["runs"], 2);
+    let rows = report["rows"].as_array().unwrap();
+    let shape: Vec<(u64, u64, u64)> = rows
+        .iter()
+        .map(|r| {
+            let n = |f: &str| r[f].as_u64().unwrap();
+            (n("values"), n("env_values"), n("file_values"))
+        })
+        .collect();
+    assert_eq!(shape, [(0, 0, 0), (3, 2, 1)], "{report:#}");
+    for row in rows {
+        for side in ["coffer_run", "app_alone"] {
+            for field in ["min_ms", "median_ms", "p90_ms", "max_ms"] {
+                assert!(row[side][field].as_f64().unwrap() > 0.0, "{report:#}");
+            }
+        }
+        for field in ["added_median_ms", "added_p90_ms"] {
+            assert!(row[field].is_f64(), "{report:#}");
+        }
+    }
+    // The untimed check run of each row, and then every timed run, unsealed all three values.
+    let audited = common::keyd::audit_records(&s.keyd.data)
+        .iter()
+        .filter(|r| r["event"] == "unseal" && r["result"] == "ok")
+        .count();
+    assert_eq!(audited, 3 * 3, "unseal audit records");
+    // Every --out was removed.
+    let left: Vec<_> = std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("coffer-bench-out-")
+        })
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn run_start_stops_at_a_refused_value_with_coffer_runs_reason() {
+    let s = setup();
+    let out = bench(
+        &s,
+        "run-start",
+        &[
+            "--keyring",
+            "apps",
+            "--namespace",
+            "elsewhere",
+            "--values",
+            "1",
+            "--exe",
+            common::coffer_bin(),
+        ],
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("run-start with 1 values, run 0"), "{err}");
+    assert!(err.contains("elsewhere/coffer-bench"), "{err}");
+    assert!(err.contains("exit status: 77"), "{err}");
+}
