@@ -45,7 +45,7 @@ client=(--keyd "127.0.0.1:$PORT" --keyring apps --namespace bench --platform sim
 echo "# $(date -u +%FT%TZ), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg), $("$COFFER" --version)"
 if [ "$WHAT" != run-start ]; then
     echo "\$ coffer bench keyd-unseal ${client[*]} $*"
-    "$COFFER" --log-level error bench keyd-unseal "${client[@]}" "$@"
+    "$COFFER" --log-level error bench keyd-unseal "${client[@]}" --keyd-pid "$KP" "$@"
 fi
 if [ "$WHAT" != keyd-unseal ]; then
     echo "\$ coffer bench run-start ${client[*]} $*"

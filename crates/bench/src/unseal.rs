@@ -17,6 +17,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::error::{code_name, BenchError};
+use crate::procfs;
 use crate::sealing::{seal_values, SealedItem, Target};
 use crate::stats::{self, fmt_count, fmt_latency, ser, Latencies};
 
@@ -73,6 +74,9 @@ pub struct UnsealBenchArgs {
     /// limit on connecting and on each call
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// pid of keyd, to report the CPU it used in each window (from /proc)
+    #[arg(long)]
+    pub keyd_pid: Option<u32>,
     /// print the report as JSON
     #[arg(long)]
     pub json: bool,
@@ -106,6 +110,10 @@ pub struct UnsealModeReport {
     /// Highest call latency.
     #[serde(rename = "max_us", serialize_with = "ser::micros")]
     pub max: Duration,
+    /// CPU used by the load generator in the window (user + system seconds per second).
+    pub generator_cpu_cores: f64,
+    /// CPU used by keyd in the window, with `--keyd-pid`.
+    pub keyd_cpu_cores: Option<f64>,
     /// Failures in the window by gRPC code name (a refused batch item counts once, under the
     /// code keyd gave it), `DEADLINE_EXCEEDED`, `CONNECTION` (the connection broke) or
     /// `MISMATCH` (a plaintext differs from what was sealed).
@@ -193,6 +201,17 @@ impl fmt::Display for UnsealBenchReport {
                 fmt_latency(mode.max)
             )?;
         }
+        for mode in [&self.single, &self.batch].into_iter().flatten() {
+            let keyd = mode
+                .keyd_cpu_cores
+                .map(|c| format!("{c:.2} cores"))
+                .unwrap_or_else(|| "n/a (pass --keyd-pid)".into());
+            writeln!(
+                f,
+                "  cpu        {}: generator {:.2} cores, keyd {keyd}",
+                mode.rpc, mode.generator_cpu_cores
+            )?;
+        }
         if let (Some(single), Some(batch)) = (&self.single, &self.batch) {
             if single.values_per_sec > 0.0 {
                 writeln!(
@@ -244,6 +263,14 @@ pub fn run_keyd_unseal(
     client: impl Fn() -> KeydClientOptions,
 ) -> Result<UnsealBenchReport, BenchError> {
     validate(args)?;
+    if let Some(pid) = args.keyd_pid {
+        procfs::process_cpu(pid).map_err(|e| {
+            BenchError::InvalidArgs(format!(
+                "--keyd-pid {pid}: cannot read /proc/{pid}/stat ({e}); pass the pid of the \
+                 running keyd or omit it"
+            ))
+        })?;
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -386,6 +413,9 @@ async fn measure(
             n * items.len() / clients.len(),
         )));
     }
+    tokio::time::sleep_until(measure_start).await;
+    let (cpu0, wall0) = (procfs::self_cpu(), Instant::now());
+    let keyd_cpu0 = args.keyd_pid.and_then(|pid| procfs::process_cpu(pid).ok());
     let mut hist = stats::new_histogram()?;
     let mut values = 0;
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
@@ -400,6 +430,16 @@ async fn measure(
             *errors.entry(code.to_string()).or_default() += n;
         }
     }
+    // CPU rates use the wall time over which CPU was sampled (until the last call returned);
+    // throughput uses the planned window, in which the counted calls started.
+    let cpu_secs = wall0.elapsed().as_secs_f64().max(1e-9);
+    let generator_cpu_cores = procfs::self_cpu().saturating_sub(cpu0).as_secs_f64() / cpu_secs;
+    let keyd_cpu_cores = match (args.keyd_pid, keyd_cpu0) {
+        (Some(pid), Some(c0)) => procfs::process_cpu(pid)
+            .ok()
+            .map(|c1| c1.saturating_sub(c0).as_secs_f64() / cpu_secs),
+        _ => None,
+    };
     let secs = args.duration.as_secs_f64().max(1e-9);
     let lat = Latencies::from_histogram(&hist);
     Ok(UnsealModeReport {
@@ -417,6 +457,8 @@ async fn measure(
         p90: lat.p90,
         p99: lat.p99,
         max: lat.max,
+        generator_cpu_cores,
+        keyd_cpu_cores,
         errors,
     })
 }
@@ -549,6 +591,8 @@ mod tests {
             p90: Duration::from_micros(1200),
             p99: Duration::from_micros(2000),
             max: Duration::from_micros(3000),
+            generator_cpu_cores: 0.25,
+            keyd_cpu_cores: None,
             errors: BTreeMap::new(),
         };
         let mut batch = mode("UnsealBatch", 100, 4000.0);
@@ -575,6 +619,7 @@ mod tests {
             "900µs",
             "PERMISSION_DENIED 3",
             "4.0x",
+            "generator 0.25 cores, keyd n/a",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }

@@ -89,6 +89,9 @@ fn assert_mode(report: &serde_json::Value, mode: &str, rpc: &str, per_call: u64)
     for field in ["p50_us", "p90_us", "p99_us", "max_us"] {
         assert!(m[field].is_u64(), "{field}: {report:#}");
     }
+    for field in ["generator_cpu_cores", "keyd_cpu_cores"] {
+        assert!(m[field].as_f64().unwrap() >= 0.0, "{field}: {report:#}");
+    }
 }
 
 #[test]
@@ -110,7 +113,12 @@ fn keyd_unseal_reports_single_and_batched_throughput_side_by_side() {
         "--warmup",
         "0s",
     ];
-    let out = bench(&s, "keyd-unseal", &[&common[..], &["--json"]].concat());
+    let pid = s.keyd.child.as_ref().unwrap().id().to_string();
+    let out = bench(
+        &s,
+        "keyd-unseal",
+        &[&common[..], &["--keyd-pid", &pid, "--json"]].concat(),
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["keyring"], "apps");
