@@ -1,6 +1,5 @@
 //! Why `coffer run` could not start or keep the app, and the exit code each reason gives.
 
-use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,10 +15,6 @@ pub const EXIT_REFUSED: i32 = 77;
 pub const EXIT_CONFIG: i32 = 78;
 /// Exit code for a failure of `coffer run` itself (EX_SOFTWARE).
 pub const EXIT_INTERNAL: i32 = 70;
-/// Exit code when the app exists but cannot be executed (as a shell gives).
-pub const EXIT_NOT_EXECUTABLE: i32 = 126;
-/// Exit code when the app is not found (as a shell gives).
-pub const EXIT_NOT_FOUND: i32 = 127;
 
 /// Where a sealed value was found: what an error names so an operator can find it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -198,22 +193,6 @@ pub enum RunError {
     )]
     Refused(Vec<Refusal>),
 
-    /// The app was not found.
-    #[error("{}: command not found; check the path after `--` and the image's PATH", .program.to_string_lossy())]
-    AppNotFound {
-        /// The program.
-        program: OsString,
-    },
-
-    /// The app exists but cannot be executed.
-    #[error("{}: cannot execute: {source}", .program.to_string_lossy())]
-    AppNotExecutable {
-        /// The program.
-        program: OsString,
-        /// The error.
-        source: std::io::Error,
-    },
-
     /// A failure of `coffer run` itself.
     #[error("{0}")]
     Other(String),
@@ -238,8 +217,7 @@ impl RunError {
             | RunError::UnknownSource { .. } => EXIT_CONFIG,
             RunError::KeydUnavailable { .. } => EXIT_UNAVAILABLE,
             RunError::KeydRefused { .. } | RunError::Refused(_) => EXIT_REFUSED,
-            RunError::AppNotFound { .. } => EXIT_NOT_FOUND,
-            RunError::AppNotExecutable { .. } => EXIT_NOT_EXECUTABLE,
+            RunError::App(e) => e.exit_code(),
             RunError::KeydFailed { .. } | RunError::Other(_) => EXIT_INTERNAL,
             RunError::App(err) => err.exit_code(),
         }

@@ -39,9 +39,9 @@ use zeroize::Zeroizing;
 
 pub use config::{EnvSource, FilesSource, OnChange, RunConfig};
 pub use error::{
-    Origin, Refusal, RunError, EXIT_CONFIG, EXIT_INTERNAL, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND,
-    EXIT_REFUSED, EXIT_UNAVAILABLE,
+    Origin, Refusal, RunError, EXIT_CONFIG, EXIT_INTERNAL, EXIT_REFUSED, EXIT_UNAVAILABLE,
 };
+pub use supervise::{EXIT_APP_NOT_EXECUTABLE, EXIT_APP_NOT_FOUND};
 
 use batch::{Context, Volume};
 
