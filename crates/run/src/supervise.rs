@@ -73,7 +73,8 @@ impl std::fmt::Debug for App {
 /// The environment values are zeroized as soon as the app has started, unless
 /// `on_change` is [`OnChange::Restart`], which needs them for every start.
 ///
-/// Errors: the app could not be started ([`AppError`]: 127 not found, 126 not executable).
+/// Errors: the app could not be started, at first or at a restart ([`AppError`]: 127 not
+/// found, 126 not executable, 78 an environment variable no environment can hold).
 pub async fn supervise(
     app: App,
     changes: mpsc::Receiver<()>,
@@ -107,14 +108,17 @@ struct Supervisor {
     pid: Pid,
     on_change: OnChange,
     grace: Duration,
-    /// A restart under way: SIGTERM was sent, SIGKILL follows at this instant unless sent.
+    /// A restart under way: SIGTERM was sent.
     restart: Option<Restart>,
     /// `coffer run` was told to stop: the app is not started again.
     stopping: bool,
 }
 
+/// A restart under way.
 struct Restart {
+    /// When SIGKILL follows the SIGTERM already sent.
     kill_at: Instant,
+    /// SIGKILL was sent: only the app's exit is awaited.
     killed: bool,
 }
 

@@ -129,6 +129,8 @@ struct Scenario {
     no_zombies: bool,
     /// Append the scenario's directory to the arguments.
     pass_dir: bool,
+    /// Run the supervisor as PID 1 of a new PID namespace, as in a container.
+    pid1: bool,
 }
 
 impl Scenario {
@@ -148,6 +150,7 @@ impl Scenario {
             grace: PATIENCE,
             no_zombies: false,
             pass_dir: false,
+            pid1: false,
         }
     }
 
@@ -163,7 +166,17 @@ impl Scenario {
         if self.pass_dir {
             self.argv.push(dir.path().into());
         }
-        let mut command = Command::new(std::env::current_exe().unwrap());
+        let exe = std::env::current_exe().unwrap();
+        let mut command = if self.pid1 {
+            let mut command = Command::new("unshare");
+            // --kill-child: a test that gives up kills `unshare`, and so the whole namespace.
+            command
+                .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+                .arg(exe);
+            command
+        } else {
+            Command::new(exe)
+        };
         command
             .args([
                 "supervisor_process",
@@ -194,6 +207,7 @@ impl Scenario {
         Running {
             child,
             dir: Some(dir),
+            pid1: self.pid1,
         }
     }
 
@@ -208,6 +222,8 @@ struct Running {
     child: Child,
     /// Taken by [`Running::finish`].
     dir: Option<tempfile::TempDir>,
+    /// `child` is `unshare`, whose only child is the supervisor.
+    pid1: bool,
 }
 
 impl Drop for Running {
@@ -246,8 +262,23 @@ impl Running {
         self.read(name).lines().count()
     }
 
+    /// The supervisor's pid, as this process sees it.
     fn pid(&self) -> Pid {
-        Pid::from_child(&self.child)
+        let child = Pid::from_child(&self.child);
+        if !self.pid1 {
+            return child;
+        }
+        let children = format!("/proc/{0}/task/{0}/children", child.as_raw_nonzero());
+        let mut pid = None;
+        self.wait_until("unshare to start the supervisor", || {
+            pid = fs::read_to_string(&children)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .and_then(|pid| Pid::from_raw(pid.parse().unwrap()));
+            pid.is_some()
+        });
+        pid.unwrap()
     }
 
     /// Sends `signal` to the supervisor (not to the app).
@@ -505,11 +536,10 @@ fn sigterm_during_a_restart_stops_instead_of_restarting() {
     assert_eq!(outcome.read("starts"), "x\n");
 }
 
-#[test]
-fn orphans_of_the_app_are_reaped() {
-    // The app leaves an orphan (its subshell exits at once), records whom the orphan was
-    // re-parented to, lets it exit, and waits until it is reaped: an orphan left a zombie
-    // keeps its /proc entry, and the app never exits.
+/// The app leaves an orphan (its subshell exits at once), records whom the orphan was
+/// re-parented to, lets it exit, and waits until it is reaped: an orphan left a zombie keeps
+/// its /proc entry, and the app never exits.
+fn orphan_scenario() -> Scenario {
     let mut scenario = Scenario::sh(
         "touch hold; \
          ( sh -c 'while [ -e hold ]; do sleep 0.02; done' & echo $! > orphan ); \
@@ -517,11 +547,54 @@ fn orphans_of_the_app_are_reaped() {
          rm hold; while [ -e /proc/$p ] && [ -e stdout ]; do sleep 0.02; done; exit 7",
     );
     scenario.no_zombies = true;
-    let running = scenario.start();
+    scenario
+}
+
+#[test]
+fn orphans_of_the_app_are_reaped() {
+    let running = orphan_scenario().start();
     let supervisor = running.pid().as_raw_nonzero().get();
     let outcome = running.finish();
     assert_eq!(outcome.code, 7, "stderr:\n{}", outcome.stderr);
+    // Not PID 1: the supervisor made itself the orphans' subreaper.
     assert_eq!(outcome.read("orphan.ppid").trim(), supervisor.to_string());
+}
+
+/// Whether this machine lets the tests start a PID namespace (root, or user namespaces).
+fn pid_namespaces() -> bool {
+    let works = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "--kill-child", "true"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !works {
+        eprintln!("skipped: `unshare --pid --fork --mount-proc` does not work here");
+    }
+    works
+}
+
+#[test]
+fn as_pid_1_orphans_are_reaped_and_sigterm_forwarded() {
+    if !pid_namespaces() {
+        return;
+    }
+    let mut scenario = orphan_scenario();
+    scenario.pid1 = true;
+    let outcome = scenario.run();
+    assert_eq!(outcome.code, 7, "stderr:\n{}", outcome.stderr);
+    assert_eq!(outcome.read("orphan.ppid").trim(), "1");
+
+    // PID 1 gets no signal it has no handler for: forwarding must still work.
+    let mut scenario = Scenario::sh(&format!(
+        "trap 'echo TERM > got; exit 4' TERM; touch ready; {IDLE}"
+    ));
+    scenario.pid1 = true;
+    let running = scenario.start();
+    running.wait_for_file("ready");
+    running.signal(Signal::TERM);
+    let outcome = running.finish();
+    assert_eq!(outcome.code, 4, "stderr:\n{}", outcome.stderr);
+    assert_eq!(outcome.read("got"), "TERM\n");
 }
 
 #[test]
