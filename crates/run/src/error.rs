@@ -219,7 +219,6 @@ impl RunError {
             RunError::KeydRefused { .. } | RunError::Refused(_) => EXIT_REFUSED,
             RunError::App(e) => e.exit_code(),
             RunError::KeydFailed { .. } | RunError::Other(_) => EXIT_INTERNAL,
-            RunError::App(err) => err.exit_code(),
         }
     }
 }
