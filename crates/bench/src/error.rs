@@ -69,8 +69,26 @@ pub enum BenchError {
     },
 
     /// Connecting to or calling keyd failed.
-    #[error("{0}; check that keyd is running, that its policy grants this client's evidence a role with status on the keyring, and that --keyd-policy accepts keyd")]
+    #[error("{0}; check that keyd is running, that its policy grants this client's evidence a role (with status on the keyring for keyd-handshake, unseal for keyd-unseal and run-start), and that --keyd-policy accepts keyd")]
     Keyd(String),
+
+    /// keyd would not unseal the benchmark's first value.
+    #[error(
+        "keyd did not unseal a value sealed to keyring {keyring} for {namespace}/{secret}: \
+         {detail}; check that keyd's configuration grants this client's role unseal on it \
+         (keyrings.{keyring}.unseal with namespaces [{namespace}] and secrets [{secret}]), or \
+         pass the --namespace and --secret a grant allows"
+    )]
+    Unseal {
+        /// The keyring.
+        keyring: String,
+        /// The namespace the value was sealed for.
+        namespace: String,
+        /// The Secret the value was sealed for.
+        secret: String,
+        /// keyd's answer.
+        detail: String,
+    },
 
     /// An I/O error outside the plugin (tokio runtime, temp dir, child process handling).
     #[error("{what}: {source}")]
@@ -90,6 +108,22 @@ pub enum BenchError {
         /// The underlying error.
         #[source]
         source: std::io::Error,
+    },
+
+    /// A `coffer run` (or the app alone) of `coffer bench run-start` failed.
+    #[error(
+        "run-start with {values} values, run {run}: {status}; check the keyd grants for \
+         --namespace and --secret and the coffer run flags. Its stderr:\n{stderr}"
+    )]
+    RunFailed {
+        /// The row's number of values.
+        values: usize,
+        /// The 1-based run number (0: the untimed check run).
+        run: usize,
+        /// The exit status, or what was wrong with the app's plaintexts.
+        status: String,
+        /// The tail of its stderr.
+        stderr: String,
     },
 
     /// The plugin exited before it answered `Status`.

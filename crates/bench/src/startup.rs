@@ -310,13 +310,13 @@ fn sigterm(child: &Child) -> std::io::Result<()> {
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).map_err(std::io::Error::from)
 }
 
-fn kill_and_reap(child: &mut Child) {
+pub(crate) fn kill_and_reap(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
 
 /// The last lines of a run's stderr, for error messages.
-fn stderr_tail(path: &Path) -> String {
+pub(crate) fn stderr_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     let tail = lines[lines.len().saturating_sub(20)..].join("\n");

@@ -534,12 +534,43 @@ pub enum BenchCommand {
     /// Cost of service mode's attested connections to a running keyd: making the attested
     /// certificate, and a full mutual attested TLS handshake.
     KeydHandshake(Box<KeydHandshakeArgs>),
+    /// keyd's Unseal throughput: values/s with Unseal (one value per call) and UnsealBatch,
+    /// from concurrent attested callers, on values the benchmark seals itself.
+    KeydUnseal(Box<KeydUnsealArgs>),
+    /// The time `coffer run` adds to a pod's start (attest, unseal, exec) for 1, 10 and 100
+    /// sealed values delivered as env and as a Secret volume, against the app alone.
+    RunStart(Box<RunStartArgs>),
 }
 
 #[derive(Args, Debug)]
 pub struct KeydHandshakeArgs {
     #[command(flatten)]
     pub bench: coffer_bench::HandshakeBenchArgs,
+    #[command(flatten)]
+    pub client: BenchKeydClientArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct KeydUnsealArgs {
+    #[command(flatten)]
+    pub bench: coffer_bench::UnsealBenchArgs,
+    #[command(flatten)]
+    pub client: BenchKeydClientArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RunStartArgs {
+    #[command(flatten)]
+    pub bench: coffer_bench::RunStartBenchArgs,
+    /// The workload's flags (`coffer run` gets the same --platform, --state-dir, --keyd-policy
+    /// and collateral flags).
+    #[command(flatten)]
+    pub client: BenchKeydClientArgs,
+}
+
+/// How a benchmark's keyd client attests itself and checks keyd.
+#[derive(Args, Debug)]
+pub struct BenchKeydClientArgs {
     /// This client's platform (its evidence goes into each certificate).
     #[arg(long, default_value = "auto", env = "COFFER_PLATFORM")]
     pub platform: PlatformChoice,

@@ -39,33 +39,23 @@ pub fn run(command: Command) -> Result<ExitCode, Error> {
         Command::Keyd(cmd) => crate::keyd::run(cmd),
         Command::Bench(BenchCommand::Kms(args)) => {
             let report = coffer_bench::run_kms(&args)?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{report}");
-            }
-            Ok(ExitCode::SUCCESS)
+            print_report(&report, args.json)
         }
         Command::Bench(BenchCommand::KeydHandshake(args)) => {
-            let platform = open_platform(args.platform, &args.state_dir, Access::ExistingOnly)?;
-            let policy = std::sync::Arc::new(Policy::load(&args.keyd_policy)?);
-            let verify_options = args
-                .sources
-                .sources()
-                .options(std::time::SystemTime::now())?;
-            let report = coffer_bench::run_keyd_handshake(&args.bench, || {
-                coffer_keyd_client::KeydClientOptions {
-                    platform: platform.clone(),
-                    policy: policy.clone(),
-                    verify_options: verify_options.clone(),
-                }
-            })?;
-            if args.bench.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{report}");
-            }
-            Ok(ExitCode::SUCCESS)
+            let client = bench_keyd_client(&args.client)?;
+            let report = coffer_bench::run_keyd_handshake(&args.bench, client)?;
+            print_report(&report, args.bench.json)
+        }
+        Command::Bench(BenchCommand::KeydUnseal(args)) => {
+            let client = bench_keyd_client(&args.client)?;
+            let report = coffer_bench::run_keyd_unseal(&args.bench, client)?;
+            print_report(&report, args.bench.json)
+        }
+        Command::Bench(BenchCommand::RunStart(args)) => {
+            let client = bench_keyd_client(&args.client)?;
+            let flags = coffer_run_flags(&args.client);
+            let report = coffer_bench::run_run_start(&args.bench, client, &flags)?;
+            print_report(&report, args.bench.json)
         }
         Command::Run(args) => Ok(crate::run::run(*args)),
         Command::Bench(BenchCommand::Startup(args)) => {
@@ -74,6 +64,77 @@ pub fn run(command: Command) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// A benchmark's keyd client options: a new set per call, sharing one platform, policy and
+/// collateral sources.
+fn bench_keyd_client(
+    args: &BenchKeydClientArgs,
+) -> Result<impl Fn() -> coffer_keyd_client::KeydClientOptions, Error> {
+    let platform = open_platform(args.platform, &args.state_dir, Access::ExistingOnly)?;
+    let policy = std::sync::Arc::new(Policy::load(&args.keyd_policy)?);
+    let verify_options = args
+        .sources
+        .sources()
+        .options(std::time::SystemTime::now())?;
+    Ok(move || coffer_keyd_client::KeydClientOptions {
+        platform: platform.clone(),
+        policy: policy.clone(),
+        verify_options: verify_options.clone(),
+    })
+}
+
+/// The `coffer run` flags that make a workload attest and check keyd as `args` say.
+fn coffer_run_flags(args: &BenchKeydClientArgs) -> Vec<std::ffi::OsString> {
+    let platform = match args.platform {
+        coffer_platform::PlatformChoice::Auto => "auto",
+        coffer_platform::PlatformChoice::Named(kind) => kind.name(),
+    };
+    let mut flags: Vec<std::ffi::OsString> = vec![
+        "--platform".into(),
+        platform.into(),
+        "--state-dir".into(),
+        args.state_dir.clone().into(),
+        "--keyd-policy".into(),
+        args.keyd_policy.clone().into(),
+    ];
+    let s = &args.sources;
+    let paths = [
+        ("--keyd-collateral-dir", &s.keyd_collateral_dir),
+        ("--keyd-cache-dir", &s.keyd_cache_dir),
+        ("--keyd-vcek", &s.keyd_vcek),
+        ("--keyd-vcek-dir", &s.keyd_vcek_dir),
+        ("--keyd-ca-file", &s.keyd_ca_file),
+    ];
+    for (flag, value) in paths {
+        if let Some(value) = value {
+            flags.extend([flag.into(), value.clone().into()]);
+        }
+    }
+    let texts = [
+        ("--keyd-collateral-file", &s.keyd_collateral_file),
+        ("--keyd-pccs-url", &s.keyd_pccs_url),
+        ("--keyd-kds-url", &s.keyd_kds_url),
+    ];
+    for (flag, value) in texts {
+        if let Some(value) = value {
+            flags.extend([flag.into(), value.clone().into()]);
+        }
+    }
+    flags
+}
+
+/// Prints a benchmark's report: the human table, or JSON with `--json`.
+fn print_report(
+    report: &(impl std::fmt::Display + serde::Serialize),
+    json: bool,
+) -> Result<ExitCode, Error> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) fn open_store_platform(
