@@ -88,14 +88,13 @@ impl Context {
         for (slot_index, (index, snapshot)) in volumes.into_iter().enumerate() {
             let volume = &self.volumes[index];
             for (key, content) in snapshot.files {
-                let sealed = content
-                    .starts_with(PREFIX.as_bytes())
-                    .then(|| std::str::from_utf8(&content).ok().map(str::to_string))
-                    .flatten();
-                let Some(sealed) = sealed else {
+                if !content.starts_with(PREFIX.as_bytes()) {
                     opened.volumes[slot_index].push((key, content));
                     continue;
-                };
+                }
+                // Not UTF-8 cannot be a sealed value: it fails to parse and is refused, rather
+                // than handed to the app as if it were plaintext.
+                let sealed = String::from_utf8_lossy(&content).into_owned();
                 let source = volume.secret.clone().map(|s| (s, key.clone()));
                 let origin = Origin::File {
                     dir: volume.dir.clone(),
