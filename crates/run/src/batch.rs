@@ -39,8 +39,8 @@ pub struct Context {
     pub allow_missing: bool,
 }
 
-/// The result of a round.
-#[derive(Debug, Default)]
+/// The result of a round. Holds plaintext: its `Debug` shows only counts.
+#[derive(Default)]
 pub struct Opened {
     /// Unsealed environment variables.
     pub env: Vec<(String, Zeroizing<Vec<u8>>)>,
@@ -49,6 +49,19 @@ pub struct Opened {
     pub volumes: Vec<Files>,
     /// The values that were refused, each with its reason.
     pub refused: Vec<Refusal>,
+}
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened")
+            .field("env", &self.env.len())
+            .field(
+                "files",
+                &self.volumes.iter().map(Vec::len).collect::<Vec<_>>(),
+            )
+            .field("refused", &self.refused)
+            .finish()
+    }
 }
 
 enum Slot {
