@@ -7,7 +7,7 @@ mod common;
 
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -185,6 +185,23 @@ fn kubelet_write(dir: &Path, files: &[(&str, &str)]) {
     }
 }
 
+/// A spawned `coffer run`, killed if the test fails before it exits (its app would otherwise
+/// outlive the test).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            // SIGTERM first: coffer run forwards it, so the app goes too.
+            common::signal(self.0.id(), "TERM");
+            if wait_timeout(&mut self.0, Duration::from_secs(10)).is_none() {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+    }
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -339,12 +356,13 @@ async fn a_kubelet_swap_of_the_volume_replaces_the_files_in_out() {
         script,
     );
     let log = s.dir.path().join("run.log");
-    let mut child = cmd
-        .env("OUT", out.path())
-        .stdin(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = Running(
+        cmd.env("OUT", out.path())
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let file = out.path().join("db-main/token");
     let wait_for = |expected: &str| {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -380,7 +398,7 @@ async fn a_kubelet_swap_of_the_volume_replaces_the_files_in_out() {
     );
 
     std::fs::write(out.path().join("stop"), "").unwrap();
-    assert_eq!(wait_timeout(&mut child, Duration::from_secs(30)), Some(0));
+    assert_eq!(wait_timeout(&mut child.0, Duration::from_secs(30)), Some(0));
     let stderr = std::fs::read_to_string(&log).unwrap();
     assert!(stderr.contains("mounted Secret changed"), "{stderr}");
     assert_no_plaintext("coffer run's stderr", &stderr);
@@ -580,13 +598,14 @@ async fn a_keyd_that_starts_late_is_waited_for() {
     let script = r#"printf %s "$DB_PASSWORD" > "$OUT/app-env""#;
     let log = s.dir.path().join("run.log");
     let mut cmd = s.command(&["--env", "--namespace", "payments"], script);
-    let mut child = cmd
-        .env("DB_PASSWORD", &sealed)
-        .env("OUT", out.path())
-        .stdin(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = Running(
+        cmd.env("DB_PASSWORD", &sealed)
+            .env("OUT", out.path())
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     // keyd comes back on the same address once coffer run has been retrying.
     let deadline = Instant::now() + Duration::from_secs(20);
     while !std::fs::read_to_string(&log).unwrap().contains("retrying") {
@@ -596,7 +615,7 @@ async fn a_keyd_that_starts_late_is_waited_for() {
     let policy = s.dir.path().join("policy.yaml");
     let config = s.dir.path().join("keyd.yaml");
     let _keyd = KeydProcess::start(&s.keyd.data, s.keyd.addr, &policy, &config, &[]);
-    let code = wait_timeout(&mut child, Duration::from_secs(30));
+    let code = wait_timeout(&mut child.0, Duration::from_secs(30));
     let stderr = std::fs::read_to_string(&log).unwrap();
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(
@@ -664,4 +683,119 @@ fn help_explains_the_model_the_rules_and_the_exit_codes() {
     ] {
         assert!(help.contains(needle), "no {needle:?} in coffer run --help");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_secret_is_signalled_to_the_app_with_on_change() {
+    let s = Setup::start().await;
+    let volume = s.dir.path().join("db-main");
+    let out = shm_dir();
+    let token = location("payments", "db-main", "token");
+    kubelet_write(&volume, &[("token", &s.seal(Scope::Strict, &token, TOKEN))]);
+    // On SIGHUP the app copies what it reads into --out, where the test looks.
+    let script = r#"trap 'cat "$OUT/db-main/token" > "$OUT/seen"' HUP; touch "$OUT/ready"
+        while [ ! -e "$OUT/stop" ]; do sleep 0.05; done"#;
+    let log = s.dir.path().join("run.log");
+    let mut child = Running(
+        s.command(
+            &[
+                "--files",
+                volume.to_str().unwrap(),
+                "--out",
+                out.path().to_str().unwrap(),
+                "--namespace",
+                "payments",
+                "--watch-interval",
+                "100ms",
+                "--on-change",
+                "signal:HUP",
+            ],
+            script,
+        )
+        .env("OUT", out.path())
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap(),
+    );
+    let wait_for = |path: &Path, expected: Option<&str>| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let content = std::fs::read_to_string(path).ok();
+            if content.is_some() && (expected.is_none() || content.as_deref() == expected) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never appeared: {}",
+                path.display(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for(&out.path().join("ready"), None);
+    kubelet_write(&volume, &[("token", &s.seal(Scope::Strict, &token, CERT))]);
+    wait_for(&out.path().join("seen"), Some(CERT));
+    std::fs::write(out.path().join("stop"), "").unwrap();
+    assert_eq!(wait_timeout(&mut child.0, Duration::from_secs(30)), Some(0));
+    assert_no_plaintext(
+        "coffer run's stderr",
+        &std::fs::read_to_string(&log).unwrap(),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyd_the_policy_does_not_trust_is_refused_with_77() {
+    let s = Setup::start().await;
+    let sealed = s.seal(
+        Scope::Strict,
+        &location("payments", "db-main", "password"),
+        PASSWORD,
+    );
+    // A policy that names another signer than keyd's.
+    let other = s.dir.path().join("other-policy.yaml");
+    std::fs::write(
+        &other,
+        format!(
+            "version: 1\nallow_simulation: true\nroles:\n  - name: keyd\n    sim: {{ signer: [\"{}\"] }}\n",
+            common::keyd::sim_signer(&s.workload)
+        ),
+    )
+    .unwrap();
+    let mut cmd = run_command(
+        &s.keyd.addr.to_string(),
+        &other,
+        &s.workload,
+        &["--env", "--namespace", "payments"],
+        "echo started",
+    );
+    cmd.env("DB_PASSWORD", sealed);
+    let out = output_within(&mut cmd);
+    assert_exit(&out, 77, &["not trusted", &s.keyd.addr.to_string()]);
+    assert!(!text(&out.stdout).contains("started"));
+}
+
+#[test]
+fn an_app_that_does_not_exist_exits_127() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, "version: 1\nroles: []\n").unwrap();
+    let mut cmd = Command::new(coffer_bin());
+    cmd.env_clear()
+        .args([
+            "run",
+            "--platform",
+            "sim",
+            "--keyd",
+            "127.0.0.1:1",
+            "--namespace",
+            "ns",
+        ])
+        .arg("--keyd-policy")
+        .arg(&policy)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args(["--", "/no/such/app"]);
+    assert_exit(&output_within(&mut cmd), 127, &["/no/such/app"]);
 }

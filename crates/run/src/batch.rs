@@ -39,8 +39,8 @@ pub struct Context {
     pub allow_missing: bool,
 }
 
-/// The result of a round.
-#[derive(Debug, Default)]
+/// The result of a round. Holds plaintext: its `Debug` shows only counts.
+#[derive(Default)]
 pub struct Opened {
     /// Unsealed environment variables.
     pub env: Vec<(String, Zeroizing<Vec<u8>>)>,
@@ -49,6 +49,19 @@ pub struct Opened {
     pub volumes: Vec<Files>,
     /// The values that were refused, each with its reason.
     pub refused: Vec<Refusal>,
+}
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened")
+            .field("env", &self.env.len())
+            .field(
+                "files",
+                &self.volumes.iter().map(Vec::len).collect::<Vec<_>>(),
+            )
+            .field("refused", &self.refused)
+            .finish()
+    }
 }
 
 enum Slot {
@@ -88,14 +101,13 @@ impl Context {
         for (slot_index, (index, snapshot)) in volumes.into_iter().enumerate() {
             let volume = &self.volumes[index];
             for (key, content) in snapshot.files {
-                let sealed = content
-                    .starts_with(PREFIX.as_bytes())
-                    .then(|| std::str::from_utf8(&content).ok().map(str::to_string))
-                    .flatten();
-                let Some(sealed) = sealed else {
+                if !content.starts_with(PREFIX.as_bytes()) {
                     opened.volumes[slot_index].push((key, content));
                     continue;
-                };
+                }
+                // Not UTF-8 cannot be a sealed value: it fails to parse and is refused, rather
+                // than handed to the app as if it were plaintext.
+                let sealed = String::from_utf8_lossy(&content).into_owned();
                 let source = volume.secret.clone().map(|s| (s, key.clone()));
                 let origin = Origin::File {
                     dir: volume.dir.clone(),

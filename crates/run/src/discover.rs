@@ -193,6 +193,29 @@ mod tests {
     }
 
     #[test]
+    fn a_value_without_a_strict_binding_needs_a_flag_naming_its_secret() {
+        let key = coffer_sealed::SealingKeyPair::generate().unwrap();
+        let at = Location {
+            namespace: "ns".into(),
+            secret: "db".into(),
+            key: "password".into(),
+        };
+        let binding = coffer_sealed::Binding::new(Scope::Namespace, &at).unwrap();
+        let sealed = coffer_sealed::seal("apps", key.public(), &binding, b"x")
+            .unwrap()
+            .to_text();
+        let origin = Origin::Env { var: "PW".into() };
+        let e = resolve(origin.clone(), sealed.clone(), None, "ns").unwrap_err();
+        assert!(e.to_string().contains("--env-source PW=SECRET/KEY"), "{e}");
+        assert_eq!(e.exit_code(), crate::EXIT_CONFIG);
+        let source = Some(("db".to_string(), "password".to_string()));
+        let Resolved::Item(item) = resolve(origin, sealed, source, "ns").unwrap() else {
+            panic!("refused")
+        };
+        assert_eq!(item.location, at);
+    }
+
+    #[test]
     fn an_unparsable_value_is_refused_locally_naming_its_origin() {
         let origin = Origin::Env { var: "X".into() };
         let r = resolve(origin, "coffer.v1.!!".into(), None, "ns").unwrap();

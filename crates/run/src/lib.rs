@@ -89,9 +89,17 @@ pub async fn run(config: RunConfig) -> Result<i32, RunError> {
     });
 
     let started = Instant::now();
+    let sealed_env = discover::sealed_env(std::env::vars_os());
     let sealed_env = if config.env {
-        discover::sealed_env(std::env::vars_os())
+        sealed_env
     } else {
+        if !sealed_env.is_empty() {
+            tracing::warn!(
+                variables = %sealed_env.iter().map(|(v, _)| v.as_str()).collect::<Vec<_>>().join(","),
+                "environment variables hold sealed values but --env is not given: the app gets \
+                 them sealed"
+            );
+        }
         Vec::new()
     };
     let sealed_vars: HashSet<String> = sealed_env.iter().map(|(v, _)| v.clone()).collect();
