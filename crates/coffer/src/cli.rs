@@ -68,7 +68,7 @@ pub enum Command {
     /// Disaster recovery: decrypt values read straight from etcd.
     #[command(subcommand)]
     Etcd(EtcdCommand),
-    /// Attestation: show this platform's evidence, verify evidence, check policies.
+    /// Attestation: show this platform's evidence, verify evidence and key bundles, check policies.
     #[command(subcommand)]
     Attest(crate::attest::AttestCommand),
     /// The central key service: keyrings in a TEE, served over mutual attested TLS.

@@ -43,8 +43,9 @@ WHERE A VALUE CAME FROM:
 --out MUST BE TEE-PRIVATE MEMORY:
   an emptyDir with `medium: Memory` (tmpfs: encrypted guest memory in a confidential VM), an
   Occlum ramfs mount, or a Gramine tmpfs mount listed in the measured manifest's
-  loader.env.COFFER_RUN_PRIVATE_DIRS. Anything else is refused (exit 78) unless
-  --allow-unprotected-out. Plaintext is written nowhere else and never logged.
+  loader.env.COFFER_RUN_PRIVATE_DIRS. Anything else is refused (exit 78); on the sim platform
+  only, --allow-unprotected-out overrides that. Plaintext is written nowhere else and never
+  logged.
 
 EXIT CODES:
   the app's own; 128+N when signal N killed it
@@ -102,7 +103,9 @@ pub struct RunArgs {
     /// Where unsealed files go: an existing directory on TEE-private memory.
     #[arg(long, value_name = "DIR", env = "COFFER_OUT")]
     pub out: Option<PathBuf>,
-    /// Accept an --out that is not TEE-private memory (the node can read it): testing only.
+    /// Accept an --out that is not TEE-private memory (the node can read it): testing only, and
+    /// honoured only on the sim platform (on a TEE the flags come from the pod spec or the
+    /// host, which must not be able to send plaintext out of the TEE).
     #[arg(long)]
     pub allow_unprotected_out: bool,
     /// The pod's namespace (set POD_NAMESPACE with the Downward API).

@@ -8,32 +8,25 @@ use common::{coffer, serve_to_exit, Plugin};
 
 #[test]
 fn every_command_has_help() {
-    for args in [
-        vec!["--help"],
-        vec!["kms", "--help"],
-        vec!["kms", "serve", "--help"],
-        vec!["kms", "encryption-config", "--help"],
-        vec!["keys", "--help"],
-        vec!["keys", "list", "--help"],
-        vec!["keys", "rotate", "--help"],
-        vec!["keys", "retire", "--help"],
-        vec!["etcd", "decrypt", "--help"],
-        vec!["bench", "kms", "--help"],
-        vec!["bench", "startup", "--help"],
-        vec!["attest", "--help"],
-        vec!["attest", "evidence", "--help"],
-        vec!["attest", "verify", "--help"],
-        vec!["attest", "policy", "check", "--help"],
-        vec!["keyd", "--help"],
-        vec!["keyd", "serve", "--help"],
-        vec!["keyd", "keyring", "create", "--help"],
-        vec!["keyd", "audit", "verify", "--help"],
-    ] {
+    // Walks the whole command tree from `coffer --help`, so a new command cannot go unchecked.
+    let mut pending = vec![Vec::<String>::new()];
+    let mut seen = 0;
+    while let Some(path) = pending.pop() {
+        let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+        args.push("--help");
         let out = coffer(&args);
         assert!(out.status.success(), "{args:?}");
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("Usage:"), "{args:?}: {text}");
+        seen += 1;
+        for name in subcommands(&text) {
+            let mut child = path.clone();
+            child.push(name);
+            pending.push(child);
+        }
     }
+    // The tree really was walked (kms, keys, etcd, attest, keyd, bench, run and their children).
+    assert!(seen > 30, "only {seen} commands found");
     let serve = String::from_utf8_lossy(&coffer(&["kms", "serve", "--help"]).stdout).into_owned();
     for flag in [
         "--socket",
@@ -365,4 +358,17 @@ fn keyd_vcek_flags_combine_as_a_fallback_chain() {
     // Parsed: the run stops later, at the missing policy file, not at a usage error.
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("none.yaml"), "{stderr}");
+}
+
+/// The subcommand names listed under `Commands:` in a `--help` text (without `help`).
+fn subcommands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|line| line.trim() != "Commands:")
+        .skip(1)
+        .take_while(|line| !line.trim().is_empty())
+        .filter(|line| line.starts_with("  ") && !line.starts_with("   "))
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_string)
+        .collect()
 }

@@ -70,6 +70,17 @@ pub async fn run(config: RunConfig) -> Result<i32, RunError> {
         )?),
         None => None,
     };
+    if config.platform.kind() == coffer_platform::PlatformKind::SgxGramine
+        && !config.files.is_empty()
+        && matches!(config.on_change, OnChange::Signal(_))
+    {
+        // Gramine keeps a tmpfs per process: the app got a copy of --out when it started and
+        // never sees the files replaced in coffer run's copy.
+        tracing::warn!(
+            "--on-change signal on sgx-gramine: the app's tmpfs is its own copy and will not show \
+             the new files; use --on-change restart"
+        );
+    }
     let volumes = match &out {
         Some(out) => volumes(&config.files, out)?,
         None => Vec::new(),

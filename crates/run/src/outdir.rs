@@ -105,7 +105,8 @@ fn filesystem_name(f_type: u32) -> String {
 }
 
 /// Checks `out` and returns its canonical path: an existing directory on TEE-private memory,
-/// unless `allow_unprotected` (then a loud warning).
+/// unless `allow_unprotected` on the sim platform (then a loud warning; on a TEE the override
+/// is refused, because whoever writes the pod spec or the LibOS command line is outside it).
 pub fn prepare(
     out: &Path,
     kind: PlatformKind,
@@ -129,6 +130,21 @@ pub fn prepare(
     let f_type = stat.f_type as u32;
     let dirs = std::env::var(GRAMINE_PRIVATE_DIRS_ENV).ok();
     if let Err(not) = check_private(kind, &canonical, f_type, dirs.as_deref()) {
+        // On a TEE the flags come from outside it (the pod spec, `occlum run`'s host command
+        // line), so an override there would let the host redirect plaintext to itself.
+        if allow_unprotected && kind != PlatformKind::Sim {
+            return Err(RunError::UnprotectedOut {
+                out: out.to_path_buf(),
+                filesystem: not.filesystem,
+                fix: format!(
+                    "{}. --allow-unprotected-out is honoured only on the sim platform: on {} the \
+                     flags come from the pod spec or the host, which must not be able to send \
+                     plaintext out of the TEE",
+                    not.fix,
+                    kind.name()
+                ),
+            });
+        }
         if !allow_unprotected {
             return Err(RunError::UnprotectedOut {
                 out: out.to_path_buf(),
@@ -275,6 +291,33 @@ mod tests {
             let e = check_private(kind, out, EXT4, None).unwrap_err();
             assert!(e.filesystem.contains("ext2/3/4"), "{e:?}");
             assert!(e.fix.contains("medium: Memory"), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn the_override_is_honoured_on_sim_only() {
+        // The test's temp dir is on disk here (/tmp); skip where it happens to be a tmpfs.
+        let dir = tempfile::tempdir().unwrap();
+        let f_type = rustix::fs::statfs(dir.path()).unwrap().f_type as u32;
+        if f_type == TMPFS_MAGIC || f_type == RAMFS_MAGIC {
+            eprintln!("skipped: the temp dir is on tmpfs here");
+            return;
+        }
+        assert!(prepare(dir.path(), PlatformKind::Sim, true).is_ok());
+        assert!(matches!(
+            prepare(dir.path(), PlatformKind::Sim, false),
+            Err(RunError::UnprotectedOut { .. })
+        ));
+        for kind in [
+            PlatformKind::Tdx,
+            PlatformKind::Snp,
+            PlatformKind::SgxOcclum,
+        ] {
+            let e = prepare(dir.path(), kind, true).unwrap_err();
+            assert!(
+                e.to_string().contains("honoured only on the sim platform"),
+                "{e}"
+            );
         }
     }
 
