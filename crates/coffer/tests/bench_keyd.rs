@@ -6,7 +6,9 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::keyd::{create_keyd_data, free_addr, sim_role_policy, sim_signer, KeydProcess};
+use common::keyd::{
+    create_keyd_data, free_addr, sim_role_policy, sim_signer, write_keyd_policy, KeydProcess,
+};
 use common::run::output_within;
 
 /// keyd's configuration: role `app` may unseal values of keyring `apps` found in namespace
@@ -37,14 +39,7 @@ fn setup() -> Setup {
     std::fs::write(&config, CONFIG).unwrap();
     let keyd = KeydProcess::start(&data, free_addr(), &policy, &config, &[]);
     let keyd_policy = dir.path().join("keyd-policy.yaml");
-    std::fs::write(
-        &keyd_policy,
-        format!(
-            "version: 1\nallow_simulation: true\nroles:\n  - name: keyd\n    sim: {{ signer: [\"{}\"] }}\n",
-            sim_signer(&data)
-        ),
-    )
-    .unwrap();
+    write_keyd_policy(&keyd_policy, &sim_signer(&data));
     Setup {
         _dir: dir,
         keyd,

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use coffer_sealed::SealedValue;
-use common::keyd::{audit_records, create_keyd_data, free_addr, sim_signer, KeydProcess};
+use common::keyd::{
+    audit_records, create_keyd_data, free_addr, sim_signer, write_keyd_policy, KeydProcess,
+};
 use common::kubelet::{Secret, SecretVolume, DEFAULT_MODE};
 use common::run::output_within;
 use common::{coffer, coffer_bin, kubectl_coffer_bin, Plugin};
@@ -110,14 +112,7 @@ impl Chain {
         std::fs::write(&config, KEYD_CONFIG).unwrap();
         let keyd = KeydProcess::start(&data, free_addr(), &callers_policy, &config, &[]);
         let keyd_policy = dir.path().join("keyd-policy.yaml");
-        std::fs::write(
-            &keyd_policy,
-            format!(
-                "version: 1\nallow_simulation: true\nroles:\n  - name: keyd\n    sim: {{ signer: [\"{}\"] }}\n",
-                keyd.signer()
-            ),
-        )
-        .unwrap();
+        write_keyd_policy(&keyd_policy, &keyd.signer());
         let bundle = dir.path().join("bundle.json");
         let chain = Chain {
             dir,
@@ -604,14 +599,7 @@ fn coffer_attest_bundle_names_what_fails() {
 
     // Another keyd's signer: the policy's denial, naming the rule.
     let other = chain.path("other-keyd-policy.yaml");
-    std::fs::write(
-        &other,
-        format!(
-            "version: 1\nallow_simulation: true\nroles:\n  - name: keyd\n    sim: {{ signer: [\"{}\"] }}\n",
-            "ab".repeat(32)
-        ),
-    )
-    .unwrap();
+    write_keyd_policy(&other, &"ab".repeat(32));
     let (code, err) = attest(bundle, &other, &[]);
     assert_eq!(code, Some(1), "{err}");
     assert!(

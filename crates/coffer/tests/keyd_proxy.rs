@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use coffer_keyd_client::KeydClient;
 use coffer_proto::v2;
-use common::keyd::{client_options, create_keyd_data, free_addr, sim_signer, KeydProcess};
+use common::keyd::{
+    client_options, create_keyd_data, free_addr, sim_signer, write_keyd_policy, KeydProcess,
+};
 use common::{
     decrypt, encrypt, serve_to_exit, status, uid, v1_round_trip, v2_client, Plugin, V2Client,
 };
@@ -86,14 +88,7 @@ impl Keyd {
     /// The policy a plugin checks keyd against: keyd's own sim signer.
     fn plugin_policy(&self) -> PathBuf {
         let path = self.dir.path().join("keyd-policy.yaml");
-        std::fs::write(
-            &path,
-            format!(
-                "version: 1\nallow_simulation: true\nroles:\n  - name: keyd\n    sim: {{ signer: [\"{}\"] }}\n",
-                self.signer()
-            ),
-        )
-        .unwrap();
+        write_keyd_policy(&path, &self.signer());
         path
     }
 
@@ -415,14 +410,7 @@ async fn a_keyd_that_never_answers_gets_an_answer_before_the_api_server_deadline
     });
     let (dir, _) = plugin_dir();
     let policy = dir.path().join("keyd-policy.yaml");
-    std::fs::write(
-        &policy,
-        format!(
-            "version: 1\nallow_simulation: true\nroles:\n  - name: keyd\n    sim: {{ signer: [\"{}\"] }}\n",
-            "00".repeat(32)
-        ),
-    )
-    .unwrap();
+    write_keyd_policy(&policy, &"00".repeat(32));
     let plugin = spawn_plugin(
         dir,
         &[
@@ -488,14 +476,7 @@ async fn plugins_that_keyd_refuses_or_that_do_not_trust_keyd_get_clear_errors() 
     // A plugin whose --keyd-policy does not accept this keyd's evidence talks to nobody.
     let (dir_d, state_d) = plugin_dir();
     let wrong = state_d.with_file_name("wrong-policy.yaml");
-    std::fs::write(
-        &wrong,
-        format!(
-            "version: 1\nallow_simulation: true\nroles:\n  - name: keyd\n    sim: {{ signer: [\"{}\"] }}\n",
-            "00".repeat(32)
-        ),
-    )
-    .unwrap();
+    write_keyd_policy(&wrong, &"00".repeat(32));
     let plugin_d = spawn_plugin(dir_d, &service_flags(&keyd, &wrong));
     let mut client = wait_socket(&plugin_d).await;
     let err = try_encrypt(&mut client, &[1; 32]).await.unwrap_err();

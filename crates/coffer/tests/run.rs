@@ -15,7 +15,8 @@ use coffer_keyd_client::KeydClient;
 use coffer_sealed::bundle::KeyBundle;
 use coffer_sealed::{Binding, Location, Scope, SealingKeyPair};
 use common::keyd::{
-    audit_records, create_keyd_data, free_addr, keyd_policy, location, sim_role_policy, KeydProcess,
+    audit_records, create_keyd_data, free_addr, keyd_policy, location, sim_role_policy,
+    write_keyd_policy, KeydProcess,
 };
 use common::run::output_within;
 use common::{coffer_bin, wait_timeout};
@@ -55,14 +56,7 @@ impl Setup {
         std::fs::write(&config, KEYD_CONFIG).unwrap();
         let keyd = KeydProcess::start(&data, free_addr(), &policy, &config, &[]);
         let keyd_policy = dir.path().join("keyd-policy.yaml");
-        std::fs::write(
-            &keyd_policy,
-            format!(
-                "version: 1\nallow_simulation: true\nroles:\n  - name: keyd\n    sim: {{ signer: [\"{}\"] }}\n",
-                keyd.signer()
-            ),
-        )
-        .unwrap();
+        write_keyd_policy(&keyd_policy, &keyd.signer());
         let bundle = fetch_bundle(&keyd).await;
         Setup {
             dir,
@@ -755,14 +749,7 @@ async fn a_keyd_the_policy_does_not_trust_is_refused_with_77() {
     );
     // A policy that names another signer than keyd's.
     let other = s.dir.path().join("other-policy.yaml");
-    std::fs::write(
-        &other,
-        format!(
-            "version: 1\nallow_simulation: true\nroles:\n  - name: keyd\n    sim: {{ signer: [\"{}\"] }}\n",
-            common::keyd::sim_signer(&s.workload)
-        ),
-    )
-    .unwrap();
+    write_keyd_policy(&other, &common::keyd::sim_signer(&s.workload));
     let mut cmd = run_command(
         &s.keyd.addr.to_string(),
         &other,

@@ -52,13 +52,23 @@ pub fn signer_role_policy(dir: &Path, role: &str, signer: &str) -> PathBuf {
     policy
 }
 
+/// The YAML of a policy for checking keyd's evidence: role `keyd` for keyd's sim signer
+/// `keyd_signer`, with simulation allowed or not.
+pub fn keyd_policy_yaml(keyd_signer: &str, allow_simulation: bool) -> String {
+    format!(
+        "version: 1\nallow_simulation: {allow_simulation}\nroles:\n  - name: keyd\n    sim: {{ signer: [\"{keyd_signer}\"] }}\n"
+    )
+}
+
+/// Writes [`keyd_policy_yaml`], simulation allowed, to `path`.
+pub fn write_keyd_policy(path: &Path, keyd_signer: &str) {
+    std::fs::write(path, keyd_policy_yaml(keyd_signer, true)).unwrap();
+}
+
 /// A policy for checking keyd's evidence: role `keyd` for keyd's sim signer `keyd_signer`,
 /// with simulation allowed or not.
 pub fn keyd_policy(keyd_signer: &str, allow_simulation: bool) -> Policy {
-    Policy::from_yaml(&format!(
-        "version: 1\nallow_simulation: {allow_simulation}\nroles:\n  - name: keyd\n    sim: {{ signer: [\"{keyd_signer}\"] }}\n"
-    ))
-    .unwrap()
+    Policy::from_yaml(&keyd_policy_yaml(keyd_signer, allow_simulation)).unwrap()
 }
 
 /// A free loopback TCP address.
