@@ -492,7 +492,8 @@ pub struct RetireArgs {
 #[derive(Subcommand, Debug)]
 pub enum EtcdCommand {
     /// Decrypt one value read from etcd (bytes starting `k8s:enc:kms:v2:<provider>:`) with the
-    /// keystore, exactly as kube-apiserver would, and write the object bytes.
+    /// keystore, or through keyd with --keyd for values written in service mode, exactly as
+    /// kube-apiserver would, and write the object bytes.
     Decrypt(EtcdDecryptArgs),
 }
 
@@ -514,6 +515,29 @@ pub struct EtcdDecryptArgs {
     /// Where to write the decrypted object (default: stdout). Created with mode 0600.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub keyd: EtcdKeydArgs,
+}
+
+/// `etcd decrypt` through keyd: for values written by a plugin in service mode, whose DEK
+/// sources only keyd can unwrap.
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Through keyd (values written by a plugin in service mode)")]
+pub struct EtcdKeydArgs {
+    /// Unwrap the value's DEK source with `coffer keyd` at HOST:PORT instead of a local
+    /// keystore. This command attests to keyd with the evidence of --platform (mutual attested
+    /// TLS, as `kms serve --keyd` does), so keyd must grant its role `unwrap` on the keyring.
+    /// Needs --keyd-keyring and --keyd-policy.
+    #[arg(long, value_name = "HOST:PORT", requires_all = ["keyd_keyring", "keyd_policy"])]
+    pub keyd: Option<coffer_keyd_client::KeydAddr>,
+    /// The keyring in keyd that wrapped the value (the plugin's --keyd-keyring).
+    #[arg(long, value_name = "NAME", requires = "keyd")]
+    pub keyd_keyring: Option<String>,
+    /// Attestation policy keyd's evidence must satisfy (YAML, as for `kms serve --keyd-policy`).
+    #[arg(long, value_name = "FILE", requires = "keyd")]
+    pub keyd_policy: Option<PathBuf>,
+    #[command(flatten)]
+    pub sources: KeydSourceArgs,
 }
 
 /// Encoding of `etcd decrypt` input.

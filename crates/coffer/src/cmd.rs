@@ -523,10 +523,41 @@ fn keys(cmd: KeysCommand) -> Result<ExitCode, Error> {
 /// Largest etcd value read (kube-apiserver's default request limit is 3 MiB; etcd's 1.5 MiB).
 const MAX_ETCD_INPUT: u64 = coffer_envelope::MAX_VALUE_SIZE as u64;
 
+/// Where `etcd decrypt` gets the DEK source unwrapped.
+enum Unwrapper {
+    /// The keystore of the standalone plugin that wrote the value.
+    Keystore(Keystore),
+    /// keyd, for values written by a plugin in service mode.
+    Keyd(KeydUnwrap),
+}
+
+/// What `etcd decrypt --keyd` needs to ask keyd to unwrap a DEK source.
+struct KeydUnwrap {
+    addr: coffer_keyd_client::KeydAddr,
+    keyring: String,
+    client: coffer_keyd_client::KeydClientOptions,
+}
+
+/// Limit on connecting to keyd and on the Unwrap call: generous, because a person waits, not
+/// the API server.
+const RECOVERY_KEYD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The `--keyd` form of `etcd decrypt`, shown wherever a keyd-wrapped value may have been
+/// handed to the keystore path.
+const KEYD_FORM: &str = "coffer etcd decrypt --keyd HOST:PORT --keyd-keyring NAME \
+                         --keyd-policy FILE --platform PLATFORM --etcd-key KEY --input FILE";
+
 fn etcd_decrypt(args: EtcdDecryptArgs) -> Result<ExitCode, Error> {
-    // A mistyped --state-dir is reported before any input is read or judged.
-    let keystore = open_keystore(&args.store, Access::ExistingOnly)?;
-    let info = keystore.info()?;
+    // A mistyped --state-dir or --keyd-policy is reported before any input is read or judged.
+    let unwrapper = match &args.keyd.keyd {
+        Some(addr) => Unwrapper::Keyd(keyd_unwrap(&args, addr.clone())?),
+        None => Unwrapper::Keystore(open_keystore(&args.store, Access::ExistingOnly).map_err(
+            |e| match e.downcast_ref::<coffer_keystore::KeystoreError>() {
+                Some(coffer_keystore::KeystoreError::NotInitialized { path }) => no_keystore(path),
+                _ => e,
+            },
+        )?),
+    };
     let input = read_etcd_input(args.input.as_deref())?;
     let (value, etcd_key) = match args.input_format {
         InputFormat::Raw => {
@@ -540,24 +571,36 @@ fn etcd_decrypt(args: EtcdDecryptArgs) -> Result<ExitCode, Error> {
     };
     let value = without_etcdctl_newline(&value);
     let parsed = coffer_envelope::parse_etcd_value(value)?;
-    check_key_held(&info, &parsed.object.key_id)?;
-    let keyring = keystore.load()?;
-    let unwrap = |key_id: &str, source: &[u8], _: &std::collections::HashMap<String, Vec<u8>>| {
-        keyring
-            .decrypt(Some(key_id), source)
-            .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })
+    let decrypted = match unwrapper {
+        Unwrapper::Keystore(keystore) => {
+            let info = keystore.info().map_err(|e| match e {
+                coffer_keystore::KeystoreError::NotInitialized { path } => no_keystore(&path),
+                other => Error::from(other),
+            })?;
+            check_key_held(&info, &parsed.object.key_id)?;
+            let keyring = keystore.load()?;
+            decrypt_value(value, &etcd_key, |key_id, source| {
+                Ok(keyring.decrypt(Some(key_id), source)?)
+            })?
+        }
+        Unwrapper::Keyd(keyd) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let mut client = runtime
+                .block_on(coffer_keyd_client::KeydClient::connect_within(
+                    keyd.addr.clone(),
+                    keyd.client,
+                    RECOVERY_KEYD_TIMEOUT,
+                ))
+                .map_err(|e| format!("{e} (etcd decrypt --keyd)"))?;
+            decrypt_value(value, &etcd_key, |key_id, source| {
+                runtime
+                    .block_on(client.unwrap(&keyd.keyring, Some(key_id), source))
+                    .map_err(|e| keyd_refusal(e, &keyd.keyring))
+            })?
+        }
     };
-    let decrypted =
-        coffer_envelope::decrypt_etcd_value(value, &etcd_key, unwrap).map_err(|e| match e {
-            coffer_envelope::EnvelopeError::Authentication { .. } => format!(
-                "AES-GCM authentication failed for etcd key {etcd_key:?}: wrong --etcd-key? It \
-                 must be exact, e.g. /registry/secrets/NS/NAME (with the API server's \
-                 --etcd-prefix), because kube-apiserver authenticates the key with the value. \
-                 If the key is right, the value was modified after it was written"
-            )
-            .into(),
-            other => Error::from(other),
-        })?;
     let plaintext = Zeroizing::new(decrypted.plaintext);
     eprintln!(
         "decrypted {} bytes (provider {}, KEK {}, {:?})",
@@ -576,6 +619,82 @@ fn etcd_decrypt(args: EtcdDecryptArgs) -> Result<ExitCode, Error> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--keyd`'s client: the caller's platform (whose evidence keyd must grant `unwrap` on the
+/// keyring) and how keyd's own evidence is checked.
+fn keyd_unwrap(
+    args: &EtcdDecryptArgs,
+    addr: coffer_keyd_client::KeydAddr,
+) -> Result<KeydUnwrap, Error> {
+    let keyd = &args.keyd;
+    let (Some(keyring), Some(policy_path)) = (&keyd.keyd_keyring, &keyd.keyd_policy) else {
+        return Err("--keyd needs --keyd-keyring and --keyd-policy".into());
+    };
+    coffer_keyd_client::validate_keyring_name(keyring)
+        .map_err(|e| format!("--keyd-keyring: {e}"))?;
+    let policy = Policy::load(policy_path)
+        .map_err(|e| format!("--keyd-policy {}: {e}", policy_path.display()))?;
+    // The caller's identity must be one keyd already grants, so it is never created here.
+    let (platform, _) = open_store_platform(&args.store, Access::ExistingOnly)?;
+    Ok(KeydUnwrap {
+        addr,
+        keyring: keyring.clone(),
+        client: coffer_keyd_client::KeydClientOptions {
+            platform,
+            policy: std::sync::Arc::new(policy),
+            verify_options: keyd
+                .sources
+                .sources()
+                .options(std::time::SystemTime::now())?,
+        },
+    })
+}
+
+/// Decrypts `value` as kube-apiserver would, with `unwrap` playing the plugin's Decrypt.
+fn decrypt_value(
+    value: &[u8],
+    etcd_key: &str,
+    unwrap: impl FnOnce(&str, &[u8]) -> Result<Zeroizing<Vec<u8>>, Error>,
+) -> Result<coffer_envelope::Decrypted, Error> {
+    coffer_envelope::decrypt_etcd_value(value, etcd_key, |key_id, source, _| unwrap(key_id, source))
+        .map_err(|e| match e {
+            coffer_envelope::EnvelopeError::Authentication { .. } => format!(
+                "AES-GCM authentication failed for etcd key {etcd_key:?}: wrong --etcd-key? It \
+             must be exact, e.g. /registry/secrets/NS/NAME (with the API server's \
+             --etcd-prefix), because kube-apiserver authenticates the key with the value. \
+             If the key is right, the value was modified after it was written"
+            )
+            .into(),
+            other => Error::from(other),
+        })
+}
+
+/// keyd's refusal of an Unwrap, with what to change in keyd's configuration when the caller
+/// lacks the grant.
+fn keyd_refusal(e: coffer_keyd_client::ClientError, keyring: &str) -> Error {
+    match e.status().map(tonic::Status::code) {
+        Some(tonic::Code::PermissionDenied) => format!(
+            "{e}; the role keyd grants this caller's evidence must be listed under \
+             keyrings.{keyring}.unwrap in keyd's configuration (--config)"
+        )
+        .into(),
+        _ => e.into(),
+    }
+}
+
+/// There is no keystore here: say that a value written in service mode was wrapped by keyd
+/// and never had one, instead of suggesting `keys init` (a new keystore decrypts nothing).
+fn no_keystore(path: &Path) -> Error {
+    format!(
+        "no keystore at {}: without --keyd, etcd decrypt needs the keystore of the standalone \
+         plugin that wrote the value (pass that plugin's --state-dir and --platform, or a \
+         backup of its state directory). A plugin in service mode (`kms serve --keyd`) has no \
+         keystore: its values were wrapped by keyd, so decrypt them through keyd, as a caller \
+         whose role keyd grants `unwrap` on the keyring: {KEYD_FORM}",
+        path.display()
+    )
+    .into()
 }
 
 /// Reads `etcd decrypt`'s input from `path` or stdin; a directory or nothing at all is refused
@@ -670,7 +789,8 @@ fn check_key_held(info: &coffer_keystore::KeystoreInfo, key_id: &str) -> Result<
         None => format!(
             "the value was encrypted under KEK {key_id:?}, which keystore {keystore} does not \
              hold (it holds {held}); pass the --state-dir and --platform of the plugin that wrote \
-             it, or a backup of its state directory from when it held that KEK"
+             it, or a backup of its state directory from when it held that KEK. If a plugin in \
+             service mode (`kms serve --keyd`) wrote it, keyd wrapped it: {KEYD_FORM}"
         ),
     }
     .into())

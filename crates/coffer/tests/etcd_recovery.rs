@@ -6,8 +6,10 @@
 mod common;
 
 use std::fs;
+use std::path::Path;
 use std::process::Command;
 
+use common::keyd::{create_keyd_data, free_addr, sim_signer, write_keyd_policy, KeydProcess};
 use common::*;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use ring::hkdf;
@@ -93,10 +95,18 @@ fn etcd_decrypt(
     etcd_key: &str,
     extra: &[&str],
 ) -> std::process::Output {
-    let input = plugin
-        .dir
-        .path()
-        .join(format!("value-{}", rand::random::<u32>()));
+    etcd_decrypt_as(&plugin.state_dir(), value, etcd_key, extra)
+}
+
+/// `coffer etcd decrypt` on the sim platform whose state is `state`, with `value` as its input
+/// file (written next to `state`).
+fn etcd_decrypt_as(
+    state: &Path,
+    value: &[u8],
+    etcd_key: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    let input = state.with_file_name(format!("value-{}", rand::random::<u32>()));
     fs::write(&input, value).unwrap();
     Command::new(coffer_bin())
         .args([
@@ -108,7 +118,7 @@ fn etcd_decrypt(
             etcd_key,
         ])
         .arg("--state-dir")
-        .arg(plugin.state_dir())
+        .arg(state)
         .arg("--input")
         .arg(&input)
         .args(extra)
@@ -379,4 +389,158 @@ fn a_directory_or_empty_input_is_named() {
     assert_eq!(out.status.code(), Some(1));
     let err = stderr_of(&out);
     assert!(err.contains("stdin is empty"), "{err}");
+}
+
+/// Service mode: a real keyd (sim) with keyring `cluster-a`, a real `kms serve --keyd` that
+/// wraps the API server's DEK seeds through it, and two would-be recoverers: `recovery`, whose
+/// role keyd grants unwrap, and `auditor`, whose role keyd grants only status.
+struct ServiceMode {
+    dir: tempfile::TempDir,
+    keyd: KeydProcess,
+    keyd_policy: std::path::PathBuf,
+    plugin: Plugin,
+}
+
+const KEYRING: &str = "cluster-a";
+
+impl ServiceMode {
+    async fn start() -> ServiceMode {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("keyd");
+        create_keyd_data(&data, &[KEYRING]);
+        let plugin_dir = tempfile::tempdir().unwrap();
+        let role = |name: &str, state: &Path| {
+            format!(
+                "  - name: {name}\n    sim: {{ signer: [\"{}\"] }}\n",
+                sim_signer(state)
+            )
+        };
+        let policy = dir.path().join("policy.yaml");
+        fs::write(
+            &policy,
+            format!(
+                "version: 1\nallow_simulation: true\nroles:\n{}{}{}",
+                role("kms-plugin", &plugin_dir.path().join("state")),
+                role("recovery", &dir.path().join("recovery")),
+                role("auditor", &dir.path().join("auditor")),
+            ),
+        )
+        .unwrap();
+        let config = dir.path().join("keyd.yaml");
+        fs::write(
+            &config,
+            format!(
+                "keyrings:\n  {KEYRING}:\n    wrap: [\"kms-plugin\"]\n    unwrap: [\"kms-plugin\", \"recovery\"]\n    status: [\"kms-plugin\", \"auditor\"]\n"
+            ),
+        )
+        .unwrap();
+        let keyd = KeydProcess::start(&data, free_addr(), &policy, &config, &[]);
+        let keyd_policy = dir.path().join("keyd-policy.yaml");
+        write_keyd_policy(&keyd_policy, &keyd.signer());
+        let addr = keyd.addr.to_string();
+        let plugin = Plugin::spawn_service_in(
+            plugin_dir,
+            &[
+                "--keyd",
+                &addr,
+                "--keyd-keyring",
+                KEYRING,
+                "--keyd-policy",
+                keyd_policy.to_str().unwrap(),
+            ],
+        );
+        plugin.wait_ready().await;
+        ServiceMode {
+            dir,
+            keyd,
+            keyd_policy,
+            plugin,
+        }
+    }
+
+    /// The sim state of caller `name` (`recovery` or `auditor`).
+    fn caller(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `etcd decrypt --keyd ...` as caller `name`.
+    fn decrypt_through_keyd(
+        &self,
+        name: &str,
+        value: &[u8],
+        etcd_key: &str,
+    ) -> std::process::Output {
+        let addr = self.keyd.addr.to_string();
+        etcd_decrypt_as(
+            &self.caller(name),
+            value,
+            etcd_key,
+            &[
+                "--keyd",
+                &addr,
+                "--keyd-keyring",
+                KEYRING,
+                "--keyd-policy",
+                self.keyd_policy.to_str().unwrap(),
+            ],
+        )
+    }
+}
+
+#[tokio::test]
+async fn values_wrapped_by_keyd_decrypt_through_keyd_for_a_caller_granted_unwrap() {
+    let service = ServiceMode::start().await;
+    let mut client = service.plugin.v2().await;
+    let key = "/registry/secrets/default/db";
+    let object = b"k8s\0\n\x0c\n\x02v1\x12\x06Secret\x12 password=kept in keyd".to_vec();
+    let seeded = apiserver_write_seed(&mut client, key, &object).await;
+    let legacy = apiserver_write_dek(&mut client, key, &object).await;
+
+    for (name, value) in [("seed", &seeded), ("dek", &legacy)] {
+        let out = service.decrypt_through_keyd("recovery", value, key);
+        assert!(out.status.success(), "{name}: {}", stderr_of(&out));
+        assert_eq!(out.stdout, object, "{name}");
+    }
+
+    // The etcd key is still authenticated on this path.
+    let out = service.decrypt_through_keyd("recovery", &seeded, "/registry/secrets/default/x");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("wrong --etcd-key"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[tokio::test]
+async fn keyd_refuses_a_caller_without_unwrap_and_the_keystore_path_points_at_keyd() {
+    let service = ServiceMode::start().await;
+    let mut client = service.plugin.v2().await;
+    let key = "/registry/secrets/default/db";
+    let value = apiserver_write_seed(&mut client, key, b"k8s\0object").await;
+
+    // keyd grants `auditor` status only: refused, with the grant it lacks named.
+    let out = service.decrypt_through_keyd("auditor", &value, key);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    assert!(err.contains("keyrings.cluster-a.unwrap"), "{err}");
+    assert!(out.stdout.is_empty());
+
+    // Without --keyd there is no keystore to use, on the service-mode plugin's node or on the
+    // recovery machine: the error says keyd wrapped such values and shows the --keyd form,
+    // not `keys init` (a new keystore could never decrypt them).
+    sim_signer(&service.caller("recovery"));
+    for state in [service.plugin.state_dir(), service.caller("recovery")] {
+        let out = etcd_decrypt_as(&state, &value, key, &[]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+        let err = stderr_of(&out);
+        assert!(err.contains("wrapped by keyd"), "{err}");
+        assert!(
+            err.contains("--keyd HOST:PORT --keyd-keyring NAME"),
+            "{err}"
+        );
+        assert!(!err.contains("keys init"), "{err}");
+        assert!(out.stdout.is_empty());
+    }
 }
