@@ -594,11 +594,22 @@ fn etcd_decrypt(args: EtcdDecryptArgs) -> Result<ExitCode, Error> {
                     RECOVERY_KEYD_TIMEOUT,
                 ))
                 .map_err(|e| format!("{e} (etcd decrypt --keyd)"))?;
-            decrypt_value(value, &etcd_key, |key_id, source| {
+            // keyd's own error is reported as it is: the envelope's wording for a failed
+            // unwrap is about local keystores.
+            let mut refused = None;
+            let decrypted = decrypt_value(value, &etcd_key, |key_id, source| {
                 runtime
                     .block_on(client.unwrap(&keyd.keyring, Some(key_id), source))
-                    .map_err(|e| keyd_refusal(e, &keyd.keyring))
-            })?
+                    .map_err(|e| {
+                        let message = keyd_refusal(e, key_id, &keyd.keyring);
+                        refused = Some(message.clone());
+                        message.into()
+                    })
+            });
+            match (decrypted, refused) {
+                (Err(_), Some(message)) => return Err(message.into()),
+                (decrypted, _) => decrypted?,
+            }
         }
     };
     let plaintext = Zeroizing::new(decrypted.plaintext);
@@ -672,15 +683,16 @@ fn decrypt_value(
 
 /// keyd's refusal of an Unwrap, with what to change in keyd's configuration when the caller
 /// lacks the grant.
-fn keyd_refusal(e: coffer_keyd_client::ClientError, keyring: &str) -> Error {
-    match e.status().map(tonic::Status::code) {
-        Some(tonic::Code::PermissionDenied) => format!(
-            "{e}; the role keyd grants this caller's evidence must be listed under \
-             keyrings.{keyring}.unwrap in keyd's configuration (--config)"
-        )
-        .into(),
-        _ => e.into(),
+fn keyd_refusal(e: coffer_keyd_client::ClientError, key_id: &str, keyring: &str) -> String {
+    let denied = e.status().map(tonic::Status::code) == Some(tonic::Code::PermissionDenied);
+    let mut message = format!("keyd did not unwrap the value's DEK source (KEK {key_id}): {e}");
+    if denied {
+        message.push_str(&format!(
+            "; list the role keyd grants this caller's evidence under keyrings.{keyring}.unwrap \
+             in keyd's configuration (--config), or run this from a caller whose role is there"
+        ));
     }
+    message
 }
 
 /// There is no keystore here: say that a value written in service mode was wrapped by keyd

@@ -524,7 +524,9 @@ async fn keyd_refuses_a_caller_without_unwrap_and_the_keystore_path_points_at_ke
     let out = service.decrypt_through_keyd("auditor", &value, key);
     assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
     let err = stderr_of(&out);
+    assert!(err.contains("keyd did not unwrap"), "{err}");
     assert!(err.contains("keyrings.cluster-a.unwrap"), "{err}");
+    assert!(!err.contains("keystore"), "{err}");
     assert!(out.stdout.is_empty());
 
     // Without --keyd there is no keystore to use, on the service-mode plugin's node or on the
