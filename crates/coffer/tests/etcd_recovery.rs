@@ -545,4 +545,16 @@ async fn keyd_refuses_a_caller_without_unwrap_and_the_keystore_path_points_at_ke
         assert!(!err.contains("keys init"), "{err}");
         assert!(out.stdout.is_empty());
     }
+
+    // A standalone plugin's keystore, which does not hold keyd's KEK, says the same.
+    let standalone = Plugin::start(&[]).await;
+    let out = etcd_decrypt(&standalone, &value, key, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    assert!(err.contains("does not hold"), "{err}");
+    assert!(err.contains("keyd wrapped it"), "{err}");
+    assert!(
+        err.contains("--keyd HOST:PORT --keyd-keyring NAME"),
+        "{err}"
+    );
 }
