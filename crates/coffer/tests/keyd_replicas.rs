@@ -1,0 +1,329 @@
+//! Service mode with several keyd replicas: `coffer kms serve --keyd a,b,c` as a real process in
+//! front of three real `coffer keyd` processes serving copies of one data directory (same root
+//! secret, same sim platform key, same keyrings). Calls spread over the replicas, survive a
+//! replica killed under load, come back to a restarted replica, and fail with a clear
+//! UNAVAILABLE only when no replica answers.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coffer_proto::v2;
+use common::keyd::{create_keyd_data, free_addr, sim_signer, write_keyd_policy, KeydProcess};
+use common::{decrypt, uid, Plugin, V2Client};
+use tonic::Code;
+
+const KEYRING: &str = "cluster-a";
+/// Concurrent callers in the load stream: at most this many calls are in flight at a kill.
+const WORKERS: usize = 4;
+
+/// Three keyd replicas of one state, and the plugin's view of them.
+struct Replicas {
+    dir: tempfile::TempDir,
+    policy: PathBuf,
+    config: PathBuf,
+    data: Vec<PathBuf>,
+    addrs: Vec<SocketAddr>,
+    processes: Vec<Option<KeydProcess>>,
+}
+
+impl Replicas {
+    /// Creates one data directory granting the plugin whose sim state is `plugin_state` wrap,
+    /// unwrap and status on `cluster-a`, and copies it for the other replicas.
+    fn prepare(plugin_state: &Path, count: usize) -> Replicas {
+        let dir = tempfile::tempdir().unwrap();
+        let first = dir.path().join("keyd-0");
+        create_keyd_data(&first, &[KEYRING]);
+        let mut data = vec![first.clone()];
+        for i in 1..count {
+            let copy = dir.path().join(format!("keyd-{i}"));
+            let out = Command::new("cp")
+                .arg("-a")
+                .arg(&first)
+                .arg(&copy)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            data.push(copy);
+        }
+        let policy = dir.path().join("policy.yaml");
+        std::fs::write(
+            &policy,
+            format!(
+                "version: 1\nallow_simulation: true\nroles:\n  - name: kms-plugin:a\n    sim: {{ signer: [\"{}\"] }}\n",
+                sim_signer(plugin_state),
+            ),
+        )
+        .unwrap();
+        let config = dir.path().join("keyd.yaml");
+        std::fs::write(
+            &config,
+            format!("keyrings:\n  {KEYRING}:\n    wrap: [\"kms-plugin:a\"]\n    unwrap: [\"kms-plugin:a\"]\n    status: [\"kms-plugin:a\"]\n"),
+        )
+        .unwrap();
+        Replicas {
+            dir,
+            policy,
+            config,
+            addrs: (0..count).map(|_| free_addr()).collect(),
+            processes: (0..count).map(|_| None).collect(),
+            data,
+        }
+    }
+
+    fn start(&mut self, i: usize) {
+        self.processes[i] = Some(KeydProcess::start(
+            &self.data[i],
+            self.addrs[i],
+            &self.policy,
+            &self.config,
+            &[],
+        ));
+    }
+
+    /// SIGKILL: a crash.
+    fn kill(&mut self, i: usize) {
+        if let Some(mut p) = self.processes[i].take() {
+            p.kill();
+        }
+    }
+
+    /// The policy the plugin checks keyd against: the replicas' common sim signer.
+    fn plugin_policy(&self) -> PathBuf {
+        let signers: Vec<String> = self.data.iter().map(|d| sim_signer(d)).collect();
+        assert!(signers.iter().all(|s| *s == signers[0]), "{signers:?}");
+        let path = self.dir.path().join("keyd-policy.yaml");
+        write_keyd_policy(&path, &signers[0]);
+        path
+    }
+
+    fn flag(&self) -> String {
+        let addrs: Vec<String> = self.addrs.iter().map(ToString::to_string).collect();
+        addrs.join(",")
+    }
+
+    /// Wrap calls replica `i` has recorded in its audit log (a line cut short by a kill is
+    /// skipped).
+    fn wraps(&self, i: usize) -> usize {
+        std::fs::read_to_string(self.data[i].join("audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|r| r["event"] == "wrap" && r["result"] == "ok")
+            .count()
+    }
+}
+
+async fn try_encrypt(
+    client: &mut V2Client,
+    plaintext: &[u8],
+) -> Result<v2::EncryptResponse, tonic::Status> {
+    client
+        .encrypt(v2::EncryptRequest {
+            plaintext: plaintext.to_vec(),
+            uid: uid(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn try_status(client: &mut V2Client) -> Result<v2::StatusResponse, tonic::Status> {
+    client
+        .status(v2::StatusRequest {})
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Encrypt then Decrypt in a loop until `stop`, counting the calls and the failed ones.
+async fn load(
+    mut client: V2Client,
+    stop: Arc<AtomicBool>,
+    calls: Arc<AtomicUsize>,
+    failed: Arc<std::sync::Mutex<Vec<tonic::Status>>>,
+) {
+    let mut n = 0u8;
+    while !stop.load(Ordering::Relaxed) {
+        n = n.wrapping_add(1);
+        let secret = [n; 32];
+        calls.fetch_add(1, Ordering::Relaxed);
+        let enc = match try_encrypt(&mut client, &secret).await {
+            Ok(enc) => enc,
+            Err(e) => {
+                failed.lock().unwrap().push(e);
+                continue;
+            }
+        };
+        calls.fetch_add(1, Ordering::Relaxed);
+        match decrypt(&mut client, &enc.ciphertext, &enc.key_id).await {
+            Ok(plain) => assert_eq!(plain, secret),
+            Err(e) => failed.lock().unwrap().push(e),
+        }
+    }
+}
+
+/// Encrypts until `done` holds (panics after 30 s with the plugin log).
+async fn encrypt_until(plugin: &Plugin, client: &mut V2Client, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        try_encrypt(client, &[5; 32]).await.unwrap();
+        assert!(
+            Instant::now() < deadline,
+            "condition never held; plugin log:\n{}",
+            plugin.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_spread_over_replicas_survive_a_kill_and_fail_clearly_when_all_are_down() {
+    let plugin_dir = tempfile::tempdir().unwrap();
+    let plugin_state = plugin_dir.path().join("state");
+    sim_signer(&plugin_state);
+    let mut replicas = Replicas::prepare(&plugin_state, 3);
+    for i in 0..3 {
+        replicas.start(i);
+    }
+    let flags = [
+        "--keyd".to_string(),
+        replicas.flag(),
+        "--keyd-keyring".into(),
+        KEYRING.into(),
+        "--keyd-policy".into(),
+        replicas.plugin_policy().display().to_string(),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let plugin = Plugin::spawn_service_in(plugin_dir, &flags);
+    plugin.wait_ready().await;
+    let mut client = plugin.v2().await;
+
+    // Spreading: every replica serves Encrypts (counted from its own audit log).
+    encrypt_until(&plugin, &mut client, || {
+        (0..3).all(|i| replicas.wraps(i) >= 5)
+    })
+    .await;
+    let primary = try_status(&mut client).await.unwrap().key_id;
+
+    // A replica killed under a stream of Encrypt/Decrypt calls: only calls in flight at the
+    // kill may fail (failover retries them on another replica, so normally none does).
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|_| {
+            tokio::spawn(load(
+                client.clone(),
+                stop.clone(),
+                calls.clone(),
+                failed.clone(),
+            ))
+        })
+        .collect();
+    let started = calls.load(Ordering::Relaxed);
+    while calls.load(Ordering::Relaxed) < started + 50 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    replicas.kill(0);
+    let at_kill = calls.load(Ordering::Relaxed);
+    while calls.load(Ordering::Relaxed) < at_kill + 200 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Status stays healthy with one replica gone (its 1 s cache expires on the way).
+    for _ in 0..4 {
+        let s = try_status(&mut client).await.unwrap();
+        assert_eq!(
+            (s.key_id.as_str(), s.healthz.as_str()),
+            (primary.as_str(), "ok")
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let failed = failed.lock().unwrap().clone();
+    assert!(
+        failed.len() <= WORKERS,
+        "{} of {} calls failed: {failed:?}",
+        failed.len(),
+        calls.load(Ordering::Relaxed)
+    );
+
+    // The replica back on its address is used again.
+    replicas.start(0);
+    let before = replicas.wraps(0);
+    encrypt_until(&plugin, &mut client, || replicas.wraps(0) > before).await;
+
+    // No replica: UNAVAILABLE naming every replica, before the API server's 3 s deadline.
+    for i in 0..3 {
+        replicas.kill(i);
+    }
+    let started = Instant::now();
+    let err = try_encrypt(&mut client, &[6; 32]).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains("no keyd replica answered"),
+        "{err:?}"
+    );
+    for addr in &replicas.addrs {
+        assert!(
+            err.message().contains(&format!("keyd at {addr}")),
+            "the error does not name {addr}: {err:?}"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match try_status(&mut client).await {
+            Err(e) => {
+                assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+                break;
+            }
+            Ok(_) => assert!(
+                Instant::now() < deadline,
+                "Status stayed ok with no replica"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = plugin.log_text();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_was_never_up_costs_no_call() {
+    let plugin_dir = tempfile::tempdir().unwrap();
+    let plugin_state = plugin_dir.path().join("state");
+    sim_signer(&plugin_state);
+    let mut replicas = Replicas::prepare(&plugin_state, 2);
+    // Only the second replica runs; the first address has nothing listening.
+    replicas.start(1);
+    let flags = [
+        "--keyd".to_string(),
+        replicas.flag(),
+        "--keyd-keyring".into(),
+        KEYRING.into(),
+        "--keyd-policy".into(),
+        replicas.plugin_policy().display().to_string(),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let plugin = Plugin::spawn_service_in(plugin_dir, &flags);
+    plugin.wait_ready().await;
+    let mut client = plugin.v2().await;
+    for n in 0..20u8 {
+        let enc = try_encrypt(&mut client, &[n; 32]).await.unwrap();
+        assert_eq!(
+            decrypt(&mut client, &enc.ciphertext, &enc.key_id)
+                .await
+                .unwrap(),
+            [n; 32]
+        );
+    }
+    assert_eq!(try_status(&mut client).await.unwrap().healthz, "ok");
+    assert_eq!(replicas.wraps(1), 20);
+}
