@@ -13,9 +13,16 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use coffer_keyd_client::KeydClient;
 use coffer_proto::v2;
-use common::keyd::{create_keyd_data, free_addr, sim_signer, write_keyd_policy, KeydProcess};
-use common::{decrypt, uid, Plugin, V2Client};
+use coffer_sealed::bundle::KeyBundle;
+use coffer_sealed::{Binding, Scope};
+use common::keyd::{
+    create_keyd_data, free_addr, keyd_policy, location, sim_role_policy, sim_signer,
+    write_keyd_policy, KeydProcess,
+};
+use common::run::output_within;
+use common::{coffer_bin, decrypt, uid, Plugin, V2Client};
 use tonic::Code;
 
 const KEYRING: &str = "cluster-a";
@@ -326,4 +333,66 @@ async fn a_replica_that_was_never_up_costs_no_call() {
     }
     assert_eq!(try_status(&mut client).await.unwrap().healthz, "ok");
     assert_eq!(replicas.wraps(1), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coffer_run_tries_the_next_replica_within_one_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("keyd");
+    create_keyd_data(&data, &["apps"]);
+    let workload = dir.path().join("workload");
+    let policy = sim_role_policy(dir.path(), "app", &workload);
+    let config = dir.path().join("keyd.yaml");
+    std::fs::write(
+        &config,
+        "keyrings:\n  apps:\n    unseal:\n      - role: app\n        namespaces: [\"payments\"]\n        secrets: [\"db-*\"]\n",
+    )
+    .unwrap();
+    let keyd = KeydProcess::start(&data, free_addr(), &policy, &config, &[]);
+    let keyd_policy_path = dir.path().join("keyd-policy.yaml");
+    write_keyd_policy(&keyd_policy_path, &keyd.signer());
+    let trust = Arc::new(keyd_policy(&keyd.signer(), true));
+    let options = coffer_attest::VerifyOptions::new(std::time::SystemTime::now());
+    let mut client =
+        KeydClient::connect_unattested_within(keyd.addr, trust, options, Duration::from_secs(10))
+            .await
+            .unwrap();
+    let bundle = KeyBundle::from_json(&client.key_bundle("apps").await.unwrap()).unwrap();
+    let secret = "pw-5d2e-only-for-the-app";
+    let sealed = coffer_sealed::seal(
+        bundle.keyring(),
+        &bundle.primary().unwrap(),
+        &Binding::new(Scope::Strict, &location("payments", "db-main", "password")).unwrap(),
+        secret.as_bytes(),
+    )
+    .unwrap()
+    .to_text();
+
+    // The first replica is down; a 1 ms --keyd-deadline leaves no time for a retry round, so
+    // the value can only come from trying the second replica in the same attempt.
+    let dead = free_addr();
+    let seen = dir.path().join("app-env");
+    let out = output_within(
+        Command::new(coffer_bin())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap())
+            .env("DB_PASSWORD", &sealed)
+            .env("SEEN", &seen)
+            .args(["run", "--platform", "sim", "--keyd"])
+            .arg(format!("{dead},{}", keyd.addr))
+            .arg("--keyd-policy")
+            .arg(&keyd_policy_path)
+            .arg("--state-dir")
+            .arg(&workload)
+            .args(["--keyd-deadline", "1ms", "--env", "--namespace", "payments"])
+            .args(["--", "sh", "-c", r#"printf %s "$DB_PASSWORD" > "$SEEN""#]),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&seen).unwrap(), secret);
+    assert!(
+        stderr.contains(&dead.to_string()),
+        "the skipped replica is not logged: {stderr}"
+    );
+    assert!(!stderr.contains(secret));
 }
