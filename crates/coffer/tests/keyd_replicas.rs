@@ -22,7 +22,7 @@ use common::keyd::{
     write_keyd_policy, KeydProcess,
 };
 use common::run::output_within;
-use common::{coffer_bin, decrypt, uid, Plugin, V2Client};
+use common::{coffer_bin, decrypt, signal, uid, Plugin, V2Client};
 use tonic::Code;
 
 const KEYRING: &str = "cluster-a";
@@ -84,13 +84,28 @@ impl Replicas {
     }
 
     fn start(&mut self, i: usize) {
+        let config = self.config.clone();
+        self.start_with(i, &config);
+    }
+
+    fn start_with(&mut self, i: usize, config: &Path) {
         self.processes[i] = Some(KeydProcess::start(
             &self.data[i],
             self.addrs[i],
             &self.policy,
-            &self.config,
+            config,
             &[],
         ));
+    }
+
+    fn pid(&self, i: usize) -> u32 {
+        self.processes[i]
+            .as_ref()
+            .unwrap()
+            .child
+            .as_ref()
+            .unwrap()
+            .id()
     }
 
     /// SIGKILL: a crash.
@@ -114,14 +129,18 @@ impl Replicas {
         addrs.join(",")
     }
 
-    /// Wrap calls replica `i` has recorded in its audit log (a line cut short by a kill is
+    /// Wrap calls with `result` replica `i` has recorded in its audit log (a line cut short by a kill is
     /// skipped).
     fn wraps(&self, i: usize) -> usize {
+        self.wraps_with(i, "ok")
+    }
+
+    fn wraps_with(&self, i: usize, result: &str) -> usize {
         std::fs::read_to_string(self.data[i].join("audit.log"))
             .unwrap_or_default()
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|r| r["event"] == "wrap" && r["result"] == "ok")
+            .filter(|r| r["event"] == "wrap" && r["result"] == result)
             .count()
     }
 }
@@ -173,6 +192,13 @@ async fn load(
     }
 }
 
+/// `call`'s answer, which must come within kube-apiserver's 3 s KMS timeout, as it enforces it.
+async fn api_server<T>(what: &str, call: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(3), call)
+        .await
+        .unwrap_or_else(|_| panic!("{what} outlived the API server's 3 s timeout"))
+}
+
 /// Encrypts until `done` holds (panics after 30 s with the plugin log).
 async fn encrypt_until(plugin: &Plugin, client: &mut V2Client, done: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -189,23 +215,12 @@ async fn encrypt_until(plugin: &Plugin, client: &mut V2Client, done: impl Fn() -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_spread_over_replicas_survive_a_kill_and_fail_clearly_when_all_are_down() {
-    let plugin_dir = tempfile::tempdir().unwrap();
-    let plugin_state = plugin_dir.path().join("state");
-    sim_signer(&plugin_state);
+    let (plugin_dir, plugin_state) = plugin_dir();
     let mut replicas = Replicas::prepare(&plugin_state, 3);
     for i in 0..3 {
         replicas.start(i);
     }
-    let flags = [
-        "--keyd".to_string(),
-        replicas.flag(),
-        "--keyd-keyring".into(),
-        KEYRING.into(),
-        "--keyd-policy".into(),
-        replicas.plugin_policy().display().to_string(),
-    ];
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let plugin = Plugin::spawn_service_in(plugin_dir, &flags);
+    let plugin = spawn_plugin(plugin_dir, &replicas);
     plugin.wait_ready().await;
     let mut client = plugin.v2().await;
 
@@ -302,14 +317,8 @@ async fn calls_spread_over_replicas_survive_a_kill_and_fail_clearly_when_all_are
     assert!(!log.contains("panicked"), "{log}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_that_was_never_up_costs_no_call() {
-    let plugin_dir = tempfile::tempdir().unwrap();
-    let plugin_state = plugin_dir.path().join("state");
-    sim_signer(&plugin_state);
-    let mut replicas = Replicas::prepare(&plugin_state, 2);
-    // Only the second replica runs; the first address has nothing listening.
-    replicas.start(1);
+/// The plugin in front of `replicas`, with its sim state made beforehand in `dir`.
+fn spawn_plugin(dir: tempfile::TempDir, replicas: &Replicas) -> Plugin {
     let flags = [
         "--keyd".to_string(),
         replicas.flag(),
@@ -319,7 +328,24 @@ async fn a_replica_that_was_never_up_costs_no_call() {
         replicas.plugin_policy().display().to_string(),
     ];
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let plugin = Plugin::spawn_service_in(plugin_dir, &flags);
+    Plugin::spawn_service_in(dir, &flags)
+}
+
+/// A plugin directory whose sim state exists, so its signer can go into keyd's policy.
+fn plugin_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    sim_signer(&state);
+    (dir, state)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_was_never_up_costs_no_call() {
+    let (plugin_dir, plugin_state) = plugin_dir();
+    let mut replicas = Replicas::prepare(&plugin_state, 2);
+    // Only the second replica runs; the first address has nothing listening.
+    replicas.start(1);
+    let plugin = spawn_plugin(plugin_dir, &replicas);
     plugin.wait_ready().await;
     let mut client = plugin.v2().await;
     for n in 0..20u8 {
@@ -395,4 +421,73 @@ async fn coffer_run_tries_the_next_replica_within_one_attempt() {
         "the skipped replica is not logged: {stderr}"
     );
     assert!(!stderr.contains(secret));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_is_the_answer_and_is_not_retried_on_another_replica() {
+    let (plugin_dir, plugin_state) = plugin_dir();
+    let mut replicas = Replicas::prepare(&plugin_state, 2);
+    replicas.start(0);
+    // The second replica's configuration lets the plugin ask for Status but not Wrap.
+    let stricter = replicas.dir.path().join("keyd-no-wrap.yaml");
+    std::fs::write(
+        &stricter,
+        format!("keyrings:\n  {KEYRING}:\n    unwrap: [\"kms-plugin:a\"]\n    status: [\"kms-plugin:a\"]\n"),
+    )
+    .unwrap();
+    replicas.start_with(1, &stricter);
+    let plugin = spawn_plugin(plugin_dir, &replicas);
+    plugin.wait_ready().await;
+    let mut client = plugin.v2().await;
+    // Both replicas carry calls once the probe has connected them.
+    let (mut ok, mut denied) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ok < 3 || denied < 3 {
+        match try_encrypt(&mut client, &[3; 32]).await {
+            Ok(_) => ok += 1,
+            Err(e) => {
+                assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+                assert!(e.message().contains("keyd refused this plugin"), "{e:?}");
+                denied += 1;
+            }
+        }
+        assert!(Instant::now() < deadline, "ok {ok}, denied {denied}");
+    }
+    // Every refusal reached the plugin as such: none was retried on the granting replica.
+    assert_eq!(replicas.wraps_with(1, "denied"), denied);
+    assert_eq!(replicas.wraps(0), ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_replica_leaves_time_for_another_within_the_api_servers_budget() {
+    let (plugin_dir, plugin_state) = plugin_dir();
+    let mut replicas = Replicas::prepare(&plugin_state, 2);
+    replicas.start(0);
+    replicas.start(1);
+    let plugin = spawn_plugin(plugin_dir, &replicas);
+    plugin.wait_ready().await;
+    let mut client = plugin.v2().await;
+    encrypt_until(&plugin, &mut client, || {
+        (0..2).all(|i| replicas.wraps(i) >= 2)
+    })
+    .await;
+    // The first replica stops answering with its connections open (SIGSTOP).
+    signal(replicas.pid(0), "STOP");
+    let served = replicas.wraps(1);
+    for n in 0..6u8 {
+        let secret = [n; 32];
+        let enc = api_server("Encrypt", try_encrypt(&mut client, &secret))
+            .await
+            .unwrap();
+        let plain = api_server(
+            "Decrypt",
+            decrypt(&mut client, &enc.ciphertext, &enc.key_id),
+        )
+        .await
+        .unwrap();
+        assert_eq!(plain, secret);
+        api_server("Status", try_status(&mut client)).await.unwrap();
+    }
+    assert_eq!(replicas.wraps(1), served + 6);
+    signal(replicas.pid(0), "CONT");
 }
