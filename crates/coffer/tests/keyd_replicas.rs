@@ -269,6 +269,11 @@ async fn calls_spread_over_replicas_survive_a_kill_and_fail_clearly_when_all_are
         w.await.unwrap();
     }
     let failed = failed.lock().unwrap().clone();
+    eprintln!(
+        "kill -9 under load: {} calls, {} failed",
+        calls.load(Ordering::Relaxed),
+        failed.len()
+    );
     assert!(
         failed.len() <= WORKERS,
         "{} of {} calls failed: {failed:?}",
