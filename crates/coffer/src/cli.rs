@@ -335,9 +335,12 @@ impl EnclaveSourceArgs {
 #[command(next_help_heading = "Service mode (keys in coffer keyd)")]
 pub struct KeydArgs {
     /// Service mode: forward every call to `coffer keyd` at HOST:PORT instead of holding KEKs
-    /// on this node (no keystore is created). Needs --keyd-keyring and --keyd-policy.
-    #[arg(long, value_name = "HOST:PORT", requires_all = ["keyd_keyring", "keyd_policy"])]
-    pub keyd: Option<coffer_keyd_client::KeydAddr>,
+    /// on this node (no keystore is created). Needs --keyd-keyring and --keyd-policy. Several
+    /// replicas: a comma-separated list, or a name resolving to several addresses (resolved
+    /// again every 30s); calls are spread over the replicas that answer and a call one cannot
+    /// answer is retried on another within --keyd-timeout.
+    #[arg(long, value_name = "HOST:PORT[,HOST:PORT...]", requires_all = ["keyd_keyring", "keyd_policy"])]
+    pub keyd: Option<coffer_keyd_client::KeydAddrs>,
     /// The keyring in keyd that holds this cluster's KEKs.
     #[arg(long, value_name = "NAME", requires = "keyd")]
     pub keyd_keyring: Option<String>,
@@ -355,7 +358,8 @@ pub struct KeydArgs {
          clear error, when keyd is slow or unreachable",
     ))]
     pub keyd_timeout: Duration,
-    /// HTTP/2 connections to keyd, used round-robin (each carries many concurrent calls).
+    /// HTTP/2 connections to each keyd replica, used round-robin (each carries many concurrent
+    /// calls).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
     pub keyd_connections: u16,
     #[command(flatten)]

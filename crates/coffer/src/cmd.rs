@@ -160,7 +160,7 @@ fn open_keystore(store: &StoreArgs, access: Access) -> Result<Keystore, Error> {
 /// platform it runs on.
 fn key_source(args: &ServeArgs) -> Result<(KeySource, std::sync::Arc<dyn Platform>), Error> {
     let keyd = &args.keyd;
-    let Some(addr) = keyd.keyd.clone() else {
+    let Some(addrs) = keyd.keyd.clone() else {
         let (platform, state_dir) = open_store_platform(&args.store, Access::CreateIfMissing)?;
         // KEKs are sealed under the keystore's recovery root where it has one; evidence for
         // --listen-tcp still comes from the platform itself.
@@ -192,7 +192,7 @@ fn key_source(args: &ServeArgs) -> Result<(KeySource, std::sync::Arc<dyn Platfor
         .map_err(|e| format!("--keyd-policy {}: {e}", policy_path.display()))?;
     let (platform, _) = open_store_platform(&args.store, Access::CreateIfMissing)?;
     let remote = RemoteOptions {
-        addr,
+        addrs,
         keyring: keyring.clone(),
         client: coffer_keyd_client::KeydClientOptions {
             platform: platform.clone(),

@@ -67,9 +67,10 @@ EXAMPLE (a container's command):
 #[derive(Args, Debug)]
 #[command(after_long_help = RUN_HELP)]
 pub struct RunArgs {
-    /// keyd's address.
-    #[arg(long, value_name = "HOST:PORT", env = "COFFER_KEYD")]
-    pub keyd: coffer_keyd_client::KeydAddr,
+    /// keyd's address; several replicas as a comma-separated list or a name resolving to
+    /// several addresses, tried in turn until one answers.
+    #[arg(long, value_name = "HOST:PORT[,HOST:PORT...]", env = "COFFER_KEYD")]
+    pub keyd: coffer_keyd_client::KeydAddrs,
     /// Attestation policy keyd's evidence must satisfy (YAML).
     #[arg(long, value_name = "FILE", env = "COFFER_KEYD_POLICY")]
     pub keyd_policy: PathBuf,

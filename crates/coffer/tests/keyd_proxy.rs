@@ -553,7 +553,10 @@ fn service_mode_flags_are_checked_at_start() {
         "no local keystore",
     );
     refused(&["--keyd-keyring", "a"], "--keyd");
-    refused(&["--keyd-collateral-dir", "/tmp"], "--keyd <HOST:PORT>");
+    refused(
+        &["--keyd-collateral-dir", "/tmp"],
+        "--keyd <HOST:PORT[,HOST:PORT...]>",
+    );
     refused(
         &[&service[..], &["--keyd-pccs-url", "https://pccs.example"]].concat(),
         "--keyd-cache-dir",

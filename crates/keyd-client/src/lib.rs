@@ -7,6 +7,8 @@
 //!   Reseal). Either way keyd's attested certificate is verified against the caller's policy.
 //! * [`KeydPool`]: pooled, reconnecting mutual attested TLS connections with backoff and a
 //!   deadline on every call, for a caller that forwards traffic to keyd.
+//! * [`KeydReplicas`]: a [`KeydPool`] per keyd replica, calls spread across the replicas that
+//!   answer and failed over to another within the deadline.
 //! * [`limits`]: the bounds keyd's API puts on requests, so callers can refuse early.
 
 #![deny(missing_docs)]
@@ -18,11 +20,12 @@ mod handshake;
 mod io;
 pub mod limits;
 mod pool;
+mod replicas;
 
 /// Generated gRPC types and stubs of `coffer.keyd.v1.KeyService` (from `coffer-proto`).
 pub use coffer_proto::keyd as pb;
 
-pub use addr::KeydAddr;
+pub use addr::{KeydAddr, KeydAddrs};
 pub use client::{ItemRefusal, KeydClient, KeydClientOptions};
 pub use error::{error_chain, ClientError};
 pub use limits::{
@@ -32,3 +35,4 @@ pub use limits::{
 pub use pool::{
     Backoff, CallError, ClientIdentity, KeydPool, KeyringStatus, PoolEvents, PoolOptions,
 };
+pub use replicas::{KeydReplicas, RESOLVE_INTERVAL};

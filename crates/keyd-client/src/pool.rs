@@ -231,6 +231,31 @@ pub enum CallError {
         /// keyd's answer.
         status: Box<Status>,
     },
+    /// None of several keyd replicas answered; each one's error, in the order tried.
+    #[error("no keyd replica answered: {}", each(.0))]
+    NoReplica(Vec<CallError>),
+}
+
+impl CallError {
+    /// Whether another keyd replica may answer the same call: this one was not reached, did not
+    /// answer in time, or is not trusted; never when keyd answered (a refusal or an error).
+    pub fn another_replica_may_answer(&self) -> bool {
+        matches!(
+            self,
+            CallError::Unreachable { .. }
+                | CallError::TimedOut { .. }
+                | CallError::Untrusted { .. }
+                | CallError::NoReplica(_)
+        )
+    }
+}
+
+fn each(errors: &[CallError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn next_attempt(retry_in: &Option<Duration>) -> String {
@@ -652,9 +677,18 @@ impl KeydPool {
             .unwrap_or(start)
     }
 
+    /// Whether a call now could reach keyd: a connection is established, or one may attempt to
+    /// connect (its backoff is over).
+    pub fn available(&self) -> bool {
+        self.links
+            .iter()
+            .any(|l| l.connected.load(Ordering::Relaxed) || l.due())
+    }
+
     async fn call<Req, Resp, F, Fut>(
         &self,
         slot: Option<usize>,
+        timeout: Duration,
         message: Req,
         rpc: F,
     ) -> Result<Resp, CallError>
@@ -666,12 +700,12 @@ impl KeydPool {
         // The deadline is enforced here; a grpc-timeout header would cost every call its
         // encoding and parsing for a deadline keyd cannot usefully act on (its calls take µs).
         let call = rpc(self.clients[index].clone(), tonic::Request::new(message));
-        match tokio::time::timeout(self.timeout, call).await {
+        match tokio::time::timeout(timeout, call).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
             Ok(Err(status)) => Err(self.classify(&self.links[index], status)),
             Err(_) => Err(CallError::TimedOut {
                 addr: self.addr_text.clone(),
-                after: self.timeout,
+                after: timeout,
             }),
         }
     }
@@ -730,12 +764,26 @@ impl KeydPool {
         keyring: &str,
         plaintext: &[u8],
     ) -> Result<(Vec<u8>, String), CallError> {
+        self.wrap_within(self.timeout, keyring, plaintext).await
+    }
+
+    pub(crate) async fn wrap_within(
+        &self,
+        timeout: Duration,
+        keyring: &str,
+        plaintext: &[u8],
+    ) -> Result<(Vec<u8>, String), CallError> {
         let message = pb::WrapRequest {
             keyring: keyring.to_string(),
             plaintext: plaintext.to_vec(),
         };
         let response = self
-            .call(None, message, |mut c, r| async move { c.wrap(r).await })
+            .call(
+                None,
+                timeout,
+                message,
+                |mut c, r| async move { c.wrap(r).await },
+            )
             .await?;
         Ok((response.ciphertext, response.key_id))
     }
@@ -748,13 +796,26 @@ impl KeydPool {
         key_id: Option<&str>,
         ciphertext: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, CallError> {
+        self.unwrap_within(self.timeout, keyring, key_id, ciphertext)
+            .await
+    }
+
+    pub(crate) async fn unwrap_within(
+        &self,
+        timeout: Duration,
+        keyring: &str,
+        key_id: Option<&str>,
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CallError> {
         let message = pb::UnwrapRequest {
             keyring: keyring.to_string(),
             key_id: key_id.unwrap_or_default().to_string(),
             ciphertext: ciphertext.to_vec(),
         };
         let response = self
-            .call(None, message, |mut c, r| async move { c.unwrap(r).await })
+            .call(None, timeout, message, |mut c, r| async move {
+                c.unwrap(r).await
+            })
             .await?;
         Ok(Zeroizing::new(response.plaintext))
     }
@@ -763,6 +824,15 @@ impl KeydPool {
     /// [`crate::MAX_BATCH_ITEMS`]); the outer error is the call's, the inner ones the items'.
     pub async fn unwrap_batch(
         &self,
+        keyring: &str,
+        items: Vec<(String, Vec<u8>)>,
+    ) -> Result<Vec<Result<Zeroizing<Vec<u8>>, CallError>>, CallError> {
+        self.unwrap_batch_within(self.timeout, keyring, items).await
+    }
+
+    pub(crate) async fn unwrap_batch_within(
+        &self,
+        timeout: Duration,
         keyring: &str,
         items: Vec<(String, Vec<u8>)>,
     ) -> Result<Vec<Result<Zeroizing<Vec<u8>>, CallError>>, CallError> {
@@ -775,11 +845,9 @@ impl KeydPool {
                 .collect(),
         };
         let response = self
-            .call(
-                None,
-                message,
-                |mut c, r| async move { c.unwrap_batch(r).await },
-            )
+            .call(None, timeout, message, |mut c, r| async move {
+                c.unwrap_batch(r).await
+            })
             .await?;
         if response.results.len() != count {
             return Err(CallError::Rejected {
@@ -809,19 +877,22 @@ impl KeydPool {
 
     /// The keyring's primary KEK id and size.
     pub async fn status(&self, keyring: &str) -> Result<KeyringStatus, CallError> {
-        self.status_on(None, keyring).await
+        self.status_on(None, self.timeout, keyring).await
     }
 
-    async fn status_on(
+    pub(crate) async fn status_on(
         &self,
         slot: Option<usize>,
+        timeout: Duration,
         keyring: &str,
     ) -> Result<KeyringStatus, CallError> {
         let message = pb::StatusRequest {
             keyring: keyring.to_string(),
         };
         let response = self
-            .call(slot, message, |mut c, r| async move { c.status(r).await })
+            .call(slot, timeout, message, |mut c, r| async move {
+                c.status(r).await
+            })
             .await?;
         Ok(KeyringStatus {
             primary_key_id: response.primary_key_id,
@@ -836,7 +907,7 @@ impl KeydPool {
         for (index, link) in self.links.iter().enumerate() {
             if !link.connected.load(Ordering::Relaxed) && link.due() {
                 // Failures are recorded on the link (and logged once); nothing more to do.
-                let _ = self.status_on(Some(index), keyring).await;
+                let _ = self.status_on(Some(index), self.timeout, keyring).await;
             }
         }
     }

@@ -1,22 +1,27 @@
 //! Service mode: the keys stay in keyd and every Encrypt and Decrypt is forwarded to it over a
-//! [`KeydPool`] of mutual attested TLS connections that this plugin opens with its own
-//! platform's evidence.
+//! [`KeydPool`] of mutual attested TLS connections per keyd replica ([`KeydReplicas`]) that
+//! this plugin opens with its own platform's evidence.
 //!
 //! * Status is a live keyd Status call for the keyring, shared by all callers for up to
 //!   [`STATUS_TTL`], so a rotation in keyd shows as a new key_id within a second and heavy
-//!   polling does not reach keyd.
+//!   polling does not reach keyd. It stays healthy while any replica with the keyring answers.
+//! * Calls are spread over the replicas that answer; one a replica could not answer is retried
+//!   on another within the same deadline.
 //! * Every call ends within the `--keyd-timeout` deadline (below the API server's 3 s), with
 //!   UNAVAILABLE naming keyd's address when keyd is unreachable or slow, PERMISSION_DENIED when
 //!   keyd refuses this plugin, and keyd's own INVALID_ARGUMENT / NOT_FOUND otherwise.
-//! * A background task ([`RemoteKeys::maintain`]) keeps probing keyd, so the pool reconnects
-//!   and `/healthz` follows keyd's reachability without any traffic.
+//! * A background task ([`RemoteKeys::maintain`]) keeps probing keyd, so the pools reconnect
+//!   and `/healthz` follows keyd's reachability without any traffic, and resolves keyd's
+//!   names again every [`RESOLVE_INTERVAL`] to follow replicas coming and going.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[cfg(doc)]
+use coffer_keyd_client::KeydPool;
 use coffer_keyd_client::{
-    CallError, ClientError, ClientIdentity, InvalidKeyringName, KeydAddr, KeydClientOptions,
-    KeydPool, KeyringStatus, PoolEvents, PoolOptions,
+    CallError, ClientError, ClientIdentity, InvalidKeyringName, KeydAddrs, KeydClientOptions,
+    KeydReplicas, KeyringStatus, PoolEvents, PoolOptions, RESOLVE_INTERVAL,
 };
 use tonic::Status;
 use zeroize::Zeroizing;
@@ -37,13 +42,13 @@ const RENEWAL_RETRY: Duration = Duration::from_secs(60);
 /// What service mode needs.
 #[derive(Debug)]
 pub struct RemoteOptions {
-    /// keyd's address.
-    pub addr: KeydAddr,
+    /// keyd's replicas: addresses, or names resolving to several.
+    pub addrs: KeydAddrs,
     /// The keyring in keyd that holds this cluster's KEKs.
     pub keyring: String,
     /// This plugin's platform, and how keyd's attestation is checked.
     pub client: KeydClientOptions,
-    /// Connections to keyd (1 to [`MAX_CONNECTIONS`]).
+    /// Connections to each keyd replica (1 to [`MAX_CONNECTIONS`]).
     pub connections: usize,
     /// Deadline of every forwarded call; below [`API_SERVER_TIMEOUT`].
     pub timeout: Duration,
@@ -127,7 +132,7 @@ const UNWRAP_QUEUE: usize = 1024;
 /// calls leave together, so keyd's per-call cost (TLS record, HTTP/2 frame, gRPC, audit write)
 /// is paid once per batch instead of once per Decrypt.
 async fn batch_unwraps(
-    pool: Arc<KeydPool>,
+    pool: Arc<KeydReplicas>,
     keyring: String,
     mut jobs: tokio::sync::mpsc::Receiver<UnwrapJob>,
     in_flight: usize,
@@ -181,9 +186,9 @@ async fn batch_unwraps(
     }
 }
 
-/// Service mode's keys: keyd's keyring, reached through a [`KeydPool`].
+/// Service mode's keys: keyd's keyring, reached through [`KeydReplicas`].
 pub struct RemoteKeys {
-    pool: Arc<KeydPool>,
+    pool: Arc<KeydReplicas>,
     unwraps: tokio::sync::mpsc::Sender<UnwrapJob>,
     keyring: String,
     metrics: Metrics,
@@ -222,8 +227,9 @@ impl RemoteKeys {
             .await
             .map_err(|e| RemoteError::Task(e.to_string()))?
             .map_err(RemoteError::Identity)?;
-        let pool = KeydPool::new(
-            options.addr,
+        let in_flight = options.connections * options.addrs.given().len();
+        let pool = KeydReplicas::new(
+            options.addrs,
             Arc::new(identity),
             PoolOptions {
                 connections: options.connections,
@@ -233,13 +239,15 @@ impl RemoteKeys {
             },
         )
         .map_err(RemoteError::Pool)?;
+        // Names expanded to every replica they resolve to before the first call.
+        pool.refresh().await.map_err(RemoteError::Pool)?;
         let pool = Arc::new(pool);
         let (unwraps, queue) = tokio::sync::mpsc::channel(UNWRAP_QUEUE);
         tokio::spawn(batch_unwraps(
             pool.clone(),
             options.keyring.clone(),
             queue,
-            options.connections,
+            in_flight,
             keyd_metrics.clone(),
         ));
         Ok(RemoteKeys {
@@ -253,9 +261,9 @@ impl RemoteKeys {
         })
     }
 
-    /// keyd's address.
-    pub fn addr(&self) -> &KeydAddr {
-        self.pool.addr()
+    /// keyd's addresses, as given.
+    pub fn addr(&self) -> &KeydAddrs {
+        self.pool.addrs()
     }
 
     /// The keyring used.
@@ -278,7 +286,7 @@ impl RemoteKeys {
     fn record<T>(&self, op: KeydOp, result: &Result<T, CallError>) {
         let label = match result {
             Ok(_) => "ok",
-            Err(CallError::Unreachable { .. }) => "unreachable",
+            Err(CallError::Unreachable { .. } | CallError::NoReplica(_)) => "unreachable",
             Err(CallError::TimedOut { .. }) => "timeout",
             Err(CallError::Refused { .. }) => "refused",
             Err(CallError::Untrusted { .. }) => "untrusted",
@@ -328,7 +336,7 @@ impl RemoteKeys {
         // The deadline covers the wait in the queue as well as the call itself.
         let timeout = self.pool.timeout();
         let lost = |reason: &str| CallError::Unreachable {
-            addr: self.pool.addr().to_string(),
+            addr: self.pool.addrs().to_string(),
             reason: reason.to_string(),
             retry_in: None,
         };
@@ -343,7 +351,7 @@ impl RemoteKeys {
         let result = match tokio::time::timeout(timeout, forwarded).await {
             Ok(result) => result,
             Err(_) => Err(CallError::TimedOut {
-                addr: self.pool.addr().to_string(),
+                addr: self.pool.addrs().to_string(),
                 after: timeout,
             }),
         };
@@ -399,7 +407,7 @@ impl RemoteKeys {
                 tracing::info!(
                     target: "coffer::audit",
                     event = "keyd_status",
-                    keyd = %self.pool.addr(),
+                    keyd = %self.pool.addrs(),
                     keyring = %self.keyring,
                     key_id = %new.primary_key_id,
                     previous_key_id,
@@ -409,7 +417,7 @@ impl RemoteKeys {
             }
             (Some(Err(old)), Err(new)) if old == new => {}
             (_, Err(message)) => tracing::warn!(
-                keyd = %self.pool.addr(),
+                keyd = %self.pool.addrs(),
                 error = %message,
                 "keyd cannot serve this plugin; Status reports it until keyd answers again"
             ),
@@ -422,19 +430,26 @@ impl RemoteKeys {
         match last.as_ref().map(|p| &p.result) {
             Some(Ok(_)) => Ok(()),
             Some(Err(message)) => Err(message.clone()),
-            None => Err(format!("keyd at {} not reached yet", self.pool.addr())),
+            None => Err(format!("keyd at {} not reached yet", self.pool.addrs())),
         }
     }
 
     /// Runs until dropped: probes keyd every [`PROBE_INTERVAL`] (refreshing Status and
-    /// `/healthz`), re-establishes connections that are down, and renews this plugin's attested
-    /// certificate before it expires.
+    /// `/healthz`), re-establishes connections that are down, resolves keyd's names again every
+    /// [`RESOLVE_INTERVAL`], and renews this plugin's attested certificate before it expires.
     pub async fn maintain(&self) {
         let mut tick = tokio::time::interval(PROBE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_renewal = Instant::now();
+        let mut next_resolve = Instant::now() + RESOLVE_INTERVAL;
         loop {
             tick.tick().await;
+            if Instant::now() >= next_resolve {
+                if let Err(e) = self.pool.refresh().await {
+                    tracing::error!(error = %e, "cannot follow keyd's replicas; keeping the current ones");
+                }
+                next_resolve = Instant::now() + RESOLVE_INTERVAL;
+            }
             let _ = self.status().await;
             self.pool.connect_idle(&self.keyring).await;
             let identity = self.pool.identity();

@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use coffer_attest::policy::Policy;
 use coffer_attest::VerifyOptions;
-use coffer_keyd_client::KeydAddr;
+use coffer_keyd_client::KeydAddrs;
 use coffer_platform::Platform;
 use coffer_sealed::{Binding, Location, Scope};
 
 /// Everything `coffer run` needs.
 pub struct RunConfig {
-    /// Where keyd listens.
-    pub keyd: KeydAddr,
+    /// Where keyd's replicas listen.
+    pub keyd: KeydAddrs,
     /// The policy keyd's evidence must satisfy.
     pub keyd_policy: Arc<Policy>,
     /// How keyd's evidence is verified (collateral, VCEKs, time).

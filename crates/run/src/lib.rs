@@ -87,7 +87,7 @@ pub async fn run(config: RunConfig) -> Result<i32, RunError> {
     };
     let context = Arc::new(Context {
         keyd: unseal::Keyd {
-            addr: config.keyd.clone(),
+            addrs: config.keyd.clone(),
             policy: config.keyd_policy.clone(),
             verify_options: config.verify_options.clone(),
             platform: config.platform.clone(),

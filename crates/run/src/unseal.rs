@@ -1,5 +1,7 @@
 //! Unsealing through keyd: one mutual attested TLS connection, one `UnsealBatch` per keyring,
-//! and retries with backoff while keyd is unreachable, up to a deadline.
+//! and retries with backoff while keyd is unreachable, up to a deadline. With several keyd
+//! replicas, each attempt tries them in turn (starting from a different one each time) until
+//! one answers.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -7,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use coffer_attest::policy::Policy;
 use coffer_attest::VerifyOptions;
-use coffer_keyd_client::{Backoff, ClientError, KeydAddr, KeydClient, KeydClientOptions};
+use coffer_keyd_client::{
+    Backoff, ClientError, KeydAddr, KeydAddrs, KeydClient, KeydClientOptions,
+};
 use coffer_platform::Platform;
 use tonic::Code;
 use zeroize::Zeroizing;
@@ -18,8 +22,8 @@ use crate::error::RunError;
 /// How `coffer run` reaches keyd.
 #[derive(Clone)]
 pub struct Keyd {
-    /// keyd's address.
-    pub addr: KeydAddr,
+    /// keyd's replicas: addresses, or names resolving to several.
+    pub addrs: KeydAddrs,
     /// The policy keyd's evidence must satisfy.
     pub policy: Arc<Policy>,
     /// How keyd's evidence is verified.
@@ -33,7 +37,7 @@ pub struct Keyd {
 impl std::fmt::Debug for Keyd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Keyd")
-            .field("addr", &self.addr)
+            .field("addrs", &self.addrs)
             .finish_non_exhaustive()
     }
 }
@@ -64,11 +68,10 @@ impl Keyd {
         let backoff = Backoff::DEFAULT;
         let mut failures = 0u32;
         loop {
-            let e = match self.attempt(items).await {
+            let (addr, e) = match self.attempt_replicas(items, failures).await {
                 Ok(outcome) => return Ok(outcome),
-                Err(e) => e,
+                Err(failed) => failed,
             };
-            let addr = self.addr.to_string();
             if !unreachable(&e) {
                 let detail =
                     coffer_keyd_client::error_chain(e.to_string(), std::error::Error::source(&e));
@@ -90,6 +93,7 @@ impl Keyd {
             failures += 1;
             let elapsed = start.elapsed();
             let left = deadline.saturating_sub(elapsed);
+            let addr = self.addrs.to_string();
             if left.is_zero() {
                 return Err(RunError::KeydUnavailable {
                     addr,
@@ -108,15 +112,53 @@ impl Keyd {
         }
     }
 
-    /// One connection and one `unseal_batch` per keyring.
-    async fn attempt(&self, items: &[Item]) -> Result<Outcome, ClientError> {
+    /// One attempt on each replica in turn, from the `round`th on, until one answers or one
+    /// refuses; the error is the failing replica's (the last one's when none was reachable,
+    /// with every replica's error when there are several).
+    async fn attempt_replicas(
+        &self,
+        items: &[Item],
+        round: u32,
+    ) -> Result<Outcome, (String, ClientError)> {
+        let replicas = self.addrs.resolve().await;
+        let n = replicas.len();
+        let mut unreached = Vec::new();
+        for k in 0..n {
+            let addr = &replicas[(round as usize + k) % n];
+            match self.attempt(addr, items).await {
+                Ok(outcome) => return Ok(outcome),
+                Err(e) if unreachable(&e) && k + 1 < n => {
+                    tracing::warn!(keyd = %addr, error = %e, "keyd replica unreachable; trying the next one");
+                    unreached.push(format!("{addr}: {e}"));
+                }
+                Err(e) if unreachable(&e) && !unreached.is_empty() => {
+                    unreached.push(format!("{addr}: {e}"));
+                    let all = ClientError::Connect {
+                        addr: self.addrs.to_string(),
+                        detail: format!("no replica answered: {}", unreached.join("; ")),
+                    };
+                    return Err((self.addrs.to_string(), all));
+                }
+                Err(e) => return Err((addr.to_string(), e)),
+            }
+        }
+        Err((
+            self.addrs.to_string(),
+            ClientError::Connect {
+                addr: self.addrs.to_string(),
+                detail: "no keyd address".into(),
+            },
+        ))
+    }
+
+    /// One connection to `addr` and one `unseal_batch` per keyring.
+    async fn attempt(&self, addr: &KeydAddr, items: &[Item]) -> Result<Outcome, ClientError> {
         let options = KeydClientOptions {
             platform: self.platform.clone(),
             policy: self.policy.clone(),
             verify_options: self.verify_options.clone(),
         };
-        let mut client =
-            KeydClient::connect_within(self.addr.clone(), options, self.timeout).await?;
+        let mut client = KeydClient::connect_within(addr.clone(), options, self.timeout).await?;
         let mut by_keyring: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (i, item) in items.iter().enumerate() {
             by_keyring.entry(item.value.keyring()).or_default().push(i);
