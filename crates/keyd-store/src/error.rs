@@ -1,0 +1,72 @@
+//! Errors of the state store.
+
+use crate::format::FormatError;
+
+/// Why a state-store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The options cannot work (a malformed endpoint, an unreadable TLS file, …).
+    #[error("etcd configuration: {0}")]
+    Config(String),
+    /// No etcd endpoint answered: reads keep being served from memory, writes fail.
+    #[error("etcd is unavailable ({endpoints}): {message}; check that etcd runs and that --etcd-endpoints, TLS and credentials are right")]
+    Unavailable {
+        /// The endpoints tried.
+        endpoints: String,
+        /// What the transport said.
+        message: String,
+    },
+    /// etcd refused the credentials.
+    #[error("etcd refused authentication as {user:?}: {message}; check --etcd-user and --etcd-password-file")]
+    Auth {
+        /// The user name sent.
+        user: String,
+        /// What etcd said.
+        message: String,
+    },
+    /// etcd answered the request with an error.
+    #[error("etcd refused {operation} on {key}: {message}")]
+    Rejected {
+        /// The operation (`get`, `put`, …).
+        operation: &'static str,
+        /// The key or prefix, as text.
+        key: String,
+        /// What etcd said.
+        message: String,
+    },
+    /// A watch ended: etcd compacted past the revision it started from, or cancelled it.
+    #[error("etcd watch on {prefix} ended: {reason}")]
+    WatchEnded {
+        /// The prefix watched.
+        prefix: String,
+        /// Why.
+        reason: String,
+    },
+    /// A stored record cannot be opened.
+    #[error(transparent)]
+    Format(#[from] FormatError),
+}
+
+impl StoreError {
+    /// Maps a gRPC status, calling an unreachable cluster [`StoreError::Unavailable`].
+    pub(crate) fn from_status(
+        status: tonic::Status,
+        endpoints: &str,
+        operation: &'static str,
+        key: &[u8],
+    ) -> Self {
+        match status.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                StoreError::Unavailable {
+                    endpoints: endpoints.to_string(),
+                    message: status.message().to_string(),
+                }
+            }
+            _ => StoreError::Rejected {
+                operation,
+                key: String::from_utf8_lossy(key).into_owned(),
+                message: format!("{:?}: {}", status.code(), status.message()),
+            },
+        }
+    }
+}
