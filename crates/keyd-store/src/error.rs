@@ -55,18 +55,37 @@ impl StoreError {
         operation: &'static str,
         key: &[u8],
     ) -> Self {
-        match status.code() {
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                StoreError::Unavailable {
-                    endpoints: endpoints.to_string(),
-                    message: status.message().to_string(),
-                }
-            }
-            _ => StoreError::Rejected {
-                operation,
-                key: String::from_utf8_lossy(key).into_owned(),
-                message: format!("{:?}: {}", status.code(), status.message()),
-            },
+        if is_unavailable(&status) {
+            return StoreError::Unavailable {
+                endpoints: endpoints.to_string(),
+                message: describe(&status),
+            };
         }
+        StoreError::Rejected {
+            operation,
+            key: String::from_utf8_lossy(key).into_owned(),
+            message: format!("{:?}: {}", status.code(), status.message()),
+        }
+    }
+}
+
+/// Whether `status` means no etcd member could be reached. A refused connection reaches us as
+/// `Unknown: transport error` (tonic's transport error as the source), not as `Unavailable`.
+pub(crate) fn is_unavailable(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+    ) || sources(status).any(|e| e.is::<tonic::transport::Error>())
+}
+
+fn sources(status: &tonic::Status) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+    std::iter::successors(std::error::Error::source(status), |e| e.source())
+}
+
+/// The status message and the innermost cause ("Connection refused", …).
+pub(crate) fn describe(status: &tonic::Status) -> String {
+    match sources(status).last() {
+        Some(cause) => format!("{}: {cause}", status.message()),
+        None => status.message().to_string(),
     }
 }

@@ -169,17 +169,18 @@ impl EtcdStore {
                 password: password.to_string(),
             })
             .await
-            .map_err(|status| match status.code() {
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+            .map_err(|status| {
+                if crate::error::is_unavailable(&status) {
                     StoreError::Unavailable {
                         endpoints: self.endpoints.clone(),
+                        message: crate::error::describe(&status),
+                    }
+                } else {
+                    StoreError::Auth {
+                        user: user.clone(),
                         message: status.message().to_string(),
                     }
                 }
-                _ => StoreError::Auth {
-                    user: user.clone(),
-                    message: status.message().to_string(),
-                },
             })?;
         let token =
             MetadataValue::try_from(response.into_inner().token).map_err(|_| StoreError::Auth {

@@ -1,0 +1,146 @@
+//! A real etcd on loopback for the tests: free ports, its own temp data directory, healthy
+//! before use, killed on drop.
+//!
+//! Tests start with `let Some(etcd) = Etcd::start_or_skip() else { return };`: without an
+//! `etcd` binary (Debian's `etcd-server` package) they print one line and pass, unless
+//! `COFFER_REQUIRE_ETCD=1` (set by `.ci/run`) makes a missing etcd a failure.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::keyd::free_addr;
+
+/// Set to 1 to fail instead of skip when etcd is not installed.
+pub const REQUIRE_VAR: &str = "COFFER_REQUIRE_ETCD";
+
+/// A running single-member etcd.
+pub struct Etcd {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    /// `127.0.0.1:port` of its client endpoint.
+    pub endpoint: String,
+    peer: String,
+}
+
+fn etcd_binary() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("etcd"))
+        .find(|candidate| candidate.is_file())
+}
+
+impl Etcd {
+    /// Starts etcd, or returns `None` after printing why the test is skipped.
+    pub fn start_or_skip() -> Option<Etcd> {
+        if etcd_binary().is_none() {
+            let message = "etcd not found on PATH: install Debian's etcd-server package to run \
+                           the keyd-on-etcd tests";
+            if std::env::var(REQUIRE_VAR).is_ok_and(|v| v == "1") {
+                panic!("{message} ({REQUIRE_VAR}=1, so a missing etcd is a failure)");
+            }
+            eprintln!(
+                "skipping {}: {message}",
+                std::thread::current().name().unwrap_or("test")
+            );
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut etcd = Etcd {
+            dir,
+            child: None,
+            endpoint: free_addr().to_string(),
+            peer: free_addr().to_string(),
+        };
+        etcd.spawn();
+        Some(etcd)
+    }
+
+    /// `http://127.0.0.1:port`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.endpoint)
+    }
+
+    /// Starts (or restarts, on the same data and ports) the etcd process and waits until it
+    /// answers.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "etcd is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))
+            .unwrap();
+        let child = Command::new("etcd")
+            .args([
+                "--name",
+                "coffer-test",
+                "--data-dir",
+                self.dir.path().join("data").to_str().unwrap(),
+                "--listen-client-urls",
+                &self.url(),
+                "--advertise-client-urls",
+                &self.url(),
+                "--listen-peer-urls",
+                &format!("http://{}", self.peer),
+                "--initial-advertise-peer-urls",
+                &format!("http://{}", self.peer),
+                "--initial-cluster",
+                &format!("coffer-test=http://{}", self.peer),
+                "--log-level",
+                "warn",
+            ])
+            .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd");
+        self.child = Some(child);
+        self.wait_healthy();
+    }
+
+    fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let health = format!("GET /health HTTP/1.0\r\nHost: {}\r\n\r\n", self.endpoint);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("etcd exited with {status}: {}", self.log_text());
+            }
+            if let Ok(mut stream) = std::net::TcpStream::connect(&self.endpoint) {
+                use std::io::{Read, Write};
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut answer = String::new();
+                if stream.write_all(health.as_bytes()).is_ok()
+                    && stream.read_to_string(&mut answer).is_ok()
+                    && answer.contains("\"health\":\"true\"")
+                {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not become healthy: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills etcd (SIGKILL) and waits for it; [`Etcd::spawn`] brings it back with its data.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

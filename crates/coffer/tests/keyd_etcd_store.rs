@@ -1,0 +1,377 @@
+//! keyd's state in a real etcd (Debian's etcd-server, started on loopback by the test):
+//! `coffer keyd migrate` to etcd and back, what etcd holds, tampered and foreign records, and
+//! the store's compare-and-swap, watch and outage behaviour.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use coffer_keyd_store::{EtcdOptions, EtcdStore, Expect, StateStore, StoreError, Swap, WatchEvent};
+use common::etcd::Etcd;
+use common::keyd::{create_keyd_data, keyd_cli};
+use common::{coffer, uid};
+
+const PREFIX: &str = "/coffer/keyd/";
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn connect(rt: &tokio::runtime::Runtime, etcd: &Etcd) -> EtcdStore {
+    let mut options = EtcdOptions::new(vec![etcd.endpoint.clone()]);
+    options.timeout = Duration::from_secs(2);
+    rt.block_on(EtcdStore::connect(&options)).unwrap()
+}
+
+/// `coffer keyd migrate <args> --platform sim --data-dir data`: (success, stdout, stderr).
+fn migrate(data: &Path, args: &[&str]) -> (bool, String, String) {
+    let mut full = vec!["keyd", "migrate"];
+    full.extend_from_slice(args);
+    full.extend_from_slice(&["--platform", "sim", "--data-dir", data.to_str().unwrap()]);
+    let out = coffer(&full);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every keyring file of `data`, by path relative to it.
+fn keyring_files(data: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let Ok(keyrings) = std::fs::read_dir(data.join("keyrings")) else {
+        return files;
+    };
+    for keyring in keyrings {
+        let keyring = keyring.unwrap();
+        for file in ["keystore", "sealing-keys.json"] {
+            let path = keyring.path().join(file);
+            if let Ok(bytes) = std::fs::read(&path) {
+                let name = format!("keyrings/{}/{file}", keyring.file_name().to_string_lossy());
+                files.insert(name, bytes);
+            }
+        }
+    }
+    files
+}
+
+fn etcd_values(rt: &tokio::runtime::Runtime, store: &EtcdStore) -> BTreeMap<String, Vec<u8>> {
+    rt.block_on(store.list(PREFIX.as_bytes()))
+        .unwrap()
+        .entries
+        .into_iter()
+        .map(|e| (String::from_utf8(e.key).unwrap(), e.value))
+        .collect()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn migrate_to_etcd_and_back_keeps_every_byte_and_etcd_holds_only_ciphertext() {
+    let Some(etcd) = Etcd::start_or_skip() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    create_keyd_data(&data, &["alpha", "beta"]);
+    keyd_cli(&data, &["rotate", "alpha"]);
+    let before = keyring_files(&data);
+    assert_eq!(before.len(), 4, "{:?}", before.keys());
+    let root_file = std::fs::read(data.join("keyd-root.json")).unwrap();
+
+    let (ok, out, err) = migrate(&data, &["--to-etcd", &etcd.endpoint]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("5 record(s) written, 0 already there"),
+        "{out}"
+    );
+
+    let rt = runtime();
+    let store = connect(&rt, &etcd);
+    let values = etcd_values(&rt, &store);
+    let expected: Vec<String> = before
+        .keys()
+        .map(|k| format!("{PREFIX}{k}"))
+        .chain([format!("{PREFIX}keyd-root.json")])
+        .collect();
+    assert_eq!(
+        values
+            .keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        expected.into_iter().collect()
+    );
+    // Nothing of the files (sealed KEKs and sealing keys, ids, the instance id, the sealed root)
+    // appears in etcd: every value is ciphertext under the root.
+    let status: serde_json::Value =
+        serde_json::from_str(&keyd_cli(&data, &["status", "--json"])).unwrap();
+    let mut needles: Vec<Vec<u8>> = vec![status["instance_id"].as_str().unwrap().into()];
+    for ring in status["keyrings"].as_array().unwrap() {
+        for field in ["primary_key_id", "primary_sealing_key_id"] {
+            if let Some(id) = ring[field].as_str() {
+                needles.push(id.into());
+            }
+        }
+    }
+    assert!(needles.len() >= 3, "{status}");
+    for bytes in before.values().chain([&root_file]) {
+        needles.extend(
+            bytes
+                .chunks(16)
+                .filter(|c| c.len() == 16)
+                .map(<[u8]>::to_vec),
+        );
+    }
+    needles.push(b"coffer-0".to_vec());
+    for (key, value) in &values {
+        assert_eq!(value[0], 1, "{key}: format version byte");
+        for needle in &needles {
+            assert!(!contains(value, needle), "{key} holds plaintext {needle:?}");
+        }
+    }
+
+    // Running it again is a no-op that says so.
+    let (ok, out, err) = migrate(&data, &["--to-etcd", &etcd.endpoint]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("0 record(s) written, 5 already there"),
+        "{out}"
+    );
+    assert_eq!(etcd_values(&rt, &store), values, "a re-run rewrote records");
+
+    // Back: the keyrings come out of etcd byte for byte, and keyd uses them.
+    std::fs::remove_dir_all(data.join("keyrings")).unwrap();
+    let (ok, out, err) = migrate(&data, &["--from-etcd", &etcd.endpoint]);
+    assert!(ok, "{err}");
+    assert!(out.contains("copied 4 record(s)"), "{out}");
+    assert_eq!(keyring_files(&data), before);
+    assert_eq!(
+        std::fs::read(data.join("keyd-root.json")).unwrap(),
+        root_file
+    );
+    let (ok, out, err) = migrate(&data, &["--from-etcd", &etcd.endpoint]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("copied 0 record(s)") && out.contains("4 already there"),
+        "{out}"
+    );
+    let status_after: serde_json::Value =
+        serde_json::from_str(&keyd_cli(&data, &["status", "--json"])).unwrap();
+    assert_eq!(status_after["keyrings"], status["keyrings"]);
+}
+
+#[test]
+fn tampered_or_moved_etcd_record_is_refused_naming_its_key_and_nothing_is_written() {
+    let Some(etcd) = Etcd::start_or_skip() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    create_keyd_data(&data, &["alpha", "beta"]);
+    let (ok, _, err) = migrate(&data, &["--to-etcd", &etcd.endpoint]);
+    assert!(ok, "{err}");
+    std::fs::remove_dir_all(data.join("keyrings")).unwrap();
+
+    let rt = runtime();
+    let store = connect(&rt, &etcd);
+    let alpha = format!("{PREFIX}keyrings/alpha/keystore");
+    let beta = format!("{PREFIX}keyrings/beta/keystore");
+    let original = rt.block_on(store.get(alpha.as_bytes())).unwrap().unwrap();
+    let mut tampered = original.value.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0x01;
+    let swap = rt
+        .block_on(store.put(
+            alpha.as_bytes(),
+            tampered,
+            Expect::ModRevision(original.mod_revision),
+        ))
+        .unwrap();
+    assert!(matches!(swap, Swap::Done { .. }), "{swap:?}");
+
+    let (ok, _, err) = migrate(&data, &["--from-etcd", &etcd.endpoint]);
+    assert!(!ok, "a tampered record was accepted");
+    assert!(
+        err.contains(&alpha) && err.contains("does not authenticate"),
+        "{err}"
+    );
+    assert!(
+        !data.join("keyrings").exists(),
+        "something was written from a tampered store"
+    );
+
+    // alpha's genuine record copied to beta's key does not open as beta's.
+    let current = rt.block_on(store.get(alpha.as_bytes())).unwrap().unwrap();
+    rt.block_on(store.put(
+        alpha.as_bytes(),
+        original.value.clone(),
+        Expect::ModRevision(current.mod_revision),
+    ))
+    .unwrap();
+    let beta_entry = rt.block_on(store.get(beta.as_bytes())).unwrap().unwrap();
+    rt.block_on(store.put(
+        beta.as_bytes(),
+        original.value,
+        Expect::ModRevision(beta_entry.mod_revision),
+    ))
+    .unwrap();
+    let (ok, _, err) = migrate(&data, &["--from-etcd", &etcd.endpoint]);
+    assert!(!ok, "a moved record was accepted");
+    assert!(
+        err.contains(&beta) && err.contains("moved from another key"),
+        "{err}"
+    );
+    assert!(!data.join("keyrings").exists());
+}
+
+#[test]
+fn migrating_onto_existing_state_is_refused() {
+    let Some(etcd) = Etcd::start_or_skip() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first");
+    let second = dir.path().join("second");
+    create_keyd_data(&first, &["alpha"]);
+    create_keyd_data(&second, &["alpha"]);
+    let (ok, _, err) = migrate(&first, &["--to-etcd", &etcd.endpoint]);
+    assert!(ok, "{err}");
+    let rt = runtime();
+    let store = connect(&rt, &etcd);
+    let before = etcd_values(&rt, &store);
+
+    // Another keyd (another root) onto the same prefix.
+    let (ok, _, err) = migrate(&second, &["--to-etcd", &etcd.endpoint]);
+    assert!(!ok, "another keyd's state was overwritten");
+    assert!(
+        err.contains("another keyd") && err.contains("--etcd-prefix"),
+        "{err}"
+    );
+    assert_eq!(etcd_values(&rt, &store), before);
+    // Its own prefix is fine.
+    let prefix = format!("/coffer/{}", uid());
+    let (ok, out, err) = migrate(
+        &second,
+        &["--to-etcd", &etcd.endpoint, "--etcd-prefix", &prefix],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("3 record(s) written"), "{out}");
+
+    // The same keyd after a change: the records differ, and neither side is replaced.
+    keyd_cli(&first, &["rotate", "alpha"]);
+    let (ok, _, err) = migrate(&first, &["--to-etcd", &etcd.endpoint]);
+    assert!(!ok, "a diverged record was overwritten");
+    assert!(
+        err.contains(&format!("{PREFIX}keyrings/alpha/keystore")) && err.contains("differs"),
+        "{err}"
+    );
+    assert_eq!(etcd_values(&rt, &store), before);
+    // And back: the data directory's diverged file is not replaced either.
+    let (ok, _, err) = migrate(&first, &["--from-etcd", &etcd.endpoint]);
+    assert!(!ok && err.contains("differs"), "{err}");
+
+    // An empty prefix has nothing to copy back.
+    let (ok, _, err) = migrate(
+        &first,
+        &[
+            "--from-etcd",
+            &etcd.endpoint,
+            "--etcd-prefix",
+            "/coffer/empty",
+        ],
+    );
+    assert!(!ok && err.contains("no keyd-root.json record"), "{err}");
+}
+
+#[test]
+fn etcd_store_compare_and_swap_watch_and_outage() {
+    let Some(mut etcd) = Etcd::start_or_skip() else {
+        return;
+    };
+    let rt = runtime();
+    let store = connect(&rt, &etcd);
+    let key = b"/coffer/test/cas";
+
+    let Swap::Done { revision } = rt
+        .block_on(store.put(key, b"one".to_vec(), Expect::Absent))
+        .unwrap()
+    else {
+        panic!("first create failed");
+    };
+    // Create-only loses against an existing key and says what is there.
+    match rt
+        .block_on(store.put(key, b"two".to_vec(), Expect::Absent))
+        .unwrap()
+    {
+        Swap::Conflict { current: Some(e) } => {
+            assert_eq!(e.value, b"one");
+            assert_eq!(e.mod_revision, revision);
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut watcher = rt
+        .block_on(store.watch(b"/coffer/test/", revision))
+        .unwrap();
+    // Two writers read the same revision: exactly one wins.
+    let first = rt
+        .block_on(store.put(key, b"a".to_vec(), Expect::ModRevision(revision)))
+        .unwrap();
+    let second = rt
+        .block_on(store.put(key, b"b".to_vec(), Expect::ModRevision(revision)))
+        .unwrap();
+    assert!(matches!(first, Swap::Done { .. }), "{first:?}");
+    assert!(matches!(second, Swap::Conflict { .. }), "{second:?}");
+    assert_eq!(rt.block_on(store.get(key)).unwrap().unwrap().value, b"a");
+
+    // The watch sees the winning write.
+    let batch = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(10), watcher.next()).await })
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&batch[..], [WatchEvent::Put(e)] if e.value == b"a"),
+        "{batch:?}"
+    );
+    let current = rt.block_on(store.get(key)).unwrap().unwrap();
+    assert!(matches!(
+        rt.block_on(store.delete(key, current.mod_revision - 1))
+            .unwrap(),
+        Swap::Conflict { .. }
+    ));
+    assert!(matches!(
+        rt.block_on(store.delete(key, current.mod_revision))
+            .unwrap(),
+        Swap::Done { .. }
+    ));
+
+    // etcd down: calls fail with an error that says so; back up: the same client works again.
+    etcd.stop();
+    let err = rt.block_on(store.get(key)).unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
+    assert!(err.to_string().contains("etcd is unavailable"), "{err}");
+    etcd.spawn();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match rt.block_on(store.put(key, b"back".to_vec(), Expect::Absent)) {
+            Ok(swap) => {
+                assert!(matches!(swap, Swap::Done { .. }), "{swap:?}");
+                break;
+            }
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "etcd did not come back: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
