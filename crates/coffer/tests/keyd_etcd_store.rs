@@ -375,3 +375,50 @@ fn etcd_store_compare_and_swap_watch_and_outage() {
         }
     }
 }
+
+#[test]
+fn migrate_over_tls_with_a_client_certificate() {
+    let Some(etcd) = Etcd::start_tls_or_skip() else {
+        return;
+    };
+    let tls = etcd.tls.as_ref().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    create_keyd_data(&data, &["alpha"]);
+    let ca = tls.ca.to_str().unwrap();
+
+    // etcd requires a client certificate: without one nothing is written and the error says
+    // where it could not get through.
+    let (ok, _, err) = migrate(&data, &["--to-etcd", &etcd.endpoint, "--etcd-cacert", ca]);
+    assert!(
+        !ok,
+        "etcd with --client-cert-auth accepted a client without a certificate"
+    );
+    assert!(err.contains(&etcd.endpoint), "{err}");
+    // Plain HTTP to a TLS-only etcd fails too.
+    let (ok, _, _) = migrate(&data, &["--to-etcd", &etcd.endpoint]);
+    assert!(!ok);
+
+    let client = [
+        "--etcd-cacert",
+        ca,
+        "--etcd-cert",
+        tls.client_cert.to_str().unwrap(),
+        "--etcd-key",
+        tls.client_key.to_str().unwrap(),
+    ];
+    let mut args = vec!["--to-etcd", &etcd.endpoint];
+    args.extend_from_slice(&client);
+    let (ok, out, err) = migrate(&data, &args);
+    assert!(ok, "{err}");
+    assert!(out.contains("3 record(s) written"), "{out}");
+
+    let before = keyring_files(&data);
+    std::fs::remove_dir_all(data.join("keyrings")).unwrap();
+    let mut args = vec!["--from-etcd", &etcd.endpoint];
+    args.extend_from_slice(&client);
+    let (ok, out, err) = migrate(&data, &args);
+    assert!(ok, "{err}");
+    assert!(out.contains("copied 2 record(s)"), "{out}");
+    assert_eq!(keyring_files(&data), before);
+}

@@ -21,6 +21,54 @@ pub struct Etcd {
     /// `127.0.0.1:port` of its client endpoint.
     pub endpoint: String,
     peer: String,
+    /// Plain-HTTP `/health` and metrics, which answer whatever the client endpoint requires.
+    metrics: String,
+    /// With TLS: the PEM files etcd and its clients use.
+    pub tls: Option<EtcdTlsFiles>,
+}
+
+/// A private CA, etcd's server certificate for 127.0.0.1 and a client certificate, as files.
+pub struct EtcdTlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl EtcdTlsFiles {
+    fn generate(dir: &std::path::Path) -> EtcdTlsFiles {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "coffer test etcd CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let issue = |names: Vec<String>| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(names)
+                .unwrap()
+                .signed_by(&key, &issuer)
+                .unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let write = |name: &str, pem: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).unwrap();
+            path
+        };
+        let (server_cert, server_key) = issue(vec!["127.0.0.1".into(), "localhost".into()]);
+        let (client_cert, client_key) = issue(vec!["coffer-keyd".into()]);
+        EtcdTlsFiles {
+            ca: write("ca.pem", &ca_cert.pem()),
+            server_cert: write("server.pem", &server_cert),
+            server_key: write("server-key.pem", &server_key),
+            client_cert: write("client.pem", &client_cert),
+            client_key: write("client-key.pem", &client_key),
+        }
+    }
 }
 
 fn etcd_binary() -> Option<PathBuf> {
@@ -33,6 +81,16 @@ fn etcd_binary() -> Option<PathBuf> {
 impl Etcd {
     /// Starts etcd, or returns `None` after printing why the test is skipped.
     pub fn start_or_skip() -> Option<Etcd> {
+        Self::start(false)
+    }
+
+    /// Starts etcd serving clients over TLS only, requiring a client certificate from its CA
+    /// (`--client-cert-auth`), or returns `None` after printing why the test is skipped.
+    pub fn start_tls_or_skip() -> Option<Etcd> {
+        Self::start(true)
+    }
+
+    fn start(tls: bool) -> Option<Etcd> {
         if etcd_binary().is_none() {
             let message = "etcd not found on PATH: install Debian's etcd-server package to run \
                            the keyd-on-etcd tests";
@@ -46,19 +104,23 @@ impl Etcd {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
+        let tls = tls.then(|| EtcdTlsFiles::generate(dir.path()));
         let mut etcd = Etcd {
             dir,
             child: None,
             endpoint: free_addr().to_string(),
             peer: free_addr().to_string(),
+            metrics: free_addr().to_string(),
+            tls,
         };
         etcd.spawn();
         Some(etcd)
     }
 
-    /// `http://127.0.0.1:port`.
+    /// `http(s)://127.0.0.1:port`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.endpoint)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.endpoint)
     }
 
     /// Starts (or restarts, on the same data and ports) the etcd process and waits until it
@@ -70,7 +132,18 @@ impl Etcd {
             .append(true)
             .open(self.dir.path().join("etcd.log"))
             .unwrap();
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .args([
                 "--name",
                 "coffer-test",
@@ -86,6 +159,8 @@ impl Etcd {
                 &format!("http://{}", self.peer),
                 "--initial-cluster",
                 &format!("coffer-test=http://{}", self.peer),
+                "--listen-metrics-urls",
+                &format!("http://{}", self.metrics),
                 "--log-level",
                 "warn",
             ])
@@ -101,12 +176,12 @@ impl Etcd {
 
     fn wait_healthy(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        let health = format!("GET /health HTTP/1.0\r\nHost: {}\r\n\r\n", self.endpoint);
+        let health = format!("GET /health HTTP/1.0\r\nHost: {}\r\n\r\n", self.metrics);
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("etcd exited with {status}: {}", self.log_text());
             }
-            if let Ok(mut stream) = std::net::TcpStream::connect(&self.endpoint) {
+            if let Ok(mut stream) = std::net::TcpStream::connect(&self.metrics) {
                 use std::io::{Read, Write};
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
                 let mut answer = String::new();
