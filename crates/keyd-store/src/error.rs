@@ -9,7 +9,7 @@ pub enum StoreError {
     #[error("etcd configuration: {0}")]
     Config(String),
     /// No etcd endpoint answered: reads keep being served from memory, writes fail.
-    #[error("etcd is unavailable ({endpoints}): {message}; check that etcd runs and that --etcd-endpoints, TLS and credentials are right")]
+    #[error("etcd is unavailable ({endpoints}): {message}; check that etcd runs and that the endpoints, TLS files and credentials given are right")]
     Unavailable {
         /// The endpoints tried.
         endpoints: String,

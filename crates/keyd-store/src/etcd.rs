@@ -127,7 +127,7 @@ impl EtcdStore {
     pub async fn connect(options: &EtcdOptions) -> Result<Self, StoreError> {
         if options.endpoints.is_empty() {
             return Err(StoreError::Config(
-                "no etcd endpoint given; pass --etcd-endpoints host:port[,host:port…]".into(),
+                "no etcd endpoint given (host:port, one per etcd member)".into(),
             ));
         }
         let endpoints = options
