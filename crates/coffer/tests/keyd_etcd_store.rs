@@ -146,6 +146,24 @@ fn migrate_to_etcd_and_back_keeps_every_byte_and_etcd_holds_only_ciphertext() {
     );
     assert_eq!(etcd_values(&rt, &store), values, "a re-run rewrote records");
 
+    // A run that stopped halfway (the root record goes last) is finished by running it again.
+    for name in ["keyd-root.json", "keyrings/beta/sealing-keys.json"] {
+        let key = format!("{PREFIX}{name}");
+        let entry = rt.block_on(store.get(key.as_bytes())).unwrap().unwrap();
+        let swap = rt
+            .block_on(store.delete(key.as_bytes(), entry.mod_revision))
+            .unwrap();
+        assert!(matches!(swap, Swap::Done { .. }), "{swap:?}");
+    }
+    let (ok, _, err) = migrate(&data, &["--from-etcd", &etcd.endpoint]);
+    assert!(!ok && err.contains("did not finish"), "{err}");
+    let (ok, out, err) = migrate(&data, &["--to-etcd", &etcd.endpoint]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("2 record(s) written, 3 already there"),
+        "{out}"
+    );
+
     // Back: the keyrings come out of etcd byte for byte, and keyd uses them.
     std::fs::remove_dir_all(data.join("keyrings")).unwrap();
     let (ok, out, err) = migrate(&data, &["--from-etcd", &etcd.endpoint]);
@@ -156,12 +174,15 @@ fn migrate_to_etcd_and_back_keeps_every_byte_and_etcd_holds_only_ciphertext() {
         std::fs::read(data.join("keyd-root.json")).unwrap(),
         root_file
     );
+    // Copying back after a partial copy finishes it too.
+    std::fs::remove_file(data.join("keyrings/alpha/keystore")).unwrap();
     let (ok, out, err) = migrate(&data, &["--from-etcd", &etcd.endpoint]);
     assert!(ok, "{err}");
     assert!(
-        out.contains("copied 0 record(s)") && out.contains("4 already there"),
+        out.contains("copied 1 record(s)") && out.contains("3 already there"),
         "{out}"
     );
+    assert_eq!(keyring_files(&data), before);
     let status_after: serde_json::Value =
         serde_json::from_str(&keyd_cli(&data, &["status", "--json"])).unwrap();
     assert_eq!(status_after["keyrings"], status["keyrings"]);
