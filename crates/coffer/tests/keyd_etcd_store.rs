@@ -443,3 +443,93 @@ fn migrate_over_tls_with_a_client_certificate() {
     assert!(out.contains("copied 2 record(s)"), "{out}");
     assert_eq!(keyring_files(&data), before);
 }
+
+/// Turns on etcd's authentication with user `root` (etcd's superuser) and `password`.
+fn enable_auth(rt: &tokio::runtime::Runtime, etcd: &Etcd, password: &str) {
+    use coffer_keyd_store::pb;
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(etcd.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut auth = pb::auth_client::AuthClient::new(channel);
+        auth.user_add(pb::AuthUserAddRequest {
+            name: "root".into(),
+            password: password.into(),
+        })
+        .await
+        .unwrap();
+        auth.user_grant_role(pb::AuthUserGrantRoleRequest {
+            user: "root".into(),
+            role: "root".into(),
+        })
+        .await
+        .unwrap();
+        auth.auth_enable(pb::AuthEnableRequest {}).await.unwrap();
+    });
+}
+
+#[test]
+fn migrate_with_etcd_authentication() {
+    let Some(etcd) = Etcd::start_or_skip() else {
+        return;
+    };
+    let rt = runtime();
+    enable_auth(&rt, &etcd, "s3cret-pw");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    create_keyd_data(&data, &["alpha"]);
+    let good = dir.path().join("pw");
+    let bad = dir.path().join("bad-pw");
+    std::fs::write(&good, "s3cret-pw\n").unwrap();
+    std::fs::write(&bad, "wrong\n").unwrap();
+
+    // Without credentials etcd refuses the reads; with a wrong password it says so.
+    let (ok, _, err) = migrate(&data, &["--to-etcd", &etcd.endpoint]);
+    assert!(!ok, "etcd with auth served an anonymous client");
+    assert!(err.contains("etcd refused"), "{err}");
+    let auth = |file: &Path| {
+        vec![
+            "--etcd-user".to_string(),
+            "root".to_string(),
+            "--etcd-password-file".to_string(),
+            file.to_str().unwrap().to_string(),
+        ]
+    };
+    let mut args = vec!["--to-etcd".to_string(), etcd.endpoint.clone()];
+    args.extend(auth(&bad));
+    let args_ref: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, _, err) = migrate(&data, &args_ref);
+    assert!(!ok);
+    assert!(
+        err.contains("etcd refused authentication as \"root\"") && !err.contains("wrong"),
+        "{err}"
+    );
+
+    let mut args = vec!["--to-etcd".to_string(), etcd.endpoint.clone()];
+    args.extend(auth(&good));
+    let args_ref: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, out, err) = migrate(&data, &args_ref);
+    assert!(ok, "{err}");
+    assert!(out.contains("3 record(s) written"), "{out}");
+}
+
+#[test]
+fn an_expired_etcd_token_is_renewed() {
+    let Some(etcd) = Etcd::start_with_or_skip(&["--auth-token-ttl", "1"]) else {
+        return;
+    };
+    let rt = runtime();
+    enable_auth(&rt, &etcd, "pw");
+    let mut options = EtcdOptions::new(vec![etcd.endpoint.clone()]);
+    options.user = Some("root".into());
+    options.password = Some(zeroize::Zeroizing::new("pw".into()));
+    let store = rt.block_on(EtcdStore::connect(&options)).unwrap();
+    rt.block_on(store.put(b"/coffer/test/t", b"1".to_vec(), Expect::Absent))
+        .unwrap();
+    // Idle past the token's TTL: etcd forgets the token, the store authenticates again.
+    std::thread::sleep(Duration::from_secs(3));
+    let entry = rt.block_on(store.get(b"/coffer/test/t")).unwrap().unwrap();
+    assert_eq!(entry.value, b"1");
+}

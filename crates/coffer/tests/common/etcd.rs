@@ -25,6 +25,8 @@ pub struct Etcd {
     metrics: String,
     /// With TLS: the PEM files etcd and its clients use.
     pub tls: Option<EtcdTlsFiles>,
+    /// More etcd flags.
+    extra: Vec<String>,
 }
 
 /// A private CA, etcd's server certificate for 127.0.0.1 and a client certificate, as files.
@@ -81,16 +83,21 @@ fn etcd_binary() -> Option<PathBuf> {
 impl Etcd {
     /// Starts etcd, or returns `None` after printing why the test is skipped.
     pub fn start_or_skip() -> Option<Etcd> {
-        Self::start(false)
+        Self::start(false, &[])
+    }
+
+    /// [`Etcd::start_or_skip`] with more etcd flags.
+    pub fn start_with_or_skip(extra: &[&str]) -> Option<Etcd> {
+        Self::start(false, extra)
     }
 
     /// Starts etcd serving clients over TLS only, requiring a client certificate from its CA
     /// (`--client-cert-auth`), or returns `None` after printing why the test is skipped.
     pub fn start_tls_or_skip() -> Option<Etcd> {
-        Self::start(true)
+        Self::start(true, &[])
     }
 
-    fn start(tls: bool) -> Option<Etcd> {
+    fn start(tls: bool, extra: &[&str]) -> Option<Etcd> {
         if etcd_binary().is_none() {
             let message = "etcd not found on PATH: install Debian's etcd-server package to run \
                            the keyd-on-etcd tests";
@@ -112,6 +119,7 @@ impl Etcd {
             peer: free_addr().to_string(),
             metrics: free_addr().to_string(),
             tls,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         etcd.spawn();
         Some(etcd)
@@ -144,6 +152,7 @@ impl Etcd {
                 .arg("--client-cert-auth");
         }
         let child = command
+            .args(&self.extra)
             .args([
                 "--name",
                 "coffer-test",
