@@ -60,6 +60,10 @@ pub enum KeydCommand {
     /// keyd's audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Copy a data directory's keyrings, sealing keys and recovery metadata into etcd as
+    /// records encrypted under keyd's root (--to-etcd), or back (--from-etcd). Never replaces
+    /// existing state; re-running after a failure finishes the job.
+    Migrate(crate::keyd_migrate::MigrateArgs),
 }
 
 /// Where keyd keeps its state and which TEE protects it.
@@ -81,7 +85,7 @@ impl KeydStoreArgs {
     /// Opens the platform for this data directory. With [`Access::ExistingOnly`], an
     /// uninitialised directory is named as such (with the command that initialises it) before
     /// the platform's own state is looked for, whose error would name kms's `--state-dir`.
-    fn platform(&self, access: Access) -> Result<Arc<dyn Platform>, Error> {
+    pub(crate) fn platform(&self, access: Access) -> Result<Arc<dyn Platform>, Error> {
         if access == Access::ExistingOnly && !self.data_dir.join(coffer_keyd::ROOT_FILE).exists() {
             return Err(coffer_keyd::KeydError::NotInitialised {
                 data_dir: self.data_dir.clone(),
@@ -351,6 +355,7 @@ pub enum AuditCommand {
 pub fn run(command: KeydCommand) -> Result<ExitCode, Error> {
     match command {
         KeydCommand::Init(args) => init(args),
+        KeydCommand::Migrate(args) => crate::keyd_migrate::run(args),
         KeydCommand::Serve(args) => serve(*args),
         KeydCommand::Keyring(KeyringCommand::Create { store, name }) => {
             let platform = store.platform(Access::ExistingOnly)?;
@@ -451,7 +456,7 @@ pub fn run(command: KeydCommand) -> Result<ExitCode, Error> {
     }
 }
 
-fn read_small(path: &Path) -> Result<String, Error> {
+pub(crate) fn read_small(path: &Path) -> Result<String, Error> {
     let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if meta.len() > MAX_SMALL_FILE {
         return Err(format!(

@@ -406,6 +406,13 @@ impl KeydRoot {
         })
     }
 
+    /// The key keyd's records in a shared store (etcd) are encrypted with
+    /// (`coffer_keyd_store::StoreKey`). Derived from the root, so every replica of this keyd,
+    /// and one restored from recovery shares, opens the same records.
+    pub fn state_store_key(&self) -> Zeroizing<[u8; 32]> {
+        self.derive("state-store")
+    }
+
     /// The HMAC key that chains keyd's audit log. Derived from the root, so a recovered keyd
     /// keeps verifying and extending the same log.
     pub fn audit_chain_key(&self) -> ChainKey {

@@ -12,6 +12,7 @@ use coffer_proto::{v1beta1, v2};
 use tonic::transport::{Channel, Endpoint};
 
 pub mod deploy;
+pub mod etcd;
 pub mod keyd;
 pub mod kubelet;
 pub mod raw_grpc;
