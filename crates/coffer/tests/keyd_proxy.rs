@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use coffer_keyd_client::KeydClient;
-use coffer_proto::v2;
 use common::keyd::{
     client_options, create_keyd_data, free_addr, sim_signer, write_keyd_policy, KeydProcess,
 };
 use common::{
-    decrypt, encrypt, serve_to_exit, status, uid, v1_round_trip, v2_client, Plugin, V2Client,
+    decrypt, encrypt, serve_to_exit, status, try_encrypt, try_status, v1_round_trip, v2_client,
+    Plugin, V2Client,
 };
 use tonic::Code;
 
@@ -158,26 +158,6 @@ fn assert_keyd_unavailable<T: std::fmt::Debug>(result: Result<T, tonic::Status>,
         status.message().contains(&format!("keyd at {addr}")),
         "the error does not name keyd: {status:?}"
     );
-}
-
-async fn try_encrypt(
-    client: &mut V2Client,
-    plaintext: &[u8],
-) -> Result<v2::EncryptResponse, tonic::Status> {
-    client
-        .encrypt(v2::EncryptRequest {
-            plaintext: plaintext.to_vec(),
-            uid: uid(),
-        })
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn try_status(client: &mut V2Client) -> Result<v2::StatusResponse, tonic::Status> {
-    client
-        .status(v2::StatusRequest {})
-        .await
-        .map(|r| r.into_inner())
 }
 
 /// Polls `call` until it succeeds (panics after 30 s with the last error and the plugin log).

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coffer_keyd_client::KeydClient;
-use coffer_proto::v2;
 use coffer_sealed::bundle::KeyBundle;
 use coffer_sealed::{Binding, Scope};
 use common::keyd::{
@@ -22,7 +21,7 @@ use common::keyd::{
     write_keyd_policy, KeydProcess,
 };
 use common::run::output_within;
-use common::{coffer_bin, decrypt, signal, uid, Plugin, V2Client};
+use common::{coffer_bin, decrypt, signal, try_encrypt, try_status, Plugin, V2Client};
 use tonic::Code;
 
 const KEYRING: &str = "cluster-a";
@@ -143,26 +142,6 @@ impl Replicas {
             .filter(|r| r["event"] == "wrap" && r["result"] == result)
             .count()
     }
-}
-
-async fn try_encrypt(
-    client: &mut V2Client,
-    plaintext: &[u8],
-) -> Result<v2::EncryptResponse, tonic::Status> {
-    client
-        .encrypt(v2::EncryptRequest {
-            plaintext: plaintext.to_vec(),
-            uid: uid(),
-        })
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn try_status(client: &mut V2Client) -> Result<v2::StatusResponse, tonic::Status> {
-    client
-        .status(v2::StatusRequest {})
-        .await
-        .map(|r| r.into_inner())
 }
 
 /// Encrypt then Decrypt in a loop until `stop`, counting the calls and the failed ones.

@@ -232,6 +232,28 @@ pub async fn encrypt(client: &mut V2Client, plaintext: &[u8]) -> v2::EncryptResp
         .into_inner()
 }
 
+/// One KMS v2 Encrypt, its answer or status.
+pub async fn try_encrypt(
+    client: &mut V2Client,
+    plaintext: &[u8],
+) -> Result<v2::EncryptResponse, tonic::Status> {
+    client
+        .encrypt(v2::EncryptRequest {
+            plaintext: plaintext.to_vec(),
+            uid: uid(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// One KMS v2 Status, its answer or status.
+pub async fn try_status(client: &mut V2Client) -> Result<v2::StatusResponse, tonic::Status> {
+    client
+        .status(v2::StatusRequest {})
+        .await
+        .map(|r| r.into_inner())
+}
+
 pub async fn decrypt(
     client: &mut V2Client,
     ciphertext: &[u8],
