@@ -34,10 +34,9 @@ mod unseal;
 pub use error::BenchError;
 pub use handshake::{run_keyd_handshake, HandshakeBenchArgs, HandshakeBenchReport, Step};
 pub use kms::{run_kms, KmsBenchArgs, KmsBenchReport, Op};
-pub use runstart::{
-    run_run_start, Delivery, RunStartBenchArgs, RunStartReport, RunStartRow, Timing,
-};
+pub use runstart::{run_run_start, Delivery, RunStartBenchArgs, RunStartReport, RunStartRow};
 pub use startup::{run_startup, StartupBenchArgs, StartupReport};
+pub use stats::Timing;
 pub use unseal::{
     run_keyd_unseal, UnsealBenchArgs, UnsealBenchReport, UnsealMode, UnsealModeReport,
 };

@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::error::BenchError;
 use crate::sealing::{seal_values, SealedItem, Target};
 use crate::startup::{kill_and_reap, stderr_tail};
-use crate::stats::{fmt_ms, median, percentile, ser};
+use crate::stats::{fmt_ms, ser, Timing};
 
 /// How long one run (of `coffer run` or of the app alone) may take before it is killed.
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
@@ -88,36 +88,6 @@ pub struct RunStartBenchArgs {
     /// print the report as JSON
     #[arg(long)]
     pub json: bool,
-}
-
-/// Order statistics of one side of a row.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct Timing {
-    /// Fastest run.
-    #[serde(rename = "min_ms", serialize_with = "ser::millis_f64")]
-    pub min: Duration,
-    /// Median run.
-    #[serde(rename = "median_ms", serialize_with = "ser::millis_f64")]
-    pub median: Duration,
-    /// 90th percentile (nearest rank).
-    #[serde(rename = "p90_ms", serialize_with = "ser::millis_f64")]
-    pub p90: Duration,
-    /// Slowest run.
-    #[serde(rename = "max_ms", serialize_with = "ser::millis_f64")]
-    pub max: Duration,
-}
-
-impl Timing {
-    fn from(samples: &[Duration]) -> Option<Timing> {
-        let mut sorted = samples.to_vec();
-        sorted.sort();
-        Some(Timing {
-            min: *sorted.first()?,
-            median: median(&sorted)?,
-            p90: percentile(&sorted, 0.9)?,
-            max: *sorted.last()?,
-        })
-    }
 }
 
 /// One number of values: `coffer run … -- APP` against `APP` alone, spawn to exit.

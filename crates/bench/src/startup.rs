@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::conn::connect;
 use crate::error::BenchError;
-use crate::stats::{fmt_ms, median, percentile, ser};
+use crate::stats::{fmt_ms, median, ser, Timing};
 
 /// How long a started plugin may take to answer `Status`, and to exit after SIGTERM.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,18 +47,9 @@ pub struct StartupReport {
     /// The first start, which creates the keystore.
     #[serde(rename = "first_run_ms", serialize_with = "ser::millis_f64")]
     pub first_run: Duration,
-    /// Fastest start with an existing keystore.
-    #[serde(rename = "min_ms", serialize_with = "ser::millis_f64")]
-    pub min: Duration,
-    /// Median start with an existing keystore.
-    #[serde(rename = "median_ms", serialize_with = "ser::millis_f64")]
-    pub median: Duration,
-    /// 90th percentile (nearest rank) start with an existing keystore.
-    #[serde(rename = "p90_ms", serialize_with = "ser::millis_f64")]
-    pub p90: Duration,
-    /// Slowest start with an existing keystore.
-    #[serde(rename = "max_ms", serialize_with = "ser::millis_f64")]
-    pub max: Duration,
+    /// Starts with an existing keystore: min, median, p90 (nearest rank) and max.
+    #[serde(flatten)]
+    pub warm: Timing,
     /// Every start with an existing keystore, in run order.
     #[serde(rename = "warm_runs_ms", serialize_with = "ser::millis_f64_vec")]
     pub warm_runs: Vec<Duration>,
@@ -82,18 +73,13 @@ impl StartupReport {
         notes: Vec<String>,
     ) -> Option<Self> {
         let (&first_run, warm) = startups.split_first()?;
-        let mut sorted = warm.to_vec();
-        sorted.sort();
         let mut down = shutdowns.to_vec();
         down.sort();
         Some(StartupReport {
             exe,
             runs: startups.len(),
             first_run,
-            min: *sorted.first()?,
-            median: median(&sorted)?,
-            p90: percentile(&sorted, 0.9)?,
-            max: *sorted.last()?,
+            warm: Timing::from(warm)?,
             warm_runs: warm.to_vec(),
             shutdown_median: median(&down).unwrap_or_default(),
             shutdown_max: down.last().copied().unwrap_or_default(),
@@ -119,10 +105,10 @@ impl fmt::Display for StartupReport {
             f,
             "  next {:<4}  min {}  median {}  p90 {}  max {}",
             self.warm_runs.len(),
-            fmt_ms(self.min),
-            fmt_ms(self.median),
-            fmt_ms(self.p90),
-            fmt_ms(self.max)
+            fmt_ms(self.warm.min),
+            fmt_ms(self.warm.median),
+            fmt_ms(self.warm.p90),
+            fmt_ms(self.warm.max)
         )?;
         writeln!(
             f,
@@ -346,10 +332,10 @@ mod tests {
         .unwrap();
         assert_eq!(r.runs, 6);
         assert_eq!(r.first_run, Duration::from_millis(250));
-        assert_eq!(r.min, Duration::from_millis(10));
-        assert_eq!(r.median, Duration::from_millis(12));
-        assert_eq!(r.p90, Duration::from_millis(30));
-        assert_eq!(r.max, Duration::from_millis(30));
+        assert_eq!(r.warm.min, Duration::from_millis(10));
+        assert_eq!(r.warm.median, Duration::from_millis(12));
+        assert_eq!(r.warm.p90, Duration::from_millis(30));
+        assert_eq!(r.warm.max, Duration::from_millis(30));
         assert_eq!(r.warm_runs, ms(&[12, 10, 11, 30, 13]));
         assert_eq!(r.shutdown_median, Duration::from_micros(5500));
         assert_eq!(r.shutdown_max, Duration::from_millis(9));

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+use serde::Serialize;
 
 use crate::error::BenchError;
 
@@ -44,6 +45,37 @@ impl Latencies {
             p999: q(0.999),
             max: Duration::from_micros(h.max()),
         }
+    }
+}
+
+/// Order statistics of a set of timed runs.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Timing {
+    /// Fastest run.
+    #[serde(rename = "min_ms", serialize_with = "ser::millis_f64")]
+    pub min: Duration,
+    /// Median run.
+    #[serde(rename = "median_ms", serialize_with = "ser::millis_f64")]
+    pub median: Duration,
+    /// 90th percentile (nearest rank).
+    #[serde(rename = "p90_ms", serialize_with = "ser::millis_f64")]
+    pub p90: Duration,
+    /// Slowest run.
+    #[serde(rename = "max_ms", serialize_with = "ser::millis_f64")]
+    pub max: Duration,
+}
+
+impl Timing {
+    /// The statistics of `samples` (any order); `None` when there are none.
+    pub(crate) fn from(samples: &[Duration]) -> Option<Timing> {
+        let mut sorted = samples.to_vec();
+        sorted.sort();
+        Some(Timing {
+            min: *sorted.first()?,
+            median: median(&sorted)?,
+            p90: percentile(&sorted, 0.9)?,
+            max: *sorted.last()?,
+        })
     }
 }
 
