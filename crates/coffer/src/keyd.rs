@@ -267,6 +267,19 @@ pub struct KeydServeArgs {
     pub recovery: RecoveryArgs,
     #[command(flatten)]
     pub sources: SourceArgs,
+    #[command(flatten)]
+    pub shared: crate::keyd_etcd::SharedStoreArgs,
+    /// This replica's name among the replicas sharing --store etcd (unique; its audit chain is
+    /// anchored in etcd under it). Default: the host name (a pod's name).
+    #[arg(long, value_name = "NAME")]
+    pub replica_id: Option<String>,
+    /// How often this replica anchors its audit chain head in etcd (with --store etcd), so a
+    /// deleted or rewritten tail of its log is detected (`coffer keyd audit verify --etcd-endpoints`).
+    #[arg(long, default_value = "10s", value_parser = crate::duration::within(
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+    ))]
+    pub audit_anchor_interval: Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -964,6 +977,11 @@ fn serve(args: KeydServeArgs) -> Result<ExitCode, Error> {
         options.reload_interval = args.reload_interval;
         options.cert_renewal = args.cert_renewal;
         options.handshake_timeout = args.handshake_timeout;
+        options.shared = args.shared.connect().await?;
+        if let Some(replica) = &args.replica_id {
+            options.replica_id = replica.clone();
+        }
+        options.audit_anchor_interval = args.audit_anchor_interval;
         options.on_ready = Some(Box::new(|addr| {
             tracing::info!(%addr, "coffer keyd serving (mutual attested TLS)");
             eprintln!("coffer keyd listening on {addr}");

@@ -10,19 +10,17 @@
 //! and skip what already matches, so a run that failed halfway is finished by running it
 //! again. `keyd-root.json` goes to etcd last: a prefix without it is an unfinished migration.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Args;
 use coffer_keyd::KeydRoot;
-use coffer_keyd_store::{
-    EtcdOptions, EtcdStore, EtcdTls, Expect, SealedStore, StoreError, StoreKey, Swap,
-};
+use coffer_keyd_store::{EtcdStore, Expect, SealedStore, StoreError, StoreKey, Swap};
 use coffer_platform::{durable, Access};
 use zeroize::Zeroizing;
 
-use crate::keyd::{read_small, KeydStoreArgs};
+use crate::keyd::KeydStoreArgs;
+use crate::keyd_etcd::EtcdArgs;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -33,62 +31,6 @@ const KEYRING_FILES: [&str; 2] = [
     coffer_keystore::store::KEYSTORE_FILE,
     coffer_keyd::SEALING_KEYS_FILE,
 ];
-
-/// How to reach keyd's etcd and where its records live.
-#[derive(Args, Debug, Clone)]
-pub struct EtcdArgs {
-    /// The etcd key prefix keyd's records live under (one prefix per keyd root).
-    #[arg(long, default_value = "/coffer/keyd", value_name = "PREFIX")]
-    pub etcd_prefix: String,
-    /// PEM CA certificate that signed etcd's server certificates; turns on TLS.
-    #[arg(long, value_name = "FILE")]
-    pub etcd_cacert: Option<PathBuf>,
-    /// PEM client certificate, for etcd with --client-cert-auth.
-    #[arg(long, value_name = "FILE", requires_all = ["etcd_key", "etcd_cacert"])]
-    pub etcd_cert: Option<PathBuf>,
-    /// PEM private key of --etcd-cert.
-    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
-    pub etcd_key: Option<PathBuf>,
-    /// etcd user, for etcd with authentication enabled.
-    #[arg(long, value_name = "NAME", requires = "etcd_password_file")]
-    pub etcd_user: Option<String>,
-    /// File holding --etcd-user's password (one line).
-    #[arg(long, value_name = "FILE", requires = "etcd_user")]
-    pub etcd_password_file: Option<PathBuf>,
-    /// Connect and per-request timeout.
-    #[arg(long, default_value = "5s", value_parser = crate::duration::within(
-        Duration::from_millis(100), Duration::from_secs(60)))]
-    pub etcd_timeout: Duration,
-}
-
-impl EtcdArgs {
-    /// The connection options for `endpoints`.
-    pub fn options(&self, endpoints: &[String]) -> Result<EtcdOptions, Error> {
-        let mut options = EtcdOptions::new(endpoints.to_vec());
-        options.timeout = self.etcd_timeout;
-        if let Some(ca) = &self.etcd_cacert {
-            let client = match (&self.etcd_cert, &self.etcd_key) {
-                (Some(cert), Some(key)) => Some((
-                    read_small(cert)?.into_bytes(),
-                    Zeroizing::new(read_small(key)?.into_bytes()),
-                )),
-                _ => None,
-            };
-            options.tls = Some(EtcdTls {
-                ca_pem: read_small(ca)?.into_bytes(),
-                client,
-            });
-        }
-        if let (Some(user), Some(file)) = (&self.etcd_user, &self.etcd_password_file) {
-            let password = Zeroizing::new(read_small(file)?);
-            options.user = Some(user.clone());
-            options.password = Some(Zeroizing::new(
-                password.trim_end_matches(['\r', '\n']).to_string(),
-            ));
-        }
-        Ok(options)
-    }
-}
 
 /// `coffer keyd migrate`.
 #[derive(Args, Debug)]

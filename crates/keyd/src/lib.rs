@@ -18,6 +18,7 @@ mod root;
 mod sealing;
 mod server;
 mod service;
+mod shared;
 mod slots;
 
 /// Generated gRPC types and stubs of `coffer.keyd.v1.KeyService` (from `coffer-proto`).
@@ -37,7 +38,9 @@ pub use sealing::{
     SealingKeysInfo, SEALING_KEYS_FILE,
 };
 pub use server::{
-    serve, AuditSettings, KeydServeOptions, ReadyHook, DEFAULT_AUDIT_SEGMENT_BYTES,
-    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_KEY_BUNDLE_VALIDITY,
+    default_replica_id, serve, AuditSettings, KeydServeOptions, ReadyHook,
+    DEFAULT_AUDIT_ANCHOR_INTERVAL, DEFAULT_AUDIT_SEGMENT_BYTES, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_KEY_BUNDLE_VALIDITY,
 };
 pub use service::KeydConnectInfo;
+pub use shared::SharedStore;

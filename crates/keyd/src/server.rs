@@ -107,6 +107,26 @@ pub struct KeydServeOptions {
     /// How long the key bundles keyd serves are valid (issued to expires); a bundle is rebuilt
     /// with fresh evidence when half of it has passed or the sealing keys change.
     pub key_bundle_validity: Duration,
+    /// Keyrings and sealing keys in etcd instead of the data directory (`--store etcd`);
+    /// `None` serves the data directory's.
+    pub shared: Option<crate::SharedStore>,
+    /// This replica's name, unique among the replicas that share a store: its audit chain is
+    /// anchored in the store under it.
+    pub replica_id: String,
+    /// How often this replica anchors its audit chain head in the shared store.
+    pub audit_anchor_interval: Duration,
+}
+
+/// How often a replica anchors its audit chain head in the shared store, by default.
+pub const DEFAULT_AUDIT_ANCHOR_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The host name (`/proc/sys/kernel/hostname`: a pod's name in Kubernetes), else `keyd`.
+pub fn default_replica_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "keyd".to_string())
 }
 
 /// See [`KeydServeOptions::on_ready`].
@@ -140,6 +160,9 @@ impl KeydServeOptions {
             on_ready: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             key_bundle_validity: DEFAULT_KEY_BUNDLE_VALIDITY,
+            shared: None,
+            replica_id: default_replica_id(),
+            audit_anchor_interval: DEFAULT_AUDIT_ANCHOR_INTERVAL,
         }
     }
 }
@@ -230,7 +253,18 @@ pub async fn serve(
         on_ready,
         handshake_timeout,
         key_bundle_validity,
+        shared,
+        replica_id,
+        audit_anchor_interval,
     } = options;
+    if shared.is_some() {
+        // Built on branch i12-state; until it lands, say so rather than serve the data directory.
+        return Err(KeydError::io(
+            "--store etcd",
+            io::Error::other("serving from etcd is not available in this build"),
+        ));
+    }
+    let _ = (&replica_id, audit_anchor_interval);
     let addr = listener
         .local_addr()
         .map_err(|e| KeydError::io("listener address", e))?;
