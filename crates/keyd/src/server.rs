@@ -269,7 +269,7 @@ pub async fn serve(
         .local_addr()
         .map_err(|e| KeydError::io("listener address", e))?;
     let audit_path = audit_log.unwrap_or_else(|| data_dir.join("audit.log"));
-    let (keyrings, audit, instance_id) = {
+    let (keyrings, audit, handover) = {
         let platform = platform.clone();
         tokio::task::spawn_blocking(move || {
             // Best effort, like the plugin's: leftovers only wait for the next write.
@@ -293,12 +293,13 @@ pub async fn serve(
             Ok::<_, KeydError>((
                 keyrings,
                 SharedAuditLog::new(log),
-                root.instance_id().to_string(),
+                Arc::new(root.hand_over(&data_dir)?),
             ))
         })
         .await
         .map_err(|e| KeydError::io("loading keyd state", io::Error::other(e)))??
     };
+    let instance_id = handover.instance_id.clone();
     let metrics = KeydMetrics::new();
     for slot in keyrings.values() {
         metrics.set_keyring_keys(&slot.name, slot.current.load().len());
@@ -372,6 +373,7 @@ pub async fn serve(
         instance_id: instance_id.clone(),
         platform: platform.clone(),
         bundle_validity: key_bundle_validity,
+        handover,
     })
     .max_decoding_message_size(limits.max_message_len)
     .max_encoding_message_size(limits.max_message_len);
