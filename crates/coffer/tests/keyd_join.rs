@@ -307,7 +307,9 @@ async fn callers_without_keyd_peer_and_foreign_measurements_get_nothing() {
     let (ok, _, stderr) = cluster.join_with(&other, &c, &cluster.policy);
     assert!(!ok, "a foreign measurement joined");
     assert!(
-        stderr.contains("every peer refused") && stderr.contains("keyd-peer"),
+        stderr.contains("every peer refused")
+            && stderr.contains("role keyd-peer: sim measurement")
+            && stderr.contains("is not accepted"),
         "{stderr}"
     );
     assert!(
@@ -535,4 +537,48 @@ async fn the_root_never_appears_in_any_log() {
             assert!(!text.contains(needle.as_str()), "{what} holds the root");
         }
     }
+}
+
+#[test]
+fn a_join_without_a_peer_role_or_a_reachable_peer_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let run = |policy: &Path, timeout: &str| {
+        let out = coffer(&[
+            "keyd",
+            "join",
+            "--platform",
+            "sim",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--peer",
+            "127.0.0.1:1",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--timeout",
+            timeout,
+        ]);
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let no_peer_role =
+        common::keyd::sim_role_policy(dir.path(), "kms-plugin:a", &dir.path().join("x"));
+    let stderr = run(&no_peer_role, "1s");
+    assert!(
+        stderr.contains("--policy defines no keyd-peer role"),
+        "{stderr}"
+    );
+
+    let policy = dir.path().join("peers.yaml");
+    std::fs::write(
+        &policy,
+        policy_text(&"ab".repeat(32), &"cd".repeat(32), true),
+    )
+    .unwrap();
+    let stderr = run(&policy, "1s");
+    assert!(
+        stderr.contains("still failing after 1s") && stderr.contains("127.0.0.1:1"),
+        "{stderr}"
+    );
+    assert!(!data.join("keyd-root.json").exists());
 }
