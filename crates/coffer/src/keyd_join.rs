@@ -71,6 +71,10 @@ pub struct ServeJoinArgs {
 
 /// `coffer keyd join`.
 pub fn run(args: JoinArgs) -> Result<ExitCode, Error> {
+    // The process holds keyd's root: keep it out of core dumps, as keyd serve does.
+    if let Err(e) = coffer_platform::process::harden() {
+        tracing::warn!(error = %e, "could not disable core dumps");
+    }
     let policy = Arc::new(Policy::load(&args.policy)?);
     let verify_options = args.sources.options(SystemTime::now())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
