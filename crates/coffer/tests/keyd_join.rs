@@ -505,8 +505,7 @@ async fn the_root_never_appears_in_any_log() {
     let platform = SimPlatform::open_existing(&cluster.a.data).unwrap();
     let root = coffer_keyd::KeydRoot::open(&cluster.a.data, &platform)
         .unwrap()
-        .hand_over(&cluster.a.data)
-        .unwrap();
+        .hand_over();
     let b64 = base64::engine::general_purpose::STANDARD;
     let b64url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let needles = [

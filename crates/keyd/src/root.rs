@@ -134,6 +134,9 @@ const MAX_FACT_LEN: usize = 128;
 pub struct KeydRoot {
     instance_id: String,
     root: Zeroizing<[u8; 32]>,
+    /// The root file's creation time and recovery split, handed on to a joining replica.
+    created: String,
+    recovery: Option<RecoveryInfo>,
 }
 
 impl fmt::Debug for KeydRoot {
@@ -335,7 +338,15 @@ impl KeydRoot {
                 root_error(data_dir, format!("cannot write: {e}"))
             }
         })?;
-        Ok((KeydRoot { instance_id, root }, shares))
+        Ok((
+            KeydRoot {
+                instance_id,
+                root,
+                created: file.created,
+                recovery: file.recovery,
+            },
+            shares,
+        ))
     }
 
     /// Opens `data_dir`'s root with `platform`. A root sealed by another platform identity
@@ -371,6 +382,8 @@ impl KeydRoot {
         Ok(KeydRoot {
             instance_id: file.instance_id,
             root,
+            created: file.created,
+            recovery: file.recovery,
         })
     }
 
@@ -419,29 +432,21 @@ impl KeydRoot {
         Ok(KeydRoot {
             instance_id: file.instance_id,
             root,
-        })
-    }
-
-    /// This root as handed to a joining replica, with the public facts of `data_dir`'s root
-    /// file (which this root was opened from).
-    pub fn hand_over(&self, data_dir: &Path) -> Result<HandedRoot, KeydError> {
-        let file = read_root_file(data_dir)?;
-        if file.instance_id != self.instance_id {
-            return Err(root_error(
-                data_dir,
-                format!(
-                    "names keyd {}, but the root being served is keyd {}'s",
-                    file.instance_id, self.instance_id
-                ),
-            ));
-        }
-        Ok(HandedRoot {
-            root: self.root.clone(),
-            root_check: root_check(&self.root, &self.instance_id),
-            instance_id: file.instance_id,
             created: file.created,
             recovery: file.recovery,
         })
+    }
+
+    /// This root as handed to a joining replica, with the public facts of the root file it
+    /// was opened from.
+    pub fn hand_over(&self) -> HandedRoot {
+        HandedRoot {
+            root: self.root.clone(),
+            instance_id: self.instance_id.clone(),
+            created: self.created.clone(),
+            root_check: root_check(&self.root, &self.instance_id),
+            recovery: self.recovery.clone(),
+        }
     }
 
     /// Makes `data_dir` a replica of the keyd whose root another replica handed over: checks
@@ -506,6 +511,8 @@ impl KeydRoot {
             KeydRoot {
                 instance_id: handed.instance_id.clone(),
                 root: handed.root.clone(),
+                created: handed.created.clone(),
+                recovery: handed.recovery.clone(),
             },
             Adoption::Written,
         ))
@@ -646,7 +653,7 @@ mod tests {
         );
         let (pa, pb, pc) = (sim(&a), sim(&b), sim(&c));
         let (root, _) = KeydRoot::init(&a, pa.as_ref(), None).unwrap();
-        let handed = root.hand_over(&a).unwrap();
+        let handed = root.hand_over();
         assert!(!format!("{handed:?}").contains(&hex::encode(&handed.root[..])));
 
         let (joined, adoption) = KeydRoot::adopt(&b, pb.as_ref(), &handed).unwrap();
@@ -679,7 +686,7 @@ mod tests {
 
         // A root that does not match its check is refused before anything is written.
         let d = dir.path().join("d");
-        let mut bad = root.hand_over(&a).unwrap();
+        let mut bad = root.hand_over();
         bad.root[0] ^= 1;
         let err = KeydRoot::adopt(&d, sim(&d).as_ref(), &bad).unwrap_err();
         assert!(err.to_string().contains("root check"), "{err}");

@@ -293,7 +293,7 @@ pub async fn serve(
             Ok::<_, KeydError>((
                 keyrings,
                 SharedAuditLog::new(log),
-                Arc::new(root.hand_over(&data_dir)?),
+                Arc::new(root.hand_over()),
             ))
         })
         .await
