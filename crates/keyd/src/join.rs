@@ -75,7 +75,7 @@ fn admission(
 /// The `JoinReplica` handler: hands this replica's root to an admitted caller, after its audit
 /// record is written. Every call, granted or refused, is audited with the caller's TEE,
 /// measurement and role.
-pub(crate) fn hand_over(
+pub(crate) fn join_replica(
     service: &KeydService,
     request: Request<pb::JoinReplicaRequest>,
 ) -> Result<pb::JoinReplicaResponse, Status> {

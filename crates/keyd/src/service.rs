@@ -110,7 +110,7 @@ fn outcome_of_code(code: Code) -> Outcome {
 }
 
 /// The connection facts every call carries.
-pub(crate) fn connect_info<T>(request: &Request<T>) -> Result<KeydConnectInfo, Status> {
+fn connect_info<T>(request: &Request<T>) -> Result<KeydConnectInfo, Status> {
     request
         .extensions()
         .get::<KeydConnectInfo>()
@@ -873,6 +873,6 @@ impl KeyService for KeydService {
         &self,
         request: Request<pb::JoinReplicaRequest>,
     ) -> Result<Response<pb::JoinReplicaResponse>, Status> {
-        crate::join::hand_over(self, request).map(Response::new)
+        crate::join::join_replica(self, request).map(Response::new)
     }
 }
