@@ -354,7 +354,7 @@ pub enum AuditCommand {
     /// its closed segments (<log>.000001, …) and the active file; with --etcd-endpoints, check
     /// each replica's log (--replica NAME=LOG) against the chain head it anchored in etcd. The
     /// chain key comes from keyd's root, so this runs where keyd's root opens (its TEE).
-    Verify(crate::keyd_audit::VerifyArgs),
+    Verify(Box<crate::keyd_audit::VerifyArgs>),
 }
 
 /// Runs a keyd subcommand.
@@ -418,7 +418,7 @@ pub fn run(command: KeydCommand) -> Result<ExitCode, Error> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        KeydCommand::Audit(AuditCommand::Verify(args)) => crate::keyd_audit::verify(args),
+        KeydCommand::Audit(AuditCommand::Verify(args)) => crate::keyd_audit::verify(*args),
     }
 }
 
