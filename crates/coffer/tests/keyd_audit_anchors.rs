@@ -322,7 +322,7 @@ fn wait_for_log(keyd: &KeydProcess, needle: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shipped_segments_still_verify_and_a_tampered_anchor_is_refused() {
-    let Some(etcd) = Etcd::start_or_skip() else {
+    let Some(mut etcd) = Etcd::start_or_skip() else {
         return;
     };
     let setup = Setup::new(&etcd, 1);
@@ -330,7 +330,30 @@ async fn shipped_segments_still_verify_and_a_tampered_anchor_is_refused() {
     wraps(&setup, &keyd, 700).await;
     let log = setup.log(0);
     setup.wait_anchored(&etcd, &[(0, &log)]);
+
+    // etcd down: keyd keeps serving, anchoring waits and catches up when etcd is back.
+    etcd.stop();
+    wraps(&setup, &keyd, 3).await;
+    wait_for_log(&keyd, "could not anchor the audit chain head");
+    etcd.spawn();
+    setup.wait_anchored(&etcd, &[(0, &log)]);
     assert_eq!(keyd.terminate(), Some(0), "{}", keyd.log_text());
+
+    // Anchors live only in etcd: migrating again, either way, leaves them alone.
+    let data = setup.data[0].to_str().unwrap();
+    for direction in ["--to-etcd", "--from-etcd"] {
+        let out = coffer(&[
+            "keyd",
+            "migrate",
+            direction,
+            &etcd.endpoint,
+            "--platform",
+            "sim",
+            "--data-dir",
+            data,
+        ]);
+        assert!(out.status.success(), "{direction}: {out:?}");
+    }
 
     // The operator ships the oldest closed segments away (copy, then remove), keeping the
     // newest closed one: the chain is checked from it and the anchor still holds.
