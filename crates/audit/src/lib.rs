@@ -66,7 +66,9 @@
 //! The head file sits next to the log, so an attacker who can write both can truncate the log
 //! and roll the head back to an older (genuine) value. Protecting against that needs the head
 //! (`VerifyReport::last_seq`/`last_hash`) exported somewhere the attacker cannot write — for
-//! example sealed TEE state or a remote witness; this crate provides the values, not the witness.
+//! example sealed TEE state or a remote witness. This crate provides the values
+//! ([`AuditLog::checkpoint`]) and the comparison ([`verify_against`]), not the witness (keyd
+//! keeps its replicas' checkpoints in etcd).
 //! Likewise, two logs written under the same HMAC key cannot be told apart by the chain alone;
 //! use one chain key per log (derive it with the log's name as context).
 //!

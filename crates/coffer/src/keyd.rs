@@ -271,7 +271,7 @@ pub struct KeydServeArgs {
     pub shared: crate::keyd_etcd::SharedStoreArgs,
     /// This replica's name among the replicas sharing --store etcd (unique; its audit chain is
     /// anchored in etcd under it). Default: the host name (a pod's name).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = crate::keyd_audit::parse_replica_id)]
     pub replica_id: Option<String>,
     /// How often this replica anchors its audit chain head in etcd (with --store etcd), so a
     /// deleted or rewritten tail of its log is detected (`coffer keyd audit verify --etcd-endpoints`).

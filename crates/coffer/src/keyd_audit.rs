@@ -53,6 +53,11 @@ struct ReplicaLog {
     log: PathBuf,
 }
 
+/// Parses `--replica-id`: it names an etcd record, so a host name's characters only.
+pub(crate) fn parse_replica_id(value: &str) -> Result<String, String> {
+    coffer_keyd::validate_replica_id(value).map(|()| value.to_string())
+}
+
 fn parse_replica(value: &str) -> Result<ReplicaLog, String> {
     match value.split_once('=') {
         Some((name, log)) => {

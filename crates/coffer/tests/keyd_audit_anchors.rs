@@ -390,3 +390,21 @@ async fn shipped_segments_still_verify_and_a_tampered_anchor_is_refused() {
     let (ok, _, err) = setup.verify(&etcd, &[(0, &log)], &[]);
     assert!(!ok && err.contains("does not authenticate"), "{err}");
 }
+
+#[test]
+fn a_replica_id_that_cannot_name_an_anchor_is_a_usage_error() {
+    let out = coffer(&[
+        "keyd",
+        "serve",
+        "--replica-id",
+        "keyd/0",
+        "--platform",
+        "sim",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--replica-id \"keyd/0\" contains '/'"),
+        "{err}"
+    );
+}
