@@ -225,6 +225,21 @@ async fn replicas_anchor_their_logs_and_verify_detects_a_deleted_or_replaced_tai
         "{out}"
     );
     let store = etcd_client(&etcd).await;
+    // etcd holds the anchors only as ciphertext: no replica name, seq or hash in the clear.
+    let anchors = store
+        .list(b"/coffer/keyd/audit-anchors/")
+        .await
+        .unwrap()
+        .entries;
+    assert_eq!(anchors.len(), 2, "{anchors:?}");
+    for entry in &anchors {
+        for clear in [&b"keyd-"[..], b"\"seq\"", b"\"hash\""] {
+            assert!(
+                !entry.value.windows(clear.len()).any(|w| w == clear),
+                "{entry:?}"
+            );
+        }
+    }
 
     // A stopped replica anchors its last records on the way out.
     assert_eq!(keyd1.terminate(), Some(0), "{}", keyd1.log_text());
