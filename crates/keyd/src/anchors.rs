@@ -19,17 +19,22 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use coffer_audit::{ChainMode, Checkpoint, CheckpointStatus, SharedAuditLog};
-use coffer_keyd_store::{EtcdStore, Expect, SealedStore, StateStore, StoreError, Swap};
+use coffer_keyd_store::{EtcdStore, Expect, SealedStore, StateStore, StoreError, StoreKey, Swap};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::metrics::KeydMetrics;
+use crate::root::KeydRoot;
+use crate::{KeydError, SharedStore};
 
 /// Record names of the anchors: `audit-anchors/<replica-id>` under the store's prefix.
 pub const AUDIT_ANCHORS: &str = "audit-anchors/";
 
 /// The anchor record format this build writes and reads.
 const ANCHOR_VERSION: u32 = 1;
+
+/// How long shutdown waits for the last anchor.
+const ANCHOR_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Longest replica id (a DNS name, like a pod's host name).
 const MAX_REPLICA_ID: usize = 253;
@@ -157,8 +162,85 @@ pub async fn read_anchors(store: &SealedStore<EtcdStore>) -> Result<Vec<AuditAnc
         .collect()
 }
 
+/// Where and as whom a replica anchors: prepared while keyd's root is open.
+pub(crate) struct AnchorTarget {
+    store: SealedStore<EtcdStore>,
+    replica: String,
+    chain: ChainMode,
+}
+
+impl AnchorTarget {
+    /// Anchors as `replica` in `shared`'s store, sealed under `root`.
+    pub(crate) fn new(
+        shared: &SharedStore,
+        root: &KeydRoot,
+        replica: String,
+    ) -> Result<Self, KeydError> {
+        let config = |message: String| KeydError::Config {
+            path: None,
+            message,
+        };
+        validate_replica_id(&replica).map_err(config)?;
+        let store = SealedStore::new(
+            shared.etcd.clone(),
+            StoreKey::new(root.state_store_key()),
+            &shared.prefix,
+        )
+        .map_err(|e| config(e.to_string()))?;
+        Ok(AnchorTarget {
+            store,
+            replica,
+            chain: ChainMode::Hmac(root.audit_chain_key()),
+        })
+    }
+
+    /// Anchors `audit` every `every` until [`AnchorTask::stop`].
+    pub(crate) fn start(
+        self,
+        audit: SharedAuditLog,
+        metrics: KeydMetrics,
+        every: Duration,
+    ) -> AnchorTask {
+        let (stop, stopped) = oneshot::channel();
+        let log = audit.path();
+        let anchorer = Anchorer {
+            store: self.store,
+            replica: self.replica,
+            audit,
+            log,
+            chain: self.chain,
+            metrics,
+            trusted: None,
+        };
+        AnchorTask {
+            task: tokio::spawn(anchorer.run(every, stopped)),
+            stop,
+        }
+    }
+}
+
+/// The running anchor task.
+pub(crate) struct AnchorTask {
+    task: tokio::task::JoinHandle<()>,
+    stop: oneshot::Sender<()>,
+}
+
+impl AnchorTask {
+    /// Anchors the records written up to now and ends; a store that does not answer does not
+    /// hold up the shutdown for long.
+    pub(crate) async fn stop(self) {
+        let _ = self.stop.send(());
+        if tokio::time::timeout(ANCHOR_SHUTDOWN_TIMEOUT, self.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the last audit anchor was not written before shutdown");
+        }
+    }
+}
+
 /// Writes one replica's anchors.
-pub(crate) struct Anchorer {
+struct Anchorer {
     store: SealedStore<EtcdStore>,
     replica: String,
     audit: SharedAuditLog,
@@ -171,29 +253,9 @@ pub(crate) struct Anchorer {
 }
 
 impl Anchorer {
-    /// Anchors `audit` (chained with `chain`) as replica `replica` in `store`.
-    pub(crate) fn new(
-        store: SealedStore<EtcdStore>,
-        replica: String,
-        audit: SharedAuditLog,
-        chain: ChainMode,
-        metrics: KeydMetrics,
-    ) -> Self {
-        let log = audit.path();
-        Anchorer {
-            store,
-            replica,
-            audit,
-            log,
-            chain,
-            metrics,
-            trusted: None,
-        }
-    }
-
     /// Anchors every `every` until `stop` fires (or its sender is dropped), then once more,
     /// so the records written up to shutdown are anchored too.
-    pub(crate) async fn run(mut self, every: Duration, mut stop: oneshot::Receiver<()>) {
+    async fn run(mut self, every: Duration, mut stop: oneshot::Receiver<()>) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

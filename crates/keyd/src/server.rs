@@ -13,7 +13,6 @@ use coffer_attest::VerifyOptions;
 use coffer_audit::{
     Aggregator, AuditEntry, AuditLog, AuditOptions, ChainMode, Outcome, SharedAuditLog, SyncPolicy,
 };
-use coffer_keyd_store::{SealedStore, StoreKey};
 use coffer_platform::Platform;
 use coffer_ratls::{AttestedVerifier, OfflineVerifier};
 use rustls::pki_types::UnixTime;
@@ -24,7 +23,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::anchors::Anchorer;
+use crate::anchors::AnchorTarget;
 use crate::config::KeydConfig;
 use crate::identity::ServerIdentity;
 use crate::keyrings::{load_keyrings, load_sealing_keys, KeyringSlot};
@@ -44,8 +43,6 @@ const ACCEPT_QUEUE: usize = 64;
 pub const DEFAULT_KEY_BUNDLE_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The audit log is made durable at least this often (and on shutdown).
 const AUDIT_SYNC_INTERVAL: Duration = Duration::from_secs(1);
-/// How long shutdown waits for the last audit anchor.
-const ANCHOR_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How keyd writes its audit log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -261,17 +258,11 @@ pub async fn serve(
         replica_id,
         audit_anchor_interval,
     } = options;
-    if shared.is_some() {
-        crate::anchors::validate_replica_id(&replica_id).map_err(|message| KeydError::Config {
-            path: None,
-            message,
-        })?;
-    }
     let addr = listener
         .local_addr()
         .map_err(|e| KeydError::io("listener address", e))?;
     let audit_path = audit_log.unwrap_or_else(|| data_dir.join("audit.log"));
-    let (keyrings, audit, instance_id, root_keys) = {
+    let (keyrings, audit, instance_id, anchors) = {
         let platform = platform.clone();
         tokio::task::spawn_blocking(move || {
             // Best effort, like the plugin's: leftovers only wait for the next write.
@@ -292,35 +283,22 @@ pub async fn serve(
                     retention_segments: audit_settings.retention_segments,
                 },
             )?;
+            // With --store etcd the chain head is anchored there (keyrings: branch i12-state).
+            let anchors = shared
+                .as_ref()
+                .map(|shared| AnchorTarget::new(shared, &root, replica_id))
+                .transpose()?;
             Ok::<_, KeydError>((
                 keyrings,
                 SharedAuditLog::new(log),
                 root.instance_id().to_string(),
-                (root.state_store_key(), root.audit_chain_key()),
+                anchors,
             ))
         })
         .await
         .map_err(|e| KeydError::io("loading keyd state", io::Error::other(e)))??
     };
     let metrics = KeydMetrics::new();
-    let anchorer = match shared {
-        Some(shared) => {
-            let (store_key, chain_key) = root_keys;
-            let store = SealedStore::new(shared.etcd, StoreKey::new(store_key), &shared.prefix)
-                .map_err(|e| KeydError::Config {
-                    path: None,
-                    message: e.to_string(),
-                })?;
-            Some(Anchorer::new(
-                store,
-                replica_id,
-                audit.clone(),
-                ChainMode::Hmac(chain_key),
-                metrics.clone(),
-            ))
-        }
-        None => None,
-    };
     for slot in keyrings.values() {
         metrics.set_keyring_keys(&slot.name, slot.current.load().len());
     }
@@ -356,13 +334,8 @@ pub async fn serve(
         reload_interval,
     ));
     let renewal_task = tokio::spawn(identity.renew_forever(cert_renewal));
-    let anchor_task = anchorer.map(|anchorer| {
-        let (stop, stopped) = tokio::sync::oneshot::channel();
-        (
-            tokio::spawn(anchorer.run(audit_anchor_interval, stopped)),
-            stop,
-        )
-    });
+    let anchor_task =
+        anchors.map(|a| a.start(audit.clone(), metrics.clone(), audit_anchor_interval));
     let metrics_task = metrics_listener.map(|listener| {
         let render_metrics = metrics.clone();
         let health_audit = audit.clone();
@@ -449,16 +422,8 @@ pub async fn serve(
     if let Err(e) = audit.sync() {
         tracing::error!(error = %e, "could not make the audit log durable at shutdown");
     }
-    if let Some((task, stop)) = anchor_task {
-        // It anchors the records written up to now before it ends; a store that does not
-        // answer does not hold up the shutdown for long.
-        let _ = stop.send(());
-        if tokio::time::timeout(ANCHOR_SHUTDOWN_TIMEOUT, task)
-            .await
-            .is_err()
-        {
-            tracing::warn!("the last audit anchor was not written before shutdown");
-        }
+    if let Some(task) = anchor_task {
+        task.stop().await;
     }
     tracing::info!("coffer keyd stopped");
     result
