@@ -115,6 +115,12 @@ pub enum AnchorError {
     /// The local audit log could not be synced or read.
     #[error(transparent)]
     Audit(#[from] coffer_audit::AuditError),
+    /// Another writer changed the anchor between this replica's read and its write.
+    #[error("audit anchor {key} was changed by another writer while this replica anchored; it is read and checked again at the next interval")]
+    ChangedMeanwhile {
+        /// The store key.
+        key: String,
+    },
     /// The stored anchor names a record this replica's log does not hold.
     #[error("the audit anchor of replica {replica} in the shared store is at seq {anchored} (anchored {time}) but {problem}: the log lost or changed records, or another replica uses --replica-id {replica}. The anchor is kept, not moved back; check the log with `coffer keyd audit verify --etcd-endpoints … --replica {replica}=<log>`, then give this replica a new --replica-id")]
     Conflict {
@@ -323,11 +329,9 @@ impl Anchorer {
             // Someone else wrote it meanwhile: the next round reads and checks theirs.
             Swap::Conflict { .. } => {
                 self.trusted = None;
-                Err(AnchorError::Store(StoreError::Rejected {
-                    operation: "put",
+                Err(AnchorError::ChangedMeanwhile {
                     key: String::from_utf8_lossy(&self.store.path(&name)).into_owned(),
-                    message: "the anchor was changed by another writer; it is checked again at the next interval".into(),
-                }))
+                })
             }
         }
     }
