@@ -66,7 +66,9 @@
 //! The head file sits next to the log, so an attacker who can write both can truncate the log
 //! and roll the head back to an older (genuine) value. Protecting against that needs the head
 //! (`VerifyReport::last_seq`/`last_hash`) exported somewhere the attacker cannot write — for
-//! example sealed TEE state or a remote witness; this crate provides the values, not the witness.
+//! example sealed TEE state or a remote witness. This crate provides the values
+//! ([`AuditLog::checkpoint`]) and the comparison ([`verify_against`]), not the witness (keyd
+//! keeps its replicas' checkpoints in etcd).
 //! Likewise, two logs written under the same HMAC key cannot be told apart by the chain alone;
 //! use one chain key per log (derive it with the log's name as context).
 //!
@@ -100,9 +102,11 @@
 #![warn(missing_docs)]
 
 mod aggregate;
+mod checkpoint;
 mod segment;
 
 pub use aggregate::Aggregator;
+pub use checkpoint::{check_checkpoint, verify_against, Checkpoint, CheckpointStatus};
 pub use segment::{closed_segments, segment_path};
 
 use std::fmt;
@@ -770,7 +774,20 @@ fn read_bounded_line<R: BufRead>(reader: &mut R, buf: &mut Vec<u8>) -> io::Resul
 /// ([`AuditError::InFile`]) and line numbers count within it.
 /// A missing log file verifies as empty (unless the head says otherwise).
 pub fn verify(path: &Path, options: &VerifyOptions) -> Result<VerifyReport, AuditError> {
+    verify_scan(path, options, None, None).map(|(report, _)| report)
+}
+
+/// [`verify`], also returning the link value of the record at `link_of` if the log holds it;
+/// with `stop`, the scan ends after the record at that `seq` (the records after it and the
+/// head file are not read, so a log being appended to can be checked up to a durable point).
+pub(crate) fn verify_scan(
+    path: &Path,
+    options: &VerifyOptions,
+    link_of: Option<u64>,
+    stop: Option<u64>,
+) -> Result<(VerifyReport, Option<String>), AuditError> {
     let head = match options.head {
+        _ if stop.is_some() => None,
         HeadCheck::Ignore => None,
         HeadCheck::IfPresent => read_head(path)?,
         HeadCheck::Require => Some(read_head(path)?.ok_or_else(|| {
@@ -798,6 +815,10 @@ pub fn verify(path: &Path, options: &VerifyOptions) -> Result<VerifyReport, Audi
     {
         files.push(path.to_path_buf());
     }
+    if stop == Some(0) {
+        // Nothing to check before the genesis value.
+        files.clear();
+    }
     let segmented = files.len() > 1;
     let in_file = |file: &Path, e: AuditError| {
         if segmented {
@@ -818,7 +839,8 @@ pub fn verify(path: &Path, options: &VerifyOptions) -> Result<VerifyReport, Audi
     let mut first_seq = 0u64;
     let mut head_link: Option<String> = None;
     let mut pruned_before: Option<u64> = None;
-    for (index, file_path) in files.iter().enumerate() {
+    let mut found_link: Option<String> = None;
+    'files: for (index, file_path) in files.iter().enumerate() {
         let file = match File::open(file_path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -890,6 +912,12 @@ pub fn verify(path: &Path, options: &VerifyOptions) -> Result<VerifyReport, Audi
             if head.as_ref().is_some_and(|h| h.seq == record.seq) {
                 head_link = Some(prev_link.clone());
             }
+            if link_of == Some(record.seq) {
+                found_link = Some(prev_link.clone());
+            }
+            if stop == Some(record.seq) {
+                break 'files;
+            }
         }
     }
     let mut unanchored_lines = 0;
@@ -906,7 +934,7 @@ pub fn verify(path: &Path, options: &VerifyOptions) -> Result<VerifyReport, Audi
         }
         unanchored_lines = last_seq - h.seq;
     }
-    Ok(VerifyReport {
+    let report = VerifyReport {
         lines,
         first_seq,
         last_seq,
@@ -917,7 +945,8 @@ pub fn verify(path: &Path, options: &VerifyOptions) -> Result<VerifyReport, Audi
         pruned_segments,
         pruned_records: first_seq.saturating_sub(1),
         pruning_recorded: first_seq <= 1 || pruned_before == Some(first_seq),
-    })
+    };
+    Ok((report, found_link))
 }
 
 /// Names what happened when line `line` of `files[0]` holds `found` instead of `expected`
@@ -1480,6 +1509,17 @@ impl AuditLog {
         Ok(())
     }
 
+    /// Makes every appended record durable ([`AuditLog::sync`]) and returns the position and
+    /// link of the last one: a checkpoint that never names a record a crash could lose.
+    pub fn checkpoint(&mut self) -> Result<Checkpoint, AuditError> {
+        self.sync()?;
+        Ok(Checkpoint {
+            seq: self.seq,
+            hash: self.link.clone(),
+            segment: self.next_segment,
+        })
+    }
+
     /// `seq` of the last appended record (0 for an empty log).
     pub fn last_seq(&self) -> u64 {
         self.seq
@@ -1556,6 +1596,11 @@ impl SharedAuditLog {
     /// Syncs pending records; see [`AuditLog::sync`].
     pub fn sync(&self) -> Result<(), AuditError> {
         self.lock().sync()
+    }
+
+    /// Syncs and returns the last record's checkpoint; see [`AuditLog::checkpoint`].
+    pub fn checkpoint(&self) -> Result<Checkpoint, AuditError> {
+        self.lock().checkpoint()
     }
 
     /// `seq` of the last appended record.

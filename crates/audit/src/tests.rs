@@ -1093,3 +1093,127 @@ fn location_is_written_only_when_present_and_edits_to_it_are_caught() {
     write_lines(&path, &edited);
     assert!(verify_default(&path).is_err());
 }
+
+fn hmac9() -> VerifyOptions {
+    VerifyOptions {
+        chain: ChainMode::Hmac(ChainKey::new([9; 32])),
+        head: HeadCheck::IfPresent,
+    }
+}
+
+#[test]
+fn a_checkpoint_detects_a_deleted_tail_even_without_the_head_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let mut log = AuditLog::open(&path, hmac_opts(9)).unwrap();
+    for i in 1..=5 {
+        log.append(entry(i)).unwrap();
+    }
+    let checkpoint = log.checkpoint().unwrap();
+    assert_eq!((checkpoint.seq, checkpoint.segment), (5, 1));
+    assert_eq!(checkpoint.hash, log.last_hash());
+    for i in 6..=8 {
+        log.append(entry(i)).unwrap();
+    }
+    drop(log);
+    let (report, status) = verify_against(&path, &hmac9(), &checkpoint).unwrap();
+    assert_eq!(report.last_seq, 8);
+    assert_eq!(status, CheckpointStatus::Holds { records_after: 3 });
+
+    // Cut after record 3 and drop the head file: the chain alone is a valid shorter log.
+    let lines = lines_of(&path);
+    write_lines(&path, &lines[..3]);
+    fs::remove_file(head_path(&path)).unwrap();
+    verify(&path, &hmac9()).unwrap();
+    let (_, status) = verify_against(&path, &hmac9(), &checkpoint).unwrap();
+    assert_eq!(status, CheckpointStatus::TailDeleted { last_seq: 3 });
+}
+
+#[test]
+fn a_checkpoint_detects_a_log_replaced_by_another_under_the_same_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let other = dir.path().join("other.log");
+    let checkpoint = {
+        let mut log = AuditLog::open(&path, hmac_opts(9)).unwrap();
+        for i in 1..=4 {
+            log.append(entry(i)).unwrap();
+        }
+        log.checkpoint().unwrap()
+    };
+    // Another run's records differ at least in their times: wait for the clock to move.
+    thread::sleep(Duration::from_millis(5));
+    write_log(&other, 6, hmac_opts(9));
+    fs::rename(&other, &path).unwrap();
+    fs::rename(head_path(&other), head_path(&path)).unwrap();
+    verify(&path, &hmac9()).unwrap();
+    let (_, status) = verify_against(&path, &hmac9(), &checkpoint).unwrap();
+    assert_eq!(status, CheckpointStatus::Rewritten);
+}
+
+#[test]
+fn checking_a_live_log_reads_only_up_to_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let mut log = AuditLog::open(&path, hmac_opts(9)).unwrap();
+    let empty = log.checkpoint().unwrap();
+    assert_eq!(empty.seq, 0);
+    for i in 1..=3 {
+        log.append(entry(i)).unwrap();
+    }
+    let checkpoint = log.checkpoint().unwrap();
+    log.append(entry(4)).unwrap();
+    let chain = ChainMode::Hmac(ChainKey::new([9; 32]));
+    // A write in progress after the checkpoint does not matter.
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(b"{\"seq\":5")
+        .unwrap();
+    assert!(verify(&path, &hmac9()).is_err());
+    assert_eq!(
+        check_checkpoint(&path, &chain, &checkpoint).unwrap(),
+        CheckpointStatus::Holds { records_after: 0 }
+    );
+    assert_eq!(
+        check_checkpoint(&path, &chain, &empty).unwrap(),
+        CheckpointStatus::Holds { records_after: 0 }
+    );
+    let forged = Checkpoint {
+        hash: SHA256_GENESIS.to_string(),
+        ..checkpoint
+    };
+    assert_eq!(
+        check_checkpoint(&path, &chain, &forged).unwrap(),
+        CheckpointStatus::Rewritten
+    );
+}
+
+#[test]
+fn a_checkpoint_in_removed_segments_is_not_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let mut log = AuditLog::open(&path, segmented(MIN_SEGMENT_BYTES, Some(1))).unwrap();
+    log.append(entry(1)).unwrap();
+    let early = log.checkpoint().unwrap();
+    for i in 2..=1200 {
+        log.append(entry(i)).unwrap();
+    }
+    let late = log.checkpoint().unwrap();
+    assert!(late.segment > 2, "{late:?}");
+    drop(log);
+    let options = VerifyOptions {
+        chain: ChainMode::Hmac(ChainKey::new([7; 32])),
+        head: HeadCheck::Require,
+    };
+    let (report, status) = verify_against(&path, &options, &early).unwrap();
+    assert_eq!(
+        status,
+        CheckpointStatus::NotKept {
+            first_seq: report.first_seq
+        }
+    );
+    let (_, status) = verify_against(&path, &options, &late).unwrap();
+    assert_eq!(status, CheckpointStatus::Holds { records_after: 0 });
+}

@@ -277,7 +277,7 @@ pub struct KeydServeArgs {
     pub join: crate::keyd_join::ServeJoinArgs,
     /// This replica's name among the replicas sharing --store etcd (unique; its audit chain is
     /// anchored in etcd under it). Default: the host name (a pod's name).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = crate::keyd_audit::parse_replica_id)]
     pub replica_id: Option<String>,
     /// How often this replica anchors its audit chain head in etcd (with --store etcd), so a
     /// deleted or rewritten tail of its log is detected (`coffer keyd audit verify --etcd-endpoints`).
@@ -357,17 +357,10 @@ pub enum AuditCommand {
         log: Option<PathBuf>,
     },
     /// Check an audit log's HMAC hash chain (edits, deletions, reordering, truncation) across
-    /// its closed segments (<log>.000001, …) and the active file. The chain key comes from
-    /// keyd's root, so this runs where keyd's root opens (its TEE).
-    Verify {
-        #[command(flatten)]
-        store: KeydStoreArgs,
-        /// The audit log (JSON lines). Default: <data-dir>/audit.log.
-        log: Option<PathBuf>,
-        /// Fail if the log's head file is missing (it detects truncation at the end).
-        #[arg(long)]
-        require_head: bool,
-    },
+    /// its closed segments (<log>.000001, …) and the active file; with --etcd-endpoints, check
+    /// each replica's log (--replica NAME=LOG) against the chain head it anchored in etcd. The
+    /// chain key comes from keyd's root, so this runs where keyd's root opens (its TEE).
+    Verify(Box<crate::keyd_audit::VerifyArgs>),
 }
 
 /// Runs a keyd subcommand.
@@ -432,47 +425,7 @@ pub fn run(command: KeydCommand) -> Result<ExitCode, Error> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        KeydCommand::Audit(AuditCommand::Verify {
-            store,
-            log,
-            require_head,
-        }) => {
-            let platform = store.platform(Access::ExistingOnly)?;
-            let root = KeydRoot::open(&store.data_dir, platform.as_ref())?;
-            let log = log.unwrap_or_else(|| store.data_dir.join("audit.log"));
-            let options = coffer_audit::VerifyOptions {
-                chain: coffer_audit::ChainMode::Hmac(root.audit_chain_key()),
-                head: if require_head {
-                    coffer_audit::HeadCheck::Require
-                } else {
-                    coffer_audit::HeadCheck::IfPresent
-                },
-            };
-            let report = coffer_audit::verify(&log, &options)?;
-            println!(
-                "{}: chain intact, {} records (seq {}..{}) in {} segment(s), last hash {}",
-                log.display(),
-                report.lines,
-                report.first_seq,
-                report.last_seq,
-                report.segments,
-                report.last_hash
-            );
-            if report.pruned_records > 0 && report.pruning_recorded {
-                println!(
-                    "{} older segment(s) with records 1..{} were removed by retention; the chain was checked from the first kept segment's recorded predecessor",
-                    report.pruned_segments,
-                    report.pruned_records
-                );
-            } else if report.pruned_records > 0 {
-                eprintln!(
-                    "warning: records 1..{} ({} older segment(s)) are gone and no audit.prune record accounts for them: unless you moved those segments away yourself, treat the log as tampered",
-                    report.pruned_records,
-                    report.pruned_segments
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        KeydCommand::Audit(AuditCommand::Verify(args)) => crate::keyd_audit::verify(*args),
     }
 }
 

@@ -149,7 +149,8 @@ async fn to_etcd_run(
     let (existing, _) = store.list().await.map_err(|e| foreign(store.prefix(), e))?;
     // Check everything before writing anything: a refused run changes nothing.
     for (name, _) in &existing {
-        if !files.iter().any(|f| &f.name == name) {
+        // Replicas' audit anchors live only in etcd.
+        if !files.iter().any(|f| &f.name == name) && !name.starts_with(coffer_keyd::AUDIT_ANCHORS) {
             return Err(format!(
                 "etcd prefix {} already holds {name}, which {} does not have: refusing to \
                  write into another keyd's state; choose another --etcd-prefix",
@@ -219,8 +220,9 @@ async fn from_etcd_run(data_dir: &Path, store: &SealedStore<EtcdStore>) -> Resul
     let mut to_write = Vec::new();
     let mut present = 0;
     for (name, record) in &records {
-        // The data directory keeps its own root file: it is sealed to this machine.
-        if name == ROOT_RECORD {
+        // The data directory keeps its own root file: it is sealed to this machine. Audit
+        // anchors witness the replicas' logs and have no file.
+        if name == ROOT_RECORD || name.starts_with(coffer_keyd::AUDIT_ANCHORS) {
             continue;
         }
         let valid = name

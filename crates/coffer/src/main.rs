@@ -6,6 +6,7 @@ mod cli;
 mod cmd;
 mod duration;
 mod keyd;
+mod keyd_audit;
 mod keyd_etcd;
 mod keyd_join;
 mod keyd_migrate;

@@ -6,7 +6,7 @@
 //! back succeeds, with no restart.
 
 use std::future::Future;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -80,14 +80,14 @@ impl EtcdOptions {
     }
 }
 
-/// A connection to an etcd cluster.
-#[derive(Debug)]
+/// A connection to an etcd cluster. Clones share the connection and the authentication token.
+#[derive(Debug, Clone)]
 pub struct EtcdStore {
     kv: KvClient<Channel>,
     watch: WatchClient<Channel>,
     auth: AuthClient<Channel>,
     credentials: Option<(String, Zeroizing<String>)>,
-    token: RwLock<Option<MetadataValue<tonic::metadata::Ascii>>>,
+    token: Arc<RwLock<Option<MetadataValue<tonic::metadata::Ascii>>>>,
     endpoints: String,
 }
 
@@ -150,7 +150,7 @@ impl EtcdStore {
             watch: WatchClient::new(channel.clone()),
             auth: AuthClient::new(channel),
             credentials,
-            token: RwLock::new(None),
+            token: Arc::new(RwLock::new(None)),
             endpoints: options.endpoints.join(","),
         };
         store.authenticate().await?;

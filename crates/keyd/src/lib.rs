@@ -6,6 +6,7 @@
 //! ([`coffer_attest::policy::Policy`]); the keyd configuration ([`KeydConfig`]) says which roles
 //! may use which operation on which keyring.
 
+mod anchors;
 mod config;
 mod error;
 mod grants;
@@ -25,6 +26,7 @@ mod slots;
 /// Generated gRPC types and stubs of `coffer.keyd.v1.KeyService` (from `coffer-proto`).
 pub use coffer_proto::keyd as pb;
 
+pub use anchors::{read_anchors, validate_replica_id, AnchorError, AuditAnchor, AUDIT_ANCHORS};
 pub use config::{validate_keyring_name, KeydConfig, KeyringAccess, Operation};
 pub use error::KeydError;
 pub use grants::{NamePattern, UnsealGrant};

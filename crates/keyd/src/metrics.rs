@@ -60,6 +60,8 @@ pub struct KeydMetrics {
     rate_limited: Counter,
     audit_failures: Counter,
     keyring_keys: Family<KeyringLabels, Gauge>,
+    audit_anchor_conflict: Gauge,
+    audit_anchor_failures: Counter,
 }
 
 impl std::fmt::Debug for KeydMetrics {
@@ -114,6 +116,18 @@ impl KeydMetrics {
             "KEKs that can decrypt, per keyring",
             keyring_keys.clone(),
         );
+        let audit_anchor_conflict = Gauge::default();
+        registry.register(
+            "audit_anchor_conflict",
+            "1 while the audit anchor in the shared store names a record this replica's log does not hold (tail deleted or rewritten, or a duplicate --replica-id)",
+            audit_anchor_conflict.clone(),
+        );
+        let audit_anchor_failures = Counter::default();
+        registry.register(
+            "audit_anchor_failures",
+            "Audit anchors that could not be written to the shared store (unreachable or refused)",
+            audit_anchor_failures.clone(),
+        );
         KeydMetrics {
             registry: Arc::new(registry),
             requests,
@@ -122,6 +136,8 @@ impl KeydMetrics {
             rate_limited,
             audit_failures,
             keyring_keys,
+            audit_anchor_conflict,
+            audit_anchor_failures,
         }
     }
 
@@ -157,6 +173,16 @@ impl KeydMetrics {
     /// Counts one audit write failure.
     pub fn audit_failure(&self) {
         self.audit_failures.inc();
+    }
+
+    /// Sets whether the stored audit anchor conflicts with this replica's log.
+    pub fn set_audit_anchor_conflict(&self, conflict: bool) {
+        self.audit_anchor_conflict.set(i64::from(conflict));
+    }
+
+    /// Counts one audit anchor that could not be written.
+    pub fn audit_anchor_failure(&self) {
+        self.audit_anchor_failures.inc();
     }
 
     /// Records how many KEKs keyring `name` has.

@@ -23,6 +23,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::anchors::AnchorTarget;
 use crate::config::KeydConfig;
 use crate::identity::ServerIdentity;
 use crate::keyrings::{load_keyrings, load_sealing_keys, KeyringSlot};
@@ -257,19 +258,11 @@ pub async fn serve(
         replica_id,
         audit_anchor_interval,
     } = options;
-    if shared.is_some() {
-        // Built on branch i12-state; until it lands, say so rather than serve the data directory.
-        return Err(KeydError::io(
-            "--store etcd",
-            io::Error::other("serving from etcd is not available in this build"),
-        ));
-    }
-    let _ = (&replica_id, audit_anchor_interval);
     let addr = listener
         .local_addr()
         .map_err(|e| KeydError::io("listener address", e))?;
     let audit_path = audit_log.unwrap_or_else(|| data_dir.join("audit.log"));
-    let (keyrings, audit, handover) = {
+    let (keyrings, audit, handover, anchors) = {
         let platform = platform.clone();
         tokio::task::spawn_blocking(move || {
             // Best effort, like the plugin's: leftovers only wait for the next write.
@@ -290,10 +283,16 @@ pub async fn serve(
                     retention_segments: audit_settings.retention_segments,
                 },
             )?;
+            // With --store etcd the chain head is anchored there (keyrings: branch i12-state).
+            let anchors = shared
+                .as_ref()
+                .map(|shared| AnchorTarget::new(shared, &root, replica_id))
+                .transpose()?;
             Ok::<_, KeydError>((
                 keyrings,
                 SharedAuditLog::new(log),
                 Arc::new(root.hand_over()),
+                anchors,
             ))
         })
         .await
@@ -336,6 +335,8 @@ pub async fn serve(
         reload_interval,
     ));
     let renewal_task = tokio::spawn(identity.renew_forever(cert_renewal));
+    let anchor_task =
+        anchors.map(|a| a.start(audit.clone(), metrics.clone(), audit_anchor_interval));
     let metrics_task = metrics_listener.map(|listener| {
         let render_metrics = metrics.clone();
         let health_audit = audit.clone();
@@ -422,6 +423,9 @@ pub async fn serve(
     }
     if let Err(e) = audit.sync() {
         tracing::error!(error = %e, "could not make the audit log durable at shutdown");
+    }
+    if let Some(task) = anchor_task {
+        task.stop().await;
     }
     tracing::info!("coffer keyd stopped");
     result
