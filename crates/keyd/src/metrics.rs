@@ -60,6 +60,7 @@ pub struct KeydMetrics {
     rate_limited: Counter,
     audit_failures: Counter,
     keyring_keys: Family<KeyringLabels, Gauge>,
+    store_records_refused: Counter,
 }
 
 impl std::fmt::Debug for KeydMetrics {
@@ -114,6 +115,12 @@ impl KeydMetrics {
             "KEKs that can decrypt, per keyring",
             keyring_keys.clone(),
         );
+        let store_records_refused = Counter::default();
+        registry.register(
+            "store_records_refused",
+            "Records in the shared store (etcd) that did not open or load; the previous keys stay served",
+            store_records_refused.clone(),
+        );
         KeydMetrics {
             registry: Arc::new(registry),
             requests,
@@ -122,7 +129,13 @@ impl KeydMetrics {
             rate_limited,
             audit_failures,
             keyring_keys,
+            store_records_refused,
         }
+    }
+
+    /// Counts one shared-store record refused (tampered, or written by another root).
+    pub fn store_record_refused(&self) {
+        self.store_records_refused.inc();
     }
 
     /// Counts one call.
