@@ -880,6 +880,8 @@ struct KeyringStatus {
     name: String,
     primary_key_id: Option<String>,
     keys: usize,
+    /// The keystore's change counter (0 when it does not load).
+    generation: u64,
     /// The primary sealing key (`None`: the keyring has none yet, or they do not load).
     primary_sealing_key_id: Option<String>,
     error: Option<String>,
@@ -902,6 +904,7 @@ fn keyring_status(
         Ok(ring) => KeyringStatus {
             primary_key_id: Some(ring.primary_id().to_string()),
             keys: ring.len(),
+            generation: ring.generation(),
             primary_sealing_key_id,
             error: None,
             sealing_error,
@@ -910,6 +913,7 @@ fn keyring_status(
         Err(e) => KeyringStatus {
             primary_key_id: None,
             keys: 0,
+            generation: 0,
             primary_sealing_key_id,
             error: Some(e),
             sealing_error,

@@ -56,7 +56,7 @@ pub struct SharedStore {
 #[non_exhaustive]
 pub enum SharedStateError {
     /// etcd did not answer a write: nothing was changed.
-    #[error("{source}; nothing was changed: a running keyd keeps serving reads from memory; retry when etcd is back")]
+    #[error("{source}; nothing was changed (reads are still served; retry when etcd is back)")]
     WriteUnavailable {
         /// The store's error, naming the endpoints.
         source: StoreError,
@@ -97,7 +97,9 @@ pub enum SharedStateError {
         prefix: String,
     },
     /// `keyring create` of a keyring that exists.
-    #[error("keyring {name:?} already exists in etcd ({prefix}keyrings/{name}/); it is never replaced")]
+    #[error(
+        "keyring {name:?} already exists in etcd ({prefix}keyrings/{name}/); it is never replaced"
+    )]
     KeyringExists {
         /// The keyring.
         name: String,
@@ -254,7 +256,9 @@ impl SharedState {
 
     fn write_error(&self, e: StoreError) -> KeydError {
         match e {
-            StoreError::Unavailable { .. } => SharedStateError::WriteUnavailable { source: e }.into(),
+            StoreError::Unavailable { .. } => {
+                SharedStateError::WriteUnavailable { source: e }.into()
+            }
             e => self.read_error(e),
         }
     }
@@ -519,7 +523,10 @@ impl SharedState {
             tracing::info!(keyring = %name, primary = keyring.primary_id(), keys = keyring.len(), revision = record.mod_revision, "keyring loaded from etcd");
             let sealing_store = self.sealing_store(name)?;
             let (sealing, sealing_revision) = match records.get(&sealing_record(name)) {
-                Some(r) => (Some(sealing_store.load_bytes(&r.plaintext)?), r.mod_revision),
+                Some(r) => (
+                    Some(sealing_store.load_bytes(&r.plaintext)?),
+                    r.mod_revision,
+                ),
                 None => {
                     tracing::warn!(keyring = %name, "keyring has no sealing key: key bundles, Reseal and Unseal refuse it until `coffer keyd sealing-key rotate --keyring {name} --store etcd` runs");
                     (None, 0)
