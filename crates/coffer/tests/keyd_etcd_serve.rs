@@ -267,8 +267,8 @@ async fn replicas_serve_each_others_writes_and_concurrent_rotations_lose_nothing
     // A rotation on one replica is served by the others.
     let rotated = rotate(&mut clients[0]).await.unwrap();
     assert_eq!(primary(&mut clients[0]).await.unwrap(), rotated);
-    for i in 1..3 {
-        let took = until_primary(&mut clients[i], &rotated, "RPC rotation").await;
+    for (i, c) in clients.iter_mut().enumerate().skip(1) {
+        let took = until_primary(c, &rotated, "RPC rotation").await;
         eprintln!("replica {i} served replica 0's rotation after {took:?}");
     }
     for c in clients.iter_mut() {
