@@ -11,6 +11,8 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coffer_keyd_client::pb;
@@ -18,11 +20,13 @@ use coffer_keyd_client::pb::key_service_client::KeyServiceClient;
 use coffer_keyd_store::{EtcdOptions, EtcdStore, Expect, StateStore, Swap};
 use coffer_platform::sim::SimPlatform;
 use common::etcd::Etcd;
+use common::keyd::write_keyd_policy;
 use common::keyd::{
     bundle, client, create_keyd_data, free_addr, keyd_cli, sim_signer, KeydProcess,
 };
+use common::load::{load, plugin_dir};
 use common::run::output_within;
-use common::{coffer, coffer_bin};
+use common::{coffer, coffer_bin, try_status, Plugin};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -47,6 +51,12 @@ impl Cluster {
     /// One initialised data directory with `cluster-a`, copied for `count` replicas, its state
     /// migrated once into a fresh etcd; `None` when etcd is not installed.
     fn prepare(count: usize) -> Option<Cluster> {
+        Self::prepare_for(count, None)
+    }
+
+    /// [`Cluster::prepare`], granting a KMS plugin whose sim state is `plugin` wrap, unwrap
+    /// and status too.
+    fn prepare_for(count: usize, plugin: Option<&Path>) -> Option<Cluster> {
         let etcd = Etcd::start_or_skip()?;
         let dir = tempfile::tempdir().unwrap();
         let first = dir.path().join("keyd-0");
@@ -66,18 +76,30 @@ impl Cluster {
         keyd_cli(&first, &["migrate", "--to-etcd", &etcd.endpoint]);
         let admin = dir.path().join("admin");
         let policy = dir.path().join("policy.yaml");
+        let mut roles = format!(
+            "  - name: admin\n    sim: {{ signer: [\"{}\"] }}\n",
+            sim_signer(&admin)
+        );
+        if let Some(plugin) = plugin {
+            roles.push_str(&format!(
+                "  - name: kms-plugin\n    sim: {{ signer: [\"{}\"] }}\n",
+                sim_signer(plugin)
+            ));
+        }
         std::fs::write(
             &policy,
-            format!(
-                "version: 1\nallow_simulation: true\nroles:\n  - name: admin\n    sim: {{ signer: [\"{}\"] }}\n",
-                sim_signer(&admin)
-            ),
+            format!("version: 1\nallow_simulation: true\nroles:\n{roles}"),
         )
         .unwrap();
+        let callers = if plugin.is_some() {
+            "[admin, kms-plugin]"
+        } else {
+            "[admin]"
+        };
         let config = dir.path().join("keyd.yaml");
         std::fs::write(
             &config,
-            format!("keyrings:\n  {KEYRING}:\n    wrap: [admin]\n    unwrap: [admin]\n    status: [admin]\n    rotate: [admin]\n    list: [admin]\n"),
+            format!("keyrings:\n  {KEYRING}:\n    wrap: {callers}\n    unwrap: {callers}\n    status: {callers}\n    rotate: [admin]\n    list: [admin]\n"),
         )
         .unwrap();
         Some(Cluster {
@@ -558,4 +580,97 @@ async fn a_tampered_record_is_refused_and_nothing_is_served_from_it() {
         err.contains("absent-one") && err.contains("keyring create absent-one --store etcd"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_under_decrypt_load_fails_no_call_beyond_those_in_flight() {
+    /// Concurrent callers: at most this many calls are in flight at the kill.
+    const WORKERS: usize = 4;
+    let (plugin_dir, plugin_state) = plugin_dir();
+    let Some(mut cluster) = Cluster::prepare_for(3, Some(&plugin_state)) else {
+        return;
+    };
+    for i in 0..3 {
+        cluster.start(i);
+    }
+    let keyd_policy = cluster.dir.path().join("keyd-policy.yaml");
+    write_keyd_policy(&keyd_policy, &sim_signer(&cluster.data[0]));
+    let addrs: Vec<String> = cluster.addrs.iter().map(ToString::to_string).collect();
+    let plugin = Plugin::spawn_service_in(
+        plugin_dir,
+        &[
+            "--keyd",
+            &addrs.join(","),
+            "--keyd-keyring",
+            KEYRING,
+            "--keyd-policy",
+            keyd_policy.to_str().unwrap(),
+        ],
+    );
+    plugin.wait_ready().await;
+    let client = plugin.v2().await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|_| {
+            tokio::spawn(load(
+                client.clone(),
+                stop.clone(),
+                calls.clone(),
+                failed.clone(),
+            ))
+        })
+        .collect();
+    let until = |n: usize| {
+        let calls = calls.clone();
+        async move {
+            let started = Instant::now();
+            while calls.load(Ordering::Relaxed) < n {
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "the load stalled"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    until(100).await;
+    cluster.process(0).kill();
+    let at_kill = calls.load(Ordering::Relaxed);
+    until(at_kill + 300).await;
+
+    // A rotation on a surviving replica reaches the plugin through the other one too.
+    let mut admin = cluster.client(1).await;
+    let rotated = rotate(&mut admin).await.unwrap();
+    let mut status_client = client.clone();
+    let started = Instant::now();
+    while try_status(&mut status_client).await.unwrap().key_id != rotated {
+        assert!(
+            started.elapsed() < SEEN_WITHIN,
+            "the plugin never reported {rotated}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let at_rotation = calls.load(Ordering::Relaxed);
+    until(at_rotation + 100).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let failed = failed.lock().unwrap().clone();
+    eprintln!(
+        "kill -9 of one of 3 etcd-backed replicas under load: {} calls, {} failed",
+        calls.load(Ordering::Relaxed),
+        failed.len()
+    );
+    assert!(
+        failed.len() <= WORKERS,
+        "{} of {} calls failed: {failed:?}",
+        failed.len(),
+        calls.load(Ordering::Relaxed)
+    );
+    let log = plugin.log_text();
+    assert!(!log.contains("panicked"), "{log}");
 }
