@@ -882,6 +882,30 @@ mod tests {
     }
 
     #[test]
+    fn byte_level_changes_never_touch_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let platform: Arc<dyn Platform> =
+            Arc::new(SimPlatform::open_or_create(dir.path()).unwrap());
+        let s = SealingKeyStore::new(Path::new("etcd:/coffer/keyd"), "apps", platform).unwrap();
+        let (v1, first) = s.rotate_bytes(None).unwrap();
+        let (v2, second) = s.rotate_bytes(Some(&v1)).unwrap();
+        assert_eq!(s.load_bytes(&v2).unwrap().primary().id(), second.id);
+        let (v3, retired) = s.retire_bytes(&v2, &first.id).unwrap();
+        assert_eq!(retired.id, first.id);
+        let info = s.info_bytes(&v3).unwrap();
+        assert_eq!((info.generation, info.keys.len()), (3, 1));
+        assert!(!s.exists(), "a byte-level change wrote a file");
+        let mut edited = v3.clone();
+        let at = edited.iter().position(|b| *b == b'3').unwrap();
+        edited[at] = b'4';
+        let err = s.load_bytes(&edited).unwrap_err().to_string();
+        assert!(
+            err.contains("etcd:/coffer/keyd/keyrings/apps/sealing-keys.json"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn writes_are_atomic_and_leave_no_temporaries() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path(), "apps");

@@ -603,6 +603,35 @@ mod tests {
     }
 
     #[test]
+    fn byte_level_changes_never_touch_files_and_name_their_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let platform = Arc::new(SimPlatform::open_or_create(dir.path()).unwrap());
+        let ks = Keystore::new("etcd:/coffer/keyd/keyrings/a", platform);
+        let (v1, info) = ks.init_bytes().unwrap();
+        let first = info.primary().unwrap().id.clone();
+        let (v2, second) = ks.rotate_bytes(&v1).unwrap();
+        // Two writers that both start from v1 make different ids: only the store's
+        // compare-and-swap keeps one of them from losing the other's key.
+        let (_, racing) = ks.rotate_bytes(&v1).unwrap();
+        assert_ne!(second.id, racing.id);
+        let ring = ks.load_bytes(&v2).unwrap();
+        assert_eq!((ring.primary_id(), ring.len()), (second.id.as_str(), 2));
+        let (v3, retired) = ks.retire_bytes(&v2, &first).unwrap();
+        assert_eq!(retired.id, first);
+        let info = ks.info_bytes(&v3).unwrap();
+        assert_eq!(
+            (info.generation, info.keys.len(), info.retired.len()),
+            (3, 1, 1)
+        );
+        assert!(!ks.exists(), "a byte-level change wrote a file");
+        let err = ks.load_bytes(&v3[..v3.len() / 2]).unwrap_err().to_string();
+        assert!(
+            err.contains("etcd:/coffer/keyd/keyrings/a/keystore"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn stamp_changes_on_rotation() {
         let dir = tempfile::tempdir().unwrap();
         let ks = store(dir.path());
