@@ -686,7 +686,15 @@ fn etcd_state(
             .connect()
             .await?
             .ok_or("--store etcd did not connect to etcd")?;
-        Ok::<_, Error>(coffer_keyd::SharedState::open(connection, &root, platform).await?)
+        coffer_keyd::SharedState::open(connection, &root, platform)
+            .await
+            .map_err(|e| match e {
+                // Running replicas are unaffected: say so, as a failed write does.
+                coffer_keyd::KeydError::SharedState(coffer_keyd::SharedStateError::Store(
+                    source @ coffer_keyd_store::StoreError::Unavailable { .. },
+                )) => coffer_keyd::SharedStateError::WriteUnavailable { source }.into(),
+                e => Error::from(e),
+            })
     })?;
     Ok(Some((runtime, state)))
 }

@@ -446,7 +446,9 @@ async fn an_etcd_outage_keeps_reads_fails_writes_clearly_and_heals_without_a_res
     let (ok, _, stderr) = tokio::task::block_in_place(|| cluster.cli(1, &["rotate", KEYRING]));
     assert!(!ok, "rotated with etcd down");
     assert!(
-        stderr.contains(&cluster.etcd.endpoint) && stderr.contains("etcd is unavailable"),
+        stderr.contains(&cluster.etcd.endpoint)
+            && stderr.contains("etcd is unavailable")
+            && stderr.contains("reads are still served; retry when etcd is back"),
         "{stderr}"
     );
     assert_eq!(primary(&mut b).await.unwrap(), before);
