@@ -722,6 +722,71 @@ fn sealing_store(
     )?)
 }
 
+/// A keyring's sealing keys, in the data directory or in etcd.
+enum SealingKeys {
+    Files(coffer_keyd::SealingKeyStore),
+    Etcd {
+        runtime: tokio::runtime::Runtime,
+        state: Box<coffer_keyd::SharedState>,
+        keyring: String,
+    },
+}
+
+impl SealingKeys {
+    /// The sealing keys of existing keyring `keyring`, where `--store` says they are.
+    fn open(
+        store: &KeydStoreArgs,
+        shared: &SharedStoreArgs,
+        keyring: &str,
+    ) -> Result<SealingKeys, Error> {
+        Ok(match etcd_state(store, shared)? {
+            Some((runtime, state)) => SealingKeys::Etcd {
+                runtime,
+                state: Box::new(state),
+                keyring: keyring.to_string(),
+            },
+            None => SealingKeys::Files(sealing_store(store, keyring)?),
+        })
+    }
+
+    fn info(&self) -> Result<coffer_keyd::SealingKeysInfo, Error> {
+        Ok(match self {
+            SealingKeys::Files(files) => files.info()?,
+            SealingKeys::Etcd {
+                runtime,
+                state,
+                keyring,
+            } => runtime.block_on(state.sealing_info(keyring))?,
+        })
+    }
+
+    fn rotate(&self) -> Result<coffer_keyd::SealingKeyInfo, Error> {
+        Ok(match self {
+            SealingKeys::Files(files) => files.rotate()?,
+            SealingKeys::Etcd {
+                runtime,
+                state,
+                keyring,
+            } => runtime.block_on(state.rotate_sealing_key(keyring))?.key,
+        })
+    }
+
+    fn retire(&self, key_id: &str) -> Result<coffer_keyd::RetiredKey, Error> {
+        Ok(match self {
+            SealingKeys::Files(files) => files.retire(key_id)?,
+            SealingKeys::Etcd {
+                runtime,
+                state,
+                keyring,
+            } => {
+                runtime
+                    .block_on(state.retire_sealing_key(keyring, key_id))?
+                    .key
+            }
+        })
+    }
+}
+
 /// `coffer keyd sealing-key …`.
 fn sealing_key(command: SealingKeyCommand) -> Result<ExitCode, Error> {
     match command {
@@ -730,10 +795,7 @@ fn sealing_key(command: SealingKeyCommand) -> Result<ExitCode, Error> {
             shared,
             keyring,
         } => {
-            let info = match etcd_state(&store, &shared)? {
-                Some((runtime, state)) => runtime.block_on(state.rotate_sealing_key(&keyring))?.key,
-                None => sealing_store(&store, &keyring)?.rotate()?,
-            };
+            let info = SealingKeys::open(&store, &shared, &keyring)?.rotate()?;
             println!(
                 "keyring {keyring}: new primary sealing key {} (a running keyd serves it within --reload-interval; clients seal to it once they fetch the new key bundle)",
                 info.id
@@ -745,10 +807,7 @@ fn sealing_key(command: SealingKeyCommand) -> Result<ExitCode, Error> {
             keyring,
             json,
         } => {
-            let info = match etcd_state(&store, &shared)? {
-                Some((runtime, state)) => runtime.block_on(state.sealing_info(&keyring))?,
-                None => sealing_store(&store, &keyring)?.info()?,
-            };
+            let info = SealingKeys::open(&store, &shared, &keyring)?.info()?;
             let rows = info
                 .keys
                 .iter()
@@ -788,16 +847,8 @@ fn sealing_key(command: SealingKeyCommand) -> Result<ExitCode, Error> {
             key_id,
             confirm,
         } => {
-            let etcd = etcd_state(&store, &shared)?;
-            let files = match &etcd {
-                Some(_) => None,
-                None => Some(sealing_store(&store, &keyring)?),
-            };
-            let info = match (&etcd, &files) {
-                (Some((runtime, state)), _) => runtime.block_on(state.sealing_info(&keyring))?,
-                (None, Some(files)) => files.info()?,
-                (None, None) => unreachable!("one of the stores is open"),
-            };
+            let sealing = SealingKeys::open(&store, &shared, &keyring)?;
+            let info = sealing.info()?;
             // Only a retirement that would succeed asks for --confirm: the primary, an unknown
             // and a retired key are refused by `retire` with their own reason, changing nothing.
             let retirable = info.keys.iter().any(|k| k.id == key_id && !k.primary);
@@ -807,15 +858,7 @@ fn sealing_key(command: SealingKeyCommand) -> Result<ExitCode, Error> {
                 )
                 .into());
             }
-            let retired = match (&etcd, &files) {
-                (Some((runtime, state)), _) => {
-                    runtime
-                        .block_on(state.retire_sealing_key(&keyring, &key_id))?
-                        .key
-                }
-                (None, Some(files)) => files.retire(&key_id)?,
-                (None, None) => unreachable!("one of the stores is open"),
-            };
+            let retired = sealing.retire(&key_id)?;
             eprintln!(
                 "warning: values still sealed to {} can no longer be unsealed (reseal them first next time: kubectl coffer reseal)",
                 retired.id

@@ -298,14 +298,13 @@ pub async fn serve(
     };
     let instance_id = root.instance_id().to_string();
     // With --store etcd: the keyrings from one listing of the prefix, watched from there.
-    let (keyrings, watched) = match (dir_keyrings, shared) {
-        (Some(keyrings), _) => (keyrings, None),
-        (None, Some(shared)) => {
+    let (keyrings, watched) = match shared {
+        None => (dir_keyrings.unwrap_or_default(), None),
+        Some(shared) => {
             let state = Arc::new(SharedState::open(shared, &root, platform.clone()).await?);
             let (keyrings, revision) = state.load_keyrings(&config).await?;
             (keyrings, Some((state, revision)))
         }
-        (None, None) => unreachable!("keyrings load from the data directory without a store"),
     };
     drop(root);
     let metrics = KeydMetrics::new();

@@ -238,6 +238,12 @@ impl SharedState {
         Ok(state)
     }
 
+    /// The sealed records under the prefix, for other records that live there (audit
+    /// anchors) on the same etcd connection.
+    pub fn records(&self) -> &SealedStore<EtcdStore> {
+        &self.records
+    }
+
     /// The prefix as given on the command line (no trailing `/`).
     fn prefix_arg(&self) -> String {
         self.records.prefix().trim_end_matches('/').to_string()
