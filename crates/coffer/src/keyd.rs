@@ -13,6 +13,7 @@ use coffer_platform::{open_platform, Access, Platform, PlatformChoice};
 use coffer_recovery::{OperatorPublicKey, OperatorSecretKey, SealedShare};
 
 use crate::attest::SourceArgs;
+use crate::keyd_etcd::{SharedStoreArgs, StoreKind};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -35,6 +36,8 @@ pub enum KeydCommand {
     Rotate {
         #[command(flatten)]
         store: KeydStoreArgs,
+        #[command(flatten)]
+        shared: SharedStoreArgs,
         /// The keyring.
         keyring: String,
     },
@@ -47,6 +50,8 @@ pub enum KeydCommand {
     Status {
         #[command(flatten)]
         store: KeydStoreArgs,
+        #[command(flatten)]
+        shared: SharedStoreArgs,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -295,6 +300,8 @@ pub enum KeyringCommand {
     Create {
         #[command(flatten)]
         store: KeydStoreArgs,
+        #[command(flatten)]
+        shared: SharedStoreArgs,
         /// Keyring name: lowercase letters, digits and '-', at most 63.
         name: String,
     },
@@ -310,6 +317,8 @@ pub enum SealingKeyCommand {
     Rotate {
         #[command(flatten)]
         store: KeydStoreArgs,
+        #[command(flatten)]
+        shared: SharedStoreArgs,
         /// The keyring.
         #[arg(long)]
         keyring: String,
@@ -319,6 +328,8 @@ pub enum SealingKeyCommand {
     List {
         #[command(flatten)]
         store: KeydStoreArgs,
+        #[command(flatten)]
+        shared: SharedStoreArgs,
         /// The keyring.
         #[arg(long)]
         keyring: String,
@@ -333,6 +344,8 @@ pub enum SealingKeyCommand {
     Retire {
         #[command(flatten)]
         store: KeydStoreArgs,
+        #[command(flatten)]
+        shared: SharedStoreArgs,
         /// The keyring.
         #[arg(long)]
         keyring: String,
@@ -370,9 +383,18 @@ pub fn run(command: KeydCommand) -> Result<ExitCode, Error> {
         KeydCommand::Migrate(args) => crate::keyd_migrate::run(args),
         KeydCommand::Join(args) => crate::keyd_join::run(*args),
         KeydCommand::Serve(args) => serve(*args),
-        KeydCommand::Keyring(KeyringCommand::Create { store, name }) => {
-            let platform = store.platform(Access::ExistingOnly)?;
-            let created = coffer_keyd::create_keyring(&store.data_dir, platform, &name)?;
+        KeydCommand::Keyring(KeyringCommand::Create {
+            store,
+            shared,
+            name,
+        }) => {
+            let created = match etcd_state(&store, &shared)? {
+                Some((runtime, state)) => runtime.block_on(state.create_keyring(&name))?,
+                None => {
+                    let platform = store.platform(Access::ExistingOnly)?;
+                    coffer_keyd::create_keyring(&store.data_dir, platform, &name)?
+                }
+            };
             println!(
                 "created keyring {name} with primary KEK {} and sealing key {}",
                 created.kek_id, created.sealing_key_id
@@ -380,7 +402,16 @@ pub fn run(command: KeydCommand) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
         KeydCommand::SealingKey(command) => sealing_key(command),
-        KeydCommand::Rotate { store, keyring } => {
+        KeydCommand::Rotate {
+            store,
+            shared,
+            keyring,
+        } => {
+            if let Some((runtime, state)) = etcd_state(&store, &shared)? {
+                let rotated = runtime.block_on(state.rotate(&keyring))?;
+                println!("rotated keyring {keyring} in etcd: new primary KEK {} (every keyd replica serves it within seconds)", rotated.key.id);
+                return Ok(ExitCode::SUCCESS);
+            }
             let platform = store.platform(Access::ExistingOnly)?;
             let root = KeydRoot::open(&store.data_dir, platform.as_ref())?;
             let keystore = coffer_keyd::keyring_store(&store.data_dir, &root, platform, &keyring)?;
@@ -395,7 +426,11 @@ pub fn run(command: KeydCommand) -> Result<ExitCode, Error> {
             println!("rotated keyring {keyring}: new primary KEK {} (a running keyd reloads it within --reload-interval)", info.id);
             Ok(ExitCode::SUCCESS)
         }
-        KeydCommand::Status { store, json } => status(&store, json),
+        KeydCommand::Status {
+            store,
+            shared,
+            json,
+        } => status(&store, &shared, json),
         KeydCommand::Recover(args) => recover(args),
         KeydCommand::RecoveryKey(RecoveryKeyCommand::Generate { out }) => {
             let (secret, public) = OperatorSecretKey::generate();
@@ -592,6 +627,38 @@ fn init_on_first_start(args: &KeydServeArgs, config: &KeydConfig) -> Result<(), 
     Ok(())
 }
 
+/// With `--store etcd`: keyd's records in etcd, opened with the data directory's root, and
+/// the runtime to call etcd on; `None` with `--store dir`.
+fn etcd_state(
+    store: &KeydStoreArgs,
+    shared: &SharedStoreArgs,
+) -> Result<Option<(tokio::runtime::Runtime, coffer_keyd::SharedState)>, Error> {
+    if shared.store == StoreKind::Dir {
+        return Ok(None);
+    }
+    let platform = store.platform(Access::ExistingOnly)?;
+    let root = KeydRoot::open(&store.data_dir, platform.as_ref())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let state = runtime.block_on(async {
+        let connection = shared
+            .connect()
+            .await?
+            .ok_or("--store etcd did not connect to etcd")?;
+        coffer_keyd::SharedState::open(connection, &root, platform)
+            .await
+            .map_err(|e| match e {
+                // Running replicas are unaffected: say so, as a failed write does.
+                coffer_keyd::KeydError::SharedState(coffer_keyd::SharedStateError::Store(
+                    source @ coffer_keyd_store::StoreError::Unavailable { .. },
+                )) => coffer_keyd::SharedStateError::WriteUnavailable { source }.into(),
+                e => Error::from(e),
+            })
+    })?;
+    Ok(Some((runtime, state)))
+}
+
 /// The sealing keys of an existing keyring.
 fn sealing_store(
     store: &KeydStoreArgs,
@@ -615,11 +682,80 @@ fn sealing_store(
     )?)
 }
 
+/// A keyring's sealing keys, in the data directory or in etcd.
+enum SealingKeys {
+    Files(coffer_keyd::SealingKeyStore),
+    Etcd {
+        runtime: tokio::runtime::Runtime,
+        state: Box<coffer_keyd::SharedState>,
+        keyring: String,
+    },
+}
+
+impl SealingKeys {
+    /// The sealing keys of existing keyring `keyring`, where `--store` says they are.
+    fn open(
+        store: &KeydStoreArgs,
+        shared: &SharedStoreArgs,
+        keyring: &str,
+    ) -> Result<SealingKeys, Error> {
+        Ok(match etcd_state(store, shared)? {
+            Some((runtime, state)) => SealingKeys::Etcd {
+                runtime,
+                state: Box::new(state),
+                keyring: keyring.to_string(),
+            },
+            None => SealingKeys::Files(sealing_store(store, keyring)?),
+        })
+    }
+
+    fn info(&self) -> Result<coffer_keyd::SealingKeysInfo, Error> {
+        Ok(match self {
+            SealingKeys::Files(files) => files.info()?,
+            SealingKeys::Etcd {
+                runtime,
+                state,
+                keyring,
+            } => runtime.block_on(state.sealing_info(keyring))?,
+        })
+    }
+
+    fn rotate(&self) -> Result<coffer_keyd::SealingKeyInfo, Error> {
+        Ok(match self {
+            SealingKeys::Files(files) => files.rotate()?,
+            SealingKeys::Etcd {
+                runtime,
+                state,
+                keyring,
+            } => runtime.block_on(state.rotate_sealing_key(keyring))?.key,
+        })
+    }
+
+    fn retire(&self, key_id: &str) -> Result<coffer_keyd::RetiredKey, Error> {
+        Ok(match self {
+            SealingKeys::Files(files) => files.retire(key_id)?,
+            SealingKeys::Etcd {
+                runtime,
+                state,
+                keyring,
+            } => {
+                runtime
+                    .block_on(state.retire_sealing_key(keyring, key_id))?
+                    .key
+            }
+        })
+    }
+}
+
 /// `coffer keyd sealing-key …`.
 fn sealing_key(command: SealingKeyCommand) -> Result<ExitCode, Error> {
     match command {
-        SealingKeyCommand::Rotate { store, keyring } => {
-            let info = sealing_store(&store, &keyring)?.rotate()?;
+        SealingKeyCommand::Rotate {
+            store,
+            shared,
+            keyring,
+        } => {
+            let info = SealingKeys::open(&store, &shared, &keyring)?.rotate()?;
             println!(
                 "keyring {keyring}: new primary sealing key {} (a running keyd serves it within --reload-interval; clients seal to it once they fetch the new key bundle)",
                 info.id
@@ -627,10 +763,11 @@ fn sealing_key(command: SealingKeyCommand) -> Result<ExitCode, Error> {
         }
         SealingKeyCommand::List {
             store,
+            shared,
             keyring,
             json,
         } => {
-            let info = sealing_store(&store, &keyring)?.info()?;
+            let info = SealingKeys::open(&store, &shared, &keyring)?.info()?;
             let rows = info
                 .keys
                 .iter()
@@ -665,18 +802,16 @@ fn sealing_key(command: SealingKeyCommand) -> Result<ExitCode, Error> {
         }
         SealingKeyCommand::Retire {
             store,
+            shared,
             keyring,
             key_id,
             confirm,
         } => {
-            let sealing = sealing_store(&store, &keyring)?;
+            let sealing = SealingKeys::open(&store, &shared, &keyring)?;
+            let info = sealing.info()?;
             // Only a retirement that would succeed asks for --confirm: the primary, an unknown
             // and a retired key are refused by `retire` with their own reason, changing nothing.
-            let retirable = sealing
-                .info()?
-                .keys
-                .iter()
-                .any(|k| k.id == key_id && !k.primary);
+            let retirable = info.keys.iter().any(|k| k.id == key_id && !k.primary);
             if retirable && !confirm {
                 return Err(format!(
                     "retiring sealing key {key_id} deletes its private key for good: values still sealed to it can never be unsealed again. Reseal them first (kubectl coffer reseal), then run this again with --confirm"
@@ -756,6 +891,8 @@ struct KeyringStatus {
     name: String,
     primary_key_id: Option<String>,
     keys: usize,
+    /// The keystore's change counter (0 when it does not load).
+    generation: u64,
     /// The primary sealing key (`None`: the keyring has none yet, or they do not load).
     primary_sealing_key_id: Option<String>,
     error: Option<String>,
@@ -763,8 +900,63 @@ struct KeyringStatus {
     sealing_error: Option<String>,
 }
 
-fn status(store: &KeydStoreArgs, json: bool) -> Result<ExitCode, Error> {
-    let info = coffer_keyd::root_info(&store.data_dir)?;
+/// What `keyd status` shows of one keyring, from its loaded KEKs and sealing keys (`None`:
+/// it has none yet).
+fn keyring_status(
+    name: String,
+    loaded: Result<coffer_keystore::kek::Keyring, String>,
+    sealing: Result<Option<coffer_keyd::SealingKeys>, String>,
+) -> KeyringStatus {
+    let (primary_sealing_key_id, sealing_error) = match sealing {
+        Ok(keys) => (keys.map(|k| k.primary().id().to_string()), None),
+        Err(e) => (None, Some(e)),
+    };
+    match loaded {
+        Ok(ring) => KeyringStatus {
+            primary_key_id: Some(ring.primary_id().to_string()),
+            keys: ring.len(),
+            generation: ring.generation(),
+            primary_sealing_key_id,
+            error: None,
+            sealing_error,
+            name,
+        },
+        Err(e) => KeyringStatus {
+            primary_key_id: None,
+            keys: 0,
+            generation: 0,
+            primary_sealing_key_id,
+            error: Some(e),
+            sealing_error,
+            name,
+        },
+    }
+}
+
+/// `keyd status` of the keyrings in etcd.
+fn etcd_keyrings(
+    runtime: &tokio::runtime::Runtime,
+    state: &coffer_keyd::SharedState,
+) -> Result<Vec<KeyringStatus>, Error> {
+    runtime.block_on(async {
+        let mut keyrings = Vec::new();
+        for name in state.keyring_names().await? {
+            let loaded = state.load_keyring(&name).await.map_err(|e| e.to_string());
+            let sealing = match state.load_sealing_keys(&name).await {
+                Ok(keys) => Ok(Some(keys)),
+                Err(coffer_keyd::KeydError::SealingKeys(
+                    coffer_keyd::SealingKeyError::Missing { .. },
+                )) => Ok(None),
+                Err(e) => Err(e.to_string()),
+            };
+            keyrings.push(keyring_status(name, loaded, sealing));
+        }
+        Ok(keyrings)
+    })
+}
+
+/// `keyd status` of the keyrings in the data directory.
+fn dir_keyrings(store: &KeydStoreArgs) -> Result<Vec<KeyringStatus>, Error> {
     let platform = store.platform(Access::ExistingOnly)?;
     let root = KeydRoot::open(&store.data_dir, platform.as_ref())?;
     let mut names: Vec<String> = match std::fs::read_dir(store.data_dir.join("keyrings")) {
@@ -777,7 +969,7 @@ fn status(store: &KeydStoreArgs, json: bool) -> Result<ExitCode, Error> {
         Err(e) => return Err(format!("{}: {e}", store.data_dir.display()).into()),
     };
     names.sort();
-    let keyrings: Vec<KeyringStatus> = names
+    Ok(names
         .into_iter()
         .map(|name| {
             let loaded =
@@ -792,30 +984,17 @@ fn status(store: &KeydStoreArgs, json: bool) -> Result<ExitCode, Error> {
                         false => Ok(None),
                         true => s.load().map(Some).map_err(|e| e.to_string()),
                     });
-            let (primary_sealing_key_id, sealing_error) = match sealing {
-                Ok(keys) => (keys.map(|k| k.primary().id().to_string()), None),
-                Err(e) => (None, Some(e)),
-            };
-            match loaded {
-                Ok(ring) => KeyringStatus {
-                    primary_key_id: Some(ring.primary_id().to_string()),
-                    keys: ring.len(),
-                    primary_sealing_key_id,
-                    error: None,
-                    sealing_error,
-                    name,
-                },
-                Err(e) => KeyringStatus {
-                    primary_key_id: None,
-                    keys: 0,
-                    primary_sealing_key_id,
-                    error: Some(e),
-                    sealing_error,
-                    name,
-                },
-            }
+            keyring_status(name, loaded, sealing)
         })
-        .collect();
+        .collect())
+}
+
+fn status(store: &KeydStoreArgs, shared: &SharedStoreArgs, json: bool) -> Result<ExitCode, Error> {
+    let info = coffer_keyd::root_info(&store.data_dir)?;
+    let keyrings = match etcd_state(store, shared)? {
+        Some((runtime, state)) => etcd_keyrings(&runtime, &state)?,
+        None => dir_keyrings(store)?,
+    };
     if json {
         let value = serde_json::json!({
             "instance_id": info.instance_id,

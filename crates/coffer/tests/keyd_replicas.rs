@@ -20,6 +20,7 @@ use common::keyd::{
     create_keyd_data, free_addr, keyd_policy, location, sim_role_policy, sim_signer,
     write_keyd_policy, KeydProcess,
 };
+use common::load::{load, plugin_dir};
 use common::run::output_within;
 use common::{coffer_bin, decrypt, signal, try_encrypt, try_status, Plugin, V2Client};
 use tonic::Code;
@@ -141,33 +142,6 @@ impl Replicas {
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter(|r| r["event"] == "wrap" && r["result"] == result)
             .count()
-    }
-}
-
-/// Encrypt then Decrypt in a loop until `stop`, counting the calls and the failed ones.
-async fn load(
-    mut client: V2Client,
-    stop: Arc<AtomicBool>,
-    calls: Arc<AtomicUsize>,
-    failed: Arc<std::sync::Mutex<Vec<tonic::Status>>>,
-) {
-    let mut n = 0u8;
-    while !stop.load(Ordering::Relaxed) {
-        n = n.wrapping_add(1);
-        let secret = [n; 32];
-        calls.fetch_add(1, Ordering::Relaxed);
-        let enc = match try_encrypt(&mut client, &secret).await {
-            Ok(enc) => enc,
-            Err(e) => {
-                failed.lock().unwrap().push(e);
-                continue;
-            }
-        };
-        calls.fetch_add(1, Ordering::Relaxed);
-        match decrypt(&mut client, &enc.ciphertext, &enc.key_id).await {
-            Ok(plain) => assert_eq!(plain, secret),
-            Err(e) => failed.lock().unwrap().push(e),
-        }
     }
 }
 
@@ -313,14 +287,6 @@ fn spawn_plugin(dir: tempfile::TempDir, replicas: &Replicas) -> Plugin {
     ];
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     Plugin::spawn_service_in(dir, &flags)
-}
-
-/// A plugin directory whose sim state exists, so its signer can go into keyd's policy.
-fn plugin_dir() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    sim_signer(&state);
-    (dir, state)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -122,6 +122,10 @@ pub enum KeydError {
     /// The audit log could not be opened or written.
     #[error(transparent)]
     Audit(#[from] coffer_audit::AuditError),
+
+    /// keyd's state in etcd could not be read or changed.
+    #[error(transparent)]
+    SharedState(#[from] crate::shared::SharedStateError),
 }
 
 impl KeydError {

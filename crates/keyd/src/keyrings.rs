@@ -76,22 +76,41 @@ pub fn create_keyring(
     })
 }
 
+/// Where a served keyring's keys are stored, and how keyd notices changes to them.
+pub(crate) enum SlotBackend {
+    /// Files in the data directory, polled for changes made by `coffer keyd rotate`.
+    Dir {
+        /// The keystore file as last loaded.
+        stamp: std::sync::Mutex<Option<FileStamp>>,
+        /// The sealing-key file as last loaded.
+        sealing_stamp: std::sync::Mutex<Option<FileStamp>>,
+    },
+    /// Records in etcd, changed by compare-and-swap and watched.
+    Etcd {
+        /// The records.
+        state: Arc<crate::shared::SharedState>,
+        /// The etcd revision of the keystore record served.
+        revision: std::sync::atomic::AtomicI64,
+        /// The etcd revision of the sealing-key record served (0: none).
+        sealing_revision: std::sync::atomic::AtomicI64,
+    },
+}
+
 /// One served keyring.
 pub(crate) struct KeyringSlot {
     pub(crate) name: String,
     pub(crate) access: KeyringAccess,
+    /// Opens the keystore (its file, or its record's bytes).
     pub(crate) store: Keystore,
     pub(crate) current: ArcSwap<Keyring>,
-    /// The keystore file as last loaded, to notice changes made by `coffer keyd rotate`.
-    pub(crate) stamp: std::sync::Mutex<Option<FileStamp>>,
-    /// Serialises rotations.
+    /// Serialises changes of the served keys.
     pub(crate) rotate: tokio::sync::Mutex<()>,
-    /// The sealing keys on disk.
+    /// Opens the sealing keys (their file, or their record's bytes).
     pub(crate) sealing_store: SealingKeyStore,
     /// The sealing keys as last loaded; `None` while the keyring has none.
     pub(crate) sealing: ArcSwapOption<SealingKeys>,
-    /// The sealing-key file as last loaded, to notice `coffer keyd sealing-key` changes.
-    pub(crate) sealing_stamp: std::sync::Mutex<Option<FileStamp>>,
+    /// Where the keys are stored.
+    pub(crate) backend: SlotBackend,
     /// The key bundle last built, rebuilt when the keys change or half its validity passed.
     pub(crate) bundle: tokio::sync::Mutex<Option<CachedBundle>>,
 }
@@ -107,6 +126,29 @@ pub(crate) struct CachedBundle {
 }
 
 impl KeyringSlot {
+    /// A slot serving `keyring` and `sealing`.
+    pub(crate) fn new(
+        name: &str,
+        access: KeyringAccess,
+        store: Keystore,
+        keyring: Keyring,
+        sealing_store: SealingKeyStore,
+        sealing: Option<SealingKeys>,
+        backend: SlotBackend,
+    ) -> KeyringSlot {
+        KeyringSlot {
+            name: name.to_string(),
+            access,
+            store,
+            current: ArcSwap::from_pointee(keyring),
+            rotate: tokio::sync::Mutex::new(()),
+            sealing_store,
+            sealing: ArcSwapOption::new(sealing.map(Arc::new)),
+            backend,
+            bundle: tokio::sync::Mutex::new(None),
+        }
+    }
+
     pub(crate) fn keystore_error(&self, source: coffer_keystore::KeystoreError) -> KeydError {
         KeydError::Keystore {
             name: self.name.clone(),
@@ -142,20 +184,21 @@ pub(crate) fn load_keyrings(
         let sealing_store = sealing_key_store(data_dir, root, platform.clone(), name)?;
         let sealing_stamp = sealing_store.stamp();
         let sealing = load_sealing_keys(&sealing_store)?;
+        let backend = SlotBackend::Dir {
+            stamp: std::sync::Mutex::new(stamp),
+            sealing_stamp: std::sync::Mutex::new(sealing_stamp),
+        };
         keyrings.insert(
             name.clone(),
-            Arc::new(KeyringSlot {
-                name: name.clone(),
-                access: access.clone(),
+            Arc::new(KeyringSlot::new(
+                name,
+                access.clone(),
                 store,
-                current: ArcSwap::from_pointee(keyring),
-                stamp: std::sync::Mutex::new(stamp),
-                rotate: tokio::sync::Mutex::new(()),
+                keyring,
                 sealing_store,
-                sealing: ArcSwapOption::new(sealing.map(Arc::new)),
-                sealing_stamp: std::sync::Mutex::new(sealing_stamp),
-                bundle: tokio::sync::Mutex::new(None),
-            }),
+                sealing,
+                backend,
+            )),
         );
     }
     Ok(keyrings)

@@ -48,4 +48,7 @@ pub use server::{
     DEFAULT_KEY_BUNDLE_VALIDITY,
 };
 pub use service::KeydConnectInfo;
-pub use shared::SharedStore;
+pub use shared::{
+    keystore_record, sealing_record, Rotated, SealingChanged, SharedState, SharedStateError,
+    SharedStore,
+};

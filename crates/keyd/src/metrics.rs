@@ -62,6 +62,7 @@ pub struct KeydMetrics {
     keyring_keys: Family<KeyringLabels, Gauge>,
     audit_anchor_conflict: Gauge,
     audit_anchor_failures: Counter,
+    store_records_refused: Counter,
 }
 
 impl std::fmt::Debug for KeydMetrics {
@@ -128,6 +129,12 @@ impl KeydMetrics {
             "Audit anchors that could not be written to the shared store (unreachable or refused)",
             audit_anchor_failures.clone(),
         );
+        let store_records_refused = Counter::default();
+        registry.register(
+            "store_records_refused",
+            "Records in the shared store (etcd) that did not open or load; the previous keys stay served",
+            store_records_refused.clone(),
+        );
         KeydMetrics {
             registry: Arc::new(registry),
             requests,
@@ -138,7 +145,13 @@ impl KeydMetrics {
             keyring_keys,
             audit_anchor_conflict,
             audit_anchor_failures,
+            store_records_refused,
         }
+    }
+
+    /// Counts one shared-store record refused (tampered, or written by another root).
+    pub fn store_record_refused(&self) {
+        self.store_records_refused.inc();
     }
 
     /// Counts one call.

@@ -354,8 +354,8 @@ impl SealingKeyStore {
         }
     }
 
-    /// Reads the file; `None` if there is none.
-    fn read(&self) -> Result<Option<SealingFile>, SealingKeyError> {
+    /// Reads the file's bytes; `None` if there is none.
+    fn read_bytes(&self) -> Result<Option<Vec<u8>>, SealingKeyError> {
         let file = match File::open(&self.path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -375,10 +375,20 @@ impl SealingKeyStore {
                 path: self.path.clone(),
                 source,
             })?;
+        Ok(Some(bytes))
+    }
+
+    /// Reads the file; `None` if there is none.
+    fn read(&self) -> Result<Option<SealingFile>, SealingKeyError> {
+        self.read_bytes()?.map(|b| self.decode(&b)).transpose()
+    }
+
+    /// Parses, authenticates and checks the bytes of a sealing-key file.
+    fn decode(&self, bytes: &[u8]) -> Result<SealingFile, SealingKeyError> {
         if bytes.len() as u64 > MAX_FILE_LEN {
             return Err(self.corrupt(format!("it is larger than {MAX_FILE_LEN} bytes")));
         }
-        let format: FormatOnly = serde_json::from_slice(&bytes)
+        let format: FormatOnly = serde_json::from_slice(bytes)
             .map_err(|e| self.corrupt(format!("no format version: {e}")))?;
         if format.format > FORMAT {
             return Err(SealingKeyError::NewerFormat {
@@ -391,7 +401,7 @@ impl SealingKeyStore {
             return Err(self.corrupt(format!("format {} does not exist", format.format)));
         }
         let mut file: SealingFile =
-            serde_json::from_slice(&bytes).map_err(|e| self.corrupt(e.to_string()))?;
+            serde_json::from_slice(bytes).map_err(|e| self.corrupt(e.to_string()))?;
         // Checked before anything in the file is trusted, validation included.
         let tag = hex::decode(std::mem::take(&mut file.mac)).unwrap_or_default();
         if !mac_verifies(self.mac_key()?.expose(), &mac_input(&file), &tag) {
@@ -400,7 +410,7 @@ impl SealingKeyStore {
             });
         }
         self.validate(&file)?;
-        Ok(Some(file))
+        Ok(file)
     }
 
     fn mac_key(&self) -> Result<coffer_platform::SealingKey, SealingKeyError> {
@@ -444,14 +454,23 @@ impl SealingKeyStore {
         Ok(())
     }
 
-    /// Authenticates `file` (read with its MAC taken out, or new) and replaces the file with it.
-    fn write(&self, file: &SealingFile) -> Result<(), SealingKeyError> {
+    /// Authenticates `file` (read with its MAC taken out, or new): the bytes to store.
+    fn encode(&self, file: &SealingFile) -> Result<Vec<u8>, SealingKeyError> {
         let signed = SealingFile {
             mac: hex::encode(mac_tag(self.mac_key()?.expose(), &mac_input(file))),
             ..file.clone()
         };
-        let json = serde_json::to_vec_pretty(&signed).expect("SealingFile always serialises");
-        durable::write_atomic(&self.path, &json, 0o600).map_err(|source| SealingKeyError::Io {
+        Ok(serde_json::to_vec_pretty(&signed).expect("SealingFile always serialises"))
+    }
+
+    /// Authenticates `file` (read with its MAC taken out, or new) and replaces the file with it.
+    #[cfg(test)]
+    fn write(&self, file: &SealingFile) -> Result<(), SealingKeyError> {
+        self.write_bytes(&self.encode(file)?)
+    }
+
+    fn write_bytes(&self, bytes: &[u8]) -> Result<(), SealingKeyError> {
+        durable::write_atomic(&self.path, bytes, 0o600).map_err(|source| SealingKeyError::Io {
             context: "writing",
             path: self.path.clone(),
             source,
@@ -460,10 +479,19 @@ impl SealingKeyStore {
 
     /// Reads the file without unsealing anything.
     pub fn info(&self) -> Result<SealingKeysInfo, SealingKeyError> {
-        let file = self.read()?.ok_or_else(|| SealingKeyError::Missing {
-            keyring: self.keyring.clone(),
-        })?;
+        let file = self.read()?.ok_or_else(|| self.missing())?;
         Ok(self.info_of(&file))
+    }
+
+    /// Describes sealing-key file `bytes` without unsealing anything.
+    pub fn info_bytes(&self, bytes: &[u8]) -> Result<SealingKeysInfo, SealingKeyError> {
+        Ok(self.info_of(&self.decode(bytes)?))
+    }
+
+    fn missing(&self) -> SealingKeyError {
+        SealingKeyError::Missing {
+            keyring: self.keyring.clone(),
+        }
     }
 
     fn info_of(&self, file: &SealingFile) -> SealingKeysInfo {
@@ -486,9 +514,14 @@ impl SealingKeyStore {
     /// Reads the file and unseals every usable private key, checking each against its id and
     /// public key.
     pub fn load(&self) -> Result<SealingKeys, SealingKeyError> {
-        let file = self.read()?.ok_or_else(|| SealingKeyError::Missing {
-            keyring: self.keyring.clone(),
-        })?;
+        let bytes = self.read_bytes()?.ok_or_else(|| self.missing())?;
+        self.load_bytes(&bytes)
+    }
+
+    /// Authenticates sealing-key file `bytes` and unseals every usable private key, checking
+    /// each against its id and public key.
+    pub fn load_bytes(&self, bytes: &[u8]) -> Result<SealingKeys, SealingKeyError> {
+        let file = self.decode(bytes)?;
         let sealer = self.platform.sealing_key(SEAL_PURPOSE)?;
         let mut keys = Vec::with_capacity(file.keys.len());
         for stored in &file.keys {
@@ -532,16 +565,31 @@ impl SealingKeyStore {
     /// the file. Older keys keep opening values.
     pub fn rotate(&self) -> Result<SealingKeyInfo, SealingKeyError> {
         let _lock = self.lock()?;
-        let mut file = self.read()?.unwrap_or_else(|| SealingFile {
-            format: FORMAT,
-            keyring: self.keyring.clone(),
-            platform: self.platform.kind().name().to_string(),
-            generation: 0,
-            primary: String::new(),
-            keys: Vec::new(),
-            retired: Vec::new(),
-            mac: String::new(),
-        });
+        let (bytes, info) = self.rotate_bytes(self.read_bytes()?.as_deref())?;
+        self.write_bytes(&bytes)?;
+        tracing::info!(keyring = %self.keyring, key_id = %info.id, "new primary sealing key");
+        Ok(info)
+    }
+
+    /// Sealing-key file `current` (`None`: the keyring has none yet) with a new primary key:
+    /// the bytes to store in its place (only if `current` is still what is stored) and the key.
+    pub fn rotate_bytes(
+        &self,
+        current: Option<&[u8]>,
+    ) -> Result<(Vec<u8>, SealingKeyInfo), SealingKeyError> {
+        let mut file = match current {
+            Some(bytes) => self.decode(bytes)?,
+            None => SealingFile {
+                format: FORMAT,
+                keyring: self.keyring.clone(),
+                platform: self.platform.kind().name().to_string(),
+                generation: 0,
+                primary: String::new(),
+                keys: Vec::new(),
+                retired: Vec::new(),
+                mac: String::new(),
+            },
+        };
         let pair = SealingKeyPair::generate()?;
         let sealed = self
             .platform
@@ -565,18 +613,28 @@ impl SealingKeyStore {
         };
         file.keys.push(key);
         file.generation += 1;
-        self.write(&file)?;
-        tracing::info!(keyring = %self.keyring, key_id = %info.id, generation = file.generation, "new primary sealing key");
-        Ok(info)
+        Ok((self.encode(&file)?, info))
     }
 
     /// Deletes the private key of a non-primary key for good, keeping its id in `retired`.
     /// Values sealed to it can no longer be opened.
     pub fn retire(&self, key_id: &str) -> Result<RetiredKey, SealingKeyError> {
         let _lock = self.lock()?;
-        let mut file = self.read()?.ok_or_else(|| SealingKeyError::Missing {
-            keyring: self.keyring.clone(),
-        })?;
+        let bytes = self.read_bytes()?.ok_or_else(|| self.missing())?;
+        let (bytes, retired) = self.retire_bytes(&bytes, key_id)?;
+        self.write_bytes(&bytes)?;
+        tracing::warn!(keyring = %self.keyring, key_id = %retired.id, "retired sealing key: values sealed to it can no longer be opened");
+        Ok(retired)
+    }
+
+    /// Sealing-key file `current` with key `key_id` retired: the bytes to store in its place
+    /// (only if `current` is still what is stored) and the retired key.
+    pub fn retire_bytes(
+        &self,
+        current: &[u8],
+        key_id: &str,
+    ) -> Result<(Vec<u8>, RetiredKey), SealingKeyError> {
+        let mut file = self.decode(current)?;
         if file.primary == key_id {
             return Err(SealingKeyError::RetirePrimary {
                 keyring: self.keyring.clone(),
@@ -605,9 +663,7 @@ impl SealingKeyStore {
         };
         file.retired.push(retired.clone());
         file.generation += 1;
-        self.write(&file)?;
-        tracing::warn!(keyring = %self.keyring, key_id = %retired.id, generation = file.generation, "retired sealing key: values sealed to it can no longer be opened");
-        Ok(retired)
+        Ok((self.encode(&file)?, retired))
     }
 
     /// Takes the writer lock, released when the returned file is dropped; see [`lock_dir`].
@@ -823,6 +879,30 @@ mod tests {
         let json = std::fs::read_to_string(s.path()).unwrap();
         let file: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(file["keys"].as_array().unwrap().len(), 1, "{json}");
+    }
+
+    #[test]
+    fn byte_level_changes_never_touch_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let platform: Arc<dyn Platform> =
+            Arc::new(SimPlatform::open_or_create(dir.path()).unwrap());
+        let s = SealingKeyStore::new(Path::new("etcd:/coffer/keyd"), "apps", platform).unwrap();
+        let (v1, first) = s.rotate_bytes(None).unwrap();
+        let (v2, second) = s.rotate_bytes(Some(&v1)).unwrap();
+        assert_eq!(s.load_bytes(&v2).unwrap().primary().id(), second.id);
+        let (v3, retired) = s.retire_bytes(&v2, &first.id).unwrap();
+        assert_eq!(retired.id, first.id);
+        let info = s.info_bytes(&v3).unwrap();
+        assert_eq!((info.generation, info.keys.len()), (3, 1));
+        assert!(!s.exists(), "a byte-level change wrote a file");
+        let mut edited = v3.clone();
+        let at = edited.iter().position(|b| *b == b'3').unwrap();
+        edited[at] = b'4';
+        let err = s.load_bytes(&edited).unwrap_err().to_string();
+        assert!(
+            err.contains("etcd:/coffer/keyd/keyrings/apps/sealing-keys.json"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use coffer_attest::VerifyOptions;
 use coffer_audit::{
     Aggregator, AuditEntry, AuditLog, AuditOptions, ChainMode, Outcome, SharedAuditLog, SyncPolicy,
 };
+use coffer_keystore::store::FileStamp;
 use coffer_platform::Platform;
 use coffer_ratls::{AttestedVerifier, OfflineVerifier};
 use rustls::pki_types::UnixTime;
@@ -26,12 +27,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::anchors::AnchorTarget;
 use crate::config::KeydConfig;
 use crate::identity::ServerIdentity;
-use crate::keyrings::{load_keyrings, load_sealing_keys, KeyringSlot};
+use crate::keyrings::{load_keyrings, load_sealing_keys, KeyringSlot, SlotBackend};
 use crate::limits::{KeydLimits, RateLimiter};
 use crate::metrics::{ConnectionResult, KeydMetrics};
 use crate::pb::key_service_server::KeyServiceServer;
 use crate::root::KeydRoot;
 use crate::service::{KeydConnectInfo, KeydService};
+use crate::shared::{reload_record, serve_keyring, watch_loop, SharedState};
 use crate::slots::{ConnectionSlots, Slot};
 use crate::KeydError;
 
@@ -262,15 +264,21 @@ pub async fn serve(
         .local_addr()
         .map_err(|e| KeydError::io("listener address", e))?;
     let audit_path = audit_log.unwrap_or_else(|| data_dir.join("audit.log"));
-    let (keyrings, audit, handover, anchors) = {
+    let from_dir = shared.is_none();
+    let (root, dir_keyrings, audit) = {
         let platform = platform.clone();
+        let config = config.clone();
         tokio::task::spawn_blocking(move || {
             // Best effort, like the plugin's: leftovers only wait for the next write.
             if let Err(e) = crate::root::remove_stale_temps(&data_dir) {
                 tracing::warn!(error = %e, "could not check the data directory for temporary files left by killed writers");
             }
             let root = KeydRoot::open(&data_dir, platform.as_ref())?;
-            let keyrings = load_keyrings(&data_dir, &root, &platform, &config)?;
+            let keyrings = if from_dir {
+                Some(load_keyrings(&data_dir, &root, &platform, &config)?)
+            } else {
+                None
+            };
             let log = AuditLog::open(
                 &audit_path,
                 AuditOptions {
@@ -283,22 +291,28 @@ pub async fn serve(
                     retention_segments: audit_settings.retention_segments,
                 },
             )?;
-            // With --store etcd the chain head is anchored there (keyrings: branch i12-state).
-            let anchors = shared
-                .as_ref()
-                .map(|shared| AnchorTarget::new(shared, &root, replica_id))
-                .transpose()?;
-            Ok::<_, KeydError>((
-                keyrings,
-                SharedAuditLog::new(log),
-                Arc::new(root.hand_over()),
-                anchors,
-            ))
+            Ok::<_, KeydError>((root, keyrings, SharedAuditLog::new(log)))
         })
         .await
         .map_err(|e| KeydError::io("loading keyd state", io::Error::other(e)))??
     };
-    let instance_id = handover.instance_id.clone();
+    let instance_id = root.instance_id().to_string();
+    let handover = Arc::new(root.hand_over());
+    // With --store etcd the audit chain head is anchored there.
+    let anchors = shared
+        .as_ref()
+        .map(|shared| AnchorTarget::new(shared, &root, replica_id))
+        .transpose()?;
+    // With --store etcd: the keyrings from one listing of the prefix, watched from there.
+    let (keyrings, watched) = match shared {
+        None => (dir_keyrings.unwrap_or_default(), None),
+        Some(shared) => {
+            let state = Arc::new(SharedState::open(shared, &root, platform.clone()).await?);
+            let (keyrings, revision) = state.load_keyrings(&config).await?;
+            (keyrings, Some((state, revision)))
+        }
+    };
+    drop(root);
     let metrics = KeydMetrics::new();
     for slot in keyrings.values() {
         metrics.set_keyring_keys(&slot.name, slot.current.load().len());
@@ -329,11 +343,24 @@ pub async fn serve(
     };
     let accept_task = tokio::spawn(accept.run(listener, tx));
     let reload_task = tokio::spawn(reload_loop(
-        keyrings.values().cloned().collect(),
+        keyrings
+            .values()
+            .filter(|slot| matches!(slot.backend, SlotBackend::Dir { .. }))
+            .cloned()
+            .collect(),
         audit.clone(),
         metrics.clone(),
         reload_interval,
     ));
+    let watch_task = watched.map(|(state, revision)| {
+        tokio::spawn(watch_loop(
+            state,
+            keyrings.values().cloned().collect(),
+            revision,
+            audit.clone(),
+            metrics.clone(),
+        ))
+    });
     let renewal_task = tokio::spawn(identity.renew_forever(cert_renewal));
     let anchor_task =
         anchors.map(|a| a.start(audit.clone(), metrics.clone(), audit_anchor_interval));
@@ -410,6 +437,9 @@ pub async fn serve(
     };
     accept_task.abort();
     reload_task.abort();
+    if let Some(task) = watch_task {
+        task.abort();
+    }
     renewal_task.abort();
     if let Some(task) = metrics_task {
         task.abort();
@@ -644,18 +674,19 @@ async fn reload_loop(
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let local = coffer_audit::Caller {
-        tee: "none".to_string(),
-        measurement: String::new(),
-        role: None,
-        peer: "local".to_string(),
-    };
     loop {
         tick.tick().await;
         for slot in &slots {
-            reload_sealing_keys(slot, &audit, &local).await;
+            let SlotBackend::Dir {
+                stamp: served,
+                sealing_stamp,
+            } = &slot.backend
+            else {
+                continue;
+            };
+            reload_sealing_keys(slot, sealing_stamp, &audit).await;
             let stamp = slot.store.stamp();
-            if *slot.stamp.lock().unwrap_or_else(|p| p.into_inner()) == stamp {
+            if *served.lock().unwrap_or_else(|p| p.into_inner()) == stamp {
                 continue;
             }
             let _guard = slot.rotate.lock().await;
@@ -663,20 +694,10 @@ async fn reload_loop(
             match tokio::task::spawn_blocking(move || worker.store.load()).await {
                 Ok(Ok(keyring)) => {
                     let key_id = keyring.primary_id().to_string();
-                    metrics.set_keyring_keys(&slot.name, keyring.len());
-                    slot.current.store(Arc::new(keyring));
-                    *slot.stamp.lock().unwrap_or_else(|p| p.into_inner()) = stamp;
+                    serve_keyring(slot, keyring, 0, &metrics);
+                    *served.lock().unwrap_or_else(|p| p.into_inner()) = stamp;
                     tracing::info!(keyring = %slot.name, key_id = %key_id, "keyring changed on disk: reloaded");
-                    let _ = audit.append(AuditEntry {
-                        event: "reload".to_string(),
-                        caller: local.clone(),
-                        keyring: Some(slot.name.clone()),
-                        key_id: Some(key_id),
-                        location: None,
-                        binding: None,
-                        result: Outcome::Ok,
-                        reason: None,
-                    });
+                    let _ = audit.append(reload_record(&slot.name, Some(key_id), None));
                 }
                 Ok(Err(e)) => {
                     tracing::error!(error = %slot.keystore_error(e), "keyring changed on disk but cannot be loaded; still serving the previous keys");
@@ -691,11 +712,11 @@ async fn reload_loop(
 /// or `retire` while serving); the next key bundle is then built from them.
 async fn reload_sealing_keys(
     slot: &Arc<KeyringSlot>,
+    served: &std::sync::Mutex<Option<FileStamp>>,
     audit: &SharedAuditLog,
-    local: &coffer_audit::Caller,
 ) {
     let stamp = slot.sealing_store.stamp();
-    if *slot.sealing_stamp.lock().unwrap_or_else(|p| p.into_inner()) == stamp {
+    if *served.lock().unwrap_or_else(|p| p.into_inner()) == stamp {
         return;
     }
     let _guard = slot.rotate.lock().await;
@@ -704,18 +725,13 @@ async fn reload_sealing_keys(
         Ok(Ok(keys)) => {
             let primary = keys.as_ref().map(|k| k.primary().id().to_string());
             slot.sealing.store(keys.map(Arc::new));
-            *slot.sealing_stamp.lock().unwrap_or_else(|p| p.into_inner()) = stamp;
+            *served.lock().unwrap_or_else(|p| p.into_inner()) = stamp;
             tracing::info!(keyring = %slot.name, primary = ?primary, "sealing keys changed on disk: reloaded");
-            let _ = audit.append(AuditEntry {
-                event: "reload".to_string(),
-                caller: local.clone(),
-                keyring: Some(slot.name.clone()),
-                key_id: primary,
-                location: None,
-                binding: None,
-                result: Outcome::Ok,
-                reason: Some("sealing keys".to_string()),
-            });
+            let _ = audit.append(reload_record(
+                &slot.name,
+                primary,
+                Some("sealing keys".to_string()),
+            ));
         }
         Ok(Err(e)) => {
             tracing::error!(keyring = %slot.name, error = %e, "sealing keys changed on disk but cannot be loaded; still serving the previous keys");

@@ -19,12 +19,13 @@ use tonic::{Code, Request, Response, Status};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::config::{validate_keyring_name, Operation};
-use crate::keyrings::{CachedBundle, KeyringSlot};
+use crate::keyrings::{CachedBundle, KeyringSlot, SlotBackend};
 use crate::limits::RateBucket;
 use crate::metrics::KeydMetrics;
 use crate::pb;
 use crate::pb::key_service_server::KeyService;
 use crate::sealing::{KeyLookup, SealingKeyError, SealingKeys};
+use crate::shared::serve_keyring;
 
 /// Longest key id `Unwrap` accepts.
 const MAX_KEY_ID_LEN: usize = 255;
@@ -565,6 +566,18 @@ fn unwrap_one(slot: &KeyringSlot, key_id: &str, ciphertext: &[u8]) -> Result<Vec
     }
 }
 
+/// A failed read or write of keyd's state in etcd: UNAVAILABLE when retrying later can work
+/// (etcd down, other replicas writing), INTERNAL otherwise.
+fn shared_state_status(context: &str, e: crate::KeydError) -> Status {
+    match &e {
+        crate::KeydError::SharedState(s) if s.is_transient() => {
+            tracing::warn!(error = %e, "{context}");
+            Status::unavailable(format!("{context}: {e}"))
+        }
+        _ => internal(context, e),
+    }
+}
+
 fn internal(context: &str, e: impl std::fmt::Display) -> Status {
     tracing::error!(error = %e, "{context}");
     Status::internal(format!("{context}: {e}"))
@@ -697,25 +710,37 @@ impl KeyService for KeydService {
     ) -> Result<Response<pb::RotateResponse>, Status> {
         let call = self.begin(&request, &request.get_ref().keyring, Operation::Rotate)?;
         let _guard = call.slot.rotate.lock().await;
-        let worker = call.slot.clone();
-        let outcome = tokio::task::spawn_blocking(move || {
-            let info = worker.store.rotate()?;
-            let stamp = worker.store.stamp();
-            let keyring = worker.store.load()?;
-            Ok::<_, coffer_keystore::KeystoreError>((info, stamp, keyring))
-        })
-        .await;
-        let result = match outcome {
-            Ok(Ok((info, stamp, keyring))) => {
-                self.metrics
-                    .set_keyring_keys(&call.slot.name, keyring.len());
-                call.slot.current.store(Arc::new(keyring));
-                *call.slot.stamp.lock().unwrap_or_else(|p| p.into_inner()) = stamp;
-                tracing::info!(keyring = %call.slot.name, key_id = %info.id, "keyring rotated");
-                Ok(pb::RotateResponse { key_id: info.id })
+        let result = match &call.slot.backend {
+            SlotBackend::Etcd { state, .. } => match state.rotate(&call.slot.name).await {
+                Ok(rotated) => {
+                    serve_keyring(&call.slot, rotated.keyring, rotated.revision, &self.metrics);
+                    tracing::info!(keyring = %call.slot.name, key_id = %rotated.key.id, revision = rotated.revision, "keyring rotated in etcd");
+                    Ok(pb::RotateResponse {
+                        key_id: rotated.key.id,
+                    })
+                }
+                Err(e) => Err(shared_state_status("rotate failed", e)),
+            },
+            SlotBackend::Dir { stamp: served, .. } => {
+                let worker = call.slot.clone();
+                let outcome = tokio::task::spawn_blocking(move || {
+                    let info = worker.store.rotate()?;
+                    let stamp = worker.store.stamp();
+                    let keyring = worker.store.load()?;
+                    Ok::<_, coffer_keystore::KeystoreError>((info, stamp, keyring))
+                })
+                .await;
+                match outcome {
+                    Ok(Ok((info, stamp, keyring))) => {
+                        serve_keyring(&call.slot, keyring, 0, &self.metrics);
+                        *served.lock().unwrap_or_else(|p| p.into_inner()) = stamp;
+                        tracing::info!(keyring = %call.slot.name, key_id = %info.id, "keyring rotated");
+                        Ok(pb::RotateResponse { key_id: info.id })
+                    }
+                    Ok(Err(e)) => Err(internal("rotate failed", e)),
+                    Err(e) => Err(internal("rotate task failed", e)),
+                }
             }
-            Ok(Err(e)) => Err(internal("rotate failed", e)),
-            Err(e) => Err(internal("rotate task failed", e)),
         };
         let key_id = result.as_ref().ok().map(|r| r.key_id.clone());
         self.finish(&call, key_id.as_deref(), result)
@@ -726,9 +751,22 @@ impl KeyService for KeydService {
         request: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
         let call = self.begin(&request, &request.get_ref().keyring, Operation::List)?;
-        let worker = call.slot.clone();
-        let result = match tokio::task::spawn_blocking(move || worker.store.info()).await {
-            Ok(Ok(info)) => Ok(pb::ListKeysResponse {
+        let info = match &call.slot.backend {
+            SlotBackend::Etcd { state, .. } => state
+                .keyring_info(&call.slot.name)
+                .await
+                .map_err(|e| shared_state_status("reading the keystore failed", e)),
+            SlotBackend::Dir { .. } => {
+                let worker = call.slot.clone();
+                match tokio::task::spawn_blocking(move || worker.store.info()).await {
+                    Ok(Ok(info)) => Ok(info),
+                    Ok(Err(e)) => Err(internal("reading the keystore failed", e)),
+                    Err(e) => Err(internal("list task failed", e)),
+                }
+            }
+        };
+        let result = match info {
+            Ok(info) => Ok(pb::ListKeysResponse {
                 keys: info
                     .keys
                     .into_iter()
@@ -739,8 +777,7 @@ impl KeyService for KeydService {
                     })
                     .collect(),
             }),
-            Ok(Err(e)) => Err(internal("reading the keystore failed", e)),
-            Err(e) => Err(internal("list task failed", e)),
+            Err(status) => Err(status),
         };
         self.finish(&call, None, result)
     }

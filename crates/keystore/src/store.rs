@@ -170,17 +170,18 @@ impl Keystore {
         remove_stale_temps(&self.dir)
     }
 
-    fn read_contents(&self) -> Result<Contents, KeystoreError> {
-        let bytes = match read_bounded(&self.path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(KeystoreError::NotInitialized {
-                    path: self.path.clone(),
-                })
-            }
-            Err(e) => return Err(KeystoreError::io("reading keystore", &self.path, e)),
-        };
-        let contents = file::decode(&self.path, &bytes, self.mac_key()?.expose())?;
+    fn read_bytes(&self) -> Result<Vec<u8>, KeystoreError> {
+        match read_bounded(&self.path) {
+            Ok(b) => Ok(b),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(KeystoreError::NotInitialized {
+                path: self.path.clone(),
+            }),
+            Err(e) => Err(KeystoreError::io("reading keystore", &self.path, e)),
+        }
+    }
+
+    fn decode_contents(&self, bytes: &[u8]) -> Result<Contents, KeystoreError> {
+        let contents = file::decode(&self.path, bytes, self.mac_key()?.expose())?;
         let ours = self.platform.kind().name();
         if contents.platform != ours {
             return Err(KeystoreError::Corrupt {
@@ -194,12 +195,15 @@ impl Keystore {
         Ok(contents)
     }
 
-    fn write_contents(&self, contents: &Contents, new_file: bool) -> Result<(), KeystoreError> {
-        let bytes = file::encode(contents, self.mac_key()?.expose());
+    fn encode_contents(&self, contents: &Contents) -> Result<Vec<u8>, KeystoreError> {
+        Ok(file::encode(contents, self.mac_key()?.expose()))
+    }
+
+    fn write_bytes(&self, bytes: &[u8], new_file: bool) -> Result<(), KeystoreError> {
         let written = if new_file {
-            durable::write_new_atomic(&self.path, &bytes, 0o600)
+            durable::write_new_atomic(&self.path, bytes, 0o600)
         } else {
-            durable::write_atomic(&self.path, &bytes, 0o600)
+            durable::write_atomic(&self.path, bytes, 0o600)
         };
         written.map_err(|e| match e.kind() {
             io::ErrorKind::AlreadyExists => KeystoreError::AlreadyInitialized {
@@ -235,6 +239,17 @@ impl Keystore {
                 path: self.path.clone(),
             });
         }
+        let (bytes, info) = self.init_bytes()?;
+        self.write_bytes(&bytes, true)?;
+        let key_id = info.primary().map(|k| k.id.as_str()).unwrap_or_default();
+        tracing::info!(target: "coffer::audit", event = "keystore_init", path = %self.path.display(), key_id = %key_id, "created keystore with its first KEK");
+        Ok(info)
+    }
+
+    /// A new keystore with one primary KEK, as the bytes to store and its description. The
+    /// caller stores them where the keystore lives (a file, an etcd record), never over an
+    /// existing keystore.
+    pub fn init_bytes(&self) -> Result<(Vec<u8>, KeystoreInfo), KeystoreError> {
         let mut contents = Contents {
             keystore_id: random_hex(8)?,
             platform: self.platform.kind().name().to_string(),
@@ -247,14 +262,17 @@ impl Keystore {
         let kek = self.new_sealed_kek(&mut contents)?;
         contents.primary = kek.id.clone();
         contents.keys.push(kek);
-        self.write_contents(&contents, true)?;
-        tracing::info!(target: "coffer::audit", event = "keystore_init", path = %self.path.display(), key_id = %contents.primary, "created keystore with its first KEK");
-        Ok(self.info_of(&contents))
+        Ok((self.encode_contents(&contents)?, self.info_of(&contents)))
     }
 
     /// Reads, authenticates and describes the keystore, without unsealing any key.
     pub fn info(&self) -> Result<KeystoreInfo, KeystoreError> {
-        Ok(self.info_of(&self.read_contents()?))
+        self.info_bytes(&self.read_bytes()?)
+    }
+
+    /// Authenticates and describes keystore `bytes`, without unsealing any key.
+    pub fn info_bytes(&self, bytes: &[u8]) -> Result<KeystoreInfo, KeystoreError> {
+        Ok(self.info_of(&self.decode_contents(bytes)?))
     }
 
     fn info_of(&self, c: &Contents) -> KeystoreInfo {
@@ -283,7 +301,12 @@ impl Keystore {
 
     /// Reads the keystore, unseals every KEK into locked memory and self-tests it.
     pub fn load(&self) -> Result<Keyring, KeystoreError> {
-        let contents = self.read_contents()?;
+        self.load_bytes(&self.read_bytes()?)
+    }
+
+    /// Authenticates keystore `bytes`, unseals every KEK into locked memory and self-tests it.
+    pub fn load_bytes(&self, bytes: &[u8]) -> Result<Keyring, KeystoreError> {
+        let contents = self.decode_contents(bytes)?;
         let sealer = self.platform.sealing_key(KEK_SEAL_PURPOSE)?;
         let mut keks = Vec::with_capacity(contents.keys.len());
         for k in &contents.keys {
@@ -323,27 +346,45 @@ impl Keystore {
     /// Adds a new KEK and makes it primary. Older KEKs keep decrypting.
     pub fn rotate(&self) -> Result<KeyInfo, KeystoreError> {
         let _lock = self.lock()?;
-        let mut contents = self.read_contents()?;
+        let (bytes, primary) = self.rotate_bytes(&self.read_bytes()?)?;
+        self.write_bytes(&bytes, false)?;
+        tracing::info!(target: "coffer::audit", event = "rotate", key_id = %primary.id, serial = primary.serial, "rotated: new primary KEK");
+        Ok(primary)
+    }
+
+    /// Keystore `current` with a new primary KEK: the bytes to store in its place (only if
+    /// `current` is still what is stored, or a concurrent change is lost) and the new KEK.
+    pub fn rotate_bytes(&self, current: &[u8]) -> Result<(Vec<u8>, KeyInfo), KeystoreError> {
+        let mut contents = self.decode_contents(current)?;
         let kek = self.new_sealed_kek(&mut contents)?;
         contents.primary = kek.id.clone();
         contents.keys.push(kek);
         contents.generation += 1;
-        self.write_contents(&contents, false)?;
-        let info = self.info_of(&contents);
-        let primary = info
-            .primary()
-            .cloned()
-            .ok_or_else(|| KeystoreError::UnknownKey {
+        let primary = self.info_of(&contents).primary().cloned().ok_or_else(|| {
+            KeystoreError::UnknownKey {
                 key_id: contents.primary.clone(),
-            })?;
-        tracing::info!(target: "coffer::audit", event = "rotate", key_id = %primary.id, generation = contents.generation, "rotated: new primary KEK");
-        Ok(primary)
+            }
+        })?;
+        Ok((self.encode_contents(&contents)?, primary))
     }
 
     /// Removes a non-primary KEK for good. Ciphertexts made with it become undecryptable.
     pub fn retire(&self, key_id: &str) -> Result<KeyInfo, KeystoreError> {
         let _lock = self.lock()?;
-        let mut contents = self.read_contents()?;
+        let (bytes, removed) = self.retire_bytes(&self.read_bytes()?, key_id)?;
+        self.write_bytes(&bytes, false)?;
+        tracing::warn!(target: "coffer::audit", event = "retire", key_id = %removed.id, "retired KEK: data encrypted under it can no longer be decrypted");
+        Ok(removed)
+    }
+
+    /// Keystore `current` without the non-primary KEK `key_id`: the bytes to store in its
+    /// place (only if `current` is still what is stored) and the retired KEK.
+    pub fn retire_bytes(
+        &self,
+        current: &[u8],
+        key_id: &str,
+    ) -> Result<(Vec<u8>, KeyInfo), KeystoreError> {
+        let mut contents = self.decode_contents(current)?;
         if contents.primary == key_id {
             return Err(KeystoreError::RetirePrimary {
                 key_id: key_id.to_string(),
@@ -363,14 +404,15 @@ impl Keystore {
             retired: now_rfc3339(),
         });
         contents.generation += 1;
-        self.write_contents(&contents, false)?;
-        tracing::warn!(target: "coffer::audit", event = "retire", key_id = %removed.id, generation = contents.generation, "retired KEK: data encrypted under it can no longer be decrypted");
-        Ok(KeyInfo {
-            id: removed.id,
-            serial: removed.serial,
-            created: removed.created,
-            state: KeyState::Active,
-        })
+        Ok((
+            self.encode_contents(&contents)?,
+            KeyInfo {
+                id: removed.id,
+                serial: removed.serial,
+                created: removed.created,
+                state: KeyState::Active,
+            },
+        ))
     }
 }
 
@@ -558,6 +600,35 @@ mod tests {
         assert!(foreign.exists());
         remove_stale_temps(&dir.path().join("missing")).unwrap();
         assert!(!dir.path().join("missing").exists());
+    }
+
+    #[test]
+    fn byte_level_changes_never_touch_files_and_name_their_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let platform = Arc::new(SimPlatform::open_or_create(dir.path()).unwrap());
+        let ks = Keystore::new("etcd:/coffer/keyd/keyrings/a", platform);
+        let (v1, info) = ks.init_bytes().unwrap();
+        let first = info.primary().unwrap().id.clone();
+        let (v2, second) = ks.rotate_bytes(&v1).unwrap();
+        // Two writers that both start from v1 make different ids: only the store's
+        // compare-and-swap keeps one of them from losing the other's key.
+        let (_, racing) = ks.rotate_bytes(&v1).unwrap();
+        assert_ne!(second.id, racing.id);
+        let ring = ks.load_bytes(&v2).unwrap();
+        assert_eq!((ring.primary_id(), ring.len()), (second.id.as_str(), 2));
+        let (v3, retired) = ks.retire_bytes(&v2, &first).unwrap();
+        assert_eq!(retired.id, first);
+        let info = ks.info_bytes(&v3).unwrap();
+        assert_eq!(
+            (info.generation, info.keys.len(), info.retired.len()),
+            (3, 1, 1)
+        );
+        assert!(!ks.exists(), "a byte-level change wrote a file");
+        let err = ks.load_bytes(&v3[..v3.len() / 2]).unwrap_err().to_string();
+        assert!(
+            err.contains("etcd:/coffer/keyd/keyrings/a/keystore"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod deploy;
 pub mod etcd;
 pub mod keyd;
 pub mod kubelet;
+pub mod load;
 pub mod raw_grpc;
 pub mod run;
 
