@@ -2,7 +2,8 @@
 //! platform: a new replica receives keyd's root from a running one over mutual attested TLS
 //! (`coffer keyd join`, `coffer keyd serve --join`), seals it to its own platform and serves
 //! the same keys. Callers without the keyd-peer role, another measurement (a modified copy of
-//! the binary) and sim under a production policy are refused with nothing written; an
+//! the binary) and sim under a production policy are refused with nothing written; a replica
+//! joined with an empty data directory serves keyd's state from a real etcd; an
 //! existing root is never replaced; keyd's recovery shares restore a joined replica; the root
 //! never appears in any log.
 
@@ -259,6 +260,39 @@ async fn serve_join_joins_on_first_start_then_serves() {
         again.log_text()
     );
     assert_eq!(again.terminate(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_joins_a_keyd_on_etcd_and_serves_its_keys_from_there() {
+    let Some(etcd) = common::etcd::Etcd::start_or_skip() else {
+        return;
+    };
+    let cluster = Cluster::start(&[]);
+    keyd_cli(&cluster.a.data, &["migrate", "--to-etcd", &etcd.endpoint]);
+    let ciphertext = cluster.wrap_on_a(b"kept in etcd").await;
+
+    // B starts with an empty data directory: the root from A, the keyrings from etcd.
+    let b = cluster.path("b");
+    let mut replica = KeydProcess::start(
+        &b,
+        free_addr(),
+        &cluster.policy,
+        &cluster.config,
+        &[
+            "--join",
+            &cluster.a.addr.to_string(),
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            &etcd.endpoint,
+        ],
+    );
+    assert!(!b.join("keyrings").exists(), "B's keyrings came from etcd");
+    assert_eq!(
+        unwrap_on(&replica, &cluster.caller, &ciphertext).await,
+        b"kept in etcd"
+    );
+    assert_eq!(replica.terminate(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
