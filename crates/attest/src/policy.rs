@@ -212,6 +212,26 @@ impl Policy {
         self.roles.iter().map(|r| r.name.as_str())
     }
 
+    /// The same policy granting only role `name` (`None` when it does not define it): for a
+    /// caller that must hold its peer to one role, such as a keyd replica checking that the
+    /// replica it joins is a `keyd-peer`. The global rules and the role's rule are unchanged;
+    /// a role listed earlier no longer shadows it.
+    pub fn only_role(&self, name: &str) -> Option<Policy> {
+        let roles: Vec<RoleRule> = self
+            .roles
+            .iter()
+            .filter(|r| r.name == name)
+            .cloned()
+            .collect();
+        if roles.is_empty() {
+            return None;
+        }
+        Some(Policy {
+            roles,
+            ..self.clone()
+        })
+    }
+
     /// True when the policy accepts simulation evidence at all.
     pub fn allows_simulation(&self) -> bool {
         self.allow_simulation
@@ -1799,6 +1819,35 @@ mod tests {
     fn version_is_required_and_checked() {
         assert!(err("roles: []\n").contains("missing field `version`"));
         assert!(err("version: 2\n").contains("unsupported policy version 2"));
+    }
+
+    #[test]
+    fn only_role_grants_that_role_even_when_an_earlier_one_matches() {
+        let text = format!(
+            "version: 1\nallow_simulation: true\nroles:\n  - name: kms-plugin\n    sim: {{}}\n  - name: keyd-peer\n    sim: {{ measurement: [\"{}\"] }}\n",
+            h(0x51, 32)
+        );
+        let p = Policy::from_yaml(&text).unwrap();
+        assert_eq!(p.evaluate(&sim_claims()).unwrap().name, "kms-plugin");
+        let peer = p.only_role("keyd-peer").unwrap();
+        assert_eq!(peer.roles().collect::<Vec<_>>(), ["keyd-peer"]);
+        assert_eq!(peer.evaluate(&sim_claims()).unwrap().name, "keyd-peer");
+        let mut other = sim_claims();
+        other.measurements = Measurements::Sim {
+            measurement: Hex(vec![0x61; 32]),
+            signer: Hex(vec![0x52; 32]),
+        };
+        assert!(peer.evaluate(&other).is_err());
+        assert!(p.only_role("nobody").is_none());
+        // The global rules still apply.
+        let strict =
+            Policy::from_yaml(&text.replace("allow_simulation: true", "allow_simulation: false"))
+                .unwrap();
+        assert!(strict
+            .only_role("keyd-peer")
+            .unwrap()
+            .evaluate(&sim_claims())
+            .is_err());
     }
 
     #[test]

@@ -69,6 +69,10 @@ pub enum KeydCommand {
     /// records encrypted under keyd's root (--to-etcd), or back (--from-etcd). Never replaces
     /// existing state; re-running after a failure finishes the job.
     Migrate(crate::keyd_migrate::MigrateArgs),
+    /// Make this data directory a new replica of a running keyd: receive keyd's root from a
+    /// replica over mutual attested TLS (this replica's measurement needs the keyd-peer role in
+    /// the peer's --policy) and seal it to this platform. Never replaces an existing root.
+    Join(Box<crate::keyd_join::JoinArgs>),
 }
 
 /// Where keyd keeps its state and which TEE protects it.
@@ -274,6 +278,8 @@ pub struct KeydServeArgs {
     pub sources: SourceArgs,
     #[command(flatten)]
     pub shared: crate::keyd_etcd::SharedStoreArgs,
+    #[command(flatten)]
+    pub join: crate::keyd_join::ServeJoinArgs,
     /// This replica's name among the replicas sharing --store etcd (unique; its audit chain is
     /// anchored in etcd under it). Default: the host name (a pod's name).
     #[arg(long, value_name = "NAME", value_parser = crate::keyd_audit::parse_replica_id)]
@@ -375,6 +381,7 @@ pub fn run(command: KeydCommand) -> Result<ExitCode, Error> {
     match command {
         KeydCommand::Init(args) => init(args),
         KeydCommand::Migrate(args) => crate::keyd_migrate::run(args),
+        KeydCommand::Join(args) => crate::keyd_join::run(*args),
         KeydCommand::Serve(args) => serve(*args),
         KeydCommand::Keyring(KeyringCommand::Create {
             store,
@@ -1054,7 +1061,6 @@ fn serve(args: KeydServeArgs) -> Result<ExitCode, Error> {
     if args.init {
         init_on_first_start(&args, &config)?;
     }
-    let platform = args.store.platform(Access::ExistingOnly)?;
     let verify_options = args.sources.options(SystemTime::now())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(usize::from(args.worker_threads))
@@ -1062,6 +1068,13 @@ fn serve(args: KeydServeArgs) -> Result<ExitCode, Error> {
         .enable_all()
         .thread_name("coffer-keyd")
         .build()?;
+    runtime.block_on(crate::keyd_join::join_on_first_start(
+        &args.store,
+        &args.join,
+        policy.clone(),
+        verify_options.clone(),
+    ))?;
+    let platform = args.store.platform(Access::ExistingOnly)?;
     runtime.block_on(async move {
         let shutdown = crate::cmd::shutdown_signal();
         let listener = tokio::net::TcpListener::bind(args.listen)

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::Code;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::chain;
 use crate::handshake::{Failure, FailureKind};
@@ -457,6 +457,73 @@ impl KeydClient {
         )
         .await?;
         Ok(Zeroizing::new(response.into_inner().plaintext))
+    }
+}
+
+/// What [`KeydClient::join_replica`] receives: keyd's root secret and the public facts of its
+/// root file. The root is zeroized on drop and `Debug` never shows it.
+pub struct ReplicaRoot {
+    /// The root secret.
+    pub root: Zeroizing<[u8; 32]>,
+    /// The keyd instance id (`keyd-…`).
+    pub instance_id: String,
+    /// When the root was created (RFC 3339).
+    pub created: String,
+    /// The root check keyd's root file records (hex).
+    pub root_check: String,
+    /// The recovery split made at init, if any.
+    pub recovery: Option<pb::ReplicaRecoveryInfo>,
+}
+
+impl std::fmt::Debug for ReplicaRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicaRoot")
+            .field("instance_id", &self.instance_id)
+            .field("created", &self.created)
+            .field("root", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeydClient {
+    /// Asks keyd for its root secret, as a new replica of it (`JoinReplica`); with
+    /// `instance_id`, a keyd of another instance refuses. keyd answers only a caller its policy
+    /// grants the `keyd-peer` role, on its own kind of TEE; hold keyd to the same role when
+    /// connecting (`Policy::only_role`), or the root may come from a keyd that is not a peer.
+    pub async fn join_replica(
+        &mut self,
+        instance_id: Option<&str>,
+    ) -> Result<ReplicaRoot, ClientError> {
+        let request = pb::JoinReplicaRequest {
+            instance_id: instance_id.unwrap_or_default().to_string(),
+        };
+        let response = call(
+            self.timeout,
+            &self.addr,
+            "JoinReplica",
+            self.inner.join_replica(request),
+        )
+        .await?;
+        let mut response = response.into_inner();
+        let root = <[u8; 32]>::try_from(response.root.as_slice()).map(Zeroizing::new);
+        response.root.zeroize();
+        let root = root.map_err(|_| ClientError::MalformedAnswer {
+            rpc: "JoinReplica",
+            detail: "the root is not 32 bytes".to_string(),
+        })?;
+        if response.instance_id.is_empty() || response.root_check.is_empty() {
+            return Err(ClientError::MalformedAnswer {
+                rpc: "JoinReplica",
+                detail: "the instance id or root check is missing".to_string(),
+            });
+        }
+        Ok(ReplicaRoot {
+            root,
+            instance_id: response.instance_id,
+            created: response.created,
+            root_check: response.root_check,
+            recovery: response.recovery,
+        })
     }
 }
 

@@ -26,7 +26,7 @@ mod replicas;
 pub use coffer_proto::keyd as pb;
 
 pub use addr::{KeydAddr, KeydAddrs};
-pub use client::{ItemRefusal, KeydClient, KeydClientOptions};
+pub use client::{ItemRefusal, KeydClient, KeydClientOptions, ReplicaRoot};
 pub use error::{error_chain, ClientError};
 pub use limits::{
     validate_keyring_name, InvalidKeyringName, MAX_BATCH_ITEMS, MAX_CIPHERTEXT_LEN,

@@ -31,6 +31,9 @@ pub enum Operation {
     Reseal,
     /// `Unseal`: open a sealed value; allowed by the keyring's `unseal` grants.
     Unseal,
+    /// `JoinReplica`: a new replica receives keyd's root. Allowed by the policy role
+    /// [`KEYD_PEER_ROLE`](crate::KEYD_PEER_ROLE), never by the configuration.
+    JoinReplica,
 }
 
 impl Operation {
@@ -54,6 +57,7 @@ impl Operation {
             Operation::KeyBundle => "key-bundle",
             Operation::Reseal => "reseal",
             Operation::Unseal => "unseal",
+            Operation::JoinReplica => "join-replica",
         }
     }
 }
@@ -89,8 +93,9 @@ pub struct KeyringAccess {
 }
 
 impl KeyringAccess {
-    /// The roles allowed to use `op` by a role list (none for the public operations and for
-    /// `unseal`, whose grants are [`Self::unseal`]).
+    /// The roles allowed to use `op` by a role list (none for the public operations, for
+    /// `unseal`, whose grants are [`Self::unseal`], and for `join-replica`, which only the
+    /// policy's `keyd-peer` role may call).
     pub fn roles(&self, op: Operation) -> &[String] {
         match op {
             Operation::Wrap => &self.wrap,
@@ -98,7 +103,10 @@ impl KeyringAccess {
             Operation::Status => &self.status,
             Operation::Rotate => &self.rotate,
             Operation::List => &self.list,
-            Operation::KeyBundle | Operation::Reseal | Operation::Unseal => &[],
+            Operation::KeyBundle
+            | Operation::Reseal
+            | Operation::Unseal
+            | Operation::JoinReplica => &[],
         }
     }
 

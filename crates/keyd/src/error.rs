@@ -96,6 +96,17 @@ pub enum KeydError {
         recovery: Option<crate::root::RecoveryInfo>,
     },
 
+    /// No peer handed this new replica keyd's root (`coffer keyd join`, `serve --join`).
+    #[error("could not join keyd through {peers} ({gave_up}): {}. Each peer must be a running keyd replica whose --policy grants the keyd-peer role to this replica's measurement, on the same kind of TEE, and this replica's --policy must grant keyd-peer to the peers' measurement", reasons.join("; "))]
+    Join {
+        /// The peers given.
+        peers: String,
+        /// Why joining stopped: every peer refused, or the time ran out.
+        gave_up: String,
+        /// Each peer's last error.
+        reasons: Vec<String>,
+    },
+
     /// The TEE platform failed (sealing, randomness).
     #[error("platform: {0}")]
     Platform(#[source] coffer_platform::PlatformError),

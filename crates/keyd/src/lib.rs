@@ -12,6 +12,7 @@ mod error;
 mod grants;
 mod identity;
 mod io;
+mod join;
 mod keyrings;
 mod limits;
 mod metrics;
@@ -29,11 +30,13 @@ pub use anchors::{read_anchors, validate_replica_id, AnchorError, AuditAnchor, A
 pub use config::{validate_keyring_name, KeydConfig, KeyringAccess, Operation};
 pub use error::KeydError;
 pub use grants::{NamePattern, UnsealGrant};
+pub use join::{join, JoinOptions, Joined, KEYD_PEER_ROLE};
 pub use keyrings::{create_keyring, keyring_dir, keyring_store, sealing_key_store, CreatedKeyring};
 pub use limits::KeydLimits;
 pub use metrics::KeydMetrics;
 pub use root::{
-    open_shares, root_info, KeydRoot, RecoveryInfo, RecoveryRequest, RootInfo, ROOT_FILE,
+    open_shares, root_info, Adoption, HandedRoot, KeydRoot, RecoveryInfo, RecoveryRequest,
+    RootInfo, ROOT_FILE,
 };
 pub use sealing::{
     KeyLookup, RetiredKey, SealingKeyError, SealingKeyInfo, SealingKeyStore, SealingKeys,

@@ -92,10 +92,51 @@ pub struct RootInfo {
     pub recovery: Option<RecoveryInfo>,
 }
 
+/// The root as one replica hands it to another (`JoinReplica`): the secret and the public facts
+/// of its root file, which the joining replica's root file repeats. Zeroized on drop; `Debug`
+/// never shows the secret.
+pub struct HandedRoot {
+    /// The root secret.
+    pub root: Zeroizing<[u8; 32]>,
+    /// The keyd instance id.
+    pub instance_id: String,
+    /// When the root was created (RFC 3339).
+    pub created: String,
+    /// hex of the root check.
+    pub root_check: String,
+    /// The recovery split made at init, if any.
+    pub recovery: Option<RecoveryInfo>,
+}
+
+impl fmt::Debug for HandedRoot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandedRoot")
+            .field("instance_id", &self.instance_id)
+            .field("created", &self.created)
+            .field("root", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`KeydRoot::adopt`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adoption {
+    /// The root file was written: this data directory is now a replica.
+    Written,
+    /// The data directory already held this root, sealed to this platform: nothing changed.
+    AlreadyPresent,
+}
+
+/// Longest instance id or creation time accepted from a peer.
+const MAX_FACT_LEN: usize = 128;
+
 /// The opened root secret of one keyd data directory. Zeroized on drop; never printed.
 pub struct KeydRoot {
     instance_id: String,
     root: Zeroizing<[u8; 32]>,
+    /// The root file's creation time and recovery split, handed on to a joining replica.
+    created: String,
+    recovery: Option<RecoveryInfo>,
 }
 
 impl fmt::Debug for KeydRoot {
@@ -297,7 +338,15 @@ impl KeydRoot {
                 root_error(data_dir, format!("cannot write: {e}"))
             }
         })?;
-        Ok((KeydRoot { instance_id, root }, shares))
+        Ok((
+            KeydRoot {
+                instance_id,
+                root,
+                created: file.created,
+                recovery: file.recovery,
+            },
+            shares,
+        ))
     }
 
     /// Opens `data_dir`'s root with `platform`. A root sealed by another platform identity
@@ -333,6 +382,8 @@ impl KeydRoot {
         Ok(KeydRoot {
             instance_id: file.instance_id,
             root,
+            created: file.created,
+            recovery: file.recovery,
         })
     }
 
@@ -381,7 +432,90 @@ impl KeydRoot {
         Ok(KeydRoot {
             instance_id: file.instance_id,
             root,
+            created: file.created,
+            recovery: file.recovery,
         })
+    }
+
+    /// This root as handed to a joining replica, with the public facts of the root file it
+    /// was opened from.
+    pub fn hand_over(&self) -> HandedRoot {
+        HandedRoot {
+            root: self.root.clone(),
+            instance_id: self.instance_id.clone(),
+            created: self.created.clone(),
+            root_check: root_check(&self.root, &self.instance_id),
+            recovery: self.recovery.clone(),
+        }
+    }
+
+    /// Makes `data_dir` a replica of the keyd whose root another replica handed over: checks
+    /// the root against its root check, seals it to `platform` and writes `keyd-root.json`
+    /// with the same instance id, creation time and recovery facts (so that keyd's recovery
+    /// shares restore this replica too). Never replaces a root file: one holding this same
+    /// root, that opens on `platform`, is [`Adoption::AlreadyPresent`]; any other is refused.
+    pub fn adopt(
+        data_dir: &Path,
+        platform: &dyn Platform,
+        handed: &HandedRoot,
+    ) -> Result<(KeydRoot, Adoption), KeydError> {
+        let fact_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= MAX_FACT_LEN
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | ':' | '.' | '+'))
+        };
+        if !fact_ok(&handed.instance_id) || !fact_ok(&handed.created) {
+            return Err(root_error(
+                data_dir,
+                "the peer sent a malformed instance id or creation time; nothing was written",
+            ));
+        }
+        if root_check(&handed.root, &handed.instance_id) != handed.root_check {
+            return Err(root_error(
+                data_dir,
+                format!(
+                    "the root received for keyd {} does not match its root check; nothing was written (is the peer's keyd-root.json damaged?)",
+                    handed.instance_id
+                ),
+            ));
+        }
+        coffer_platform::sim::create_private_dir(data_dir).map_err(KeydError::Platform)?;
+        let _lock = lock_root(data_dir)?;
+        if root_path(data_dir).exists() {
+            let file = read_root_file(data_dir)?;
+            if file.instance_id != handed.instance_id || file.root_check != handed.root_check {
+                return Err(root_error(
+                    data_dir,
+                    format!(
+                        "already holds the root of keyd {}, not the root of keyd {} that the peer serves; keyd never replaces its root: join with a new, empty --data-dir",
+                        file.instance_id, handed.instance_id
+                    ),
+                ));
+            }
+            return Ok((Self::open(data_dir, platform)?, Adoption::AlreadyPresent));
+        }
+        let file = RootFile {
+            format: ROOT_FORMAT,
+            instance_id: handed.instance_id.clone(),
+            created: handed.created.clone(),
+            platform: platform.kind().name().to_string(),
+            sealed_root: seal_root(platform, &handed.instance_id, &handed.root)?,
+            root_check: handed.root_check.clone(),
+            recovery: handed.recovery.clone(),
+        };
+        let json = serde_json::to_vec_pretty(&file).expect("RootFile always serialises");
+        durable::write_new_atomic(&root_path(data_dir), &json, 0o600)
+            .map_err(|e| root_error(data_dir, format!("cannot write: {e}")))?;
+        Ok((
+            KeydRoot {
+                instance_id: handed.instance_id.clone(),
+                root: handed.root.clone(),
+                created: handed.created.clone(),
+                recovery: handed.recovery.clone(),
+            },
+            Adoption::Written,
+        ))
     }
 
     /// The keyd instance id.
@@ -507,6 +641,56 @@ mod tests {
         KeydRoot::init(&data, platform.as_ref(), None).unwrap();
         assert!(!root_tmp.exists(), "init leaves a stale root temporary");
         remove_stale_temps(&dir.path().join("missing")).unwrap();
+    }
+
+    #[test]
+    fn a_handed_root_is_adopted_once_and_never_replaces_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("c"),
+        );
+        let (pa, pb, pc) = (sim(&a), sim(&b), sim(&c));
+        let (root, _) = KeydRoot::init(&a, pa.as_ref(), None).unwrap();
+        let handed = root.hand_over();
+        assert!(!format!("{handed:?}").contains(&hex::encode(&handed.root[..])));
+
+        let (joined, adoption) = KeydRoot::adopt(&b, pb.as_ref(), &handed).unwrap();
+        assert_eq!(adoption, Adoption::Written);
+        assert_eq!(joined.instance_id(), root.instance_id());
+        let written = std::fs::read(b.join(ROOT_FILE)).unwrap();
+        assert_ne!(written, std::fs::read(a.join(ROOT_FILE)).unwrap());
+        let opened = KeydRoot::open(&b, pb.as_ref()).unwrap();
+        assert_eq!(*opened.derive("x"), *root.derive("x"));
+        assert_eq!(
+            root_info(&b).unwrap().created,
+            root_info(&a).unwrap().created
+        );
+        assert!(
+            KeydRoot::open(&b, pa.as_ref()).is_err(),
+            "sealed to b's platform"
+        );
+
+        // Again: nothing to do, nothing rewritten.
+        let (_, adoption) = KeydRoot::adopt(&b, pb.as_ref(), &handed).unwrap();
+        assert_eq!(adoption, Adoption::AlreadyPresent);
+        assert_eq!(std::fs::read(b.join(ROOT_FILE)).unwrap(), written);
+
+        // Another keyd's root is never replaced.
+        KeydRoot::init(&c, pc.as_ref(), None).unwrap();
+        let before = std::fs::read(c.join(ROOT_FILE)).unwrap();
+        let err = KeydRoot::adopt(&c, pc.as_ref(), &handed).unwrap_err();
+        assert!(err.to_string().contains("never replaces its root"), "{err}");
+        assert_eq!(std::fs::read(c.join(ROOT_FILE)).unwrap(), before);
+
+        // A root that does not match its check is refused before anything is written.
+        let d = dir.path().join("d");
+        let mut bad = root.hand_over();
+        bad.root[0] ^= 1;
+        let err = KeydRoot::adopt(&d, sim(&d).as_ref(), &bad).unwrap_err();
+        assert!(err.to_string().contains("root check"), "{err}");
+        assert!(!d.join(ROOT_FILE).exists());
     }
 
     #[test]

@@ -297,6 +297,7 @@ pub async fn serve(
         .map_err(|e| KeydError::io("loading keyd state", io::Error::other(e)))??
     };
     let instance_id = root.instance_id().to_string();
+    let handover = Arc::new(root.hand_over());
     // With --store etcd the audit chain head is anchored there.
     let anchors = shared
         .as_ref()
@@ -400,6 +401,7 @@ pub async fn serve(
         instance_id: instance_id.clone(),
         platform: platform.clone(),
         bundle_validity: key_bundle_validity,
+        handover,
     })
     .max_decoding_message_size(limits.max_message_len)
     .max_encoding_message_size(limits.max_message_len);

@@ -60,6 +60,8 @@ pub(crate) struct KeydService {
     pub(crate) platform: Arc<dyn Platform>,
     /// How long a key bundle is valid; it is rebuilt when half of that has passed.
     pub(crate) bundle_validity: Duration,
+    /// keyd's root, for a replica that joins (`JoinReplica`).
+    pub(crate) handover: Arc<crate::root::HandedRoot>,
 }
 
 /// An authorised call in progress.
@@ -70,7 +72,7 @@ struct Call {
 }
 
 /// The audit record of one operation by the connection's caller.
-fn audit_entry(
+pub(crate) fn audit_entry(
     event: &str,
     info: &KeydConnectInfo,
     keyring: Option<&str>,
@@ -133,7 +135,7 @@ impl KeydService {
     /// never does unaudited work. With aggregation on, successful unwraps are counted
     /// (released at once, written at the next flush, if the log is still writable); every other
     /// record is written before this returns, so its result is released only after it.
-    fn record_all(&self, op: Operation, entries: Vec<AuditEntry>) -> Result<(), Status> {
+    pub(crate) fn record_all(&self, op: Operation, entries: Vec<AuditEntry>) -> Result<(), Status> {
         let entries = match &self.aggregate {
             Some(aggregator) if op == Operation::Unwrap => {
                 // Fail closed as without aggregation: no result while the log cannot be written.
@@ -161,7 +163,7 @@ impl KeydService {
     }
 
     /// Refuses a call: audit record, metric, status.
-    fn deny(
+    pub(crate) fn deny(
         &self,
         op: Operation,
         info: &KeydConnectInfo,
@@ -197,26 +199,7 @@ impl KeydService {
         op: Operation,
         items: u32,
     ) -> Result<Call, Status> {
-        let info = connect_info(request)?;
-        let peer = match &info.peer {
-            Ok(peer) => peer.clone(),
-            Err(reason) => {
-                tracing::warn!(peer = ?info.remote_addr, operation = %op, reason = %reason, "call from a refused client");
-                let status = Status::permission_denied(format!(
-                    "keyd refused this client's attestation: {reason}"
-                ));
-                return Err(self.deny(op, &info, Some(&shown(keyring)), status));
-            }
-        };
-        if !info.bucket.try_acquire_n(items) {
-            // Not audited line by line: a flood must not become a flood of audit records.
-            self.metrics.rate_limited();
-            self.metrics.request(op, Code::ResourceExhausted);
-            return Err(Status::resource_exhausted(format!(
-                "caller (role {}) is over keyd's per-caller rate limit; retry with backoff",
-                peer.role
-            )));
-        }
+        let (info, peer) = self.attested(request, Some(&shown(keyring)), op, items)?;
         if validate_keyring_name(keyring).is_err() {
             let status = invalid_keyring(keyring);
             return Err(self.deny(op, &info, Some(&shown(keyring)), status));
@@ -238,6 +221,38 @@ impl KeydService {
                 Err(self.deny(op, &info, Some(keyring), status))
             }
         }
+    }
+
+    /// The caller of an operation that needs attestation, within its rate (one token per item
+    /// of the call); a refusal is audited naming `keyring`, if the call has one.
+    pub(crate) fn attested<T>(
+        &self,
+        request: &Request<T>,
+        keyring: Option<&str>,
+        op: Operation,
+        items: u32,
+    ) -> Result<(KeydConnectInfo, Arc<PeerIdentity>), Status> {
+        let info = connect_info(request)?;
+        let peer = match &info.peer {
+            Ok(peer) => peer.clone(),
+            Err(reason) => {
+                tracing::warn!(peer = ?info.remote_addr, operation = %op, reason = %reason, "call from a refused client");
+                let status = Status::permission_denied(format!(
+                    "keyd refused this client's attestation: {reason}"
+                ));
+                return Err(self.deny(op, &info, keyring, status));
+            }
+        };
+        if !info.bucket.try_acquire_n(items) {
+            // Not audited line by line: a flood must not become a flood of audit records.
+            self.metrics.rate_limited();
+            self.metrics.request(op, Code::ResourceExhausted);
+            return Err(Status::resource_exhausted(format!(
+                "caller (role {}) is over keyd's per-caller rate limit; retry with backoff",
+                peer.role
+            )));
+        }
+        Ok((info, peer))
     }
 
     /// Checks a public call (key bundle, reseal): any caller, attested or not, within its
@@ -889,5 +904,12 @@ impl KeyService for KeydService {
             })
             .collect();
         Ok(Response::new(pb::UnsealBatchResponse { results }))
+    }
+
+    async fn join_replica(
+        &self,
+        request: Request<pb::JoinReplicaRequest>,
+    ) -> Result<Response<pb::JoinReplicaResponse>, Status> {
+        crate::join::join_replica(self, request).map(Response::new)
     }
 }
