@@ -16,7 +16,8 @@
 # Environment: R binary directory (target/release); PORT first keyd port (17450, then +1, +2);
 # DURATION per run (10s); ROUNDS interleaved rounds (3); CONCURRENCY callers (16);
 # PLUGIN_CPU / KEYD_CPU the CPUs for generator + plugin and for keyd (0 / 1; KEYD_CPU= leaves
-# everything unpinned). The replicas are copies of one data directory (same root secret and
+# everything unpinned); KEYD_FLAGS extra `keyd serve` flags (e.g. "--audit-aggregate-interval
+# 10s"). keyd's CPU (all replicas, from /proc) is printed beside each run. The replicas are copies of one data directory (same root secret and
 # keyrings), each with its own audit log; keyd runs with --rate-limit 0.
 set -eu
 R="${R:-$PWD/target/release}"
@@ -26,6 +27,7 @@ ROUNDS="${ROUNDS:-3}"
 CONCURRENCY="${CONCURRENCY:-16}"
 PLUGIN_CPU="${PLUGIN_CPU-0}"
 KEYD_CPU="${KEYD_CPU-1}"
+KEYD_FLAGS="${KEYD_FLAGS:-}"
 WHAT="${1:-all}"
 case "$WHAT" in all|ratio|replicas|failover) ;; *) echo "usage: $0 [all|ratio|replicas|failover]" >&2; exit 2;; esac
 COFFER="$R/coffer"
@@ -63,7 +65,7 @@ start_keyd() { # i: starts replica i on PORT+i
     local i="$1"
     "${PIN_KEYD[@]}" "$COFFER" --log-level warn keyd serve --platform sim --data-dir "$D/k$i" \
         --listen "127.0.0.1:$((PORT + i))" --policy "$D/policy.yaml" --config "$D/keyd.yaml" \
-        --rate-limit 0 2>> "$D/keyd$i.log" &
+        --rate-limit 0 $KEYD_FLAGS 2>> "$D/keyd$i.log" &
     KEYD_PIDS[$i]=$!
 }
 start_plugin() { # name state-dir flags...: starts a plugin on socket $D/name.sock
@@ -86,22 +88,33 @@ start_plugin three-nocache "$D/p" --keyd "$THREE" "${svc[@]}" --keyd-cache-ttl 0
 start_plugin one-cache "$D/p" --keyd "$ONE" "${svc[@]}"
 sleep 2 # service-mode plugins connect to keyd
 
-run() { # name [bench flags...]: one measured run; prints name, ops/s, p50, p99, errors
+keyd_ticks() { # CPU ticks (user + system) used so far by the running replicas
+    local total=0 p
+    for p in "${KEYD_PIDS[@]}"; do
+        [ -r "/proc/$p/stat" ] && total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+    done
+    echo "$total"
+}
+run() { # name [bench flags...]: one measured run; prints name, ops/s, p50, p99, CPU, errors
     local name="$1"; shift
     local pid_var="PID_${name//-/_}"
-    local out
+    local out t0 k0
+    t0=$(date +%s%N); k0=$(keyd_ticks)
     out=$("${PIN_PLUGIN[@]}" "$COFFER" --log-level error bench kms --socket "$D/$name.sock" \
         --duration "$DURATION" --concurrency "$CONCURRENCY" --op decrypt \
         --plugin-pid "${!pid_var}" --json "$@")
     local n; n() { echo "$out" | grep -o "\"$1\": *[0-9.]*" | head -1 | sed 's/.*: *//'; }
+    local keyd_cores
+    keyd_cores=$(awk -v k="$(( $(keyd_ticks) - k0 ))" -v hz="$(getconf CLK_TCK)" -v ns="$(( $(date +%s%N) - t0 ))" \
+        'BEGIN { printf "%.2f", k / hz / (ns / 1e9) }')
     local errors; errors=$(echo "$out" | tr -d ' \n' | sed -n 's/.*"errors":{\([^}]*\)}.*/\1/p')
-    printf '%-32s %8.0f ops/s  p50 %6s µs  p99 %7s µs  plugin %s cores  errors %s\n' \
+    printf '%-32s %8.0f ops/s  p50 %6s µs  p99 %7s µs  plugin %s cores  keyd %s cores  errors %s\n' \
         "$name${*:+ $*}" "$(n ops_per_sec)" "$(n p50_us)" "$(n p99_us)" \
-        "$(n plugin_cpu_cores | cut -c1-4)" "${errors:-none}"
+        "$(n plugin_cpu_cores | cut -c1-4)" "$keyd_cores" "${errors:-none}"
 }
 
 echo "# $(date -u +%FT%TZ), $(nproc) CPUs ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)), load $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "# $("$COFFER" --version), binaries $R; plugin + generator on CPU ${PLUGIN_CPU:-any}, keyd on CPU ${KEYD_CPU:-any}; c$CONCURRENCY, $DURATION per run"
+echo "# $("$COFFER" --version), binaries $R; plugin + generator on CPU ${PLUGIN_CPU:-any}, keyd on CPU ${KEYD_CPU:-any}; c$CONCURRENCY, $DURATION per run; keyd flags: ${KEYD_FLAGS:-none}"
 if [ "$WHAT" = all ] || [ "$WHAT" = ratio ] || [ "$WHAT" = replicas ]; then
     for round in $(seq "$ROUNDS"); do
         echo "## round $round"
