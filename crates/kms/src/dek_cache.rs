@@ -158,6 +158,17 @@ impl DekCache {
         }
     }
 
+    /// Wipes the seeds whose time is up; the plugin calls it every second, so no seed stays
+    /// in memory much past its TTL even when its DEK is never asked for again.
+    pub fn purge_expired(&self) {
+        let mut inner = self.lock();
+        let ttl = self.ttl;
+        inner.entries.retain(|_, e| e.stored.elapsed() < ttl);
+        if inner.entries.is_empty() {
+            inner.order.clear();
+        }
+    }
+
     /// Forgets (and wipes) every seed, and keeps unwraps in flight from storing theirs.
     pub fn clear(&self) {
         let mut inner = self.lock();
@@ -203,6 +214,18 @@ mod tests {
         std::thread::sleep(Duration::from_millis(40));
         assert!(cache.get(None, b"ct").is_none());
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn purge_wipes_expired_seeds_nobody_asks_for() {
+        // A TTL far above the time between the second insert and the purge.
+        let cache = DekCache::new(Duration::from_secs(1));
+        cache.insert(cache.generation(), None, b"old", &seed(1));
+        std::thread::sleep(Duration::from_millis(1100));
+        cache.insert(cache.generation(), None, b"new", &seed(2));
+        cache.purge_expired();
+        assert_eq!(cache.len(), 1);
+        assert!(cache.get(None, b"new").is_some());
     }
 
     #[test]

@@ -493,7 +493,7 @@ impl RemoteKeys {
     }
 
     /// Runs until dropped: probes keyd every [`PROBE_INTERVAL`] (refreshing Status and
-    /// `/healthz`), re-establishes connections that are down, resolves keyd's names again every
+    /// `/healthz`, wiping expired cached seeds), re-establishes connections that are down, resolves keyd's names again every
     /// [`RESOLVE_INTERVAL`], and renews this plugin's attested certificate before it expires.
     pub async fn maintain(&self) {
         let mut tick = tokio::time::interval(PROBE_INTERVAL);
@@ -509,6 +509,9 @@ impl RemoteKeys {
                 next_resolve = Instant::now() + RESOLVE_INTERVAL;
             }
             let _ = self.status().await;
+            if let Some(cache) = &self.cache {
+                cache.purge_expired();
+            }
             self.pool.connect_idle(&self.keyring).await;
             let identity = self.pool.identity();
             if identity.due_for_renewal() && Instant::now() >= next_renewal {
