@@ -524,6 +524,11 @@ fn service_mode_flags_are_checked_at_start() {
         &[&service[..], &["--keyd-connections", "0"]].concat(),
         "--keyd-connections",
     );
+    // Cached DEK seeds must not outlive a revoked grant for long.
+    refused(
+        &[&service[..], &["--keyd-cache-ttl", "6m"]].concat(),
+        "from 0s to 5m",
+    );
     refused(
         &[&service[..], &["--rotate-every", "24h"]].concat(),
         "Rotate the keyring in keyd",
