@@ -17,6 +17,7 @@ use tonic::transport::Channel;
 
 use crate::conn::{check_socket, connect, socket_path};
 use crate::error::{code_name, describe_status, BenchError};
+use crate::failover::{self, CallEvent, FailoverReport};
 use crate::procfs;
 use crate::stats::{self, fmt_count, fmt_latency, ser, Latencies};
 
@@ -82,7 +83,21 @@ pub struct KmsBenchArgs {
     /// per-call deadline, like the API server's (seconds, or a duration such as 500ms)
     #[arg(long, default_value = "3s", value_parser = parse_secs)]
     pub timeout: Duration,
+    /// distinct DEKs to decrypt, encrypted during setup and decrypted in turn (--op decrypt;
+    /// 1 to 100000): more than a plugin caches makes every Decrypt reach keyd
+    #[arg(long, default_value_t = 1)]
+    pub ciphertexts: usize,
+    /// SIGKILL this process (e.g. a keyd replica) during the measurement and report the
+    /// failover the callers saw: the longest time without an answer, the calls in flight
+    #[arg(long, requires = "kill_after")]
+    pub kill_pid: Option<u32>,
+    /// when to kill --kill-pid, from the start of the measured window (below --duration)
+    #[arg(long, requires = "kill_pid", value_parser = humantime::parse_duration)]
+    pub kill_after: Option<Duration>,
 }
+
+/// Most distinct DEKs `--ciphertexts` sets up.
+const MAX_CIPHERTEXTS: usize = 100_000;
 
 /// Parses `3`, `0.5` (seconds) or a humantime duration (`3s`, `500ms`).
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -152,6 +167,10 @@ pub struct KmsBenchReport {
     pub plugin_cpu_cores: Option<f64>,
     /// The plugin's peak RSS (VmHWM) at the end of the run in KiB, with `--plugin-pid`.
     pub plugin_peak_rss_kib: Option<u64>,
+    /// Distinct DEKs decrypted in turn.
+    pub ciphertexts: usize,
+    /// With `--kill-pid`: the failover the callers saw.
+    pub failover: Option<FailoverReport>,
     /// Caveats about the run (e.g. the plugin exited).
     pub notes: Vec<String>,
 }
@@ -243,6 +262,34 @@ impl fmt::Display for KmsBenchReport {
                 fmt_count(kib)
             )?;
         }
+        if let Some(fo) = &self.failover {
+            writeln!(
+                f,
+                "  kill       pid {} at {:.2}s: longest time without an answer {} (before the kill: {})",
+                fo.pid,
+                fo.killed_at.as_secs_f64(),
+                fmt_latency(fo.stall),
+                fmt_latency(fo.stall_before)
+            )?;
+            writeln!(
+                f,
+                "             {} calls in flight, {} failed, slowest {}; {} failed calls after the kill",
+                fo.in_flight,
+                fo.in_flight_failed,
+                fmt_latency(fo.in_flight_max),
+                fo.failed_after
+            )?;
+            for (name, s) in [("1s before", &fo.before), ("1s after ", &fo.after)] {
+                writeln!(
+                    f,
+                    "             {name}: {} calls, p50 {}  p99 {}  max {}",
+                    fmt_count(s.calls),
+                    fmt_latency(s.p50),
+                    fmt_latency(s.p99),
+                    fmt_latency(s.max)
+                )?;
+            }
+        }
         for note in &self.notes {
             writeln!(f, "  note       {note}")?;
         }
@@ -294,23 +341,37 @@ fn validate(args: &KmsBenchArgs) -> Result<(), BenchError> {
     if args.duration > year || args.warmup > year || args.timeout > year {
         return bad("--duration, --warmup and --timeout must each be under a year");
     }
+    if !(1..=MAX_CIPHERTEXTS).contains(&args.ciphertexts) {
+        return bad("--ciphertexts must be 1 to 100000");
+    }
+    if args.ciphertexts > 1 && args.op != Op::Decrypt {
+        return bad("--ciphertexts applies to --op decrypt only");
+    }
+    if let Some(after) = args.kill_after {
+        if after >= args.duration {
+            return bad("--kill-after must be shorter than --duration: the kill happens inside the measured window");
+        }
+    }
+    if args.kill_pid == Some(0) {
+        return bad("--kill-pid must name a process (not 0)");
+    }
     Ok(())
+}
+
+/// One encrypted DEK and what decrypting it must give.
+struct Dek {
+    ciphertext: Vec<u8>,
+    plaintext: Vec<u8>,
+    key_id: String,
+    annotations: HashMap<String, Vec<u8>>,
 }
 
 /// What every caller sends; prepared during setup.
 enum Work {
     Status,
     Encrypt,
-    Decrypt {
-        ciphertext: Vec<u8>,
-        plaintext: Vec<u8>,
-        key_id: String,
-        annotations: HashMap<String, Vec<u8>>,
-    },
-    V1Decrypt {
-        cipher: Vec<u8>,
-        plain: Vec<u8>,
-    },
+    Decrypt(Vec<Dek>),
+    V1Decrypt { cipher: Vec<u8>, plain: Vec<u8> },
 }
 
 struct Plan {
@@ -334,7 +395,7 @@ async fn run_async(args: &KmsBenchArgs, socket: PathBuf) -> Result<KmsBenchRepor
     for _ in 0..args.connections {
         channels.push(connect(&socket, connect_timeout).await?);
     }
-    let setup = setup(&channels[0], &socket, args.op, args.timeout).await?;
+    let setup = setup(&channels[0], &socket, args, args.timeout).await?;
 
     let start = Instant::now();
     let measure_start = start + args.warmup;
@@ -344,12 +405,24 @@ async fn run_async(args: &KmsBenchArgs, socket: PathBuf) -> Result<KmsBenchRepor
         measure_start,
         end: measure_start + args.duration,
     });
+    let timeline = args.kill_pid.is_some();
     let mut tasks = Vec::with_capacity(args.concurrency);
     for i in 0..args.concurrency {
         let channel = channels[i % channels.len()].clone();
-        tasks.push(tokio::spawn(caller(channel, Arc::clone(&plan))));
+        // Callers start spread over the DEKs, so each DEK is decrypted as often as the others.
+        let first = i * args.ciphertexts / args.concurrency;
+        tasks.push(tokio::spawn(caller(
+            channel,
+            Arc::clone(&plan),
+            first,
+            timeline,
+        )));
     }
     drop(channels);
+    let kill = match (args.kill_pid, args.kill_after) {
+        (Some(pid), Some(after)) => Some(tokio::spawn(kill_at(pid, measure_start + after))),
+        _ => None,
+    };
 
     tokio::time::sleep_until(measure_start).await;
     let cpu0 = procfs::self_cpu();
@@ -365,6 +438,7 @@ async fn run_async(args: &KmsBenchArgs, socket: PathBuf) -> Result<KmsBenchRepor
 
     let mut hist = stats::new_histogram()?;
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut events = Vec::new();
     for task in tasks {
         let tally = match task.await {
             Ok(t) => t?,
@@ -376,6 +450,7 @@ async fn run_async(args: &KmsBenchArgs, socket: PathBuf) -> Result<KmsBenchRepor
         };
         hist.add(&tally.hist)
             .map_err(|e| BenchError::Histogram(format!("{e:?}")))?;
+        events.extend(tally.events);
         for (code, n) in tally.errors {
             *errors.entry(code.to_string()).or_default() += n;
         }
@@ -410,6 +485,24 @@ async fn run_async(args: &KmsBenchArgs, socket: PathBuf) -> Result<KmsBenchRepor
         }
     };
 
+    let failover = match (kill, args.kill_pid) {
+        (Some(task), Some(pid)) => match task.await {
+            Ok(Ok(at)) => Some(failover::analyse(
+                pid,
+                at.saturating_duration_since(measure_start),
+                &events,
+            )?),
+            Ok(Err(e)) => {
+                notes.push(format!("--kill-pid {pid}: cannot kill it: {e}"));
+                None
+            }
+            Err(e) => {
+                notes.push(format!("--kill-pid {pid}: the kill task failed: {e}"));
+                None
+            }
+        },
+        _ => None,
+    };
     let ops = hist.len();
     if ops == 0 {
         notes.push("no call succeeded in the measured window; check the plugin's logs".into());
@@ -443,8 +536,23 @@ async fn run_async(args: &KmsBenchArgs, socket: PathBuf) -> Result<KmsBenchRepor
         generator_cpu_cores: cpu1.saturating_sub(cpu0).as_secs_f64() / cpu_wall_secs,
         plugin_cpu_cores,
         plugin_peak_rss_kib,
+        ciphertexts: args.ciphertexts,
+        failover,
         notes,
     })
+}
+
+/// SIGKILLs `pid` at `at`; when it was sent.
+async fn kill_at(pid: u32, at: Instant) -> Result<Instant, String> {
+    tokio::time::sleep_until(at).await;
+    let target = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| format!("{pid} is not a process id"))?;
+    let sent = Instant::now();
+    rustix::process::kill_process(target, rustix::process::Signal::KILL)
+        .map_err(|e| e.to_string())?;
+    Ok(sent)
 }
 
 /// Wraps a message in a request with the per-call deadline (sent as `grpc-timeout`, as
@@ -490,9 +598,10 @@ async fn setup_call<T>(
 async fn setup(
     channel: &Channel,
     socket: &Path,
-    op: Op,
+    args: &KmsBenchArgs,
     timeout: Duration,
 ) -> Result<Setup, BenchError> {
+    let op = args.op;
     let fail = |call: &'static str, detail: String| BenchError::Setup {
         path: socket.to_path_buf(),
         call,
@@ -592,57 +701,63 @@ async fn setup(
         Op::Status => Work::Status,
         Op::Encrypt => Work::Encrypt,
         Op::Decrypt | Op::V1Decrypt => {
-            let plaintext: Vec<u8> = rand::random::<[u8; 32]>().to_vec();
-            let enc = setup_call(
-                socket,
-                "v2 Encrypt",
-                timeout,
-                v2c.encrypt(request(
-                    v2::EncryptRequest {
-                        plaintext: plaintext.clone(),
-                        uid: uid(),
-                    },
+            let mut deks = Vec::with_capacity(args.ciphertexts);
+            for _ in 0..args.ciphertexts {
+                let plaintext: Vec<u8> = rand::random::<[u8; 32]>().to_vec();
+                let enc = setup_call(
+                    socket,
+                    "v2 Encrypt",
                     timeout,
-                )),
-            )
-            .await?;
-            if enc.ciphertext.is_empty() {
-                return Err(fail("v2 Encrypt", "it returned an empty ciphertext".into()));
+                    v2c.encrypt(request(
+                        v2::EncryptRequest {
+                            plaintext: plaintext.clone(),
+                            uid: uid(),
+                        },
+                        timeout,
+                    )),
+                )
+                .await?;
+                if enc.ciphertext.is_empty() {
+                    return Err(fail("v2 Encrypt", "it returned an empty ciphertext".into()));
+                }
+                // Decrypt sends what the API server stored in its envelope: the key id and
+                // annotations the Encrypt response carried (normally key_id == Status key_id).
+                let key_id = if enc.key_id.is_empty() {
+                    status.key_id.clone()
+                } else {
+                    enc.key_id
+                };
+                deks.push(Dek {
+                    ciphertext: enc.ciphertext,
+                    plaintext,
+                    key_id,
+                    annotations: enc.annotations,
+                });
             }
-            // Decrypt sends what the API server stored in its envelope: the key id and
-            // annotations the Encrypt response carried (normally key_id == Status key_id).
-            let key_id = if enc.key_id.is_empty() {
-                status.key_id.clone()
-            } else {
-                enc.key_id
-            };
+            // One Decrypt proves the path; every measured call checks its own plaintext.
+            let first = &deks[0];
             let dec = setup_call(
                 socket,
                 "v2 Decrypt",
                 timeout,
                 v2c.decrypt(request(
                     v2::DecryptRequest {
-                        ciphertext: enc.ciphertext.clone(),
+                        ciphertext: first.ciphertext.clone(),
                         uid: uid(),
-                        key_id: key_id.clone(),
-                        annotations: enc.annotations.clone(),
+                        key_id: first.key_id.clone(),
+                        annotations: first.annotations.clone(),
                     },
                     timeout,
                 )),
             )
             .await?;
-            if dec.plaintext != plaintext {
+            if dec.plaintext != first.plaintext {
                 return Err(fail(
                     "v2 Decrypt",
                     "decrypting a fresh ciphertext did not return the original plaintext".into(),
                 ));
             }
-            Work::Decrypt {
-                ciphertext: enc.ciphertext,
-                plaintext,
-                key_id,
-                annotations: enc.annotations,
-            }
+            Work::Decrypt(deks)
         }
     };
     Ok(Setup {
@@ -656,12 +771,21 @@ async fn setup(
 struct Tally {
     hist: Histogram<u64>,
     errors: BTreeMap<&'static str, u64>,
+    /// Every measured call, with `--kill-pid`.
+    events: Vec<CallEvent>,
 }
 
-async fn caller(channel: Channel, plan: Arc<Plan>) -> Result<Tally, BenchError> {
+/// One closed-loop caller; `next` is the first DEK it decrypts, `timeline` keeps every call.
+async fn caller(
+    channel: Channel,
+    plan: Arc<Plan>,
+    mut next: usize,
+    timeline: bool,
+) -> Result<Tally, BenchError> {
     let mut tally = Tally {
         hist: stats::new_histogram()?,
         errors: BTreeMap::new(),
+        events: Vec::new(),
     };
     let mut v2c = V2Client::new(channel.clone());
     let mut v1c = V1Client::new(channel);
@@ -670,7 +794,9 @@ async fn caller(channel: Channel, plan: Arc<Plan>) -> Result<Tally, BenchError> 
         if t0 >= plan.end {
             break;
         }
-        let outcome = tokio::time::timeout(plan.timeout, call(&mut v2c, &mut v1c, &plan)).await;
+        let outcome =
+            tokio::time::timeout(plan.timeout, call(&mut v2c, &mut v1c, &plan, next)).await;
+        next = next.wrapping_add(1);
         let outcome = match outcome {
             Ok(Ok(())) => Ok(()),
             // A tonic server enforces the grpc-timeout header itself and answers CANCELLED
@@ -683,6 +809,13 @@ async fn caller(channel: Channel, plan: Arc<Plan>) -> Result<Tally, BenchError> 
         if t0 < plan.measure_start {
             continue;
         }
+        if timeline {
+            tally.events.push(CallEvent {
+                start: t0 - plan.measure_start,
+                end: plan.measure_start.elapsed(),
+                ok: outcome.is_ok(),
+            });
+        }
         match outcome {
             Ok(()) => stats::record(&mut tally.hist, t0.elapsed()),
             Err(code) => *tally.errors.entry(code).or_default() += 1,
@@ -691,11 +824,13 @@ async fn caller(channel: Channel, plan: Arc<Plan>) -> Result<Tally, BenchError> 
     Ok(tally)
 }
 
-/// Sends one call; `Err` carries the error's name for the report.
+/// Sends one call (for Decrypt, of DEK number `n`, wrapping); `Err` carries the error's name
+/// for the report.
 async fn call(
     v2c: &mut V2Client<Channel>,
     v1c: &mut V1Client<Channel>,
     plan: &Plan,
+    n: usize,
 ) -> Result<(), &'static str> {
     let t = plan.timeout;
     let code = |s: tonic::Status| code_name(s.code());
@@ -730,12 +865,13 @@ async fn call(
                 return Err("EMPTY_KEY_ID");
             }
         }
-        Work::Decrypt {
-            ciphertext,
-            plaintext,
-            key_id,
-            annotations,
-        } => {
+        Work::Decrypt(deks) => {
+            let Dek {
+                ciphertext,
+                plaintext,
+                key_id,
+                annotations,
+            } = &deks[n % deks.len()];
             let r = v2c
                 .decrypt(request(
                     v2::DecryptRequest {
@@ -802,6 +938,8 @@ mod tests {
         assert_eq!(a.plugin_pid, None);
         assert!(!a.json);
         assert_eq!(a.timeout, Duration::from_secs(3));
+        assert_eq!(a.ciphertexts, 1);
+        assert_eq!((a.kill_pid, a.kill_after), (None, None));
     }
 
     #[test]
@@ -860,6 +998,18 @@ mod tests {
             &["--threads", "0"],
             &["--duration", "0s"],
             &["--timeout", "0"],
+            &["--ciphertexts", "0"],
+            &["--ciphertexts", "100001"],
+            &["--ciphertexts", "2", "--op", "status"],
+            &[
+                "--kill-pid",
+                "1",
+                "--kill-after",
+                "10s",
+                "--duration",
+                "10s",
+            ],
+            &["--kill-pid", "0", "--kill-after", "1s"],
         ] {
             let mut argv = vec!["--socket", "/nonexistent.sock"];
             argv.extend_from_slice(extra);
@@ -914,6 +1064,8 @@ mod tests {
             generator_cpu_cores: 0.734,
             plugin_cpu_cores: Some(1.5),
             plugin_peak_rss_kib: Some(10_240),
+            ciphertexts: 1,
+            failover: None,
             notes: vec![],
         }
     }
@@ -943,6 +1095,36 @@ mod tests {
         assert!(!text.contains("rss"), "{text}");
         r.ops = 0;
         assert!(r.to_string().contains("latency    n/a"));
+
+        let mut r = sample_report();
+        r.failover = Some(FailoverReport {
+            pid: 42,
+            killed_at: Duration::from_millis(3_000),
+            in_flight: 5,
+            in_flight_failed: 0,
+            in_flight_max: Duration::from_millis(12),
+            failed_after: 0,
+            stall: Duration::from_millis(9),
+            stall_before: Duration::from_millis(2),
+            before: crate::Stretch::default(),
+            after: crate::Stretch {
+                calls: 900,
+                p50: Duration::from_micros(800),
+                p99: Duration::from_millis(4),
+                max: Duration::from_millis(12),
+            },
+        });
+        let text = r.to_string();
+        for want in [
+            "pid 42 at 3.00s: longest time without an answer 9.00ms (before the kill: 2.00ms)",
+            "5 calls in flight, 0 failed, slowest 12.00ms; 0 failed calls after the kill",
+            "1s after : 900 calls, p50 800µs  p99 4.00ms  max 12.00ms",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["failover"]["stall_us"], 9_000);
+        assert_eq!(v["failover"]["after"]["calls"], 900);
     }
 
     #[test]

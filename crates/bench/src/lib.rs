@@ -4,7 +4,8 @@
 //! * [`run_kms`] drives a running KMS plugin over its unix socket the way kube-apiserver does
 //!   (one shared HTTP/2 connection by default, a fresh `uid` per call, a per-call deadline) in a
 //!   closed loop and reports throughput, latency percentiles, errors by gRPC code and the CPU
-//!   cost on both sides.
+//!   cost on both sides; with `--kill-pid` it kills a process (a keyd replica) mid-run and
+//!   reports the failover the callers saw ([`FailoverReport`]).
 //! * [`run_keyd_handshake`] times service mode's attested connections to keyd: making the
 //!   attested certificate and opening a connection (mutual attested TLS handshake).
 //! * [`run_keyd_unseal`] measures keyd's Unseal throughput: values per second with one value
@@ -22,6 +23,7 @@
 
 mod conn;
 mod error;
+mod failover;
 mod handshake;
 mod kms;
 mod procfs;
@@ -32,6 +34,7 @@ mod stats;
 mod unseal;
 
 pub use error::BenchError;
+pub use failover::{FailoverReport, Stretch};
 pub use handshake::{run_keyd_handshake, HandshakeBenchArgs, HandshakeBenchReport, Step};
 pub use kms::{run_kms, KmsBenchArgs, KmsBenchReport, Op};
 pub use runstart::{run_run_start, Delivery, RunStartBenchArgs, RunStartReport, RunStartRow};

@@ -34,6 +34,8 @@ struct Fake {
     duplicate_or_empty_uids: AtomicU64,
     wrong_key_ids: AtomicU64,
     missing_deadline: AtomicU64,
+    /// Every ciphertext a v2 Decrypt carried.
+    ciphertexts: Mutex<HashSet<Vec<u8>>>,
 }
 
 impl Fake {
@@ -105,6 +107,11 @@ impl v2::key_management_service_server::KeyManagementService for V2 {
         {
             self.0.wrong_key_ids.fetch_add(1, Ordering::Relaxed);
         }
+        self.0
+            .ciphertexts
+            .lock()
+            .unwrap()
+            .insert(r.ciphertext.clone());
         let plaintext = self.0.decrypt(&r.ciphertext).await?;
         Ok(Response::new(v2::DecryptResponse { plaintext }))
     }
@@ -315,4 +322,64 @@ fn failing_status_is_a_setup_error() {
         msg.contains("v2 Status") && msg.contains("INTERNAL") && msg.contains("kek unavailable"),
         "{msg}"
     );
+}
+
+#[test]
+fn several_ciphertexts_are_decrypted_in_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fake, socket) = serve(dir.path(), Faults::default());
+    let r = run_kms(&args(&socket, &["--ciphertexts", "5"])).unwrap();
+    assert!(r.ops > 5 && r.errors.is_empty(), "{r}");
+    assert_eq!(r.ciphertexts, 5);
+    // Every plaintext was checked against its own DEK (a mix-up would be a MISMATCH).
+    assert_eq!(fake.ciphertexts.lock().unwrap().len(), 5);
+}
+
+#[test]
+fn kill_pid_kills_the_process_mid_run_and_reports_the_failover() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_fake, socket) = serve(dir.path(), Faults::default());
+    let mut victim = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let pid = victim.id().to_string();
+    let r = run_kms(&args(
+        &socket,
+        &["--kill-pid", &pid, "--kill-after", "200ms"],
+    ))
+    .unwrap();
+    println!("{r}");
+    let status = victim.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9), "{status:?}");
+    let fo = r.failover.as_ref().expect("a failover report");
+    assert!(fo.killed_at >= Duration::from_millis(200), "{r}");
+    // The fake did not depend on the victim: nothing failed, and calls went on after it.
+    assert_eq!((fo.in_flight_failed, fo.failed_after), (0, 0), "{r}");
+    assert!(
+        fo.in_flight <= 4 && fo.after.calls > 0 && fo.before.calls > 0,
+        "{r}"
+    );
+    assert!(
+        r.to_string().contains(&format!("kill       pid {pid} at")),
+        "{r}"
+    );
+    let json = serde_json::to_value(&r).unwrap();
+    assert!(json["failover"]["stall_us"].as_u64().is_some(), "{json}");
+}
+
+#[test]
+fn a_kill_that_fails_is_a_note_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_fake, socket) = serve(dir.path(), Faults::default());
+    // No such process: above any pid_max (killing a reaped child's pid could hit a reused one).
+    let pid = i32::MAX.to_string();
+    let r = run_kms(&args(
+        &socket,
+        &["--kill-pid", &pid, "--kill-after", "100ms"],
+    ))
+    .unwrap();
+    assert!(r.failover.is_none(), "{r}");
+    assert!(r.notes.iter().any(|n| n.contains("cannot kill it")), "{r}");
 }

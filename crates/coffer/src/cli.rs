@@ -362,6 +362,16 @@ pub struct KeydArgs {
     /// calls).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
     pub keyd_connections: u16,
+    /// How long the DEK seed keyd released for one encrypted DEK answers repeated Decrypts of
+    /// it without asking keyd (0 turns the cache off; at most 5m). At most 1024 seeds are
+    /// kept, wiped when they expire; all are forgotten when keyd's keyring changes (a KEK
+    /// rotated or retired) or keyd refuses this plugin. keyd authorises, and audits, each
+    /// encrypted DEK at most once per this interval per plugin.
+    #[arg(long, default_value = "10s", value_parser = crate::duration::within(
+        Duration::ZERO,
+        coffer_kms::dek_cache::MAX_TTL,
+    ))]
+    pub keyd_cache_ttl: Duration,
     #[command(flatten)]
     pub sources: KeydSourceArgs,
 }

@@ -204,6 +204,7 @@ fn key_source(args: &ServeArgs) -> Result<(KeySource, std::sync::Arc<dyn Platfor
         },
         connections: usize::from(keyd.keyd_connections),
         timeout: keyd.keyd_timeout,
+        cache_ttl: keyd.keyd_cache_ttl,
     };
     remote.validate()?;
     Ok((KeySource::Keyd(remote), platform))

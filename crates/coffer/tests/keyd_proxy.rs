@@ -524,6 +524,11 @@ fn service_mode_flags_are_checked_at_start() {
         &[&service[..], &["--keyd-connections", "0"]].concat(),
         "--keyd-connections",
     );
+    // Cached DEK seeds must not outlive a revoked grant for long.
+    refused(
+        &[&service[..], &["--keyd-cache-ttl", "6m"]].concat(),
+        "from 0s to 5m",
+    );
     refused(
         &[&service[..], &["--rotate-every", "24h"]].concat(),
         "Rotate the keyring in keyd",
@@ -629,4 +634,86 @@ async fn concurrent_decrypts_are_batched_and_each_gets_its_own_answer() {
             .count(),
         7
     );
+}
+
+/// Successful unwraps keyd has audited.
+fn audited_unwraps(keyd: &Keyd) -> usize {
+    common::keyd::audit_records(&keyd.data)
+        .iter()
+        .filter(|r| r["event"] == "unwrap" && r["result"] == "ok")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_decrypts_skip_keyd_until_its_keyring_changes() {
+    let (dir, state) = plugin_dir();
+    let mut keyd = Keyd::prepare(&state, &tempfile::tempdir().unwrap().path().join("b"));
+    keyd.start();
+    let metrics_addr = free_addr().to_string();
+    let mut flags = service_flags(&keyd, &keyd.plugin_policy());
+    // Long enough that no seed expires during the test: only the keyring change may clear it.
+    flags.extend(["--keyd-cache-ttl", "5m", "--metrics-addr", &metrics_addr].map(String::from));
+    let plugin = spawn_plugin(dir, &flags);
+    plugin.wait_ready().await;
+    let mut client = plugin.v2().await;
+    let old = encrypt(&mut client, &[4; 32]).await;
+
+    // The API server decrypting one DEK again and again (a restart, several API servers): keyd
+    // is asked once.
+    let before = audited_unwraps(&keyd);
+    for _ in 0..5 {
+        let plain = decrypt(&mut client, &old.ciphertext, &old.key_id).await;
+        assert_eq!(plain.unwrap(), vec![4; 32]);
+    }
+    assert_eq!(audited_unwraps(&keyd), before + 1);
+    let metrics = http_get(&metrics_addr, "/metrics");
+    assert!(
+        metrics.contains("coffer_kms_keyd_cache_hits_total 4"),
+        "{metrics}"
+    );
+    // Only the same request hits: another KEK id goes to keyd, which refuses it.
+    let err = decrypt(&mut client, &old.ciphertext, "coffer-0099-0000000000000000")
+        .await
+        .unwrap_err();
+    assert_ne!(err.code(), Code::Ok);
+
+    // A change of keyd's keyring (here a rotation; a retirement changes it the same way) makes
+    // the plugin forget every seed: the next Decrypt is authorised by keyd again.
+    let new_key = keyd.admin().await.rotate(KEYRING).await.unwrap();
+    common::wait_for_status(&mut client, |s| s.key_id == new_key).await;
+    let before = audited_unwraps(&keyd);
+    for _ in 0..3 {
+        let plain = decrypt(&mut client, &old.ciphertext, &old.key_id).await;
+        assert_eq!(plain.unwrap(), vec![4; 32]);
+    }
+    assert_eq!(audited_unwraps(&keyd), before + 1);
+
+    // --keyd-cache-ttl 0: every Decrypt goes to keyd.
+    let (dir, _) = plugin_dir();
+    let mut flags = service_flags(&keyd, &keyd.plugin_policy());
+    flags.extend(["--keyd-cache-ttl", "0s"].map(String::from));
+    // Another plugin identity: keyd's policy names the first one's, so reuse its state.
+    std::fs::remove_dir_all(dir.path().join("state")).unwrap();
+    copy_dir(&state, &dir.path().join("state"));
+    let uncached = spawn_plugin(dir, &flags);
+    uncached.wait_ready().await;
+    let mut client = uncached.v2().await;
+    let before = audited_unwraps(&keyd);
+    for _ in 0..3 {
+        let plain = decrypt(&mut client, &old.ciphertext, &old.key_id).await;
+        assert_eq!(plain.unwrap(), vec![4; 32]);
+    }
+    assert_eq!(audited_unwraps(&keyd), before + 3);
+    let log = plugin.log_text();
+    assert!(!log.contains(&hex::encode([4u8; 32])), "a seed in the log");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let out = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
 }

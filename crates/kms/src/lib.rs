@@ -8,6 +8,7 @@
 //! * [`service`] — the gRPC handlers and their input checks.
 //! * [`backend`] — where the keys are: the local keyring or keyd.
 //! * [`remote`] — service mode: forwarding to keyd, Status caching, probing.
+//! * [`dek_cache`] — service mode: the DEK seeds keyd released, for repeated Decrypts.
 //! * [`enclave`] — `coffer kms bridge`: forwarding to the plugin inside an SGX enclave.
 //! * [`tcp`] — `kms serve --listen-tcp`: serving the bridge over attested TLS.
 //! * [`listener`] — the socket: single instance, stale cleanup, permissions, connection slots.
@@ -21,6 +22,7 @@
 pub mod authority;
 pub mod backend;
 pub mod deadline;
+pub mod dek_cache;
 pub mod enclave;
 pub mod listener;
 pub mod metrics;

@@ -109,6 +109,8 @@ pub struct KeydMetrics {
     pub batches: Counter,
     /// Decrypts forwarded inside an `UnwrapBatch`.
     pub batched_unwraps: Counter,
+    /// Decrypts answered from the DEK cache, without a call to keyd.
+    pub cache_hits: Counter,
 }
 
 impl KeydMetrics {
@@ -143,6 +145,12 @@ impl KeydMetrics {
             "Decrypts forwarded to keyd inside an UnwrapBatch call",
             batched_unwraps.clone(),
         );
+        let cache_hits = Counter::default();
+        registry.register(
+            "keyd_cache_hits",
+            "Decrypts answered from the plugin's cache of DEK seeds keyd released (--keyd-cache-ttl), without a call to keyd",
+            cache_hits.clone(),
+        );
         let ok = KeydOp::ALL.map(|op| {
             calls
                 .get_or_create(&KeydCallLabels {
@@ -158,6 +166,7 @@ impl KeydMetrics {
             connected,
             batches,
             batched_unwraps,
+            cache_hits,
         }
     }
 

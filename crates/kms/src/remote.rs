@@ -10,6 +10,9 @@
 //! * Every call ends within the `--keyd-timeout` deadline (below the API server's 3 s), with
 //!   UNAVAILABLE naming keyd's address when keyd is unreachable or slow, PERMISSION_DENIED when
 //!   keyd refuses this plugin, and keyd's own INVALID_ARGUMENT / NOT_FOUND otherwise.
+//! * Decrypts keyd answered are remembered for `--keyd-cache-ttl` in a [`DekCache`] (bounded,
+//!   zeroizing, forgotten when keyd's keyring changes or keyd refuses this plugin), so a
+//!   repeated encrypted DEK does not cost a round trip.
 //! * A background task ([`RemoteKeys::maintain`]) keeps probing keyd, so the pools reconnect
 //!   and `/healthz` follows keyd's reachability without any traffic, and resolves keyd's
 //!   names again every [`RESOLVE_INTERVAL`] to follow replicas coming and going.
@@ -26,6 +29,7 @@ use coffer_keyd_client::{
 use tonic::Status;
 use zeroize::Zeroizing;
 
+use crate::dek_cache::DekCache;
 use crate::metrics::{KeydMetrics, KeydOp, Metrics};
 
 /// The API server's per-call timeout: every answer must come before it.
@@ -52,6 +56,9 @@ pub struct RemoteOptions {
     pub connections: usize,
     /// Deadline of every forwarded call; below [`API_SERVER_TIMEOUT`].
     pub timeout: Duration,
+    /// How long a DEK seed keyd unwrapped answers repeats of its Decrypt (at most
+    /// [`crate::dek_cache::MAX_TTL`]); zero turns the cache off.
+    pub cache_ttl: Duration,
 }
 
 /// Why service mode could not start.
@@ -67,6 +74,9 @@ pub enum RemoteError {
     /// The connection count is out of range.
     #[error("--keyd-connections {0} is out of range: use 1 to {MAX_CONNECTIONS}")]
     Connections(usize),
+    /// The cache would keep seeds too long.
+    #[error("--keyd-cache-ttl {}s is too long: use at most {}s (0 turns the cache off)", .0.as_secs(), crate::dek_cache::MAX_TTL.as_secs())]
+    CacheTtl(Duration),
     /// The keyring name is invalid.
     #[error("--keyd-keyring: {0}")]
     Keyring(InvalidKeyringName),
@@ -92,6 +102,9 @@ impl RemoteOptions {
         }
         if !(1..=MAX_CONNECTIONS).contains(&self.connections) {
             return Err(RemoteError::Connections(self.connections));
+        }
+        if self.cache_ttl > crate::dek_cache::MAX_TTL {
+            return Err(RemoteError::CacheTtl(self.cache_ttl));
         }
         coffer_keyd_client::validate_keyring_name(&self.keyring).map_err(RemoteError::Keyring)?;
         Ok(())
@@ -186,6 +199,24 @@ async fn batch_unwraps(
     }
 }
 
+/// Whether a Status answer means the cached seeds may no longer be released: keyd's keyring
+/// changed (a KEK retired or added, a new primary), or keyd refuses or is not trusted. keyd
+/// being merely unreachable or slow changes nothing about what it would release.
+fn keyring_changed(last: Option<&KeyringStatus>, now: &Result<KeyringStatus, CallError>) -> bool {
+    match now {
+        Ok(now) => last
+            .is_some_and(|last| last.primary_key_id != now.primary_key_id || last.keys != now.keys),
+        Err(CallError::Unreachable { .. } | CallError::TimedOut { .. }) => false,
+        Err(CallError::NoReplica(errors)) => !errors.iter().all(|e| {
+            matches!(
+                e,
+                CallError::Unreachable { .. } | CallError::TimedOut { .. }
+            )
+        }),
+        Err(_) => true,
+    }
+}
+
 /// Service mode's keys: keyd's keyring, reached through [`KeydReplicas`].
 pub struct RemoteKeys {
     pool: Arc<KeydReplicas>,
@@ -196,6 +227,8 @@ pub struct RemoteKeys {
     last: Mutex<Option<Probe>>,
     /// One Status refresh at a time; the others wait for its answer.
     refresh: tokio::sync::Mutex<()>,
+    /// Seeds keyd released, for repeated Decrypts; `None` with `--keyd-cache-ttl 0`.
+    cache: Option<DekCache>,
 }
 
 struct MetricEvents(KeydMetrics);
@@ -258,6 +291,7 @@ impl RemoteKeys {
             keyd_metrics,
             last: Mutex::new(None),
             refresh: tokio::sync::Mutex::new(()),
+            cache: (!options.cache_ttl.is_zero()).then(|| DekCache::new(options.cache_ttl)),
         })
     }
 
@@ -327,6 +361,11 @@ impl RemoteKeys {
                 coffer_keyd_client::MAX_CIPHERTEXT_LEN
             )));
         }
+        if let Some(seed) = self.cache.as_ref().and_then(|c| c.get(key_id, ciphertext)) {
+            self.keyd_metrics.cache_hits.inc();
+            return Ok(seed);
+        }
+        let generation = self.cache.as_ref().map(DekCache::generation);
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = UnwrapJob {
             key_id: key_id.map(str::to_string),
@@ -356,6 +395,14 @@ impl RemoteKeys {
             }),
         };
         self.record(KeydOp::Unwrap, &result);
+        if let (Some(cache), Some(generation)) = (&self.cache, generation) {
+            match &result {
+                Ok(seed) => cache.insert(generation, key_id, ciphertext, seed),
+                // keyd no longer releases keys to this plugin: nor may the cache.
+                Err(CallError::Refused { .. } | CallError::Untrusted { .. }) => cache.clear(),
+                Err(_) => {}
+            }
+        }
         result.map_err(|e| self.to_status(e))
     }
 
@@ -378,6 +425,11 @@ impl RemoteKeys {
         }
         let result = self.pool.status(&self.keyring).await;
         self.record(KeydOp::Status, &result);
+        if let Some(cache) = &self.cache {
+            if keyring_changed(self.last_status().as_ref(), &result) {
+                cache.clear();
+            }
+        }
         // Whatever keeps keyd from answering, the plugin cannot serve: UNAVAILABLE, with
         // the reason (unreachable, refused, untrusted, ...) in the message.
         let probe = Probe {
@@ -386,6 +438,12 @@ impl RemoteKeys {
         };
         self.remember(probe.clone());
         probe.key_id()
+    }
+
+    /// keyd's last successful Status answer.
+    fn last_status(&self) -> Option<KeyringStatus> {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.as_ref().and_then(|p| p.result.as_ref().ok().cloned())
     }
 
     /// Stores a probe and logs what changed: keyd lost or back, a new primary key.
@@ -435,7 +493,7 @@ impl RemoteKeys {
     }
 
     /// Runs until dropped: probes keyd every [`PROBE_INTERVAL`] (refreshing Status and
-    /// `/healthz`), re-establishes connections that are down, resolves keyd's names again every
+    /// `/healthz`, wiping expired cached seeds), re-establishes connections that are down, resolves keyd's names again every
     /// [`RESOLVE_INTERVAL`], and renews this plugin's attested certificate before it expires.
     pub async fn maintain(&self) {
         let mut tick = tokio::time::interval(PROBE_INTERVAL);
@@ -451,6 +509,9 @@ impl RemoteKeys {
                 next_resolve = Instant::now() + RESOLVE_INTERVAL;
             }
             let _ = self.status().await;
+            if let Some(cache) = &self.cache {
+                cache.purge_expired();
+            }
             self.pool.connect_idle(&self.keyring).await;
             let identity = self.pool.identity();
             if identity.due_for_renewal() && Instant::now() >= next_renewal {
@@ -465,5 +526,54 @@ impl RemoteKeys {
                 next_renewal = Instant::now() + RENEWAL_RETRY;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(primary: &str, keys: u32) -> KeyringStatus {
+        KeyringStatus {
+            primary_key_id: primary.into(),
+            keys,
+        }
+    }
+
+    fn unreachable() -> CallError {
+        CallError::Unreachable {
+            addr: "127.0.0.1:1".into(),
+            reason: "refused".into(),
+            retry_in: None,
+        }
+    }
+
+    #[test]
+    fn the_cache_is_forgotten_when_the_keyring_changes_or_keyd_refuses() {
+        let last = status("k2", 2);
+        // A KEK retired (fewer keys), rotated (new primary): forget.
+        assert!(keyring_changed(Some(&last), &Ok(status("k2", 1))));
+        assert!(keyring_changed(Some(&last), &Ok(status("k3", 3))));
+        assert!(!keyring_changed(Some(&last), &Ok(status("k2", 2))));
+        assert!(!keyring_changed(None, &Ok(status("k2", 2))));
+        // keyd refusing or untrusted: forget; merely unreachable or slow: keep.
+        let refused = CallError::Refused {
+            addr: "a".into(),
+            reason: "no grant".into(),
+        };
+        assert!(keyring_changed(Some(&last), &Err(refused.clone())));
+        assert!(!keyring_changed(Some(&last), &Err(unreachable())));
+        let timed_out = CallError::TimedOut {
+            addr: "a".into(),
+            after: Duration::from_secs(2),
+        };
+        assert!(!keyring_changed(
+            Some(&last),
+            &Err(CallError::NoReplica(vec![unreachable(), timed_out]))
+        ));
+        assert!(keyring_changed(
+            Some(&last),
+            &Err(CallError::NoReplica(vec![unreachable(), refused]))
+        ));
     }
 }
