@@ -17,7 +17,8 @@
 # DURATION per run (10s); ROUNDS interleaved rounds (3); CONCURRENCY callers (16);
 # PLUGIN_CPU / KEYD_CPU the CPUs for generator + plugin and for keyd (0 / 1; KEYD_CPU= leaves
 # everything unpinned); KEYD_FLAGS extra `keyd serve` flags (e.g. "--audit-aggregate-interval
-# 10s"). keyd's CPU (all replicas, from /proc) is printed beside each run. The replicas are copies of one data directory (same root secret and
+# 10s"); STORE=etcd serves every replica from one etcd (`etcd` on PATH, started on
+# ETCD_PORT, default 17470, in the temporary directory) instead of its data directory. keyd's CPU (all replicas, from /proc) is printed beside each run. The replicas are copies of one data directory (same root secret and
 # keyrings), each with its own audit log; keyd runs with --rate-limit 0.
 set -eu
 R="${R:-$PWD/target/release}"
@@ -28,6 +29,8 @@ CONCURRENCY="${CONCURRENCY:-16}"
 PLUGIN_CPU="${PLUGIN_CPU-0}"
 KEYD_CPU="${KEYD_CPU-1}"
 KEYD_FLAGS="${KEYD_FLAGS:-}"
+STORE="${STORE:-dir}"
+ETCD_PORT="${ETCD_PORT:-17470}"
 WHAT="${1:-all}"
 case "$WHAT" in all|ratio|replicas|failover) ;; *) echo "usage: $0 [all|ratio|replicas|failover]" >&2; exit 2;; esac
 COFFER="$R/coffer"
@@ -57,6 +60,22 @@ wait_log() { # file text: waits up to 20 s for text in file
 "$COFFER" keyd init --platform sim --data-dir "$D/k0" >/dev/null 2>&1
 "$COFFER" keyd keyring create cluster-a --platform sim --data-dir "$D/k0" >/dev/null 2>&1
 cp -a "$D/k0" "$D/k1"; cp -a "$D/k0" "$D/k2"
+STORE_FLAGS=()
+if [ "$STORE" = etcd ]; then
+    command -v etcd >/dev/null || { echo "STORE=etcd needs etcd on PATH (apt-get install etcd-server)" >&2; exit 1; }
+    etcd --data-dir "$D/etcd" --listen-client-urls "http://127.0.0.1:$ETCD_PORT" \
+        --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+        --listen-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" \
+        --initial-advertise-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" \
+        --initial-cluster "default=http://127.0.0.1:$((ETCD_PORT + 1))" > "$D/etcd.log" 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 100); do
+        "$COFFER" keyd migrate --platform sim --data-dir "$D/k0" --to-etcd "127.0.0.1:$ETCD_PORT" \
+            >/dev/null 2>&1 && break
+        sleep 0.2
+    done
+    STORE_FLAGS=(--store etcd --etcd-endpoints "127.0.0.1:$ETCD_PORT")
+fi
 role_policy kms-plugin "$(signer "$D/p")" > "$D/policy.yaml"
 role_policy keyd "$(signer "$D/k0")" > "$D/keyd-policy.yaml"
 printf 'keyrings:\n  cluster-a:\n    wrap: [kms-plugin]\n    unwrap: [kms-plugin]\n    status: [kms-plugin]\n' > "$D/keyd.yaml"
@@ -65,7 +84,7 @@ start_keyd() { # i: starts replica i on PORT+i
     local i="$1"
     "${PIN_KEYD[@]}" "$COFFER" --log-level warn keyd serve --platform sim --data-dir "$D/k$i" \
         --listen "127.0.0.1:$((PORT + i))" --policy "$D/policy.yaml" --config "$D/keyd.yaml" \
-        --rate-limit 0 $KEYD_FLAGS 2>> "$D/keyd$i.log" &
+        --rate-limit 0 --replica-id "keyd-$i" "${STORE_FLAGS[@]}" $KEYD_FLAGS 2>> "$D/keyd$i.log" &
     KEYD_PIDS[$i]=$!
 }
 start_plugin() { # name state-dir flags...: starts a plugin on socket $D/name.sock
@@ -114,7 +133,7 @@ run() { # name [bench flags...]: one measured run; prints name, ops/s, p50, p99,
 }
 
 echo "# $(date -u +%FT%TZ), $(nproc) CPUs ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)), load $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "# $("$COFFER" --version), binaries $R; plugin + generator on CPU ${PLUGIN_CPU:-any}, keyd on CPU ${KEYD_CPU:-any}; c$CONCURRENCY, $DURATION per run; keyd flags: ${KEYD_FLAGS:-none}"
+echo "# $("$COFFER" --version), binaries $R; plugin + generator on CPU ${PLUGIN_CPU:-any}, keyd on CPU ${KEYD_CPU:-any}; c$CONCURRENCY, $DURATION per run; keyd flags: ${KEYD_FLAGS:-none}; store: $STORE"
 if [ "$WHAT" = all ] || [ "$WHAT" = ratio ] || [ "$WHAT" = replicas ]; then
     for round in $(seq "$ROUNDS"); do
         echo "## round $round"
