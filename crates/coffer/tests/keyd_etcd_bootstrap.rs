@@ -360,3 +360,33 @@ fn init_and_join_exclude_each_other_with_the_data_directory_store() {
     );
     assert!(!data.join("keyd-root.json").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_finishes_a_root_made_before_its_record_and_refuses_another_keyds_etcd() {
+    let Some(setup) = Setup::new() else { return };
+    // A data directory initialised before etcd had the record (as after a crash between the
+    // two): --init writes the record and creates the keyring in etcd.
+    let data = setup.path("keyd-0");
+    keyd_cli(&data, &["init"]);
+    let mut keyd = setup.serve(
+        &data,
+        &[vec!["--init".to_string()], setup.etcd_flags()].concat(),
+    );
+    assert!(!data.join("keyrings").exists());
+    let ciphertext = setup.wrap(&keyd, b"after the record").await;
+    assert_eq!(keyd.terminate(), Some(0));
+    let mut again = setup.serve(&data, &setup.etcd_flags());
+    assert_eq!(setup.unwrap(&again, &ciphertext).await, b"after the record");
+    assert_eq!(again.terminate(), Some(0));
+
+    // Another keyd's data directory against this etcd: refused, nothing written there.
+    let other = setup.path("other");
+    keyd_cli(&other, &["init"]);
+    let (ok, stderr) = setup.serve_expecting_exit(
+        &other,
+        &[vec!["--init".to_string()], setup.etcd_flags()].concat(),
+    );
+    assert!(!ok);
+    assert!(stderr.contains("is refused as a whole"), "{stderr}");
+    assert!(!other.join("keyrings").exists());
+}
