@@ -247,3 +247,7 @@ pub(crate) fn recover_from_etcd(args: &RecoverArgs) -> Result<ExitCode, Error> {
     );
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+#[path = "keyd_bootstrap_tests.rs"]
+mod tests;
