@@ -57,7 +57,8 @@ pub enum KeydCommand {
         json: bool,
     },
     /// Restore keyd's root on a new platform identity from k recovery shares (after moving the
-    /// data directory to a new machine, or a TEE identity change).
+    /// data directory to a new machine, or a TEE identity change; with --store etcd, into an
+    /// empty data directory when every replica was lost).
     Recover(RecoverArgs),
     /// Operator key pairs that recovery shares are sealed to.
     #[command(subcommand)]

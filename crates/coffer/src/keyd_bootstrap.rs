@@ -62,6 +62,8 @@ pub(crate) async fn init_on_etcd(
     let data_dir = &args.store.data_dir;
     let prefix = shared.prefix.trim_end_matches('/').to_string();
     let root_key = coffer_keyd_store::record_key(&shared.prefix, ROOT_FILE)?;
+    // The shares of a root this run initialised, which it removes if it loses the race.
+    let mut initialised = None;
     if !data_dir.join(ROOT_FILE).exists() {
         if shared.etcd.get(&root_key).await?.is_some() {
             if args.join.join.is_none() {
@@ -77,18 +79,27 @@ pub(crate) async fn init_on_etcd(
                 .await?;
         } else {
             tracing::info!(%prefix, data_dir = %data_dir.display(), "--init: etcd holds no keyd yet; initialising");
-            let shares = crate::keyd::initialise(&args.store, &args.recovery)?;
-            let records = records(&shared, &args.store)?;
-            publish_new_root(data_dir, &records, &shares).await?;
+            initialised = Some(crate::keyd::initialise(&args.store, &args.recovery)?);
         }
     }
     let platform = args.store.platform(Access::ExistingOnly)?;
     let root = KeydRoot::open(data_dir, platform.as_ref())?;
-    if shared.etcd.get(&root_key).await?.is_none() {
-        // Killed between initialising the data directory and writing the record: finish.
-        let records = records(&shared, &args.store)?;
-        crate::keyd_migrate::publish_root(data_dir, &records).await?;
-        tracing::info!(%prefix, "--init: wrote keyd's root record to etcd");
+    let records = SealedStore::new(
+        shared.etcd.clone(),
+        StoreKey::new(root.state_store_key()),
+        &shared.prefix,
+    )?;
+    match initialised {
+        Some(shares) => publish_new_root(data_dir, &records, &shares).await?,
+        // Killed between initialising the data directory and writing the record: finish. A
+        // record written meanwhile by someone else is judged by `SharedState::open`.
+        None if shared.etcd.get(&root_key).await?.is_none() => {
+            if let Swap::Done { .. } = crate::keyd_migrate::publish_root(data_dir, &records).await?
+            {
+                tracing::info!(%prefix, "--init: wrote keyd's root record to etcd");
+            }
+        }
+        None => {}
     }
     // Another keyd's record is refused here, before anything is written under its prefix.
     let state = SharedState::open(shared, &root, platform).await?;
@@ -101,20 +112,6 @@ async fn connect(args: &KeydServeArgs) -> Result<SharedStore, Error> {
         .connect()
         .await?
         .ok_or("--store etcd did not connect to etcd")?)
-}
-
-/// The records under `shared`'s prefix, opened with the data directory's root.
-fn records(
-    shared: &SharedStore,
-    store: &crate::keyd::KeydStoreArgs,
-) -> Result<SealedStore<EtcdStore>, Error> {
-    let platform = store.platform(Access::ExistingOnly)?;
-    let root = KeydRoot::open(&store.data_dir, platform.as_ref())?;
-    Ok(SealedStore::new(
-        shared.etcd.clone(),
-        StoreKey::new(root.state_store_key()),
-        &shared.prefix,
-    )?)
 }
 
 /// Writes the root this run just initialised as etcd's root record. If another replica wrote
