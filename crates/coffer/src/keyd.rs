@@ -57,7 +57,8 @@ pub enum KeydCommand {
         json: bool,
     },
     /// Restore keyd's root on a new platform identity from k recovery shares (after moving the
-    /// data directory to a new machine, or a TEE identity change).
+    /// data directory to a new machine, or a TEE identity change; with --store etcd, into an
+    /// empty data directory when every replica was lost).
     Recover(RecoverArgs),
     /// Operator key pairs that recovery shares are sealed to.
     #[command(subcommand)]
@@ -151,6 +152,11 @@ pub struct RecoverArgs {
     /// with the key it was sealed to.
     #[arg(long = "operator-key", value_name = "FILE", required = true)]
     pub operator_keys: Vec<PathBuf>,
+    /// With --store etcd and no keyd-root.json in --data-dir (every replica was lost): take
+    /// keyd's root facts from the keyd-root.json record in etcd, which only the recovered root
+    /// opens.
+    #[command(flatten)]
+    pub shared: SharedStoreArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -269,7 +275,10 @@ pub struct KeydServeArgs {
     /// --recovery-* flags) and create every keyring --config names that does not exist yet
     /// (and the first sealing key of a configured keyring that has none).
     /// For TEEs whose command line is fixed at signing time (Gramine, Occlum) and for
-    /// Deployments, where there is no separate init step.
+    /// Deployments, where there is no separate init step. With --store etcd, the root is
+    /// initialised only if etcd's prefix holds no keyd yet (then its record is written there)
+    /// and the keyrings are created in etcd; with --join too, a replica that finds a keyd in
+    /// etcd joins it instead (one set of arguments for every pod of a StatefulSet).
     #[arg(long)]
     pub init: bool,
     #[command(flatten)]
@@ -516,8 +525,12 @@ fn init(args: InitArgs) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `coffer keyd init`: the root, and the recovery shares when operators are named.
-fn initialise(store: &KeydStoreArgs, recovery: &RecoveryArgs) -> Result<(), Error> {
+/// `coffer keyd init`: the root, and the recovery shares when operators are named (their
+/// files are returned).
+pub(crate) fn initialise(
+    store: &KeydStoreArgs,
+    recovery: &RecoveryArgs,
+) -> Result<Vec<PathBuf>, Error> {
     let request = recovery_request(recovery)?;
     let platform = store.platform(Access::CreateIfMissing)?;
     let (root, shares) = KeydRoot::init(&store.data_dir, platform.as_ref(), request.as_ref())?;
@@ -528,10 +541,12 @@ fn initialise(store: &KeydStoreArgs, recovery: &RecoveryArgs) -> Result<(), Erro
         platform.kind().name()
     );
     match &request {
-        Some(request) => write_shares(recovery, request, &shares, "this keyd")?,
-        None => println!("no recovery shares were requested: this data directory opens only on this platform identity"),
+        Some(request) => write_shares(recovery, request, &shares, "this keyd"),
+        None => {
+            println!("no recovery shares were requested: this data directory opens only on this platform identity");
+            Ok(Vec::new())
+        }
     }
-    Ok(())
 }
 
 /// The recovery split `--recovery-key` and `--recovery-threshold` ask for (`None` without
@@ -568,16 +583,17 @@ pub(crate) fn recovery_request(recovery: &RecoveryArgs) -> Result<Option<Recover
     Ok(Some(request))
 }
 
-/// Writes the sealed shares into `--recovery-shares-dir` (never replacing a file) and tells the
-/// operator how many restore `what`.
+/// Writes the sealed shares into `--recovery-shares-dir` (never replacing a file), tells the
+/// operator how many restore `what`, and returns the files written.
 pub(crate) fn write_shares(
     recovery: &RecoveryArgs,
     request: &RecoveryRequest,
     shares: &[SealedShare],
     what: &str,
-) -> Result<(), Error> {
+) -> Result<Vec<PathBuf>, Error> {
     let dir = &recovery.recovery_shares_dir;
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut written = Vec::with_capacity(shares.len());
     for share in shares {
         let fingerprint: String = share.operator_fingerprint.chars().take(16).collect();
         let path = dir.join(format!("share-{}-{fingerprint}.json", share.index));
@@ -589,13 +605,14 @@ pub(crate) fn write_shares(
             share.total,
             path.display()
         );
+        written.push(path);
     }
     println!(
         "recovery: any {} of these {} shares (with their operators' secret keys) restore {what} on a new platform; hand each file to its operator and delete it here",
         request.threshold,
         shares.len()
     );
-    Ok(())
+    Ok(written)
 }
 
 /// `serve --init`: initialise an empty data directory and create missing configured keyrings.
@@ -833,6 +850,11 @@ fn sealing_key(command: SealingKeyCommand) -> Result<ExitCode, Error> {
 }
 
 fn recover(args: RecoverArgs) -> Result<ExitCode, Error> {
+    if args.shared.store == StoreKind::Etcd
+        && !args.store.data_dir.join(coffer_keyd::ROOT_FILE).exists()
+    {
+        return crate::keyd_bootstrap::recover_from_etcd(&args);
+    }
     let info = coffer_keyd::root_info(&args.store.data_dir)?;
     let shares = read_shares(&args.shares)?;
     let keys = read_operator_keys(&args.operator_keys)?;
@@ -1058,7 +1080,8 @@ fn serve(args: KeydServeArgs) -> Result<ExitCode, Error> {
         )
         .into());
     }
-    if args.init {
+    crate::keyd_bootstrap::check_init_and_join(&args)?;
+    if args.init && args.shared.store == StoreKind::Dir {
         init_on_first_start(&args, &config)?;
     }
     let verify_options = args.sources.options(SystemTime::now())?;
@@ -1068,6 +1091,14 @@ fn serve(args: KeydServeArgs) -> Result<ExitCode, Error> {
         .enable_all()
         .thread_name("coffer-keyd")
         .build()?;
+    if args.init && args.shared.store == StoreKind::Etcd {
+        runtime.block_on(crate::keyd_bootstrap::init_on_etcd(
+            &args,
+            &config,
+            policy.clone(),
+            verify_options.clone(),
+        ))?;
+    }
     runtime.block_on(crate::keyd_join::join_on_first_start(
         &args.store,
         &args.join,

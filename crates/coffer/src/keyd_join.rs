@@ -54,8 +54,9 @@ pub struct ServeJoinArgs {
     /// running replicas instead of initialising, then serve: HOST:PORT, comma-separated; a
     /// name may resolve to several (a headless Service). Each peer's --policy must grant the
     /// keyd-peer role to this replica's measurement (and --policy here must grant keyd-peer
-    /// to the peer's). A data directory that has a root is served as it is.
-    #[arg(long, value_name = "HOST:PORT[,…]", conflicts_with_all = ["init", "recovery_keys"])]
+    /// to the peer's). A data directory that has a root is served as it is. With --store
+    /// etcd, --init --join initialises only if etcd holds no keyd yet, and joins otherwise.
+    #[arg(long, value_name = "HOST:PORT[,…]")]
     pub join: Option<KeydAddrs>,
     /// With --join: keep retrying peers that do not answer this long before giving up (1s to
     /// 1h).

@@ -98,6 +98,21 @@ fn state_files(data_dir: &Path) -> Result<Vec<StateFile>, Error> {
     Ok(files)
 }
 
+/// Writes `data_dir`'s root file as the prefix's `keyd-root.json` record if there is none
+/// (`Swap::Conflict`: someone wrote one first; nothing was replaced): the record a prefix
+/// holding keyd's state starts with, as `migrate --to-etcd` writes it.
+pub(crate) async fn publish_root(
+    data_dir: &Path,
+    store: &SealedStore<EtcdStore>,
+) -> Result<Swap, Error> {
+    let file = read_state_file(data_dir, ROOT_RECORD)?.ok_or_else(|| {
+        coffer_keyd::KeydError::NotInitialised {
+            data_dir: data_dir.to_path_buf(),
+        }
+    })?;
+    Ok(store.put(&file.name, &file.bytes, Expect::Absent).await?)
+}
+
 /// Runs `coffer keyd migrate`.
 pub fn run(args: MigrateArgs) -> Result<ExitCode, Error> {
     let platform = args.store.platform(Access::ExistingOnly)?;

@@ -7,6 +7,7 @@ mod cmd;
 mod duration;
 mod keyd;
 mod keyd_audit;
+mod keyd_bootstrap;
 mod keyd_etcd;
 mod keyd_join;
 mod keyd_migrate;

@@ -24,5 +24,5 @@ pub mod pb {
 pub use error::StoreError;
 pub use etcd::{EtcdOptions, EtcdStore, EtcdTls};
 pub use format::{FormatError, StoreKey, FORMAT_VERSION};
-pub use sealed::{Record, SealedStore};
+pub use sealed::{record_key, Record, SealedStore};
 pub use store::{Entry, Expect, Listing, StateStore, Swap, WatchEvent, Watcher};

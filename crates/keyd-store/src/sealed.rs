@@ -24,6 +24,23 @@ impl std::fmt::Debug for Record {
     }
 }
 
+/// `prefix` with its trailing `/`, if it is an absolute path.
+fn checked_prefix(prefix: &str) -> Result<String, StoreError> {
+    let trimmed = prefix.trim_end_matches('/');
+    if !trimmed.starts_with('/') || trimmed.contains("//") {
+        return Err(StoreError::Config(format!(
+            "--etcd-prefix {prefix:?} must be an absolute path like /coffer/keyd"
+        )));
+    }
+    Ok(format!("{trimmed}/"))
+}
+
+/// The full store key of record `name` under `prefix`, as a [`SealedStore`] names it: for
+/// seeing whether a record exists without the key that opens it (a replica with no root yet).
+pub fn record_key(prefix: &str, name: &str) -> Result<Vec<u8>, StoreError> {
+    Ok(format!("{}{name}", checked_prefix(prefix)?).into_bytes())
+}
+
 /// Records named by relative paths (`keyrings/a/keystore`) under `<prefix>/`.
 #[derive(Debug)]
 pub struct SealedStore<S> {
@@ -36,16 +53,10 @@ pub struct SealedStore<S> {
 impl<S: StateStore> SealedStore<S> {
     /// Records of `inner` under `prefix` (absolute, like `/coffer/keyd`), sealed with `key`.
     pub fn new(inner: S, key: StoreKey, prefix: &str) -> Result<Self, StoreError> {
-        let trimmed = prefix.trim_end_matches('/');
-        if !trimmed.starts_with('/') || trimmed.contains("//") {
-            return Err(StoreError::Config(format!(
-                "--etcd-prefix {prefix:?} must be an absolute path like /coffer/keyd"
-            )));
-        }
         Ok(SealedStore {
             inner,
             key,
-            prefix: format!("{trimmed}/"),
+            prefix: checked_prefix(prefix)?,
         })
     }
 

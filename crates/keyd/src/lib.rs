@@ -35,8 +35,8 @@ pub use keyrings::{create_keyring, keyring_dir, keyring_store, sealing_key_store
 pub use limits::KeydLimits;
 pub use metrics::KeydMetrics;
 pub use root::{
-    open_shares, root_info, Adoption, HandedRoot, KeydRoot, RecoveryInfo, RecoveryRequest,
-    RootInfo, ROOT_FILE,
+    open_shares, root_info, Adoption, HandedRoot, KeydRoot, RecoveredRoot, RecoveryInfo,
+    RecoveryRequest, RootInfo, ROOT_FILE,
 };
 pub use sealing::{
     KeyLookup, RetiredKey, SealingKeyError, SealingKeyInfo, SealingKeyStore, SealingKeys,

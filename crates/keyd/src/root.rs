@@ -244,15 +244,18 @@ fn read_root_file(data_dir: &Path) -> Result<RootFile, KeydError> {
     }
     let text =
         std::fs::read(&path).map_err(|e| root_error(data_dir, format!("cannot read: {e}")))?;
-    let file: RootFile = serde_json::from_slice(&text)
-        .map_err(|e| root_error(data_dir, format!("not a valid keyd root file: {e}")))?;
+    parse_root_file(&text).map_err(|message| root_error(data_dir, message))
+}
+
+/// A root file's contents (from the data directory, or the `keyd-root.json` record in etcd),
+/// or why they are not one.
+fn parse_root_file(text: &[u8]) -> Result<RootFile, String> {
+    let file: RootFile =
+        serde_json::from_slice(text).map_err(|e| format!("not a valid keyd root file: {e}"))?;
     if file.format != ROOT_FORMAT {
-        return Err(root_error(
-            data_dir,
-            format!(
-                "format {} is not supported by this build (it reads format {ROOT_FORMAT}); use a matching coffer release",
-                file.format
-            ),
+        return Err(format!(
+            "format {} is not supported by this build (it reads format {ROOT_FORMAT}); use a matching coffer release",
+            file.format
         ));
     }
     Ok(file)
@@ -524,11 +527,7 @@ impl KeydRoot {
     }
 
     fn derive(&self, label: &str) -> Zeroizing<[u8; 32]> {
-        let hk = Hkdf::<Sha256>::new(Some(b"coffer-keyd root v1"), &self.root[..]);
-        let mut out = Zeroizing::new([0u8; 32]);
-        hk.expand(label.as_bytes(), &mut out[..])
-            .expect("32 bytes is a valid HKDF-SHA256 output length");
-        out
+        derive(&self.root, label)
     }
 
     /// The platform keyd's keyrings are sealed with: sealing keys derived from the root,
@@ -551,6 +550,79 @@ impl KeydRoot {
     /// keeps verifying and extending the same log.
     pub fn audit_chain_key(&self) -> ChainKey {
         ChainKey::new(*self.derive("audit-chain"))
+    }
+}
+
+/// The key derived from keyd's root for `label`.
+fn derive(root: &[u8; 32], label: &str) -> Zeroizing<[u8; 32]> {
+    let hk = Hkdf::<Sha256>::new(Some(b"coffer-keyd root v1"), &root[..]);
+    let mut out = Zeroizing::new([0u8; 32]);
+    hk.expand(label.as_bytes(), &mut out[..])
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    out
+}
+
+/// keyd's root combined from recovery shares when no replica's root file is left (keyd's state
+/// is in etcd and every replica was lost). Its public facts come from the `keyd-root.json`
+/// record in etcd, which only this root opens ([`RecoveredRoot::state_store_key`]); then
+/// [`KeydRoot::adopt`] seals it to the new platform. Zeroized on drop; never printed.
+pub struct RecoveredRoot {
+    instance_id: String,
+    root: Zeroizing<[u8; 32]>,
+}
+
+impl fmt::Debug for RecoveredRoot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecoveredRoot")
+            .field("instance_id", &self.instance_id)
+            .field("root", &"<redacted>")
+            .finish()
+    }
+}
+
+impl RecoveredRoot {
+    /// Combines opened shares of keyd `instance_id` (at least its threshold).
+    pub fn combine(instance_id: &str, shares: &[PlainShare]) -> Result<Self, KeydError> {
+        let root = coffer_recovery::combine(shares, instance_id).map_err(KeydError::Recovery)?;
+        Ok(RecoveredRoot {
+            instance_id: instance_id.to_string(),
+            root,
+        })
+    }
+
+    /// The key keyd's records in etcd are encrypted with, as [`KeydRoot::state_store_key`].
+    pub fn state_store_key(&self) -> Zeroizing<[u8; 32]> {
+        derive(&self.root, "state-store")
+    }
+
+    /// This root with the public facts of `root_file`, keyd's original root file (the
+    /// `keyd-root.json` record, opened with [`state_store_key`](Self::state_store_key)), for
+    /// [`KeydRoot::adopt`]. `record` names where it came from in errors. The file must be
+    /// this instance's, and the root must match its root check.
+    pub fn with_root_file(self, record: &Path, root_file: &[u8]) -> Result<HandedRoot, KeydError> {
+        let error = |message: String| KeydError::Root {
+            path: record.to_path_buf(),
+            message,
+        };
+        let file = parse_root_file(root_file).map_err(error)?;
+        if file.instance_id != self.instance_id {
+            return Err(error(format!(
+                "holds keyd {}, but the shares are keyd {}'s; nothing was written",
+                file.instance_id, self.instance_id
+            )));
+        }
+        if root_check(&self.root, &file.instance_id) != file.root_check {
+            return Err(error(
+                "the recovered secret does not match its root check: the shares belong to another initialisation; nothing was written".to_string(),
+            ));
+        }
+        Ok(HandedRoot {
+            root: self.root,
+            instance_id: file.instance_id,
+            created: file.created,
+            root_check: file.root_check,
+            recovery: file.recovery,
+        })
     }
 }
 
@@ -691,6 +763,47 @@ mod tests {
         let err = KeydRoot::adopt(&d, sim(&d).as_ref(), &bad).unwrap_err();
         assert!(err.to_string().contains("root check"), "{err}");
         assert!(!d.join(ROOT_FILE).exists());
+    }
+
+    #[test]
+    fn a_root_recovered_from_shares_takes_its_facts_from_the_original_root_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("c"),
+        );
+        let ops: Vec<_> = (0..3).map(|_| OperatorSecretKey::generate()).collect();
+        let request = RecoveryRequest {
+            threshold: 2,
+            operators: ops.iter().map(|(_, pk)| *pk).collect(),
+        };
+        let (root, shares) = KeydRoot::init(&a, sim(&a).as_ref(), Some(&request)).unwrap();
+        let original = std::fs::read(a.join(ROOT_FILE)).unwrap();
+        let secrets: Vec<_> = ops.iter().map(|(sk, _)| sk.clone()).collect();
+        let two = open_shares(root.instance_id(), &shares[1..], &secrets).unwrap();
+        let recovered = RecoveredRoot::combine(root.instance_id(), &two).unwrap();
+        assert!(!format!("{recovered:?}").contains(&hex::encode(&root.root[..])));
+        assert_eq!(*recovered.state_store_key(), *root.state_store_key());
+
+        let record = Path::new("etcd:/coffer/keyd/keyd-root.json");
+        let handed = recovered.with_root_file(record, &original).unwrap();
+        let pb = sim(&b);
+        let (adopted, adoption) = KeydRoot::adopt(&b, pb.as_ref(), &handed).unwrap();
+        assert_eq!(adoption, Adoption::Written);
+        assert_eq!(*adopted.derive("x"), *root.derive("x"));
+        assert_eq!(
+            root_info(&b).unwrap().recovery,
+            root_info(&a).unwrap().recovery
+        );
+        KeydRoot::open(&b, pb.as_ref()).unwrap();
+
+        // Another keyd's root file: refused, nothing written.
+        let (other, _) = KeydRoot::init(&c, sim(&c).as_ref(), None).unwrap();
+        let foreign = std::fs::read(c.join(ROOT_FILE)).unwrap();
+        let recovered = RecoveredRoot::combine(root.instance_id(), &two).unwrap();
+        let err = recovered.with_root_file(record, &foreign).unwrap_err();
+        assert!(err.to_string().contains(other.instance_id()), "{err}");
     }
 
     #[test]
