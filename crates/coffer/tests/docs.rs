@@ -592,6 +592,8 @@ fn every_documented_command_and_flag_exists() {
         ("deploy/workloads/occlum/README.md", 1),
         ("deploy/static-pod.yaml", 1),
         ("deploy/keyd/keyd.yaml", 1),
+        ("deploy/keyd/keyd-ha.yaml", 1),
+        ("docs/keyd-ha.md", 5),
         ("deploy/static-pod-keyd.yaml", 1),
         ("deploy/gramine/coffer.manifest.template", 1),
     ] {
@@ -764,15 +766,25 @@ fn arg_value(args: &[String], name: &str) -> Option<String> {
     })
 }
 
-/// What is wrong with one pod spec (`what` names it in messages).
-fn check_pod_spec(what: &str, namespace: &str, spec: &serde_json::Value) -> Vec<String> {
+/// Flags whose values start with `/` but are not paths in the container.
+const NOT_FILE_FLAGS: [&str; 1] = ["--etcd-prefix"];
+
+/// What is wrong with one pod spec (`what` names it in messages); `claims` are the volumes a
+/// StatefulSet's `volumeClaimTemplates` add.
+fn check_pod_spec(
+    what: &str,
+    namespace: &str,
+    spec: &serde_json::Value,
+    claims: &serde_json::Value,
+) -> Vec<String> {
     let mut problems = Vec::new();
     let host_network = spec["hostNetwork"].as_bool().unwrap_or(false);
     let volumes: BTreeSet<&str> = spec["volumes"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|v| v["name"].as_str())
+        .chain(claims.as_array().into_iter().flatten())
+        .filter_map(|v| v["name"].as_str().or(v["metadata"]["name"].as_str()))
         .collect();
     let pod_user = spec["securityContext"]["runAsUser"].as_i64();
     let containers = spec["containers"]
@@ -829,9 +841,13 @@ fn check_pod_spec(what: &str, namespace: &str, spec: &serde_json::Value) -> Vec<
             .into_iter()
             .chain(strings(&c["args"]))
             .collect();
-        for arg in &args {
+        for (i, arg) in args.iter().enumerate() {
             let path = arg.split_once('=').map_or(arg.as_str(), |(_, v)| v);
-            if !path.starts_with('/') {
+            let flag = arg.split_once('=').map_or_else(
+                || (i > 0).then(|| args[i - 1].as_str()).unwrap_or(""),
+                |(f, _)| f,
+            );
+            if !path.starts_with('/') || NOT_FILE_FLAGS.contains(&flag) {
                 continue;
             }
             let mounted = mounts.iter().any(|(_, m)| {
@@ -943,7 +959,12 @@ fn check_object(file: &Path, object: &serde_json::Value) -> Vec<String> {
         _ => None,
     };
     if let Some(spec) = spec {
-        problems.extend(check_pod_spec(&what, namespace, spec));
+        problems.extend(check_pod_spec(
+            &what,
+            namespace,
+            spec,
+            &object["spec"]["volumeClaimTemplates"],
+        ));
     }
     if kind == "Service"
         && object["spec"]["type"] == "LoadBalancer"
