@@ -8,14 +8,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use coffer_keyd_client::KeydClient;
 use coffer_keyd_store::{EtcdOptions, EtcdStore, Expect, StateStore, Swap};
 use common::coffer;
 use common::etcd::Etcd;
-use common::keyd::{client_options, create_keyd_data, free_addr, sim_role_policy, KeydProcess};
+use common::keyd::{client_options, free_addr, replica_data_dirs, sim_role_policy, KeydProcess};
 
 const KEYRING: &str = "cluster-a";
 
@@ -32,20 +31,8 @@ struct Setup {
 impl Setup {
     fn new(etcd: &Etcd, count: usize) -> Setup {
         let dir = tempfile::tempdir().unwrap();
-        let first = dir.path().join("keyd-0");
-        create_keyd_data(&first, &[KEYRING]);
-        let mut data = vec![first.clone()];
-        for i in 1..count {
-            let copy = dir.path().join(format!("keyd-{i}"));
-            let out = Command::new("cp")
-                .arg("-a")
-                .arg(&first)
-                .arg(&copy)
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{out:?}");
-            data.push(copy);
-        }
+        let data = replica_data_dirs(dir.path(), &[KEYRING], count);
+        let first = data[0].clone();
         let out = coffer(&[
             "keyd",
             "migrate",

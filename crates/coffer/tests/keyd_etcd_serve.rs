@@ -11,8 +11,6 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coffer_keyd_client::pb;
@@ -22,9 +20,9 @@ use coffer_platform::sim::SimPlatform;
 use common::etcd::Etcd;
 use common::keyd::write_keyd_policy;
 use common::keyd::{
-    bundle, client, create_keyd_data, free_addr, keyd_cli, sim_signer, KeydProcess,
+    bundle, client, free_addr, keyd_cli, replica_data_dirs, sim_signer, KeydProcess,
 };
-use common::load::{load, plugin_dir};
+use common::load::{plugin_dir, Load};
 use common::run::output_within;
 use common::{coffer, coffer_bin, try_status, Plugin};
 use tonic::transport::Channel;
@@ -59,20 +57,8 @@ impl Cluster {
     fn prepare_for(count: usize, plugin: Option<&Path>) -> Option<Cluster> {
         let etcd = Etcd::start_or_skip()?;
         let dir = tempfile::tempdir().unwrap();
-        let first = dir.path().join("keyd-0");
-        create_keyd_data(&first, &[KEYRING]);
-        let mut data = vec![first.clone()];
-        for i in 1..count {
-            let copy = dir.path().join(format!("keyd-{i}"));
-            let out = Command::new("cp")
-                .arg("-a")
-                .arg(&first)
-                .arg(&copy)
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{out:?}");
-            data.push(copy);
-        }
+        let data = replica_data_dirs(dir.path(), &[KEYRING], count);
+        let first = data[0].clone();
         keyd_cli(&first, &["migrate", "--to-etcd", &etcd.endpoint]);
         let admin = dir.path().join("admin");
         let policy = dir.path().join("policy.yaml");
@@ -612,36 +598,10 @@ async fn a_replica_killed_under_decrypt_load_fails_no_call_beyond_those_in_fligh
     plugin.wait_ready().await;
     let client = plugin.v2().await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let calls = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let workers: Vec<_> = (0..WORKERS)
-        .map(|_| {
-            tokio::spawn(load(
-                client.clone(),
-                stop.clone(),
-                calls.clone(),
-                failed.clone(),
-            ))
-        })
-        .collect();
-    let until = |n: usize| {
-        let calls = calls.clone();
-        async move {
-            let started = Instant::now();
-            while calls.load(Ordering::Relaxed) < n {
-                assert!(
-                    started.elapsed() < Duration::from_secs(60),
-                    "the load stalled"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    };
-    until(100).await;
+    let load = Load::start(&client, WORKERS);
+    load.more(100).await;
     cluster.process(0).kill();
-    let at_kill = calls.load(Ordering::Relaxed);
-    until(at_kill + 300).await;
+    load.more(300).await;
 
     // A rotation on a surviving replica reaches the plugin through the other one too.
     let mut admin = cluster.client(1).await;
@@ -655,24 +615,9 @@ async fn a_replica_killed_under_decrypt_load_fails_no_call_beyond_those_in_fligh
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let at_rotation = calls.load(Ordering::Relaxed);
-    until(at_rotation + 100).await;
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.await.unwrap();
-    }
-    let failed = failed.lock().unwrap().clone();
-    eprintln!(
-        "kill -9 of one of 3 etcd-backed replicas under load: {} calls, {} failed",
-        calls.load(Ordering::Relaxed),
-        failed.len()
-    );
-    assert!(
-        failed.len() <= WORKERS,
-        "{} of {} calls failed: {failed:?}",
-        failed.len(),
-        calls.load(Ordering::Relaxed)
-    );
+    load.more(100).await;
+    load.finish("kill -9 of one of 3 etcd-backed replicas under load")
+        .await;
     let log = plugin.log_text();
     assert!(!log.contains("panicked"), "{log}");
 }

@@ -9,7 +9,6 @@ mod common;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,10 +16,10 @@ use coffer_keyd_client::KeydClient;
 use coffer_sealed::bundle::KeyBundle;
 use coffer_sealed::{Binding, Scope};
 use common::keyd::{
-    create_keyd_data, free_addr, keyd_policy, location, sim_role_policy, sim_signer,
-    write_keyd_policy, KeydProcess,
+    create_keyd_data, free_addr, keyd_policy, location, replica_data_dirs, sim_role_policy,
+    sim_signer, write_keyd_policy, KeydProcess,
 };
-use common::load::{load, plugin_dir};
+use common::load::{plugin_dir, Load};
 use common::run::output_within;
 use common::{coffer_bin, decrypt, signal, try_encrypt, try_status, Plugin, V2Client};
 use tonic::Code;
@@ -44,20 +43,7 @@ impl Replicas {
     /// unwrap and status on `cluster-a`, and copies it for the other replicas.
     fn prepare(plugin_state: &Path, count: usize) -> Replicas {
         let dir = tempfile::tempdir().unwrap();
-        let first = dir.path().join("keyd-0");
-        create_keyd_data(&first, &[KEYRING]);
-        let mut data = vec![first.clone()];
-        for i in 1..count {
-            let copy = dir.path().join(format!("keyd-{i}"));
-            let out = Command::new("cp")
-                .arg("-a")
-                .arg(&first)
-                .arg(&copy)
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{out:?}");
-            data.push(copy);
-        }
+        let data = replica_data_dirs(dir.path(), &[KEYRING], count);
         let policy = dir.path().join("policy.yaml");
         std::fs::write(
             &policy,
@@ -186,28 +172,10 @@ async fn calls_spread_over_replicas_survive_a_kill_and_fail_clearly_when_all_are
 
     // A replica killed under a stream of Encrypt/Decrypt calls: only calls in flight at the
     // kill may fail (failover retries them on another replica, so normally none does).
-    let stop = Arc::new(AtomicBool::new(false));
-    let calls = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let workers: Vec<_> = (0..WORKERS)
-        .map(|_| {
-            tokio::spawn(load(
-                client.clone(),
-                stop.clone(),
-                calls.clone(),
-                failed.clone(),
-            ))
-        })
-        .collect();
-    let started = calls.load(Ordering::Relaxed);
-    while calls.load(Ordering::Relaxed) < started + 50 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let load = Load::start(&client, WORKERS);
+    load.more(50).await;
     replicas.kill(0);
-    let at_kill = calls.load(Ordering::Relaxed);
-    while calls.load(Ordering::Relaxed) < at_kill + 200 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    load.more(200).await;
     // Status stays healthy with one replica gone (its 1 s cache expires on the way).
     for _ in 0..4 {
         let s = try_status(&mut client).await.unwrap();
@@ -217,22 +185,7 @@ async fn calls_spread_over_replicas_survive_a_kill_and_fail_clearly_when_all_are
         );
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.await.unwrap();
-    }
-    let failed = failed.lock().unwrap().clone();
-    eprintln!(
-        "kill -9 under load: {} calls, {} failed",
-        calls.load(Ordering::Relaxed),
-        failed.len()
-    );
-    assert!(
-        failed.len() <= WORKERS,
-        "{} of {} calls failed: {failed:?}",
-        failed.len(),
-        calls.load(Ordering::Relaxed)
-    );
+    load.finish("kill -9 under load").await;
 
     // The replica back on its address is used again.
     replicas.start(0);

@@ -124,6 +124,26 @@ pub fn create_keyd_data(data: &Path, keyrings: &[&str]) {
     }
 }
 
+/// `count` keyd data directories `<dir>/keyd-<i>` holding one root and `keyrings`: the first
+/// made by [`create_keyd_data`], the others copies of it (replicas of one state).
+pub fn replica_data_dirs(dir: &Path, keyrings: &[&str], count: usize) -> Vec<PathBuf> {
+    let first = dir.join("keyd-0");
+    create_keyd_data(&first, keyrings);
+    let mut data = vec![first.clone()];
+    for i in 1..count {
+        let copy = dir.join(format!("keyd-{i}"));
+        let out = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&first)
+            .arg(&copy)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        data.push(copy);
+    }
+    data
+}
+
 /// Options for a keyd client with sim state `state` that trusts the keyd whose sim signer is
 /// `keyd_signer`.
 pub fn client_options(state: &Path, keyd_signer: &str) -> KeydClientOptions {
