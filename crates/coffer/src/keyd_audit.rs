@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use clap::Args;
 use coffer_audit::{ChainMode, CheckpointStatus, HeadCheck, VerifyOptions, VerifyReport};
 use coffer_keyd::{AuditAnchor, KeydRoot};
-use coffer_keyd_store::{EtcdStore, SealedStore, StoreKey};
 use coffer_platform::Access;
 
 use crate::keyd::KeydStoreArgs;
@@ -173,17 +172,11 @@ pub fn verify(args: VerifyArgs) -> Result<ExitCode, Error> {
 
 /// Every replica's anchor under --etcd-prefix.
 fn read_anchors(args: &VerifyArgs, root: &KeydRoot) -> Result<Vec<AuditAnchor>, Error> {
-    let options = args.etcd.options(&args.etcd_endpoints)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let etcd = EtcdStore::connect(&options).await?;
-        let store = SealedStore::new(
-            etcd,
-            StoreKey::new(root.state_store_key()),
-            &args.etcd.etcd_prefix,
-        )?;
+        let store = args.etcd.open_records(&args.etcd_endpoints, root).await?;
         coffer_keyd::read_anchors(&store).await.map_err(|e| {
             format!(
                 "reading the audit anchors under {}{}: {e}",

@@ -66,6 +66,20 @@ impl EtcdArgs {
         }
         Ok(options)
     }
+
+    /// keyd's records at `endpoints` under --etcd-prefix, opened with `root`.
+    pub async fn open_records(
+        &self,
+        endpoints: &[String],
+        root: &coffer_keyd::KeydRoot,
+    ) -> Result<coffer_keyd_store::SealedStore<EtcdStore>, Error> {
+        let etcd = EtcdStore::connect(&self.options(endpoints)?).await?;
+        Ok(coffer_keyd_store::SealedStore::new(
+            etcd,
+            coffer_keyd_store::StoreKey::new(root.state_store_key()),
+            &self.etcd_prefix,
+        )?)
+    }
 }
 
 /// Where keyd's keyrings and sealing keys live.

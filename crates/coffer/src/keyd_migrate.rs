@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use coffer_keyd::KeydRoot;
-use coffer_keyd_store::{EtcdStore, Expect, SealedStore, StoreError, StoreKey, Swap};
+use coffer_keyd_store::{EtcdStore, Expect, SealedStore, StoreError, Swap};
 use coffer_platform::{durable, Access};
 use zeroize::Zeroizing;
 
@@ -123,17 +123,11 @@ pub fn run(args: MigrateArgs) -> Result<ExitCode, Error> {
     } else {
         &args.from_etcd
     };
-    let options = args.etcd.options(endpoints)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let etcd = EtcdStore::connect(&options).await?;
-        let store = SealedStore::new(
-            etcd,
-            StoreKey::new(root.state_store_key()),
-            &args.etcd.etcd_prefix,
-        )?;
+        let store = args.etcd.open_records(endpoints, &root).await?;
         if to_etcd {
             to_etcd_run(&args.store.data_dir, &store, endpoints).await
         } else {
