@@ -843,10 +843,9 @@ fn check_pod_spec(
             .collect();
         for (i, arg) in args.iter().enumerate() {
             let path = arg.split_once('=').map_or(arg.as_str(), |(_, v)| v);
-            let flag = arg.split_once('=').map_or_else(
-                || (i > 0).then(|| args[i - 1].as_str()).unwrap_or(""),
-                |(f, _)| f,
-            );
+            let flag = arg
+                .split_once('=')
+                .map_or_else(|| if i > 0 { args[i - 1].as_str() } else { "" }, |(f, _)| f);
             if !path.starts_with('/') || NOT_FILE_FLAGS.contains(&flag) {
                 continue;
             }
