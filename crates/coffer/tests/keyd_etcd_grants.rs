@@ -281,3 +281,69 @@ fn config_from_etcd_needs_store_etcd() {
         "{err}"
     );
 }
+
+/// `--init --config etcd:` on an empty etcd initialises keyd there but has no grants to serve:
+/// it stops saying to push them; once pushed (and the keyring created), the replica serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_with_config_from_etcd_asks_for_a_push_first() {
+    let Some(etcd) = common::etcd::Etcd::start_or_skip() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("keyd");
+    let admin = dir.path().join("admin");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "version: 1\nallow_simulation: true\nroles:\n  - name: admin\n    sim: {{ signer: [\"{}\"] }}\n",
+            common::keyd::sim_signer(&admin)
+        ),
+    )
+    .unwrap();
+    let etcd_flags = ["--store", "etcd", "--etcd-endpoints", &etcd.endpoint];
+    let out = common::run::output_within(
+        std::process::Command::new(common::coffer_bin())
+            .args(["keyd", "serve", "--platform", "sim", "--init", "--listen"])
+            .arg(common::keyd::free_addr().to_string())
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--policy")
+            .arg(&policy)
+            .args(["--config", "etcd:"])
+            .args(etcd_flags),
+    );
+    assert!(!out.status.success(), "keyd served without a configuration");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("holds no keyd configuration") && err.contains("keyd config push"),
+        "{err}"
+    );
+
+    let file = dir.path().join("keyd.yaml");
+    std::fs::write(&file, grants("[admin]")).unwrap();
+    let cli = |args: &[&str]| {
+        let mut full = vec!["keyd"];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&etcd_flags);
+        full.extend_from_slice(&["--platform", "sim", "--data-dir", data.to_str().unwrap()]);
+        let out = common::coffer(&full);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    cli(&["config", "push", file.to_str().unwrap()]);
+    cli(&["keyring", "create", KEYRING]);
+    let addr = common::keyd::free_addr();
+    let _keyd =
+        common::keyd::KeydProcess::start(&data, addr, &policy, Path::new("etcd:"), &etcd_flags);
+    let admin = SimPlatform::open_or_create(&admin).unwrap();
+    let mut c = common::keyd::client(addr, &common::keyd::sim_signer(&data), Some(&admin)).await;
+    c.status(pb::StatusRequest {
+        keyring: KEYRING.into(),
+    })
+    .await
+    .unwrap();
+}
