@@ -126,6 +126,6 @@ fn push(args: PushArgs) -> Result<ExitCode, Error> {
     if changes.is_empty() {
         println!("no grant changed");
     }
-    println!("stored keyd's configuration in etcd at revision {revision}; replicas serving --config etcd: apply it within seconds (keyrings added or removed: after a restart)");
+    println!("stored keyd's configuration in etcd at revision {revision}; replicas serving --config etcd: apply it within seconds (a keyring added is served after a restart)");
     Ok(ExitCode::SUCCESS)
 }

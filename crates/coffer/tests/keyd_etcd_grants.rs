@@ -223,6 +223,22 @@ async fn grants_pushed_to_etcd_are_applied_by_every_replica() {
     let err = cluster.refused_start(1, Path::new("etcd:"), &[]);
     assert!(err.contains("does not define"), "{err}");
 
+    // The keyring set is fixed at start: a removed keyring is granted to nobody at once, an
+    // added one waits for a restart; both are said.
+    let out = push_ok(&cluster, "keyrings:\n  cluster-b:\n    unwrap: [admin]\n");
+    assert!(
+        out.contains("keyring cluster-b: added")
+            && out.contains(&format!("keyring {KEYRING}: removed")),
+        "{out}"
+    );
+    until_unwrap(&mut clients[0], &wrapped, false, "keyring removed").await;
+    let log = cluster.process(0).log_text();
+    assert!(
+        log.contains("keyring removed from keyd's configuration in etcd"),
+        "{log}"
+    );
+    assert!(log.contains("only after a restart"), "{log}");
+
     // The applied versions are audited with their revision.
     let started = Instant::now();
     while !audit_records(&cluster.data[0]).iter().any(|r| {
