@@ -13,6 +13,7 @@ use coffer_platform::{open_platform, Access, Platform, PlatformChoice};
 use coffer_recovery::{OperatorPublicKey, OperatorSecretKey, SealedShare};
 
 use crate::attest::SourceArgs;
+use crate::keyd_config::ConfigSource;
 use crate::keyd_etcd::{SharedStoreArgs, StoreKind};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -74,6 +75,10 @@ pub enum KeydCommand {
     /// replica over mutual attested TLS (this replica's measurement needs the keyd-peer role in
     /// the peer's --policy) and seal it to this platform. Never replaces an existing root.
     Join(Box<crate::keyd_join::JoinArgs>),
+    /// keyd's configuration (its grants) stored in etcd, for replicas started with
+    /// `--config etcd:`.
+    #[command(subcommand)]
+    Config(crate::keyd_config::ConfigCommand),
 }
 
 /// Where keyd keeps its state and which TEE protects it.
@@ -180,9 +185,11 @@ pub struct KeydServeArgs {
     /// Attestation policy mapping callers' evidence to roles.
     #[arg(long)]
     pub policy: PathBuf,
-    /// keyd configuration: per keyring, the roles allowed for each operation.
-    #[arg(long)]
-    pub config: PathBuf,
+    /// keyd configuration: per keyring, the roles allowed for each operation. A YAML file, or
+    /// `etcd:` for the configuration stored in etcd with `coffer keyd config push` (needs
+    /// --store etcd; each new version pushed is applied while serving).
+    #[arg(long, value_name = "FILE|etcd:", value_parser = crate::keyd_config::parse_config_source)]
+    pub config: crate::keyd_config::ConfigSource,
     /// The audit log (JSON lines, HMAC hash chain). Default: <data-dir>/audit.log.
     #[arg(long)]
     pub audit_log: Option<PathBuf>,
@@ -470,6 +477,7 @@ pub fn run(command: KeydCommand) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
         KeydCommand::Audit(AuditCommand::Verify(args)) => crate::keyd_audit::verify(*args),
+        KeydCommand::Config(command) => crate::keyd_config::run(command),
     }
 }
 
@@ -646,7 +654,7 @@ fn init_on_first_start(args: &KeydServeArgs, config: &KeydConfig) -> Result<(), 
 
 /// With `--store etcd`: keyd's records in etcd, opened with the data directory's root, and
 /// the runtime to call etcd on; `None` with `--store dir`.
-fn etcd_state(
+pub(crate) fn etcd_state(
     store: &KeydStoreArgs,
     shared: &SharedStoreArgs,
 ) -> Result<Option<(tokio::runtime::Runtime, coffer_keyd::SharedState)>, Error> {
@@ -1063,23 +1071,25 @@ fn serve(args: KeydServeArgs) -> Result<ExitCode, Error> {
         tracing::warn!(error = %e, "could not disable core dumps");
     }
     let policy = Arc::new(Policy::load(&args.policy)?);
-    let config = KeydConfig::load(&args.config)?;
-    // Before `--init` writes anything: a grant nobody can hold is a configuration mistake.
-    if let Some((keyring, op, role)) = config.undefined_roles(&policy).first() {
-        let defined: Vec<&str> = policy.roles().collect();
-        return Err(format!(
-            "--config {}: keyring {keyring:?} grants {op} to role {role:?}, which --policy {} \
-             does not define (its roles: {}); fix the role name or add the role to the policy",
-            args.config.display(),
-            args.policy.display(),
-            if defined.is_empty() {
-                "none".to_string()
-            } else {
-                defined.join(", ")
-            }
-        )
-        .into());
-    }
+    let config = match &args.config {
+        ConfigSource::File(path) => {
+            let config = KeydConfig::load(path)?;
+            // Before `--init` writes anything: a grant nobody can hold is a configuration mistake.
+            config
+                .check_roles(&policy, &format!("--policy {}", args.policy.display()))
+                .map_err(|m| format!("--config {}: {m}", path.display()))?;
+            config
+        }
+        // Read, and checked the same way, once keyd's root opens the record; `--init` creates
+        // no keyrings then (push the configuration, then `keyd keyring create`).
+        ConfigSource::Store if args.shared.store == StoreKind::Etcd => KeydConfig::default(),
+        ConfigSource::Store => {
+            return Err(
+                "--config etcd: serves the configuration stored in etcd: it needs --store etcd --etcd-endpoints host:port"
+                    .into(),
+            )
+        }
+    };
     crate::keyd_bootstrap::check_init_and_join(&args)?;
     if args.init && args.shared.store == StoreKind::Dir {
         init_on_first_start(&args, &config)?;
@@ -1154,6 +1164,7 @@ fn serve(args: KeydServeArgs) -> Result<ExitCode, Error> {
         options.cert_renewal = args.cert_renewal;
         options.handshake_timeout = args.handshake_timeout;
         options.shared = args.shared.connect().await?;
+        options.config_from_store = args.config == ConfigSource::Store;
         if let Some(replica) = &args.replica_id {
             options.replica_id = replica.clone();
         }

@@ -8,6 +8,7 @@ mod duration;
 mod keyd;
 mod keyd_audit;
 mod keyd_bootstrap;
+mod keyd_config;
 mod keyd_etcd;
 mod keyd_join;
 mod keyd_migrate;

@@ -8,184 +8,21 @@
 mod common;
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use coffer_keyd_client::pb;
 use coffer_keyd_client::pb::key_service_client::KeyServiceClient;
-use coffer_keyd_store::{EtcdOptions, EtcdStore, Expect, StateStore, Swap};
-use coffer_platform::sim::SimPlatform;
-use common::etcd::Etcd;
+use coffer_keyd_store::{Expect, StateStore, Swap};
 use common::keyd::write_keyd_policy;
-use common::keyd::{
-    bundle, client, free_addr, keyd_cli, replica_data_dirs, sim_signer, KeydProcess,
-};
+use common::keyd::{bundle, sim_signer};
+use common::keyd_cluster::{Cluster, KEYRING, PREFIX};
 use common::load::{plugin_dir, Load};
-use common::run::output_within;
-use common::{coffer, coffer_bin, try_status, Plugin};
+use common::{try_status, Plugin};
 use tonic::transport::Channel;
 use tonic::Code;
 
-const KEYRING: &str = "cluster-a";
-const PREFIX: &str = "/coffer/keyd";
 /// Generous: a change is normally served within the watch's round trip.
 const SEEN_WITHIN: Duration = Duration::from_secs(10);
-
-/// keyd replicas sharing one etcd prefix, and an admin client's sim state.
-struct Cluster {
-    dir: tempfile::TempDir,
-    etcd: Etcd,
-    policy: PathBuf,
-    config: PathBuf,
-    admin: PathBuf,
-    data: Vec<PathBuf>,
-    addrs: Vec<SocketAddr>,
-    processes: Vec<Option<KeydProcess>>,
-}
-
-impl Cluster {
-    /// One initialised data directory with `cluster-a`, copied for `count` replicas, its state
-    /// migrated once into a fresh etcd; `None` when etcd is not installed.
-    fn prepare(count: usize) -> Option<Cluster> {
-        Self::prepare_for(count, None)
-    }
-
-    /// [`Cluster::prepare`], granting a KMS plugin whose sim state is `plugin` wrap, unwrap
-    /// and status too.
-    fn prepare_for(count: usize, plugin: Option<&Path>) -> Option<Cluster> {
-        let etcd = Etcd::start_or_skip()?;
-        let dir = tempfile::tempdir().unwrap();
-        let data = replica_data_dirs(dir.path(), &[KEYRING], count);
-        let first = data[0].clone();
-        keyd_cli(&first, &["migrate", "--to-etcd", &etcd.endpoint]);
-        let admin = dir.path().join("admin");
-        let policy = dir.path().join("policy.yaml");
-        let mut roles = format!(
-            "  - name: admin\n    sim: {{ signer: [\"{}\"] }}\n",
-            sim_signer(&admin)
-        );
-        if let Some(plugin) = plugin {
-            roles.push_str(&format!(
-                "  - name: kms-plugin\n    sim: {{ signer: [\"{}\"] }}\n",
-                sim_signer(plugin)
-            ));
-        }
-        std::fs::write(
-            &policy,
-            format!("version: 1\nallow_simulation: true\nroles:\n{roles}"),
-        )
-        .unwrap();
-        let callers = if plugin.is_some() {
-            "[admin, kms-plugin]"
-        } else {
-            "[admin]"
-        };
-        let config = dir.path().join("keyd.yaml");
-        std::fs::write(
-            &config,
-            format!("keyrings:\n  {KEYRING}:\n    wrap: {callers}\n    unwrap: {callers}\n    status: {callers}\n    rotate: [admin]\n    list: [admin]\n"),
-        )
-        .unwrap();
-        Some(Cluster {
-            dir,
-            etcd,
-            policy,
-            config,
-            admin,
-            addrs: (0..count).map(|_| free_addr()).collect(),
-            processes: (0..count).map(|_| None).collect(),
-            data,
-        })
-    }
-
-    /// The flags that put a keyd command on this cluster's etcd.
-    fn etcd_flags(&self) -> Vec<String> {
-        vec![
-            "--store".into(),
-            "etcd".into(),
-            "--etcd-endpoints".into(),
-            self.etcd.endpoint.clone(),
-        ]
-    }
-
-    fn start(&mut self, i: usize) {
-        let flags = self.etcd_flags();
-        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        self.processes[i] = Some(KeydProcess::start(
-            &self.data[i],
-            self.addrs[i],
-            &self.policy,
-            &self.config,
-            &flags,
-        ));
-    }
-
-    fn process(&mut self, i: usize) -> &mut KeydProcess {
-        self.processes[i].as_mut().unwrap()
-    }
-
-    /// Still the process started first: nothing restarted it.
-    fn assert_running(&mut self, i: usize) {
-        let p = self.process(i);
-        let status = p.child.as_mut().unwrap().try_wait().unwrap();
-        assert!(status.is_none(), "replica {i} exited: {}", p.log_text());
-    }
-
-    async fn client(&self, i: usize) -> KeyServiceClient<Channel> {
-        let admin = SimPlatform::open_or_create(&self.admin).unwrap();
-        client(self.addrs[i], &sim_signer(&self.data[i]), Some(&admin)).await
-    }
-
-    /// `coffer keyd <args> --store etcd …` with replica `i`'s data directory: (success,
-    /// stdout, stderr).
-    fn cli(&self, i: usize, args: &[&str]) -> (bool, String, String) {
-        let mut full = vec!["keyd"];
-        full.extend_from_slice(args);
-        let flags = self.etcd_flags();
-        full.extend(flags.iter().map(String::as_str));
-        full.extend_from_slice(&["--platform", "sim", "--data-dir"]);
-        full.push(self.data[i].to_str().unwrap());
-        let out = coffer(&full);
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn cli_ok(&self, i: usize, args: &[&str]) -> String {
-        let (ok, out, err) = self.cli(i, args);
-        assert!(ok, "coffer keyd {args:?} --store etcd failed: {err}");
-        out
-    }
-
-    /// `keyd serve --store etcd` of replica `i` that must refuse to start: its stderr.
-    fn refused_start(&self, i: usize, config: &Path, extra: &[&str]) -> String {
-        let out = output_within(
-            Command::new(coffer_bin())
-                .args(["keyd", "serve", "--platform", "sim", "--listen"])
-                .arg(free_addr().to_string())
-                .arg("--data-dir")
-                .arg(&self.data[i])
-                .arg("--policy")
-                .arg(&self.policy)
-                .arg("--config")
-                .arg(config)
-                .args(self.etcd_flags())
-                .args(extra),
-        );
-        assert!(!out.status.success(), "keyd started");
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    }
-
-    async fn etcd_store(&self) -> EtcdStore {
-        let mut options = EtcdOptions::new(vec![self.etcd.endpoint.clone()]);
-        options.timeout = Duration::from_secs(2);
-        EtcdStore::connect(&options).await.unwrap()
-    }
-}
 
 async fn primary(c: &mut KeyServiceClient<Channel>) -> Result<String, tonic::Status> {
     c.status(pb::StatusRequest {

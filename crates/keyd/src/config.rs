@@ -254,6 +254,74 @@ impl KeydConfig {
         undefined
     }
 
+    /// Refuses a configuration that grants a role `policy` does not define, naming the first
+    /// such grant and the roles the policy has (see [`Self::undefined_roles`]); messages call
+    /// the policy `policy_name` (e.g. `--policy /etc/coffer/policy.yaml`).
+    pub fn check_roles(
+        &self,
+        policy: &coffer_attest::policy::Policy,
+        policy_name: &str,
+    ) -> Result<(), String> {
+        let Some((keyring, op, role)) = self.undefined_roles(policy).first().copied() else {
+            return Ok(());
+        };
+        let defined: Vec<&str> = policy.roles().collect();
+        Err(format!(
+            "keyring {keyring:?} grants {op} to role {role:?}, which {policy_name} does not define \
+             (its roles: {}); fix the role name or add the role to the policy",
+            if defined.is_empty() {
+                "none".to_string()
+            } else {
+                defined.join(", ")
+            }
+        ))
+    }
+
+    /// What changes from `self` to `new`, one line each: keyrings added or removed, and per
+    /// kept keyring each operation whose grants changed (roles removed and added).
+    pub fn changes(&self, new: &KeydConfig) -> Vec<String> {
+        let mut lines = Vec::new();
+        for name in new.keyrings.keys() {
+            if !self.keyrings.contains_key(name) {
+                lines.push(format!("keyring {name}: added"));
+            }
+        }
+        for (name, old) in &self.keyrings {
+            let Some(access) = new.keyrings.get(name) else {
+                lines.push(format!("keyring {name}: removed"));
+                continue;
+            };
+            for op in Operation::ALL {
+                let (before, after) = (old.roles(op), access.roles(op));
+                let removed: Vec<&str> = before
+                    .iter()
+                    .filter(|r| !after.contains(r))
+                    .map(String::as_str)
+                    .collect();
+                let added: Vec<&str> = after
+                    .iter()
+                    .filter(|r| !before.contains(r))
+                    .map(String::as_str)
+                    .collect();
+                if !removed.is_empty() || !added.is_empty() {
+                    lines.push(format!(
+                        "keyring {name} {op}: removed [{}] added [{}]",
+                        removed.join(", "),
+                        added.join(", ")
+                    ));
+                }
+            }
+            if old.unseal != access.unseal {
+                lines.push(format!(
+                    "keyring {name} unseal: {} grants before, {} now",
+                    old.unseal.len(),
+                    access.unseal.len()
+                ));
+            }
+        }
+        lines
+    }
+
     /// The access rules of keyring `name`, if it is configured.
     pub fn keyring(&self, name: &str) -> Option<&KeyringAccess> {
         self.keyrings.get(name)
@@ -282,6 +350,27 @@ mod tests {
         assert!(a.allows(Operation::Wrap, "kms-plugin:a"));
         assert!(!a.allows(Operation::Rotate, "kms-plugin:a"));
         assert!(!a.allows(Operation::Wrap, "kms-plugin:b"));
+    }
+
+    #[test]
+    fn changes_name_keyrings_and_grants() {
+        let old = KeydConfig::from_yaml(
+            "keyrings:\n  a:\n    wrap: [x]\n    unwrap: [x, y]\n  gone: {}\n",
+        )
+        .unwrap();
+        let new = KeydConfig::from_yaml(
+            "keyrings:\n  a:\n    wrap: [x]\n    unwrap: [y, z]\n  new: {}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            old.changes(&new),
+            [
+                "keyring new: added",
+                "keyring a unwrap: removed [x] added [z]",
+                "keyring gone: removed",
+            ]
+        );
+        assert!(new.changes(&new).is_empty());
     }
 
     #[test]

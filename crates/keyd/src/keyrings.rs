@@ -99,7 +99,8 @@ pub(crate) enum SlotBackend {
 /// One served keyring.
 pub(crate) struct KeyringSlot {
     pub(crate) name: String,
-    pub(crate) access: KeyringAccess,
+    /// Who may do what on it; swapped whole when the configuration in etcd changes.
+    pub(crate) access: ArcSwap<KeyringAccess>,
     /// Opens the keystore (its file, or its record's bytes).
     pub(crate) store: Keystore,
     pub(crate) current: ArcSwap<Keyring>,
@@ -138,7 +139,7 @@ impl KeyringSlot {
     ) -> KeyringSlot {
         KeyringSlot {
             name: name.to_string(),
-            access,
+            access: ArcSwap::from_pointee(access),
             store,
             current: ArcSwap::from_pointee(keyring),
             rotate: tokio::sync::Mutex::new(()),

@@ -50,5 +50,5 @@ pub use server::{
 pub use service::KeydConnectInfo;
 pub use shared::{
     keystore_record, sealing_record, Rotated, SealingChanged, SharedState, SharedStateError,
-    SharedStore,
+    SharedStore, CONFIG_RECORD,
 };

@@ -33,7 +33,9 @@ use crate::metrics::{ConnectionResult, KeydMetrics};
 use crate::pb::key_service_server::KeyServiceServer;
 use crate::root::KeydRoot;
 use crate::service::{KeydConnectInfo, KeydService};
-use crate::shared::{reload_record, serve_keyring, watch_loop, SharedState};
+use crate::shared::{
+    reload_record, serve_keyring, watch_loop, ConfigFrom, ConfigWatch, SharedState,
+};
 use crate::slots::{ConnectionSlots, Slot};
 use crate::KeydError;
 
@@ -80,8 +82,11 @@ pub struct KeydServeOptions {
     pub platform: Arc<dyn Platform>,
     /// The attestation policy that grants callers their roles.
     pub policy: Arc<Policy>,
-    /// Which roles may do what on which keyring.
+    /// Which roles may do what on which keyring (unused with `config_from_store`).
     pub config: KeydConfig,
+    /// Serve the configuration stored in etcd (`--config etcd:`, needs `shared`) and apply
+    /// each new version of it while running.
+    pub config_from_store: bool,
     /// How callers' evidence is verified (collateral and VCEK sources).
     pub verify_options: VerifyOptions,
     /// The bound TCP listener to serve on.
@@ -151,6 +156,7 @@ impl KeydServeOptions {
             platform,
             policy,
             config,
+            config_from_store: false,
             verify_options,
             listener,
             audit_log: None,
@@ -244,6 +250,7 @@ pub async fn serve(
         platform,
         policy,
         config,
+        config_from_store,
         verify_options,
         listener,
         audit_log,
@@ -265,6 +272,14 @@ pub async fn serve(
         .map_err(|e| KeydError::io("listener address", e))?;
     let audit_path = audit_log.unwrap_or_else(|| data_dir.join("audit.log"));
     let from_dir = shared.is_none();
+    if config_from_store && from_dir {
+        return Err(KeydError::Config {
+            path: None,
+            message:
+                "--config etcd: serves the configuration stored in etcd: it needs --store etcd"
+                    .into(),
+        });
+    }
     let (root, dir_keyrings, audit) = {
         let platform = platform.clone();
         let config = config.clone();
@@ -308,8 +323,16 @@ pub async fn serve(
         None => (dir_keyrings.unwrap_or_default(), None),
         Some(shared) => {
             let state = Arc::new(SharedState::open(shared, &root, platform.clone()).await?);
-            let (keyrings, revision) = state.load_keyrings(&config).await?;
-            (keyrings, Some((state, revision)))
+            let watch = config_from_store.then(|| ConfigWatch {
+                policy: policy.clone(),
+                revision: std::sync::atomic::AtomicI64::new(0),
+            });
+            let from = match &watch {
+                Some(watch) => ConfigFrom::Store(watch),
+                None => ConfigFrom::File(&config),
+            };
+            let (keyrings, revision) = state.load_keyrings(from).await?;
+            (keyrings, Some((state, revision, watch)))
         }
     };
     drop(root);
@@ -352,11 +375,12 @@ pub async fn serve(
         metrics.clone(),
         reload_interval,
     ));
-    let watch_task = watched.map(|(state, revision)| {
+    let watch_task = watched.map(|(state, revision, config_watch)| {
         tokio::spawn(watch_loop(
             state,
             keyrings.values().cloned().collect(),
             revision,
+            config_watch,
             audit.clone(),
             metrics.clone(),
         ))

@@ -208,7 +208,7 @@ impl KeydService {
         // An unknown keyring and a forbidden one get the same answer, so callers cannot probe
         // which keyrings exist.
         match self.keyrings.get(keyring) {
-            Some(slot) if slot.access.allows(op, role) => Ok(Call {
+            Some(slot) if slot.access.load().allows(op, role) => Ok(Call {
                 op,
                 info,
                 slot: slot.clone(),
@@ -519,6 +519,7 @@ fn unseal_item(
         if !call
             .slot
             .access
+            .load()
             .unseal
             .iter()
             .any(|grant| grant.admits(role, &location))

@@ -11,6 +11,10 @@
 //! if nobody wrote the record since; on a conflict it starts over from what is there now. So
 //! two replicas rotating at once both add their key (none is lost), and key ids stay unique
 //! (each write starts from the other's serial counter).
+//!
+//! With `--config etcd:` keyd's configuration (its grants) is a record too, `config/keyd.yaml`:
+//! read at start and watched like the keys, each new version applied to the served keyrings
+//! only if it parses and every role it grants is in the policy.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,6 +22,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use coffer_attest::policy::Policy;
 use coffer_audit::{AuditEntry, Outcome, SharedAuditLog};
 use coffer_keyd_store::{
     Entry, EtcdStore, Expect, SealedStore, StateStore, StoreError, StoreKey, Swap, WatchEvent,
@@ -27,7 +32,7 @@ use coffer_keystore::store::{KeyInfo, Keystore, KeystoreInfo, KEYSTORE_FILE};
 use coffer_platform::Platform;
 use zeroize::Zeroizing;
 
-use crate::config::{validate_keyring_name, KeydConfig};
+use crate::config::{validate_keyring_name, KeydConfig, KeyringAccess};
 use crate::keyrings::{keyring_dir, CreatedKeyring, KeyringSlot, SlotBackend};
 use crate::metrics::KeydMetrics;
 use crate::root::{KeydRoot, ROOT_FILE};
@@ -36,6 +41,9 @@ use crate::sealing::{
     SEALING_KEYS_FILE,
 };
 use crate::KeydError;
+
+/// The record of keyd's configuration (`--config etcd:`): the YAML of a `--config` file.
+pub const CONFIG_RECORD: &str = "config/keyd.yaml";
 
 /// How often a write starts over after another replica changed its record first.
 const MAX_WRITE_ATTEMPTS: usize = 8;
@@ -87,6 +95,12 @@ pub enum SharedStateError {
         theirs: String,
         /// This replica's instance id.
         ours: String,
+    },
+    /// `--config etcd:`, but nobody pushed a configuration.
+    #[error("etcd prefix {prefix} holds no keyd configuration ({CONFIG_RECORD}), which --config etcd: serves: push one first with `coffer keyd config push FILE --store etcd --etcd-endpoints <endpoints> --etcd-prefix {prefix}`")]
+    NoConfig {
+        /// The prefix.
+        prefix: String,
     },
     /// A keyring has no keystore record.
     #[error("keyring {name:?} has no record {prefix}keyrings/{name}/{KEYSTORE_FILE} in etcd; create it with `coffer keyd keyring create {name} --store etcd --etcd-endpoints <endpoints> --etcd-prefix {}`", prefix.trim_end_matches('/'))]
@@ -413,6 +427,63 @@ impl SharedState {
         .into())
     }
 
+    /// Parses and validates a stored configuration; with `policy`, every granted role must be
+    /// one the policy defines.
+    fn parse_config(&self, bytes: &[u8], policy: Option<&Policy>) -> Result<KeydConfig, KeydError> {
+        let err = |message: String| KeydError::Config {
+            path: Some(PathBuf::from(format!(
+                "etcd:{}{CONFIG_RECORD}",
+                self.records.prefix()
+            ))),
+            message,
+        };
+        let text = std::str::from_utf8(bytes).map_err(|_| err("not UTF-8 text".into()))?;
+        let config = match KeydConfig::from_yaml(text) {
+            Ok(config) => config,
+            Err(KeydError::Config { message, .. }) => return Err(err(message)),
+            Err(e) => return Err(e),
+        };
+        if let Some(policy) = policy {
+            config.check_roles(policy, "keyd's --policy").map_err(err)?;
+        }
+        Ok(config)
+    }
+
+    /// keyd's configuration as stored (its YAML) and the revision of its record; `None` if
+    /// nobody pushed one.
+    pub async fn config_text(&self) -> Result<Option<(String, i64)>, KeydError> {
+        let Some(record) = self
+            .records
+            .get(CONFIG_RECORD)
+            .await
+            .map_err(|e| self.read_error(e))?
+        else {
+            return Ok(None);
+        };
+        let text = String::from_utf8_lossy(&record.plaintext).into_owned();
+        Ok(Some((text, record.mod_revision)))
+    }
+
+    /// Stores `yaml` as keyd's configuration, replacing the version read just before (by
+    /// compare-and-swap on its revision, starting over if another write came first). The
+    /// caller validated it. Returns the version replaced (`None`: there was none) and the new
+    /// revision.
+    pub async fn push_config(&self, yaml: &str) -> Result<(Option<String>, i64), KeydError> {
+        let written = self
+            .update(CONFIG_RECORD, |current| {
+                Ok((
+                    yaml.as_bytes().to_vec(),
+                    current.map(|c| String::from_utf8_lossy(c).into_owned()),
+                ))
+            })
+            .await?;
+        tracing::info!(
+            revision = written.revision,
+            "keyd configuration pushed to etcd"
+        );
+        Ok((written.value, written.revision))
+    }
+
     /// Adds a new primary KEK to keyring `name`.
     pub async fn rotate(&self, name: &str) -> Result<Rotated, KeydError> {
         let keystore = self.keystore(name)?;
@@ -509,14 +580,36 @@ impl SharedState {
     }
 
     /// Loads every keyring `config` names from one listing of the prefix, and the revision to
-    /// watch from. One record that does not open fails it all: nothing is served from a store
-    /// someone tampered with.
+    /// watch from. With [`ConfigFrom::Store`] the configuration is the listing's
+    /// [`CONFIG_RECORD`] (the watch serves later versions from the same revision on), validated
+    /// against the policy. One record that does not open fails it all: nothing is served from
+    /// a store someone tampered with.
     pub(crate) async fn load_keyrings(
         self: &Arc<Self>,
-        config: &KeydConfig,
+        config: ConfigFrom<'_>,
     ) -> Result<(HashMap<String, Arc<KeyringSlot>>, i64), KeydError> {
         let (records, revision) = self.records.list().await.map_err(|e| self.read_error(e))?;
         let records: HashMap<String, coffer_keyd_store::Record> = records.into_iter().collect();
+        let stored;
+        let config = match config {
+            ConfigFrom::File(config) => config,
+            ConfigFrom::Store(watch) => {
+                let record =
+                    records
+                        .get(CONFIG_RECORD)
+                        .ok_or_else(|| SharedStateError::NoConfig {
+                            prefix: self.prefix_arg(),
+                        })?;
+                stored = self.parse_config(&record.plaintext, Some(&watch.policy))?;
+                watch.revision.store(record.mod_revision, Ordering::Release);
+                tracing::info!(
+                    revision = record.mod_revision,
+                    keyrings = stored.keyrings.len(),
+                    "keyd configuration loaded from etcd"
+                );
+                &stored
+            }
+        };
         let mut slots = HashMap::new();
         for (name, access) in &config.keyrings {
             let keystore = self.keystore(name)?;
@@ -558,6 +651,22 @@ impl SharedState {
         }
         Ok((slots, revision))
     }
+}
+
+/// Where a replica's configuration comes from.
+pub(crate) enum ConfigFrom<'a> {
+    /// A `--config` file, read once.
+    File(&'a KeydConfig),
+    /// The [`CONFIG_RECORD`] in etcd (`--config etcd:`), watched.
+    Store(&'a ConfigWatch),
+}
+
+/// What the watch needs to apply new versions of the configuration record.
+pub(crate) struct ConfigWatch {
+    /// The policy whose roles the grants must name.
+    pub(crate) policy: Arc<Policy>,
+    /// The revision of the version applied (or refused) last.
+    pub(crate) revision: AtomicI64,
 }
 
 /// The revisions a slot serves, when it is served from etcd.
@@ -611,9 +720,11 @@ pub(crate) async fn watch_loop(
     state: Arc<SharedState>,
     slots: Vec<Arc<KeyringSlot>>,
     mut revision: i64,
+    config: Option<ConfigWatch>,
     audit: SharedAuditLog,
     metrics: KeydMetrics,
 ) {
+    let config = config.as_ref();
     let slots: HashMap<String, Arc<KeyringSlot>> =
         slots.into_iter().map(|s| (s.name.clone(), s)).collect();
     let prefix = state.records.prefix().as_bytes().to_vec();
@@ -629,7 +740,8 @@ pub(crate) async fn watch_loop(
                                 match event {
                                     WatchEvent::Put(entry) => {
                                         revision = revision.max(entry.mod_revision);
-                                        apply(&state, &slots, &entry, &audit, &metrics).await;
+                                        apply(&state, &slots, config, &entry, &audit, &metrics)
+                                            .await;
                                     }
                                     WatchEvent::Delete { key, revision: at } => {
                                         revision = revision.max(at);
@@ -655,7 +767,7 @@ pub(crate) async fn watch_loop(
         match state.records.inner().list(&prefix).await {
             Ok(listing) => {
                 for entry in &listing.entries {
-                    apply(&state, &slots, entry, &audit, &metrics).await;
+                    apply(&state, &slots, config, entry, &audit, &metrics).await;
                 }
                 revision = listing.revision;
                 tracing::info!(revision, "etcd answers again: caught up and watching");
@@ -672,6 +784,7 @@ pub(crate) async fn watch_loop(
 async fn apply(
     state: &SharedState,
     slots: &HashMap<String, Arc<KeyringSlot>>,
+    config: Option<&ConfigWatch>,
     entry: &Entry,
     audit: &SharedAuditLog,
     metrics: &KeydMetrics,
@@ -683,6 +796,12 @@ async fn apply(
     else {
         return;
     };
+    if name == CONFIG_RECORD {
+        if let Some(watch) = config {
+            apply_config(state, slots, watch, entry, audit, metrics);
+        }
+        return;
+    }
     let Some(kind) = record_kind(name) else {
         return;
     };
@@ -732,6 +851,55 @@ async fn apply(
     };
     tracing::info!(keyring = %slot.name, key_id = %key_id, revision = entry.mod_revision, "keyring changed in etcd: now served");
     let _ = audit.append(reload_record(&slot.name, Some(key_id), reason));
+}
+
+/// Applies a new version of keyd's configuration to the served keyrings, each keyring's
+/// grants swapped whole; a version that does not open, parse or validate is refused and the
+/// grants served stay. The keyring set is fixed at start: a keyring added is served after a
+/// restart, one removed is granted to nobody.
+fn apply_config(
+    state: &SharedState,
+    slots: &HashMap<String, Arc<KeyringSlot>>,
+    watch: &ConfigWatch,
+    entry: &Entry,
+    audit: &SharedAuditLog,
+    metrics: &KeydMetrics,
+) {
+    let revision = entry.mod_revision;
+    // A refused version is not tried again at every reconnect: only a newer one is.
+    if watch.revision.load(Ordering::Acquire) >= revision {
+        return;
+    }
+    watch.revision.store(revision, Ordering::Release);
+    let config = state
+        .records
+        .open_entry(entry)
+        .map_err(|e| state.read_error(e))
+        .and_then(|(_, record)| state.parse_config(&record.plaintext, Some(&watch.policy)));
+    let config = match config {
+        Ok(config) => config,
+        Err(e) => {
+            metrics.store_record_refused();
+            tracing::error!(revision, error = %e, "a new keyd configuration in etcd is refused; still applying the previous grants");
+            return;
+        }
+    };
+    for (name, slot) in slots {
+        match config.keyring(name) {
+            Some(access) => slot.access.store(Arc::new(access.clone())),
+            None => {
+                tracing::warn!(keyring = %name, revision, "keyring removed from keyd's configuration in etcd: nothing is granted on it any more (restart the replica to stop serving it)");
+                slot.access.store(Arc::new(KeyringAccess::default()));
+            }
+        }
+    }
+    for name in config.keyrings.keys().filter(|n| !slots.contains_key(*n)) {
+        tracing::warn!(keyring = %name, revision, "keyring added to keyd's configuration in etcd: this replica serves it only after a restart (the set of keyrings changes at start)");
+    }
+    tracing::info!(target: "coffer::audit", event = "reload", revision, "keyd configuration changed in etcd: new grants applied");
+    let mut record = reload_record("", None, Some(format!("configuration revision {revision}")));
+    record.keyring = None;
+    let _ = audit.append(record);
 }
 
 /// The audit record of keys reloaded from where they are stored.

@@ -14,6 +14,7 @@ use tonic::transport::{Channel, Endpoint};
 pub mod deploy;
 pub mod etcd;
 pub mod keyd;
+pub mod keyd_cluster;
 pub mod kubelet;
 pub mod load;
 pub mod raw_grpc;
