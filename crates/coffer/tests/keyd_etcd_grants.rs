@@ -14,7 +14,7 @@ use coffer_keyd_client::pb::key_service_client::KeyServiceClient;
 use coffer_keyd_store::{Expect, SealedStore, StateStore, StoreKey, Swap};
 use coffer_platform::sim::SimPlatform;
 use common::keyd::audit_records;
-use common::keyd_cluster::{Cluster, KEYRING, PREFIX};
+use common::keyd_cluster::{unwrap, Cluster, KEYRING, PREFIX};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -24,19 +24,6 @@ const APPLIED_WITHIN: Duration = Duration::from_secs(10);
 /// The cluster's grants with `unwrap` given to `unwrap_roles`.
 fn grants(unwrap_roles: &str) -> String {
     format!("keyrings:\n  {KEYRING}:\n    wrap: [admin]\n    unwrap: {unwrap_roles}\n    status: [admin]\n    rotate: [admin]\n    list: [admin]\n")
-}
-
-async fn unwrap(
-    c: &mut KeyServiceClient<Channel>,
-    wrapped: &pb::WrapResponse,
-) -> Result<Vec<u8>, tonic::Status> {
-    c.unwrap(pb::UnwrapRequest {
-        keyring: KEYRING.into(),
-        key_id: wrapped.key_id.clone(),
-        ciphertext: wrapped.ciphertext.clone(),
-    })
-    .await
-    .map(|r| r.into_inner().plaintext)
 }
 
 /// Polls until replica `c`'s Unwrap is allowed (`allowed`) or PERMISSION_DENIED; how long it

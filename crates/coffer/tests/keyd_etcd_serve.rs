@@ -15,7 +15,7 @@ use coffer_keyd_client::pb::key_service_client::KeyServiceClient;
 use coffer_keyd_store::{Expect, StateStore, Swap};
 use common::keyd::write_keyd_policy;
 use common::keyd::{bundle, sim_signer};
-use common::keyd_cluster::{Cluster, KEYRING, PREFIX};
+use common::keyd_cluster::{unwrap, Cluster, KEYRING, PREFIX};
 use common::load::{plugin_dir, Load};
 use common::{try_status, Plugin};
 use tonic::transport::Channel;
@@ -48,19 +48,6 @@ async fn wrap(c: &mut KeyServiceClient<Channel>, plaintext: &[u8]) -> pb::WrapRe
     .await
     .unwrap()
     .into_inner()
-}
-
-async fn unwrap(
-    c: &mut KeyServiceClient<Channel>,
-    wrapped: &pb::WrapResponse,
-) -> Result<Vec<u8>, tonic::Status> {
-    c.unwrap(pb::UnwrapRequest {
-        keyring: KEYRING.into(),
-        key_id: wrapped.key_id.clone(),
-        ciphertext: wrapped.ciphertext.clone(),
-    })
-    .await
-    .map(|r| r.into_inner().plaintext)
 }
 
 /// Polls replica `c`'s Status until its primary is `expected`; how long that took.

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use coffer_keyd_client::pb;
 use coffer_keyd_client::pb::key_service_client::KeyServiceClient;
 use coffer_keyd_store::{EtcdOptions, EtcdStore};
 use coffer_platform::sim::SimPlatform;
@@ -179,4 +180,18 @@ impl Cluster {
         options.timeout = Duration::from_secs(2);
         EtcdStore::connect(&options).await.unwrap()
     }
+}
+
+/// Unwraps `wrapped` on keyring [`KEYRING`] through `c`.
+pub async fn unwrap(
+    c: &mut KeyServiceClient<Channel>,
+    wrapped: &pb::WrapResponse,
+) -> Result<Vec<u8>, tonic::Status> {
+    c.unwrap(pb::UnwrapRequest {
+        keyring: KEYRING.into(),
+        key_id: wrapped.key_id.clone(),
+        ciphertext: wrapped.ciphertext.clone(),
+    })
+    .await
+    .map(|r| r.into_inner().plaintext)
 }
