@@ -297,8 +297,13 @@ async fn coffer_run_tries_the_next_replica_within_one_attempt() {
     .unwrap()
     .to_text();
 
-    // The first replica is down; a 1 ms --keyd-deadline leaves no time for a retry round, so
-    // the value can only come from trying the second replica in the same attempt.
+    // The first replica is another keyd (its identity fails --keyd-policy: a replica not yet
+    // admitted, or an impostor) and the second is down; a 1 ms --keyd-deadline leaves no time
+    // for a retry round, so the value can only come from trying the third replica in the same
+    // attempt.
+    let foreign_data = dir.path().join("foreign");
+    create_keyd_data(&foreign_data, &["apps"]);
+    let foreign = KeydProcess::start(&foreign_data, free_addr(), &policy, &config, &[]);
     let dead = free_addr();
     let seen = dir.path().join("app-env");
     let out = output_within(
@@ -308,7 +313,7 @@ async fn coffer_run_tries_the_next_replica_within_one_attempt() {
             .env("DB_PASSWORD", &sealed)
             .env("SEEN", &seen)
             .args(["run", "--platform", "sim", "--keyd"])
-            .arg(format!("{dead},{}", keyd.addr))
+            .arg(format!("{},{dead},{}", foreign.addr, keyd.addr))
             .arg("--keyd-policy")
             .arg(&keyd_policy_path)
             .arg("--state-dir")
@@ -319,11 +324,35 @@ async fn coffer_run_tries_the_next_replica_within_one_attempt() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert_eq!(std::fs::read_to_string(&seen).unwrap(), secret);
-    assert!(
-        stderr.contains(&dead.to_string()),
-        "the skipped replica is not logged: {stderr}"
-    );
+    for skipped in [dead, foreign.addr] {
+        assert!(
+            stderr.contains(&skipped.to_string()),
+            "the skipped replica {skipped} is not logged: {stderr}"
+        );
+    }
     assert!(!stderr.contains(secret));
+
+    // With only the untrusted replica left to answer, the run is refused (exit 77), not retried.
+    let out = output_within(
+        Command::new(coffer_bin())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap())
+            .env("DB_PASSWORD", &sealed)
+            .args(["run", "--platform", "sim", "--keyd"])
+            .arg(format!("{},{}", foreign.addr, foreign.addr))
+            .arg("--keyd-policy")
+            .arg(&keyd_policy_path)
+            .arg("--state-dir")
+            .arg(&workload)
+            .args(["--keyd-deadline", "30s", "--env", "--namespace", "payments"])
+            .args(["--", "true"]),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(77),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -113,8 +113,11 @@ impl Keyd {
     }
 
     /// One attempt on each replica in turn, from the `round`th on, until one answers or one
-    /// refuses; the error is the failing replica's (the last one's when none was reachable,
-    /// with every replica's error when there are several).
+    /// refuses. A replica that is unreachable or whose evidence fails `--keyd-policy` (one not
+    /// yet admitted during an upgrade, or an impostor) is skipped for the next, as the plugin
+    /// does. When none answered: one replica's own error; every replica untrusted, the first
+    /// untrusted one's (a refusal); otherwise every replica's error as one unreachable error
+    /// (retried until the deadline).
     async fn attempt_replicas(
         &self,
         items: &[Item],
@@ -122,31 +125,47 @@ impl Keyd {
     ) -> Result<Outcome, (String, ClientError)> {
         let replicas = self.addrs.resolve().await;
         let n = replicas.len();
-        let mut unreached = Vec::new();
+        let mut skipped: Vec<(String, ClientError)> = Vec::new();
         for k in 0..n {
             let addr = &replicas[(round as usize + k) % n];
             match self.attempt(addr, items).await {
                 Ok(outcome) => return Ok(outcome),
-                Err(e) if unreachable(&e) && k + 1 < n => {
-                    tracing::warn!(keyd = %addr, error = %e, "keyd replica unreachable; trying the next one");
-                    unreached.push(format!("{addr}: {e}"));
-                }
-                Err(e) if unreachable(&e) && !unreached.is_empty() => {
-                    unreached.push(format!("{addr}: {e}"));
-                    let all = ClientError::Connect {
-                        addr: self.addrs.to_string(),
-                        detail: format!("no replica answered: {}", unreached.join("; ")),
-                    };
-                    return Err((self.addrs.to_string(), all));
+                Err(e) if unreachable(&e) || matches!(e, ClientError::Untrusted { .. }) => {
+                    if k + 1 < n {
+                        tracing::warn!(keyd = %addr, error = %e, "keyd replica unreachable or untrusted; trying the next one");
+                    }
+                    skipped.push((addr.to_string(), e));
                 }
                 Err(e) => return Err((addr.to_string(), e)),
             }
         }
+        if skipped.len() <= 1 {
+            return Err(skipped.pop().unwrap_or_else(|| {
+                (
+                    self.addrs.to_string(),
+                    ClientError::Connect {
+                        addr: self.addrs.to_string(),
+                        detail: "no keyd address".into(),
+                    },
+                )
+            }));
+        }
+        if skipped
+            .iter()
+            .all(|(_, e)| matches!(e, ClientError::Untrusted { .. }))
+        {
+            return Err(skipped.swap_remove(0));
+        }
+        let detail = skipped
+            .iter()
+            .map(|(addr, e)| format!("{addr}: {e}"))
+            .collect::<Vec<_>>()
+            .join("; ");
         Err((
             self.addrs.to_string(),
             ClientError::Connect {
                 addr: self.addrs.to_string(),
-                detail: "no keyd address".into(),
+                detail: format!("no replica answered: {detail}"),
             },
         ))
     }
