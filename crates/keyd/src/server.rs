@@ -721,7 +721,7 @@ async fn reload_loop(
                     serve_keyring(slot, keyring, 0, &metrics);
                     *served.lock().unwrap_or_else(|p| p.into_inner()) = stamp;
                     tracing::info!(keyring = %slot.name, key_id = %key_id, "keyring changed on disk: reloaded");
-                    let _ = audit.append(reload_record(&slot.name, Some(key_id), None));
+                    let _ = audit.append(reload_record(Some(&slot.name), Some(key_id), None));
                 }
                 Ok(Err(e)) => {
                     tracing::error!(error = %slot.keystore_error(e), "keyring changed on disk but cannot be loaded; still serving the previous keys");
@@ -752,7 +752,7 @@ async fn reload_sealing_keys(
             *served.lock().unwrap_or_else(|p| p.into_inner()) = stamp;
             tracing::info!(keyring = %slot.name, primary = ?primary, "sealing keys changed on disk: reloaded");
             let _ = audit.append(reload_record(
-                &slot.name,
+                Some(&slot.name),
                 primary,
                 Some("sealing keys".to_string()),
             ));

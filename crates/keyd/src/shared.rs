@@ -850,7 +850,7 @@ async fn apply(
         },
     };
     tracing::info!(keyring = %slot.name, key_id = %key_id, revision = entry.mod_revision, "keyring changed in etcd: now served");
-    let _ = audit.append(reload_record(&slot.name, Some(key_id), reason));
+    let _ = audit.append(reload_record(Some(&slot.name), Some(key_id), reason));
 }
 
 /// Applies a new version of keyd's configuration to the served keyrings, each keyring's
@@ -897,14 +897,17 @@ fn apply_config(
         tracing::warn!(keyring = %name, revision, "keyring added to keyd's configuration in etcd: this replica serves it only after a restart (the set of keyrings changes at start)");
     }
     tracing::info!(target: "coffer::audit", event = "reload", revision, "keyd configuration changed in etcd: new grants applied");
-    let mut record = reload_record("", None, Some(format!("configuration revision {revision}")));
-    record.keyring = None;
-    let _ = audit.append(record);
+    let _ = audit.append(reload_record(
+        None,
+        None,
+        Some(format!("configuration revision {revision}")),
+    ));
 }
 
-/// The audit record of keys reloaded from where they are stored.
+/// The audit record of keys (of `keyring`) or of the grants (`None`) reloaded from where
+/// they are stored.
 pub(crate) fn reload_record(
-    keyring: &str,
+    keyring: Option<&str>,
     key_id: Option<String>,
     reason: Option<String>,
 ) -> AuditEntry {
@@ -916,7 +919,7 @@ pub(crate) fn reload_record(
             role: None,
             peer: "local".to_string(),
         },
-        keyring: Some(keyring.to_string()),
+        keyring: keyring.map(str::to_string),
         key_id,
         location: None,
         binding: None,
