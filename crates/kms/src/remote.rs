@@ -217,6 +217,24 @@ fn keyring_changed(last: Option<&KeyringStatus>, now: &Result<KeyringStatus, Cal
     }
 }
 
+/// keyd's last keyring answer, kept across failed probes, so that a keyring changed while keyd
+/// was unreachable is still noticed when it answers again.
+#[derive(Default)]
+struct LastKeyring(Mutex<Option<KeyringStatus>>);
+
+impl LastKeyring {
+    /// Whether `now` means the cached seeds may no longer be released ([`keyring_changed`]
+    /// against the last answer); remembers `now` when it is an answer.
+    fn changed(&self, now: &Result<KeyringStatus, CallError>) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = keyring_changed(last.as_ref(), now);
+        if let Ok(now) = now {
+            *last = Some(now.clone());
+        }
+        changed
+    }
+}
+
 /// Service mode's keys: keyd's keyring, reached through [`KeydReplicas`].
 pub struct RemoteKeys {
     pool: Arc<KeydReplicas>,
@@ -229,6 +247,8 @@ pub struct RemoteKeys {
     refresh: tokio::sync::Mutex<()>,
     /// Seeds keyd released, for repeated Decrypts; `None` with `--keyd-cache-ttl 0`.
     cache: Option<DekCache>,
+    /// What the cache was filled under.
+    last_keyring: LastKeyring,
 }
 
 struct MetricEvents(KeydMetrics);
@@ -292,6 +312,7 @@ impl RemoteKeys {
             last: Mutex::new(None),
             refresh: tokio::sync::Mutex::new(()),
             cache: (!options.cache_ttl.is_zero()).then(|| DekCache::new(options.cache_ttl)),
+            last_keyring: LastKeyring::default(),
         })
     }
 
@@ -426,7 +447,7 @@ impl RemoteKeys {
         let result = self.pool.status(&self.keyring).await;
         self.record(KeydOp::Status, &result);
         if let Some(cache) = &self.cache {
-            if keyring_changed(self.last_status().as_ref(), &result) {
+            if self.last_keyring.changed(&result) {
                 cache.clear();
             }
         }
@@ -438,12 +459,6 @@ impl RemoteKeys {
         };
         self.remember(probe.clone());
         probe.key_id()
-    }
-
-    /// keyd's last successful Status answer.
-    fn last_status(&self) -> Option<KeyringStatus> {
-        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        last.as_ref().and_then(|p| p.result.as_ref().ok().cloned())
     }
 
     /// Stores a probe and logs what changed: keyd lost or back, a new primary key.
@@ -575,5 +590,15 @@ mod tests {
             Some(&last),
             &Err(CallError::NoReplica(vec![unreachable(), refused]))
         ));
+    }
+
+    #[test]
+    fn a_keyring_changed_while_keyd_was_unreachable_is_noticed_when_it_answers() {
+        let last = LastKeyring::default();
+        assert!(!last.changed(&Ok(status("k2", 2))));
+        assert!(!last.changed(&Err(unreachable())));
+        // A KEK retired during the outage: the next answer forgets the seeds.
+        assert!(last.changed(&Ok(status("k2", 1))));
+        assert!(!last.changed(&Ok(status("k2", 1))));
     }
 }
